@@ -1,0 +1,55 @@
+"""Shared configuration (pydantic-settings, ``WALDUCK_`` environment variables).
+
+Component-specific knobs live next to their component (``connectors/settings.py``,
+``pipeline/settings.py``, ``sinks/settings.py``) and use the same prefix; this module
+holds what several components must agree on: where the services are, the catalog schema,
+topic names and the data directory.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ContextMode(StrEnum):
+    INCREMENTAL = "incremental"
+    FULL_SCAN = "full-scan"
+
+
+class WalduckSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="WALDUCK_", extra="ignore")
+
+    # where everything local lives (PostgreSQL data dir, Kafka logs, DuckDB contexts, Parquet files)
+    data_dir: Path = Path(".walduck")
+    # external services; empty = the local ones `walduck services start` runs
+    pg_dsn: str = ""
+    kafka_bootstrap: str = ""
+    # the Timestore catalog schema (TIMESTORE_PG_SCHEMA in Timestore)
+    catalog_schema: str = "timestore"
+    # where local storage targets keep Parquet files (the workload writes here)
+    storage_root: Path = Path(".walduck/storage")
+
+    # Kafka topics (one place for their names)
+    changes_topic: str = "walduck.changes"
+    deltas_topic: str = "walduck.deltas"
+    dlq_topic: str = "walduck.dlq"
+    topic_partitions: int = 4
+
+    # logical decoding
+    slot_name: str = "walduck"
+    publication_name: str = "walduck_catalog"
+
+    # contexts
+    context_mode: ContextMode = ContextMode.INCREMENTAL
+
+    def resolved_storage_root(self) -> Path:
+        return self.storage_root.resolve()
+
+
+def load_settings(**overrides: object) -> WalduckSettings:
+    """Settings from the environment, with explicit (CLI flag) overrides on top."""
+    clean = {k: v for k, v in overrides.items() if v is not None}
+    return WalduckSettings(**clean)

@@ -1,0 +1,168 @@
+"""The change-record schema: what the connector publishes to the changes topic.
+
+One place defines it; the connector writes it, the compactor reads it. Encoded with orjson.
+Version 1 fields (all present on every record; ``None`` where not applicable):
+
+=============  =====================================================================
+``v``          schema version, ``1``
+``kind``       ``change`` (a row change), ``heartbeat`` (progress, no row),
+               ``snapshot_done`` (end of the initial snapshot for this partition)
+``source``     ``snapshot`` (read from the exported snapshot) or ``stream`` (WAL)
+``table``      source table name without schema (``dataset_partitions`` …)
+``op``         ``insert`` | ``update`` | ``delete`` | ``truncate`` | ``read`` (snapshot)
+``key``        primary-key columns, e.g. ``{"id": "part-…"}``
+``new``        the new row (insert/update/read), typed (ints, floats, bools, dicts,
+               timestamps as ISO 8601 strings with offset)
+``old``        the old row (update/delete; complete because the connector sets
+               REPLICA IDENTITY FULL on the catalog tables)
+``dataset_id`` the dataset the row belongs to (the Kafka key); ``None`` for global rows
+``lsn``        this record's WAL position (integer)
+``commit_lsn`` its transaction's commit LSN (integer); equal for all records of one tx.
+               For snapshot records: the snapshot's consistent point.
+``xid``        transaction id (``None`` for snapshot/heartbeat)
+``commit_ts``  transaction commit time, UTC ISO 8601 with offset
+``tx_index``   0-based position of this record among the records of its transaction
+               that share its Kafka key (``dataset_id``)
+``tx_size``    number of records of its transaction that share its Kafka key, so a
+               consumer of one Kafka partition knows when it holds the whole
+               transaction's share for that dataset
+``tx_total``   number of records in the whole transaction
+=============  =====================================================================
+
+Duplicates after a crash carry the same ``commit_lsn``/``lsn`` as the original, so a consumer
+that remembers the highest applied ``(commit_lsn, lsn)`` drops them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import orjson
+
+SCHEMA_VERSION = 1
+GLOBAL_KEY = "__global__"
+"""Kafka key for rows that belong to no dataset (storage targets): broadcast to every partition."""
+
+MAX_RECORD_BYTES = 4 * 1024 * 1024
+
+
+class Kind(StrEnum):
+    CHANGE = "change"
+    HEARTBEAT = "heartbeat"
+    SNAPSHOT_DONE = "snapshot_done"
+
+
+class Source(StrEnum):
+    SNAPSHOT = "snapshot"
+    STREAM = "stream"
+
+
+class Op(StrEnum):
+    INSERT = "insert"
+    UPDATE = "update"
+    DELETE = "delete"
+    TRUNCATE = "truncate"
+    READ = "read"
+
+
+class MalformedRecord(ValueError):
+    """A record that cannot be decoded or violates the schema; ``reason`` goes to the DLQ."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeRecord:
+    kind: Kind
+    source: Source
+    lsn: int
+    commit_lsn: int
+    commit_ts: str
+    table: str | None = None
+    op: Op | None = None
+    key: dict[str, Any] | None = None
+    new: dict[str, Any] | None = None
+    old: dict[str, Any] | None = None
+    dataset_id: str | None = None
+    xid: int | None = None
+    tx_index: int = 0
+    tx_size: int = 1
+    tx_total: int = 1
+    v: int = field(default=SCHEMA_VERSION)
+
+    @property
+    def row(self) -> dict[str, Any]:
+        """The row this record is about: ``new`` if present, else ``old``."""
+        return self.new if self.new is not None else (self.old or {})
+
+    def kafka_key(self) -> bytes:
+        return (self.dataset_id or GLOBAL_KEY).encode()
+
+    def to_bytes(self) -> bytes:
+        return orjson.dumps(asdict(self))
+
+    @classmethod
+    def from_bytes(cls, raw: bytes | None) -> ChangeRecord:
+        """Decode and validate; raises :class:`MalformedRecord` with a reason."""
+        if raw is None:
+            raise MalformedRecord("empty value (tombstone)")
+        if len(raw) > MAX_RECORD_BYTES:
+            raise MalformedRecord(f"record of {len(raw)} bytes exceeds {MAX_RECORD_BYTES}")
+        try:
+            doc = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise MalformedRecord(f"not JSON: {exc}") from None
+        if not isinstance(doc, dict):
+            raise MalformedRecord("not a JSON object")
+        version = doc.get("v")
+        if version != SCHEMA_VERSION:
+            raise MalformedRecord(f"unknown schema version {version!r} (expected {SCHEMA_VERSION})")
+        try:
+            kind = Kind(doc["kind"])
+            source = Source(doc["source"])
+            lsn, commit_lsn = doc["lsn"], doc["commit_lsn"]
+            commit_ts = doc["commit_ts"]
+        except KeyError as exc:
+            raise MalformedRecord(f"missing field {exc.args[0]!r}") from None
+        except ValueError as exc:
+            raise MalformedRecord(str(exc)) from None
+        if not isinstance(lsn, int) or not isinstance(commit_lsn, int) or lsn < 0 or commit_lsn < 0:
+            raise MalformedRecord("lsn and commit_lsn must be non-negative integers")
+        if not isinstance(commit_ts, str):
+            raise MalformedRecord("commit_ts must be an ISO 8601 string")
+        op = None
+        if kind is Kind.CHANGE:
+            try:
+                op = Op(doc.get("op"))
+            except ValueError:
+                raise MalformedRecord(f"unknown op {doc.get('op')!r}") from None
+            if not isinstance(doc.get("table"), str):
+                raise MalformedRecord("change record without table")
+            if op in (Op.INSERT, Op.UPDATE, Op.READ) and not isinstance(doc.get("new"), dict):
+                raise MalformedRecord(f"{op} record without new row")
+            if op is Op.DELETE and not isinstance(doc.get("old") or doc.get("key"), dict):
+                raise MalformedRecord("delete record without old row or key")
+        tx_index, tx_size, tx_total = doc.get("tx_index", 0), doc.get("tx_size", 1), doc.get("tx_total", 1)
+        if not all(isinstance(x, int) for x in (tx_index, tx_size, tx_total)) or not 0 <= tx_index < tx_size:
+            raise MalformedRecord("tx_index/tx_size/tx_total inconsistent")
+        return cls(
+            kind=kind,
+            source=source,
+            lsn=lsn,
+            commit_lsn=commit_lsn,
+            commit_ts=commit_ts,
+            table=doc.get("table"),
+            op=op,
+            key=doc.get("key"),
+            new=doc.get("new"),
+            old=doc.get("old"),
+            dataset_id=doc.get("dataset_id"),
+            xid=doc.get("xid"),
+            tx_index=tx_index,
+            tx_size=tx_size,
+            tx_total=tx_total,
+        )
