@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
 from connectors.cli import app as connector_app
@@ -24,6 +26,41 @@ app.add_typer(connector_app, name="connector", help="Logical-decoding connector:
 app.add_typer(compactor_app, name="compactor", help="Stream processor: change records -> per-shard deltas.")
 app.add_typer(sinks_app, name="query", help="DuckDB context shards and the SQL query service.")
 app.add_typer(bench_app, name="bench", help="Benchmarks, each against its baseline.")
+
+
+@app.command()
+def up(
+    data_dir: Path = typer.Option(None, help="Where services and contexts live [WALDUCK_DATA_DIR]."),
+    pg_dsn: str = typer.Option(
+        None, "--pg-dsn", help="Use this PostgreSQL instead of a local one [WALDUCK_PG_DSN]."
+    ),
+    kafka: str = typer.Option(
+        None, "--kafka", help="Use this Kafka bootstrap instead of a local one [WALDUCK_KAFKA_BOOTSTRAP]."
+    ),
+    port: int = typer.Option(8080, help="Query service HTTP port."),
+    connector_metrics_port: int = typer.Option(9101),
+    compactor_metrics_port: int = typer.Option(9102),
+    rate: float = typer.Option(5.0, help="Demo workload catalog commits per second."),
+    datasets: int = typer.Option(3, help="Demo workload datasets."),
+    duration: float = typer.Option(None, help="Stop after this many seconds (default: until Ctrl-C)."),
+    keep_services: bool = typer.Option(False, help="Leave PostgreSQL and Kafka running on exit."),
+) -> None:
+    """Run everything locally: services, catalog, connector, compactor, query service and a demo workload."""
+    from walduck.config import load_settings
+    from walduck.up import run_up
+
+    settings = load_settings(data_dir=data_dir, pg_dsn=pg_dsn, kafka_bootstrap=kafka)
+    run_up(
+        settings,
+        http_port=port,
+        connector_metrics_port=connector_metrics_port,
+        compactor_metrics_port=compactor_metrics_port,
+        rate=rate,
+        datasets=datasets,
+        duration=duration,
+        keep_services=keep_services,
+    )
+
 
 if __name__ == "__main__":
     app()
