@@ -1,0 +1,102 @@
+"""Catalog reads straight from PostgreSQL: the visible partition set and partition locations.
+
+The single place other components (verify, full-scan contexts, tests) read "what should a
+context contain" from the catalog. Visible = partitions of manifests with ``status='published'``
+(at most one per (dataset, manifest shard)); partitions of superseded manifests are excluded.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row
+
+from walduck.deltas import PARTITION_FIELDS
+from walduck.timeutil import iso
+
+DEFAULT_TABLE_NAME = "records"
+
+_VISIBLE_SQL = """
+SELECT m.dataset_id AS m_dataset_id,
+       m.manifest_shard AS m_manifest_shard,
+       m.schema_version_id AS m_schema_version_id,
+       p.id, p.dataset_id, p.manifest_id, p.manifest_shard, p.storage_target_id, p.file_path,
+       p.file_format, p.start_time, p.end_time, p.row_count, p.file_size_bytes,
+       p.partition_key, p.metadata
+  FROM {schema}.dataset_manifests m
+  LEFT JOIN {schema}.dataset_partitions p ON p.manifest_id = m.id
+ WHERE m.status = 'published'
+ ORDER BY m.dataset_id, m.manifest_shard, p.start_time, p.id
+"""
+
+
+def partition_row(raw: dict[str, Any], manifest_schema_version_id: str | None) -> dict[str, Any]:
+    """A ``dataset_partitions`` row (dict) as a delta partition entry (``PARTITION_FIELDS``)."""
+    metadata = raw.get("metadata") or {}
+    out: dict[str, Any] = {}
+    for name in PARTITION_FIELDS:
+        if name == "schema_version_id":
+            out[name] = metadata.get("schemaVersionId") or manifest_schema_version_id
+        elif name == "table_name":
+            out[name] = metadata.get("tableName") or DEFAULT_TABLE_NAME
+        elif name == "partition_key":
+            out[name] = dict(raw.get("partition_key") or {})
+        else:
+            value = raw.get(name)
+            out[name] = iso(value) if isinstance(value, datetime) else value
+    return out
+
+
+def visible_partitions(
+    conn: psycopg.Connection, schema: str = "timestore"
+) -> dict[tuple[str, str], dict[str, dict[str, Any]]]:
+    """``{(dataset_id, manifest_shard): {partition_id: partition entry}}`` over published manifests.
+
+    A published manifest without partitions appears with an empty dict.
+    """
+    query = sql.SQL(_VISIBLE_SQL).format(schema=sql.Identifier(schema))
+    out: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(query)
+        for raw in cur:
+            shard = out.setdefault((raw["m_dataset_id"], raw["m_manifest_shard"]), {})
+            if raw["id"] is not None:
+                shard[raw["id"]] = partition_row(raw, raw["m_schema_version_id"])
+    return out
+
+
+def partition_location(storage_target: dict[str, Any], file_path: str, default_root: str | Path) -> str:
+    """Where a partition's file lives (reference §1.5).
+
+    local: ``<config.root or default_root>/<file_path>``; s3: ``s3://<bucket>/<file_path>``;
+    gcs: ``gs://<bucket>/<file_path>``; azure_blob: ``azure://<host>/<container>/<file_path>``.
+    """
+    kind = storage_target.get("kind")
+    config = storage_target.get("config") or {}
+    if kind == "local":
+        root = config.get("root") or str(default_root)
+        return str(Path(root) / file_path)
+    if kind == "s3":
+        return f"s3://{config['bucket']}/{file_path}"
+    if kind == "gcs":
+        return f"gs://{config['bucket']}/{file_path}"
+    if kind == "azure_blob":
+        host = config.get("endpoint") or f"{config.get('accountName', '')}.blob.core.windows.net"
+        host = host.split("://", 1)[-1].rstrip("/")
+        return f"azure://{posixpath.join(host, config['container'], file_path)}"
+    raise ValueError(f"unknown storage target kind {kind!r}")
+
+
+def storage_targets(conn: psycopg.Connection, schema: str = "timestore") -> dict[str, dict[str, Any]]:
+    """All ``storage_targets`` rows by id."""
+    query = sql.SQL("SELECT id, name, kind, description, config FROM {}.storage_targets").format(
+        sql.Identifier(schema)
+    )
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(query)
+        return {row["id"]: row for row in cur}
