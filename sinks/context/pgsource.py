@@ -1,0 +1,93 @@
+"""The catalog read straight from PostgreSQL (rebuilds, full-scan mode, verify).
+
+One function, :func:`read_catalog`, so it can be swapped for ``walduck.catalog.visible`` once that
+module exists. Rows come out in the delta shapes (``walduck/deltas.py``), times as ISO 8601 UTC.
+Visible partitions = partitions of the published manifest of their (dataset, shard).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import orjson
+import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row
+
+from walduck.lsn import parse_lsn
+from walduck.timeutil import iso
+
+
+@dataclass(slots=True)
+class CatalogSnapshot:
+    lsn: int
+    datasets: list[dict[str, Any]] = field(default_factory=list)
+    schema_versions: list[dict[str, Any]] = field(default_factory=list)
+    storage_targets: list[dict[str, Any]] = field(default_factory=list)
+    partitions: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: iso(v) if isinstance(v, datetime) else v for k, v in row.items()}
+
+
+def read_catalog(
+    conn: psycopg.Connection, schema: str = "timestore", dataset_ids: list[str] | None = None
+) -> CatalogSnapshot:
+    """Datasets, schema versions, storage targets and visible partitions in one consistent snapshot.
+
+    ``dataset_ids`` None = everything. ``lsn`` is ``pg_current_wal_lsn()`` taken as the snapshot's
+    first statement: every change visible in the snapshot committed at or before it.
+    """
+    s = sql.Identifier(schema)
+    only = dataset_ids is not None
+    ds_filter = sql.SQL(" WHERE id = ANY(%(ids)s)") if only else sql.SQL("")
+    sv_filter = sql.SQL(" WHERE dataset_id = ANY(%(ids)s)") if only else sql.SQL("")
+    p_filter = sql.SQL(" AND p.dataset_id = ANY(%(ids)s)") if only else sql.SQL("")
+    params = {"ids": list(dataset_ids or [])}
+    with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+        cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        cur.execute("SELECT pg_current_wal_lsn()::text AS lsn")
+        lsn = parse_lsn(cur.fetchone()["lsn"])  # type: ignore[index]
+        cur.execute(
+            sql.SQL(
+                "SELECT id, slug, name, description, status, write_format, default_storage_target_id,"
+                " metadata, created_at, updated_at FROM {}.datasets"
+            ).format(s)
+            + ds_filter,
+            params,
+        )
+        datasets = [_jsonable(r) for r in cur.fetchall()]
+        cur.execute(
+            sql.SQL("SELECT id, dataset_id, version, schema FROM {}.dataset_schema_versions").format(s)
+            + sv_filter,
+            params,
+        )
+        versions = [_jsonable(r) for r in cur.fetchall()]
+        cur.execute(sql.SQL("SELECT id, name, kind, config FROM {}.storage_targets").format(s))
+        targets = [_jsonable(r) for r in cur.fetchall()]
+        cur.execute(
+            sql.SQL(
+                "SELECT p.id, p.dataset_id, p.manifest_id, p.manifest_shard, p.storage_target_id, p.file_path,"
+                " p.file_format, p.start_time, p.end_time, p.row_count, p.file_size_bytes,"
+                " coalesce(p.metadata->>'schemaVersionId', m.schema_version_id) AS schema_version_id,"
+                " coalesce(p.metadata->>'tableName', 'records') AS table_name, p.partition_key"
+                " FROM {s}.dataset_partitions p JOIN {s}.dataset_manifests m"
+                " ON m.id = p.manifest_id AND m.status = 'published'"
+                " WHERE true"
+            ).format(s=s)
+            + p_filter,
+            params,
+        )
+        partitions = [_jsonable(r) for r in cur.fetchall()]
+    return CatalogSnapshot(lsn, datasets, versions, targets, partitions)
+
+
+def as_json_text(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value
+    return orjson.dumps(value).decode()

@@ -1,0 +1,999 @@
+"""ContextStore: one DuckDB instance holding every context shard's partition index.
+
+Layout (reasoning in ``docs/contexts.md``): one DuckDB file; every index row carries ``shard`` (the
+deltas-topic partition it came from); ``wd.shard_progress`` / ``wd.src_offsets`` hold, per shard,
+the deltas offset, source offset and LSN applied, written in the same DuckDB transaction as the
+change. One writer (a lock; the consumer calls :meth:`apply` from one thread); readers take cursors
+from a bounded pool on the sandboxed instance and keep their MVCC snapshot while applies commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import hashlib
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import orjson
+import pyarrow as pa
+
+from sinks.context import ddl
+from sinks.context.ddl import INDEX_SCHEMA as WD
+from sinks.context.locations import file_missing, partition_location
+from sinks.context.naming import (
+    alias_warning,
+    quote_ident,
+    sanitize_view_name,
+    schema_columns,
+    timestamp_column,
+)
+from sinks.context.pgsource import CatalogSnapshot, as_json_text, read_catalog
+from sinks.context.relation import FileGroup, empty_relation_sql, relation_sql
+from sinks.settings import SinkSettings
+from walduck import metrics
+from walduck.config import ContextMode, WalduckSettings
+from walduck.deltas import Delta, DeltaKind
+from walduck.lsn import format_lsn
+from walduck.timeutil import iso, parse_iso, utcnow
+
+log = logging.getLogger(__name__)
+
+FAR_PAST = datetime(1, 1, 1)
+FAR_FUTURE = datetime(9999, 12, 31)
+
+
+class ContextError(RuntimeError):
+    """Base of the context store's named errors."""
+
+
+class ReaderPoolExhausted(ContextError):
+    """No reader cursor became free within ``reader_wait_s``."""
+
+
+class UnknownDataset(ContextError):
+    """A dataset id the context does not hold."""
+
+
+class StoreNotOpen(ContextError):
+    """The store was used before :meth:`ContextStore.open` or after :meth:`ContextStore.close`."""
+
+
+@dataclass(slots=True)
+class ShardProgress:
+    shard: int
+    applied_lsn: int = 0
+    deltas_offset: int = -1
+    src_offset: int = -1
+    newest_commit_ts: str | None = None
+    staleness_s: float | None = None
+    last_apply_ms: float | None = None
+    last_error: str | None = None
+    bootstrapped: bool = False
+    applied_at: str | None = None
+
+
+@dataclass(slots=True)
+class DatasetView:
+    id: str
+    slug: str
+    name: str
+    description: str | None
+    status: str
+    metadata: dict[str, Any]
+    view_name: str
+    columns: list[tuple[str, str]]
+    timestamp_column: str
+    partition_keys: list[str]
+    partition_count: int
+    total_rows: int
+    total_bytes: int
+    updated_at: str | None
+    alias_warning: str | None
+    collision: bool = False
+    shard: int = 0
+    write_format: str = "parquet"
+    created_at: str | None = None
+    column_details: list[tuple[str, str, bool, str | None]] = field(default_factory=list)
+
+
+def _naive_utc(value: Any) -> datetime | None:
+    if value is None:
+        return None
+    ts = parse_iso(value) if isinstance(value, str) else value
+    if ts.tzinfo is not None:
+        ts = ts.astimezone(UTC).replace(tzinfo=None)
+    return ts
+
+
+def _as_dict(value: Any) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if isinstance(value, str):
+        try:
+            loaded = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            return {}
+        return loaded if isinstance(loaded, dict) else {}
+    return dict(value) if isinstance(value, dict) else {}
+
+
+def kafka_partition_for(dataset_id: str, partitions: int) -> int:
+    """Kafka's default partitioner (murmur2) for the dataset key: where its deltas arrive."""
+    from aiokafka.partitioner import murmur2
+
+    return (murmur2(dataset_id.encode()) & 0x7FFFFFFF) % max(partitions, 1)
+
+
+class ContextStore:
+    def __init__(self, settings: SinkSettings, walduck: WalduckSettings) -> None:
+        self.settings = settings
+        self.walduck = walduck
+        self.path: Path = settings.resolved_context_path(walduck)
+        self.storage_root = str(walduck.resolved_storage_root())
+        self.full_scan = walduck.context_mode == ContextMode.FULL_SCAN
+        self._db: duckdb.DuckDBPyConnection | None = None
+        self._writer: duckdb.DuckDBPyConnection | None = None
+        self._write_lock = threading.RLock()
+        self._pool: queue.Queue[duckdb.DuckDBPyConnection] = queue.Queue()
+        self._progress: dict[int, ShardProgress] = {}
+        self._src_offsets: dict[int, int] = {}
+        self._targets: dict[str, dict[str, Any]] = {}
+        self._ds_cache: dict[str, DatasetView] = {}
+        self._ds_dirty: set[str] = set()
+        self._ds_all_dirty = True
+        self._ds_lock = threading.Lock()
+        self._views_dirty: set[str] = set()
+        self._view_owner: dict[str, str] = {}
+        self._views_refreshed_at = 0.0
+        self._version = 0
+        self._opened_at: datetime | None = None
+        self._rebuild_info: dict[str, dict[str, Any]] = {}
+        self.pg_connect: Callable[[], Any] | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+    def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        Path(self.storage_root).mkdir(parents=True, exist_ok=True)
+        db = duckdb.connect(
+            str(self.path),
+            config={
+                "threads": self.settings.duckdb_threads,
+                "memory_limit": self.settings.duckdb_memory_limit,
+            },
+        )
+        db.execute(ddl.TABLES)
+        db.execute(ddl.RUNTIME_VIEWS)
+        self._sandbox(db)
+        self._db = db
+        self._writer = db.cursor()
+        self._load_state()
+        for _ in range(self.settings.reader_pool_size):
+            self._pool.put(db.cursor())
+        self._opened_at = utcnow()
+        with self._write_lock:
+            self._views_dirty = {
+                row[0] for row in self._writer.execute(f"SELECT id FROM {WD}.datasets").fetchall()
+            }
+            self.refresh_views(force=True)
+
+    def _sandbox(self, db: duckdb.DuckDBPyConnection) -> None:
+        dirs = [self.storage_root, *self.settings.allowed_directories]
+        dirs = [d.rstrip("/") + "/" for d in dirs]
+        db.execute("SET allowed_directories = ?", [dirs])
+        db.execute("SET enable_external_access = false")
+        db.execute("SET autoload_known_extensions = false")
+        db.execute("SET autoinstall_known_extensions = false")
+        db.execute("SET allow_community_extensions = false")
+        db.execute("SET lock_configuration = true")
+
+    def close(self) -> None:
+        if self._db is None:
+            return
+        while not self._pool.empty():
+            with contextlib.suppress(Exception):
+                self._pool.get_nowait().close()
+        with self._write_lock:
+            with contextlib.suppress(Exception):
+                self._writer.execute("CHECKPOINT")  # type: ignore[union-attr]
+            self._db.close()
+            self._db = None
+            self._writer = None
+
+    def __enter__(self) -> ContextStore:
+        self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _require(self) -> duckdb.DuckDBPyConnection:
+        if self._db is None:
+            raise StoreNotOpen("context store is not open")
+        return self._db
+
+    def _load_state(self) -> None:
+        cur = self._writer
+        assert cur is not None
+        for shard in range(self.walduck.topic_partitions):
+            self._progress.setdefault(shard, ShardProgress(shard))
+        rows = cur.execute(
+            f"SELECT shard, deltas_offset, applied_lsn, commit_ts, bootstrapped, applied_at FROM {WD}.shard_progress"
+        ).fetchall()
+        for shard, doff, lsn, cts, boot, applied_at in rows:
+            p = self._progress.setdefault(shard, ShardProgress(shard))
+            p.deltas_offset, p.applied_lsn, p.bootstrapped = doff, int(lsn), bool(boot)
+            p.newest_commit_ts = iso(cts) if cts else None
+            p.applied_at = iso(applied_at) if applied_at else None
+        for src, off in cur.execute(f"SELECT src_partition, src_offset FROM {WD}.src_offsets").fetchall():
+            self._src_offsets[src] = off
+            if src in self._progress:
+                self._progress[src].src_offset = off
+        for tid, name, kind, config in cur.execute(
+            f"SELECT id, name, kind, config FROM {WD}.storage_targets"
+        ).fetchall():
+            self._targets[tid] = {"id": tid, "name": name, "kind": kind, "config": _as_dict(config)}
+
+    # ------------------------------------------------------------------ readers
+    @contextlib.contextmanager
+    def reader(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        db = self._require()
+        try:
+            cur = self._pool.get(timeout=self.settings.reader_wait_s)
+        except queue.Empty:
+            raise ReaderPoolExhausted(
+                f"all {self.settings.reader_pool_size} reader cursors busy for {self.settings.reader_wait_s}s"
+            ) from None
+        ok = False
+        try:
+            yield cur
+            ok = True
+        finally:
+            if not ok:
+                # a failed or interrupted read may leave a transaction or a half-read result: replace it
+                with contextlib.suppress(Exception):
+                    cur.close()
+                cur = db.cursor()
+            self._pool.put(cur)
+
+    def _cursor(self) -> duckdb.DuckDBPyConnection:
+        return self._require().cursor()
+
+    # ------------------------------------------------------------------ apply
+    def apply(self, delta: Delta, partition: int, offset: int) -> bool:
+        """Apply one delta as one DuckDB transaction. False = duplicate (already applied), dropped."""
+        self._require()
+        with self._write_lock:
+            prog = self._progress.setdefault(partition, ShardProgress(partition))
+            if offset <= prog.deltas_offset or delta.src_offset_to <= self._src_offsets.get(
+                delta.src_partition, -1
+            ):
+                metrics.DELTAS_APPLIED.labels(result="duplicate").inc()
+                return False
+            started = time.perf_counter()
+            touched: set[str] = set()
+            snap: CatalogSnapshot | None = None
+            if self.full_scan and delta.kind == DeltaKind.DELTA:
+                snap = self._full_scan_snapshot(delta)
+            cur = self._writer
+            assert cur is not None
+            cur.begin()
+            try:
+                if delta.kind == DeltaKind.DELTA:
+                    if snap is not None:
+                        touched = self._replace_from_snapshot(cur, snap, partition, delta.dataset_id)
+                    else:
+                        touched = self._apply_content(cur, delta, partition)
+                self._write_progress(cur, delta, partition, offset)
+                cur.commit()
+            except Exception as exc:
+                with contextlib.suppress(Exception):
+                    cur.rollback()
+                prog.last_error = f"{type(exc).__name__}: {exc}"[:500]
+                raise
+            elapsed = time.perf_counter() - started
+            self._after_commit(delta, partition, offset, elapsed, touched)
+        if touched:
+            self.refresh_views()
+        return True
+
+    def _full_scan_snapshot(self, delta: Delta) -> CatalogSnapshot:
+        ids = [delta.dataset_id] if delta.dataset_id else []
+        with self._pg() as conn:
+            snap = read_catalog(conn, self.walduck.catalog_schema, ids)
+        metrics.REBUILDS.labels(scope="dataset").inc()
+        return snap
+
+    def _after_commit(
+        self, delta: Delta, partition: int, offset: int, elapsed: float, touched: set[str]
+    ) -> None:
+        prog = self._progress[partition]
+        prog.deltas_offset = offset
+        prog.applied_lsn = max(prog.applied_lsn, delta.lsn_to)
+        prog.src_offset = max(prog.src_offset, delta.src_offset_to)
+        self._src_offsets[delta.src_partition] = max(
+            self._src_offsets.get(delta.src_partition, -1), delta.src_offset_to
+        )
+        prog.newest_commit_ts = delta.commit_ts_max
+        prog.applied_at = iso(utcnow())
+        prog.last_apply_ms = round(elapsed * 1000, 3)
+        prog.last_error = None
+        metrics.DELTA_APPLY_DURATION.observe(elapsed)
+        metrics.DELTAS_APPLIED.labels(result="applied").inc()
+        metrics.SHARD_APPLIED_LSN.labels(shard=str(partition)).set(prog.applied_lsn)
+        with contextlib.suppress(ValueError, TypeError):
+            lag = (utcnow() - parse_iso(delta.commit_ts_max)).total_seconds()
+            metrics.SHARD_STALENESS.labels(shard=str(partition)).set(max(lag, 0.0))
+            if delta.kind == DeltaKind.DELTA and not delta.snapshot:
+                metrics.END_TO_END_LATENCY.observe(max(lag, 0.0))
+        if touched:
+            self._version += 1
+            with self._ds_lock:
+                self._ds_dirty |= touched
+            self._views_dirty |= touched
+
+    def _write_progress(
+        self, cur: duckdb.DuckDBPyConnection, delta: Delta, partition: int, offset: int
+    ) -> None:
+        prog = self._progress[partition]
+        lsn = max(prog.applied_lsn, delta.lsn_to)
+        commit_ts = _naive_utc(delta.commit_ts_max)
+        cur.execute(f"DELETE FROM {WD}.shard_progress WHERE shard = ?", [partition])
+        cur.execute(
+            f"INSERT INTO {WD}.shard_progress VALUES (?, ?, ?, ?, ?, ?)",
+            [partition, offset, lsn, commit_ts, prog.bootstrapped, _naive_utc(utcnow())],
+        )
+        src = max(self._src_offsets.get(delta.src_partition, -1), delta.src_offset_to)
+        cur.execute(f"DELETE FROM {WD}.src_offsets WHERE src_partition = ?", [delta.src_partition])
+        cur.execute(f"INSERT INTO {WD}.src_offsets VALUES (?, ?)", [delta.src_partition, src])
+
+    def _apply_content(self, cur: duckdb.DuckDBPyConnection, delta: Delta, shard: int) -> set[str]:
+        touched: set[str] = set()
+        ds_id = delta.dataset_id
+        for target in delta.storage_targets:
+            touched |= self._upsert_target(cur, target)
+        if delta.dataset is not None:
+            did = str(delta.dataset.get("id") or ds_id)
+            touched.add(did)
+            if delta.dataset.get("deleted"):
+                self._delete_dataset(cur, did)
+            else:
+                self._upsert_datasets(cur, [delta.dataset], shard)
+        if delta.schema_versions:
+            self._upsert_schema_versions(cur, delta.schema_versions, shard, ds_id)
+            touched |= {str(sv.get("dataset_id") or ds_id) for sv in delta.schema_versions}
+        upserts: list[dict[str, Any]] = []
+        deletes: list[str] = []
+        for change in delta.shards.values():
+            upserts.extend(change.upserts)
+            deletes.extend(change.deletes)
+        if upserts or deletes:
+            ids = deletes + [str(u["id"]) for u in upserts]
+            cur.execute(f"DELETE FROM {WD}.partitions WHERE list_contains(?, id)", [ids])
+            self._insert_partitions(cur, upserts, shard, ds_id)
+            touched |= {str(u.get("dataset_id") or ds_id) for u in upserts}
+            if ds_id:
+                touched.add(ds_id)
+        if delta.dataset is not None or delta.schema_versions:
+            for did in touched:
+                self._recompute_columns(cur, did)
+        touched.discard("None")
+        return touched
+
+    def _upsert_target(self, cur: duckdb.DuckDBPyConnection, target: dict[str, Any]) -> set[str]:
+        tid = str(target["id"])
+        row = {
+            "id": tid,
+            "name": target.get("name"),
+            "kind": target.get("kind") or "local",
+            "config": _as_dict(target.get("config")),
+        }
+        cur.execute(f"DELETE FROM {WD}.storage_targets WHERE id = ?", [tid])
+        if not target.get("deleted"):
+            cur.execute(
+                f"INSERT INTO {WD}.storage_targets VALUES (?, ?, ?, ?)",
+                [tid, row["name"], row["kind"], as_json_text(row["config"])],
+            )
+        old = self._targets.get(tid)
+        self._targets[tid] = row
+        if old is not None and (old.get("kind"), old.get("config")) == (row["kind"], row["config"]):
+            return set()
+        rows = cur.execute(
+            f"SELECT id, file_path, dataset_id FROM {WD}.partitions WHERE storage_target_id = ?", [tid]
+        ).fetchall()
+        if rows:
+            cur.executemany(
+                f"UPDATE {WD}.partitions SET location = ? WHERE id = ?",
+                [[partition_location(row, fp, self.storage_root), pid] for pid, fp, _ in rows],
+            )
+        return {r[2] for r in rows}
+
+    def _delete_dataset(self, cur: duckdb.DuckDBPyConnection, did: str) -> None:
+        for table in ("datasets", "schema_versions", "partitions", "columns"):
+            col = "id" if table == "datasets" else "dataset_id"
+            cur.execute(f"DELETE FROM {WD}.{table} WHERE {col} = ?", [did])
+
+    def _upsert_datasets(
+        self, cur: duckdb.DuckDBPyConnection, rows: list[dict[str, Any]], shard: int
+    ) -> None:
+        for ds in rows:
+            did = str(ds["id"])
+            cur.execute(f"DELETE FROM {WD}.datasets WHERE id = ?", [did])
+            cur.execute(
+                f"INSERT INTO {WD}.datasets VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    did,
+                    shard,
+                    ds.get("slug") or did,
+                    ds.get("name") or ds.get("slug") or did,
+                    ds.get("description"),
+                    ds.get("status") or "active",
+                    ds.get("write_format") or "parquet",
+                    ds.get("default_storage_target_id"),
+                    as_json_text(_as_dict(ds.get("metadata"))),
+                    _naive_utc(ds.get("created_at")),
+                    _naive_utc(ds.get("updated_at")),
+                ],
+            )
+
+    def _upsert_schema_versions(
+        self, cur: duckdb.DuckDBPyConnection, rows: list[dict[str, Any]], shard: int, ds_id: str | None
+    ) -> None:
+        for sv in rows:
+            cur.execute(f"DELETE FROM {WD}.schema_versions WHERE id = ?", [str(sv["id"])])
+            cur.execute(
+                f"INSERT INTO {WD}.schema_versions VALUES (?, ?, ?, ?, ?)",
+                [
+                    str(sv["id"]),
+                    str(sv.get("dataset_id") or ds_id),
+                    shard,
+                    int(sv.get("version") or 0),
+                    as_json_text(_as_dict(sv.get("schema"))),
+                ],
+            )
+
+    def _insert_partitions(
+        self, cur: duckdb.DuckDBPyConnection, upserts: list[dict[str, Any]], shard: int, ds_id: str | None
+    ) -> None:
+        if not upserts:
+            return
+        cols: dict[str, list[Any]] = {c: [] for c in ddl.PARTITION_COLUMNS}
+        for u in upserts:
+            fp = str(u["file_path"])
+            cols["id"].append(str(u["id"]))
+            cols["dataset_id"].append(str(u.get("dataset_id") or ds_id))
+            cols["shard"].append(shard)
+            cols["manifest_id"].append(u.get("manifest_id"))
+            cols["manifest_shard"].append(u.get("manifest_shard"))
+            cols["storage_target_id"].append(u.get("storage_target_id"))
+            cols["file_path"].append(fp)
+            cols["location"].append(
+                partition_location(self._targets.get(str(u.get("storage_target_id"))), fp, self.storage_root)
+            )
+            cols["file_format"].append(u.get("file_format") or "parquet")
+            cols["start_time"].append(_naive_utc(u.get("start_time")) or FAR_PAST)
+            cols["end_time"].append(_naive_utc(u.get("end_time")) or FAR_FUTURE)
+            cols["row_count"].append(u.get("row_count"))
+            cols["file_size_bytes"].append(u.get("file_size_bytes"))
+            cols["schema_version_id"].append(u.get("schema_version_id"))
+            cols["table_name"].append(u.get("table_name") or "records")
+            cols["partition_key"].append(as_json_text(u.get("partition_key") or {}))
+        typed = {"shard", "start_time", "end_time", "row_count", "file_size_bytes"}
+        table = pa.table(
+            {
+                **{k: pa.array(v, pa.string()) for k, v in cols.items() if k not in typed},
+                "shard": pa.array(cols["shard"], pa.int32()),
+                "start_time": pa.array(cols["start_time"], pa.timestamp("us")),
+                "end_time": pa.array(cols["end_time"], pa.timestamp("us")),
+                "row_count": pa.array(cols["row_count"], pa.int64()),
+                "file_size_bytes": pa.array(cols["file_size_bytes"], pa.int64()),
+            }
+        )
+        cur.register("__wd_upserts", table)
+        try:
+            names = ", ".join(ddl.PARTITION_COLUMNS)
+            cur.execute(f"INSERT INTO {WD}.partitions ({names}) SELECT {names} FROM __wd_upserts")
+        finally:
+            cur.unregister("__wd_upserts")
+
+    def _recompute_columns(self, cur: duckdb.DuckDBPyConnection, did: str) -> None:
+        cur.execute(f"DELETE FROM {WD}.columns WHERE dataset_id = ?", [did])
+        row = cur.execute(f"SELECT shard FROM {WD}.datasets WHERE id = ?", [did]).fetchone()
+        newest = cur.execute(
+            f"SELECT schema FROM {WD}.schema_versions WHERE dataset_id = ? ORDER BY version DESC LIMIT 1",
+            [did],
+        ).fetchone()
+        if row is None or newest is None:
+            return
+        fields = schema_columns(_as_dict(newest[0]))
+        if fields:
+            cur.executemany(
+                f"INSERT INTO {WD}.columns VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [[did, row[0], i, n, t, nl, d] for i, (n, t, nl, d) in enumerate(fields)],
+            )
+
+    # ------------------------------------------------------------------ rebuilds (PostgreSQL)
+    @contextlib.contextmanager
+    def _pg(self) -> Iterator[Any]:
+        if self.pg_connect is not None:
+            conn = self.pg_connect()
+        else:
+            import psycopg
+
+            conn = psycopg.connect(self.walduck.pg_dsn, autocommit=False)
+        try:
+            yield conn
+        finally:
+            conn.close()
+
+    def _replace_from_snapshot(
+        self, cur: duckdb.DuckDBPyConnection, snap: CatalogSnapshot, shard: int | None, only: str | None
+    ) -> set[str]:
+        """Replace the named dataset(s) (``only`` None = all) with the PostgreSQL snapshot's rows."""
+        for target in snap.storage_targets:
+            self._upsert_target(cur, target)
+        existing = dict(cur.execute(f"SELECT id, shard FROM {WD}.datasets").fetchall())
+        ids = {str(d["id"]) for d in snap.datasets}
+        if only is not None:
+            ids.add(only)
+        else:
+            ids |= set(existing)
+        for did in ids:
+            self._delete_dataset(cur, did)
+
+        def shard_of(did: str) -> int:
+            if shard is not None:
+                return shard
+            return existing.get(did, kafka_partition_for(did, self.walduck.topic_partitions))
+
+        for ds in snap.datasets:
+            self._upsert_datasets(cur, [ds], shard_of(str(ds["id"])))
+        by_ds: dict[str, list[dict[str, Any]]] = {}
+        for sv in snap.schema_versions:
+            by_ds.setdefault(str(sv["dataset_id"]), []).append(sv)
+        for did, svs in by_ds.items():
+            self._upsert_schema_versions(cur, svs, shard_of(did), did)
+        parts: dict[str, list[dict[str, Any]]] = {}
+        for p in snap.partitions:
+            parts.setdefault(str(p["dataset_id"]), []).append(p)
+        for did, ps in parts.items():
+            self._insert_partitions(cur, ps, shard_of(did), did)
+        for did in ids:
+            self._recompute_columns(cur, did)
+        return ids
+
+    def rebuild(self, dataset_id: str | None = None, reason: str = "manual") -> None:
+        """Reload one dataset (or everything) straight from PostgreSQL; stored offsets are kept.
+
+        Deltas still to come after the rebuild re-apply net final partition states, so replaying
+        changes the snapshot already holds converges to the same state (docs/contexts.md §Rebuilds).
+        """
+        scope = "dataset" if dataset_id else "full"
+        started = time.perf_counter()
+        with self._pg() as conn:
+            snap = read_catalog(conn, self.walduck.catalog_schema, [dataset_id] if dataset_id else None)
+        with self._write_lock:
+            cur = self._writer
+            assert cur is not None
+            cur.begin()
+            try:
+                touched = self._replace_from_snapshot(cur, snap, None, dataset_id)
+                cur.commit()
+            except Exception:
+                with contextlib.suppress(Exception):
+                    cur.rollback()
+                raise
+            self._version += 1
+            with self._ds_lock:
+                self._ds_dirty |= touched
+            self._views_dirty |= touched
+            self.refresh_views(force=True)
+        elapsed = time.perf_counter() - started
+        metrics.REBUILDS.labels(scope=scope).inc()
+        metrics.REBUILD_DURATION.labels(scope=scope).observe(elapsed)
+        info = {
+            "reason": reason,
+            "at": iso(utcnow()),
+            "durationMs": round(elapsed * 1000, 2),
+            "lsn": format_lsn(snap.lsn),
+        }
+        for did in touched:
+            self._rebuild_info[did] = info
+        log.info("rebuilt %s (%s) in %.1f ms", dataset_id or "all datasets", reason, elapsed * 1000)
+
+    def reset_shard(self, shard: int) -> None:
+        """Wipe one shard (its rows and progress) so it bootstraps by replaying its deltas from offset 0."""
+        with self._write_lock:
+            cur = self._writer
+            assert cur is not None
+            ids = {
+                r[0] for r in cur.execute(f"SELECT id FROM {WD}.datasets WHERE shard = ?", [shard]).fetchall()
+            }
+            cur.begin()
+            for table in ("datasets", "schema_versions", "partitions", "columns", "shard_progress"):
+                cur.execute(f"DELETE FROM {WD}.{table} WHERE shard = ?", [shard])
+            cur.execute(f"DELETE FROM {WD}.src_offsets WHERE src_partition = ?", [shard])
+            cur.commit()
+            self._progress[shard] = ShardProgress(shard)
+            self._src_offsets.pop(shard, None)
+            with self._ds_lock:
+                self._ds_dirty |= ids
+            self._views_dirty |= ids
+            self._version += 1
+            metrics.REBUILDS.labels(scope="shard").inc()
+
+    def mark_bootstrapped(self, shard: int) -> None:
+        with self._write_lock:
+            prog = self._progress.setdefault(shard, ShardProgress(shard))
+            if prog.bootstrapped:
+                return
+            prog.bootstrapped = True
+            assert self._writer is not None
+            self._writer.execute(
+                f"UPDATE {WD}.shard_progress SET bootstrapped = true WHERE shard = ?", [shard]
+            )
+
+    def set_error(self, shard: int, error: str) -> None:
+        self._progress.setdefault(shard, ShardProgress(shard)).last_error = error[:500]
+
+    # ------------------------------------------------------------------ views
+    def refresh_views(self, force: bool = False) -> None:
+        """(Re)create the plain DuckDB views ``timestore.<view>`` of datasets changed since the last refresh.
+
+        Done after applies (at most every ``view_refresh_interval_s``), not inside them: binding a view
+        over N files costs ~20 µs per file. The planner's rewrite is the exact, pruned path.
+        """
+        if self._db is None:
+            return
+        now = time.monotonic()
+        if not force and now - self._views_refreshed_at < self.settings.view_refresh_interval_s:
+            return
+        with self._write_lock:
+            if not self._views_dirty and not force:
+                return
+            self._views_dirty.clear()
+            self._views_refreshed_at = now
+            views = self.datasets()
+            wanted: dict[str, DatasetView] = {}
+            for dv in sorted(views, key=lambda d: (d.slug != d.view_name, d.created_at or "", d.id)):
+                if dv.write_format == "parquet":
+                    wanted.setdefault(dv.view_name, dv)
+            cur = self._writer
+            assert cur is not None
+            for name in list(self._view_owner):
+                if name not in wanted:
+                    with contextlib.suppress(duckdb.Error):
+                        cur.execute(f"DROP VIEW IF EXISTS timestore.{quote_ident(name)}")
+                    del self._view_owner[name]
+            for name, dv in wanted.items():
+                sql_text, _ = self.relation_sql(dv.id, count_skips=False)
+                try:
+                    cur.execute(f"CREATE OR REPLACE VIEW timestore.{quote_ident(name)} AS {sql_text}")
+                    self._view_owner[name] = dv.id
+                except duckdb.Error as exc:
+                    log.warning("view timestore.%s not refreshed: %s", name, exc)
+
+    # ------------------------------------------------------------------ progress
+    def progress(self) -> dict[int, ShardProgress]:
+        now = utcnow()
+        out: dict[int, ShardProgress] = {}
+        for shard, p in sorted(self._progress.items()):
+            staleness = None
+            if p.newest_commit_ts:
+                with contextlib.suppress(ValueError):
+                    staleness = max((now - parse_iso(p.newest_commit_ts)).total_seconds(), 0.0)
+                    metrics.SHARD_STALENESS.labels(shard=str(shard)).set(staleness)
+            out[shard] = ShardProgress(
+                shard=shard,
+                applied_lsn=p.applied_lsn,
+                deltas_offset=p.deltas_offset,
+                src_offset=p.src_offset,
+                newest_commit_ts=p.newest_commit_ts,
+                staleness_s=staleness,
+                last_apply_ms=p.last_apply_ms,
+                last_error=p.last_error,
+                bootstrapped=p.bootstrapped,
+                applied_at=p.applied_at,
+            )
+        return out
+
+    def applied_lsn(self) -> int:
+        if not self._progress:
+            return 0
+        return min(p.applied_lsn for p in self._progress.values())
+
+    async def wait_for_lsn(self, lsn: int, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        delay = 0.001
+        while self.applied_lsn() < lsn:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            await asyncio.sleep(min(delay, remaining))
+            delay = min(delay * 2, 0.02)
+        return True
+
+    # ------------------------------------------------------------------ catalog views
+    def version(self) -> int:
+        """Bumped by every apply/rebuild that changed a dataset (cache key for callers)."""
+        return self._version
+
+    def datasets(self) -> list[DatasetView]:
+        with self._ds_lock:
+            if self._ds_all_dirty:
+                self._ds_cache.clear()
+                dirty: set[str] | None = None
+            else:
+                dirty = set(self._ds_dirty)
+            self._ds_dirty.clear()
+            self._ds_all_dirty = False
+        if dirty is None or dirty:
+            fresh = self._load_datasets(dirty)
+            with self._ds_lock:
+                for did in dirty or set():
+                    self._ds_cache.pop(did, None)
+                self._ds_cache.update(fresh)
+        views = [self._copy_view(v) for v in self._ds_cache.values()]
+        by_name: dict[str, list[DatasetView]] = {}
+        for v in views:
+            by_name.setdefault(v.view_name, []).append(v)
+        for group in by_name.values():
+            if len(group) > 1:
+                for v in group:
+                    v.collision = True
+        views.sort(key=lambda v: (v.updated_at or "", v.id), reverse=True)
+        return views
+
+    @staticmethod
+    def _copy_view(v: DatasetView) -> DatasetView:
+        return dataclasses.replace(v, columns=list(v.columns), partition_keys=list(v.partition_keys))
+
+    def collision_warnings(self, views: list[DatasetView] | None = None) -> list[str]:
+        views = views if views is not None else self.datasets()
+        by_name: dict[str, list[str]] = {}
+        for v in views:
+            by_name.setdefault(v.view_name, []).append(v.slug)
+        return [
+            f"Datasets {', '.join(sorted(slugs))} all sanitise to view timestore.{name}; "
+            "the relation is ambiguous (reference it with the exact slug)."
+            for name, slugs in sorted(by_name.items())
+            if len(slugs) > 1
+        ]
+
+    def _load_datasets(self, only: set[str] | None) -> dict[str, DatasetView]:
+        cur = self._cursor()
+        try:
+            where = "WHERE list_contains(?, d.id)" if only is not None else ""
+            params = [sorted(only)] if only is not None else []
+            rows = cur.execute(
+                f"""SELECT d.id, d.slug, d.name, d.description, d.status, d.metadata, d.updated_at, d.shard,
+                           d.write_format, d.created_at,
+                           coalesce(p.n, 0), coalesce(p.r, 0), coalesce(p.b, 0), p.keys
+                    FROM {WD}.datasets d
+                    LEFT JOIN (SELECT dataset_id, count(*) AS n, sum(row_count) AS r, sum(file_size_bytes) AS b,
+                                      list(DISTINCT partition_key) AS keys
+                               FROM {WD}.partitions GROUP BY dataset_id) p ON p.dataset_id = d.id
+                    {where}""",
+                params,
+            ).fetchall()
+            col_rows = cur.execute(
+                f"SELECT dataset_id, column_name, data_type, nullable, description FROM {WD}.columns"
+                + (" WHERE list_contains(?, dataset_id)" if only is not None else "")
+                + " ORDER BY dataset_id, ordinal",
+                params,
+            ).fetchall()
+        finally:
+            cur.close()
+        cols: dict[str, list[tuple[str, str, bool, str | None]]] = {}
+        for did, name, typ, nullable, desc in col_rows:
+            cols.setdefault(did, []).append((name, typ, bool(nullable), desc))
+        out: dict[str, DatasetView] = {}
+        for did, slug, name, desc, status, meta, updated, shard, wf, created, n, r, b, keys in rows:
+            metadata = _as_dict(meta)
+            details = cols.get(did, [])
+            columns = [(c[0], c[1]) for c in details]
+            key_names: set[str] = set()
+            for k in keys or []:
+                key_names |= set(_as_dict(k))
+            view = sanitize_view_name(slug)
+            out[did] = DatasetView(
+                id=did,
+                slug=slug,
+                name=name,
+                description=desc,
+                status=status,
+                metadata=metadata,
+                view_name=view,
+                columns=columns,
+                timestamp_column=timestamp_column(metadata, columns),
+                partition_keys=sorted(key_names),
+                partition_count=int(n),
+                total_rows=int(r),
+                total_bytes=int(b),
+                updated_at=iso(updated) if updated else None,
+                alias_warning=alias_warning(slug, view),
+                shard=int(shard),
+                write_format=wf,
+                created_at=iso(created) if created else None,
+                column_details=details,
+            )
+        return out
+
+    def dataset(self, dataset_id: str) -> DatasetView:
+        for v in self.datasets():
+            if v.id == dataset_id:
+                return v
+        raise UnknownDataset(dataset_id)
+
+    def resolve_relation(self, name: str) -> list[DatasetView]:
+        """Datasets a ``timestore.<name>`` reference may mean: exact slug matches first, then view-name matches."""
+        views = self.datasets()
+        exact = [v for v in views if v.slug == name]
+        by_view = [v for v in views if v.view_name == name and v.slug != name]
+        return exact + by_view
+
+    # ------------------------------------------------------------------ relation SQL
+    def relation_sql(
+        self,
+        dataset_id: str,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        *,
+        count_skips: bool = True,
+    ) -> tuple[str, list[str]]:
+        """SQL of a subquery over the dataset's visible partitions overlapping [start, end]."""
+        lo = _naive_utc(start) or FAR_PAST
+        hi = _naive_utc(end) or FAR_FUTURE
+        cur = self._cursor()
+        try:
+            ds = cur.execute(f"SELECT slug FROM {WD}.datasets WHERE id = ?", [dataset_id]).fetchone()
+            if ds is None:
+                raise UnknownDataset(dataset_id)
+            slug = ds[0]
+            columns = [
+                (n, t)
+                for n, t in cur.execute(
+                    f"SELECT column_name, data_type FROM {WD}.columns WHERE dataset_id = ? ORDER BY ordinal",
+                    [dataset_id],
+                ).fetchall()
+            ]
+            versions = {
+                svid: {n: t for n, t, _, _ in schema_columns(_as_dict(schema))}
+                for svid, schema in cur.execute(
+                    f"SELECT id, schema FROM {WD}.schema_versions WHERE dataset_id = ?", [dataset_id]
+                ).fetchall()
+            }
+            parts = cur.execute(
+                f"""SELECT id, location, schema_version_id, start_time, end_time, storage_target_id
+                    FROM {WD}.partitions
+                    WHERE dataset_id = ? AND end_time >= ? AND start_time <= ?
+                      AND coalesce(file_format, 'parquet') = 'parquet'
+                    ORDER BY start_time, id""",
+                [dataset_id, lo, hi],
+            ).fetchall()
+        finally:
+            cur.close()
+        warnings: list[str] = []
+        groups: dict[str | None, FileGroup] = {}
+        for pid, loc, svid, st, et, target in parts:
+            if file_missing(loc):
+                warnings.append(
+                    f"Skipped partition {pid} from dataset {slug}; storage target {target}; "
+                    f"window {iso(st)} – {iso(et)}; object not found at {loc}."
+                )
+                if count_skips:
+                    metrics.SKIPPED_PARTITIONS.inc()
+                continue
+            key = svid if svid in versions else None
+            group = groups.get(key)
+            if group is None:
+                group = groups[key] = FileGroup(versions.get(key) if key else None, [])
+            group.locations.append(loc)
+        if not groups:
+            if parts:
+                warnings.append(f"No readable partitions found for dataset {slug}; returning empty view.")
+            return empty_relation_sql(columns), warnings
+        return relation_sql(columns, list(groups.values())), warnings
+
+    # ------------------------------------------------------------------ snapshot
+    def partition_index(self, dataset_id: str | None = None) -> list[dict[str, Any]]:
+        """Visible partitions held (for verify and ``?detail=partitions``)."""
+        cur = self._cursor()
+        try:
+            where = " WHERE dataset_id = ?" if dataset_id else ""
+            rows = cur.execute(
+                f"""SELECT dataset_id, manifest_shard, id, file_path, row_count, shard FROM {WD}.partitions{where}
+                    ORDER BY dataset_id, manifest_shard, id""",
+                [dataset_id] if dataset_id else [],
+            ).fetchall()
+        finally:
+            cur.close()
+        return [
+            {
+                "datasetId": d,
+                "manifestShard": m,
+                "partitionId": p,
+                "filePath": f,
+                "rowCount": r,
+                "contextShard": s,
+            }
+            for d, m, p, f, r, s in rows
+        ]
+
+    def snapshot(self, detail_partitions: bool = False) -> dict[str, Any]:
+        views = self.datasets()
+        prog = self.progress()
+        staleness = [p.staleness_s for p in prog.values() if p.staleness_s is not None]
+        signature = hashlib.sha1(
+            "|".join(f"{v.id}:{v.partition_count}:{v.total_rows}:{v.updated_at}" for v in views).encode()
+        ).hexdigest()
+        parts_by_ds: dict[str, list[dict[str, Any]]] = {}
+        if detail_partitions:
+            for row in self.partition_index():
+                parts_by_ds.setdefault(row["datasetId"], []).append(row)
+        datasets = []
+        for v in views:
+            info = self._rebuild_info.get(v.id, {})
+            entry: dict[str, Any] = {
+                "datasetId": v.id,
+                "datasetSlug": v.slug,
+                "status": v.status,
+                "updatedAt": v.updated_at,
+                "included": v.write_format == "parquet",
+                "signature": hashlib.sha1(f"{v.id}:{v.partition_count}:{v.total_rows}".encode()).hexdigest(),
+                "lastRefreshedAt": info.get("at") or prog.get(v.shard, ShardProgress(v.shard)).applied_at,
+                "lastBuildDurationMs": info.get("durationMs"),
+                "lastError": prog.get(v.shard, ShardProgress(v.shard)).last_error,
+                "manifestVersion": None,
+                "manifestUpdatedAt": v.updated_at,
+                "partitionCount": v.partition_count,
+                "totalRows": v.total_rows,
+                "totalBytes": v.total_bytes,
+                "refreshReason": info.get("reason") or "delta",
+                "viewName": v.view_name,
+                "contextShard": v.shard,
+                "collision": v.collision,
+            }
+            if detail_partitions:
+                entry["partitions"] = parts_by_ds.get(v.id, [])
+            datasets.append(entry)
+        return {
+            "incrementalEnabled": not self.full_scan,
+            "contextMode": self.walduck.context_mode.value,
+            "ttlMs": None,
+            "cachePresent": self._db is not None,
+            "cacheMode": "full" if self.full_scan else "incremental",
+            "version": self._version,
+            "signature": signature,
+            "builtAt": iso(self._opened_at) if self._opened_at else None,
+            "expiresAt": None,
+            "stalenessSeconds": max(staleness) if staleness else None,
+            "datasetCount": len(views),
+            "appliedLsn": format_lsn(self.applied_lsn()),
+            "datasets": datasets,
+            "pendingInvalidations": [],
+            "shards": [
+                {
+                    "shard": p.shard,
+                    "appliedLsn": format_lsn(p.applied_lsn),
+                    "deltasOffset": p.deltas_offset,
+                    "srcOffset": p.src_offset,
+                    "newestCommitTs": p.newest_commit_ts,
+                    "stalenessSeconds": p.staleness_s,
+                    "lastApplyMs": p.last_apply_ms,
+                    "lastError": p.last_error,
+                    "bootstrapped": p.bootstrapped,
+                }
+                for p in prog.values()
+            ],
+            "warnings": [w for v in views if (w := v.alias_warning)] + self.collision_warnings(views),
+        }

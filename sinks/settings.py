@@ -1,0 +1,36 @@
+"""Knobs of the context shards and the query service (``WALDUCK_`` environment variables)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from walduck.config import WalduckSettings
+
+
+class SinkSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="WALDUCK_", extra="ignore")
+
+    # the DuckDB file holding every context shard (default: <data_dir>/context/context.duckdb)
+    context_path: Path | None = None
+    # DuckDB instance limits (per instance, not per connection)
+    duckdb_memory_limit: str = "2GB"
+    duckdb_threads: int = 2
+    # cursors handed to readers; a reader waits at most reader_wait_s for one
+    reader_pool_size: int = 8
+    reader_wait_s: float = 5.0
+    # extra directories readable by SQL besides the storage root (other local storage targets)
+    allowed_directories: list[str] = []
+    # plain DuckDB views `timestore.<view>` are refreshed at most this often (the planner path is exact)
+    view_refresh_interval_s: float = 1.0
+    # the deltas consumer
+    consumer_max_records: int = 500
+    consumer_poll_ms: int = 100
+    # HTTP port of a query service (used by `walduck query verify --url`)
+    service_url: str = ""
+
+    def resolved_context_path(self, walduck: WalduckSettings) -> Path:
+        if self.context_path is not None:
+            return self.context_path.resolve()
+        return (walduck.data_dir / "context" / "context.duckdb").resolve()
