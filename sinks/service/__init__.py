@@ -1,1 +1,0 @@
-"""The SQL query service: Timestore-compatible HTTP API over the live DuckDB context."""
