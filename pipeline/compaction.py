@@ -1,0 +1,656 @@
+"""The compaction state machine: change records of ONE changes-topic partition -> deltas.
+
+Pure logic, no Kafka. :class:`Compactor` is fed decoded :class:`~walduck.records.ChangeRecord`s with
+their input offsets and turns *windows* of whole transactions into deltas (``walduck/deltas.py``).
+
+State (per input partition, which is exactly the datasets whose key hashes there):
+
+* per ``(dataset_id, manifest_shard)``: the published manifest id and its partitions (the visible set);
+* ``manifest_id -> (dataset, shard, status, schema_version_id)``;
+* partitions inserted into manifests that are not (yet) published, so publishing such a manifest later
+  shows them (``hidden``; lives in memory only, see ``docs/compactor.md``);
+* per Kafka key, the highest stream commit LSN applied (drops the connector's re-sends after a crash);
+* the known datasets (for TRUNCATE).
+
+Windows. A window is a run of consecutive input offsets ``a..b`` holding only whole transaction shares.
+Every delta sealed from a window carries ``src_offset_from=a, src_offset_to=b`` (one delta per dataset,
+plus one global delta for storage targets, plus a heartbeat delta), emitted in a deterministic order
+(dataset id ascending, global last). Global records (heartbeats, storage targets, truncates,
+snapshot-done) are window boundaries: the window before them is sealed first when it is clean, so a
+heartbeat's LSN never claims progress for changes not yet sealed. :func:`restore_from_deltas` rebuilds
+the state by replaying the deltas this compactor produced, dropping the last window group (which a crash
+may have cut), and tells the runner where to resume.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from walduck.deltas import PARTITION_FIELDS, Delta, DeltaKind, ShardChange
+from walduck.records import GLOBAL_KEY, ChangeRecord, Kind, Op, Source
+from walduck.shardkey import LEGACY_SHARD, shard_for
+
+TABLE_DATASETS = "datasets"
+TABLE_SCHEMA_VERSIONS = "dataset_schema_versions"
+TABLE_MANIFESTS = "dataset_manifests"
+TABLE_PARTITIONS = "dataset_partitions"
+TABLE_STORAGE_TARGETS = "storage_targets"
+KNOWN_TABLES = frozenset(
+    {TABLE_DATASETS, TABLE_SCHEMA_VERSIONS, TABLE_MANIFESTS, TABLE_PARTITIONS, TABLE_STORAGE_TARGETS}
+)
+PUBLISHED = "published"
+DEFAULT_TABLE_NAME = "records"
+
+ShardKey = tuple[str, str]
+
+
+class InvalidChange(ValueError):
+    """A decoded record that breaks the state machine's invariants; ``reason`` goes to the DLQ."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class OffsetRegression(RuntimeError):
+    """An input offset not above the previous one was fed (the runner seeked wrongly)."""
+
+
+@dataclass(slots=True)
+class ManifestInfo:
+    dataset_id: str
+    shard: str
+    status: str
+    schema_version_id: str | None = None
+
+
+@dataclass(slots=True)
+class ShardState:
+    published_manifest_id: str | None = None
+    partitions: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Rejected:
+    """A record the state machine refused (to the DLQ), with its offset and reason."""
+
+    offset: int
+    record: ChangeRecord | None
+    reason: str
+
+
+@dataclass(slots=True)
+class _Share:
+    """The records of one transaction that share a Kafka key, until all ``tx_size`` arrived."""
+
+    ident: tuple[Any, ...]
+    size: int
+    slots: dict[int, tuple[int, ChangeRecord | None]] = field(default_factory=dict)
+
+    @property
+    def complete(self) -> bool:
+        return len(self.slots) >= self.size
+
+
+@dataclass(slots=True)
+class _DatasetWindow:
+    raw: int = 0
+    lsn_from: int | None = None
+    lsn_to: int = 0
+    commit_ts_max: str = ""
+    snapshot: bool = False
+    dataset: dict[str, Any] | None = None
+    schema_versions: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # shard -> partition id -> visible at window start?
+    touched: dict[str, dict[str, bool]] = field(default_factory=dict)
+    shards_touched: set[str] = field(default_factory=set)
+
+    def note(self, rec: ChangeRecord) -> None:
+        self.raw += 1
+        self.lsn_from = rec.commit_lsn if self.lsn_from is None else min(self.lsn_from, rec.commit_lsn)
+        self.lsn_to = max(self.lsn_to, rec.commit_lsn)
+        self.commit_ts_max = max(self.commit_ts_max, rec.commit_ts)
+        self.snapshot |= rec.source is Source.SNAPSHOT
+
+
+@dataclass(slots=True)
+class _Window:
+    first: int | None = None
+    last: int | None = None
+    datasets: dict[str, _DatasetWindow] = field(default_factory=dict)
+    global_: _DatasetWindow | None = None
+    storage_targets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    heartbeat: ChangeRecord | None = None
+    records: int = 0
+
+    def extend(self, offset: int) -> None:
+        self.first = offset if self.first is None else self.first
+        self.last = offset
+
+
+def _key_of(rec: ChangeRecord) -> str:
+    return rec.dataset_id or GLOBAL_KEY
+
+
+def _is_global(rec: ChangeRecord) -> bool:
+    return (
+        rec.kind is not Kind.CHANGE
+        or rec.dataset_id in (None, GLOBAL_KEY)
+        or rec.table == TABLE_STORAGE_TARGETS
+        or rec.op is Op.TRUNCATE
+    )
+
+
+def _without_updated_at(row: dict[str, Any] | None) -> dict[str, Any]:
+    return {k: v for k, v in (row or {}).items() if k != "updated_at"}
+
+
+def partition_entry(row: dict[str, Any], manifest: ManifestInfo | None) -> dict[str, Any]:
+    """The delta entry of one partition row: exactly :data:`PARTITION_FIELDS`."""
+    meta = row.get("metadata") or {}
+    entry = {name: row.get(name) for name in PARTITION_FIELDS}
+    entry["schema_version_id"] = meta.get("schemaVersionId") or (
+        manifest.schema_version_id if manifest else None
+    )
+    entry["table_name"] = meta.get("tableName") or DEFAULT_TABLE_NAME
+    if not entry.get("manifest_shard"):
+        entry["manifest_shard"] = manifest.shard if manifest else shard_for(row.get("start_time"))
+    return entry
+
+
+class Compactor:
+    """State machine for one changes-topic partition. ``feed`` records in offset order, ``flush`` deltas."""
+
+    def __init__(self, src_partition: int) -> None:
+        self.src_partition = src_partition
+        self.shards: dict[ShardKey, ShardState] = {}
+        self.manifests: dict[str, ManifestInfo] = {}
+        self.hidden: dict[str, dict[str, dict[str, Any]]] = {}
+        self.datasets: set[str] = set()
+        self.last_applied: dict[str, int] = {}
+        self.rejected: list[Rejected] = []
+        # the highest input offset whose window is sealed (its deltas are in ``_sealed`` or were flushed)
+        self.covered_to: int = -1
+        self.last_offset: int = -1
+        # deltas already present downstream for the window ending at ``force_boundary`` (restore)
+        self.force_boundary: int | None = None
+        self.skip_regenerated: set[tuple[str, str | None]] = set()
+        self._shares: dict[str, _Share] = {}
+        self._window = _Window()
+        self._sealed: list[Delta] = []
+
+    # ----------------------------------------------------------------------------------- feeding
+    @property
+    def clean(self) -> bool:
+        """True when no transaction share is half-received (a window may be sealed here)."""
+        return not self._shares
+
+    @property
+    def window_records(self) -> int:
+        return self._window.records
+
+    @property
+    def state_partitions(self) -> int:
+        return sum(len(s.partitions) for s in self.shards.values())
+
+    def skip(self, offset: int) -> None:
+        """An offset that carried no usable record (sent to the DLQ): it still belongs to the window."""
+        self._advance(offset)
+        self._window.extend(offset)
+        self._maybe_force_seal()
+
+    def feed(self, rec: ChangeRecord, offset: int) -> None:
+        """Take one record. Raises :class:`InvalidChange` for a record to send to the DLQ (its slot is
+        accounted, the stream continues)."""
+        self._advance(offset)
+        is_global = _is_global(rec)
+        try:
+            if is_global and self.clean and self.force_boundary is None:
+                self._seal()  # global records get a window of their own
+            self._window.extend(offset)
+            self._accept(rec, offset)
+        finally:
+            if is_global and self.clean and self.force_boundary is None:
+                self._seal()
+            self._maybe_force_seal()
+
+    def _advance(self, offset: int) -> None:
+        if offset <= self.last_offset:
+            raise OffsetRegression(f"offset {offset} fed after {self.last_offset} on {self.src_partition}")
+        self.last_offset = offset
+
+    def _maybe_force_seal(self) -> None:
+        if self.force_boundary is not None and self.last_offset >= self.force_boundary:
+            if not self.clean:
+                raise OffsetRegression(
+                    f"restored window ending at {self.force_boundary} is not clean on re-processing"
+                )
+            self._seal()
+            self.force_boundary = None
+            self.skip_regenerated.clear()
+
+    def _accept(self, rec: ChangeRecord, offset: int) -> None:
+        key = _key_of(rec)
+        if rec.kind is Kind.HEARTBEAT:
+            if rec.commit_lsn >= self.last_applied.get(GLOBAL_KEY, -1):
+                self.last_applied[GLOBAL_KEY] = rec.commit_lsn
+                if self.clean:  # a heartbeat inside a half-received window would claim too much
+                    self._window.heartbeat = rec
+            return
+        if rec.kind is Kind.SNAPSHOT_DONE:
+            return
+        stream = rec.source is Source.STREAM
+        share = self._shares.get(key)
+        ident = (rec.source, rec.commit_lsn, rec.xid)
+        if share is not None and share.ident != ident:
+            # a different transaction for this key while one is half-received: the old one is broken
+            self.rejected.extend(
+                Rejected(off, r, "incomplete_transaction") for off, r in share.slots.values()
+            )
+            del self._shares[key]
+            share = None
+        if share is None:
+            if stream and rec.commit_lsn <= self.last_applied.get(key, -1):
+                return  # a re-send of an applied transaction (connector restart)
+            share = _Share(ident=ident, size=rec.tx_size)
+            self._shares[key] = share
+        if rec.tx_index in share.slots:
+            return  # duplicate of a record already buffered
+        problem = self._validate(rec)
+        share.slots[rec.tx_index] = (offset, None if problem else rec)
+        if share.complete:
+            del self._shares[key]
+            self._apply_share(key, share)
+        if problem:
+            raise InvalidChange(problem)
+
+    @staticmethod
+    def _validate(rec: ChangeRecord) -> str | None:
+        if rec.op is Op.TRUNCATE:
+            return None
+        row = rec.row
+        if rec.table not in KNOWN_TABLES:
+            return None  # other catalog tables: not ours, ignored
+        if not isinstance(row.get("id"), str):
+            return f"{rec.table} {rec.op} row without string id"
+        if rec.table in (TABLE_MANIFESTS, TABLE_PARTITIONS, TABLE_SCHEMA_VERSIONS) and not isinstance(
+            row.get("dataset_id"), str
+        ):
+            return f"{rec.table} row without dataset_id"
+        if rec.table == TABLE_PARTITIONS and not isinstance(row.get("manifest_id"), str):
+            return "partition row without manifest_id"
+        if rec.table == TABLE_PARTITIONS and rec.op is not Op.DELETE and not row.get("file_path"):
+            return "partition row without file_path"
+        return None
+
+    def _apply_share(self, key: str, share: _Share) -> None:
+        records = [r for _, (_, r) in sorted(share.slots.items()) if r is not None]
+        if records and records[0].source is Source.STREAM:
+            self.last_applied[key] = max(self.last_applied.get(key, -1), records[0].commit_lsn)
+        self._window.records += len(share.slots)
+        for rec in records:
+            self._apply(rec)
+
+    # --------------------------------------------------------------------------------- applying
+    def _dw(self, dataset_id: str) -> _DatasetWindow:
+        return self._window.datasets.setdefault(dataset_id, _DatasetWindow())
+
+    def _gw(self) -> _DatasetWindow:
+        if self._window.global_ is None:
+            self._window.global_ = _DatasetWindow()
+        return self._window.global_
+
+    def _apply(self, rec: ChangeRecord) -> None:
+        if rec.op is Op.TRUNCATE:
+            self._gw().note(rec)
+            self._truncate(rec)
+            return
+        table = rec.table
+        if table not in KNOWN_TABLES:
+            return
+        if table == TABLE_STORAGE_TARGETS:
+            self._gw().note(rec)
+            row = rec.row
+            self._window.storage_targets[row["id"]] = (
+                {"id": row["id"], "deleted": True} if rec.op is Op.DELETE else dict(rec.new or {})
+            )
+            return
+        dataset_id = rec.row.get("dataset_id") if table != TABLE_DATASETS else rec.row.get("id")
+        dw = self._dw(dataset_id)
+        dw.note(rec)
+        if table == TABLE_DATASETS:
+            self._apply_dataset(rec, dw)
+        elif table == TABLE_SCHEMA_VERSIONS:
+            row = rec.row
+            dw.schema_versions[row["id"]] = (
+                {"id": row["id"], "deleted": True} if rec.op is Op.DELETE else dict(rec.new or {})
+            )
+        elif table == TABLE_MANIFESTS:
+            self._apply_manifest(rec)
+        else:
+            self._apply_partition(rec)
+
+    def _apply_dataset(self, rec: ChangeRecord, dw: _DatasetWindow) -> None:
+        ds_id = rec.row["id"]
+        if rec.op is Op.DELETE:
+            self.datasets.discard(ds_id)
+            dw.dataset = {"id": ds_id, "deleted": True}
+            return
+        self.datasets.add(ds_id)
+        if rec.op is Op.UPDATE and rec.old is not None:
+            if _without_updated_at(rec.old) == _without_updated_at(rec.new):
+                return  # touchDataset: nothing a context cares about
+        dw.dataset = dict(rec.new or {})
+
+    def _shard_state(self, key: ShardKey) -> ShardState:
+        return self.shards.setdefault(key, ShardState())
+
+    def _touch(self, dataset_id: str, shard: str, part_id: str) -> None:
+        touched = self._dw(dataset_id).touched.setdefault(shard, {})
+        if part_id not in touched:
+            state = self.shards.get((dataset_id, shard))
+            touched[part_id] = state is not None and part_id in state.partitions
+
+    def _unpublish(self, key: ShardKey, manifest_id: str) -> None:
+        state = self.shards.get(key)
+        if state is None or state.published_manifest_id != manifest_id:
+            return
+        for part_id in list(state.partitions):
+            self._touch(key[0], key[1], part_id)
+        state.partitions.clear()
+        state.published_manifest_id = None
+        self._dw(key[0]).shards_touched.add(key[1])
+
+    def _publish(self, key: ShardKey, manifest_id: str) -> None:
+        state = self._shard_state(key)
+        if state.published_manifest_id == manifest_id:
+            return
+        if state.published_manifest_id is not None:
+            self._unpublish(key, state.published_manifest_id)
+        state.published_manifest_id = manifest_id
+        self._dw(key[0]).shards_touched.add(key[1])
+        manifest = self.manifests.get(manifest_id)
+        for part_id, row in self.hidden.pop(manifest_id, {}).items():
+            self._touch(key[0], key[1], part_id)
+            state.partitions[part_id] = partition_entry(row, manifest)
+
+    def _apply_manifest(self, rec: ChangeRecord) -> None:
+        row = rec.row
+        manifest_id, dataset_id = row["id"], row["dataset_id"]
+        shard = row.get("manifest_shard") or LEGACY_SHARD
+        if rec.op is Op.DELETE:
+            info = self.manifests.pop(manifest_id, None)
+            self._unpublish((dataset_id, info.shard if info else shard), manifest_id)
+            self.hidden.pop(manifest_id, None)
+            return
+        new = rec.new or {}
+        old_info = self.manifests.get(manifest_id)
+        if old_info is not None and old_info.shard != shard:
+            self._unpublish((dataset_id, old_info.shard), manifest_id)
+        info = ManifestInfo(dataset_id, shard, str(new.get("status")), new.get("schema_version_id"))
+        self.manifests[manifest_id] = info
+        if info.status == PUBLISHED:
+            self._publish((dataset_id, shard), manifest_id)
+        else:
+            self._unpublish((dataset_id, shard), manifest_id)
+            if info.status != "draft":
+                # superseded manifests never come back in Timestore: forget their rows
+                self.manifests.pop(manifest_id, None)
+                self.hidden.pop(manifest_id, None)
+
+    def _partition_shard(self, row: dict[str, Any]) -> str:
+        manifest = self.manifests.get(row["manifest_id"])
+        if manifest is not None:
+            return manifest.shard
+        return row.get("manifest_shard") or shard_for(row.get("start_time"))
+
+    def _apply_partition(self, rec: ChangeRecord) -> None:
+        if rec.op in (Op.DELETE, Op.UPDATE) and rec.old is not None:
+            self._remove_partition(rec.old)
+        elif rec.op is Op.DELETE:
+            self._remove_partition(rec.key or {})
+        if rec.op in (Op.INSERT, Op.READ, Op.UPDATE):
+            self._add_partition(rec.new or {})
+
+    def _remove_partition(self, row: dict[str, Any]) -> None:
+        part_id = row.get("id")
+        dataset_id = row.get("dataset_id")
+        for manifest_rows in self.hidden.values():
+            manifest_rows.pop(part_id, None)
+        if dataset_id is None or row.get("manifest_id") is None:
+            # key-only delete: find it in the visible sets
+            for (ds, shard), state in self.shards.items():
+                if part_id in state.partitions:
+                    self._touch(ds, shard, part_id)
+                    del state.partitions[part_id]
+                    self._dw(ds).shards_touched.add(shard)
+            return
+        shard = self._partition_shard(row)
+        state = self.shards.get((dataset_id, shard))
+        if state is not None and part_id in state.partitions:
+            self._touch(dataset_id, shard, part_id)
+            del state.partitions[part_id]
+
+    def _add_partition(self, row: dict[str, Any]) -> None:
+        dataset_id, manifest_id, part_id = row["dataset_id"], row["manifest_id"], row["id"]
+        shard = self._partition_shard(row)
+        state = self.shards.get((dataset_id, shard))
+        if state is not None and state.published_manifest_id == manifest_id:
+            self._touch(dataset_id, shard, part_id)
+            state.partitions[part_id] = partition_entry(row, self.manifests.get(manifest_id))
+        else:
+            manifest = self.manifests.get(manifest_id)
+            if manifest is None or manifest.status == "draft":
+                self.hidden.setdefault(manifest_id, {})[part_id] = dict(row)
+            # rows of superseded manifests are invisible and forgotten
+
+    def _truncate(self, rec: ChangeRecord) -> None:
+        table = rec.table
+        if table in (TABLE_PARTITIONS, TABLE_MANIFESTS, TABLE_DATASETS):
+            self.hidden.clear()
+            for key, state in list(self.shards.items()):
+                if table == TABLE_PARTITIONS:
+                    for part_id in list(state.partitions):
+                        self._touch(key[0], key[1], part_id)
+                    state.partitions.clear()
+                    self._dw(key[0]).shards_touched.add(key[1])
+                elif state.published_manifest_id is not None:
+                    self._unpublish(key, state.published_manifest_id)
+            if table != TABLE_PARTITIONS:
+                self.manifests.clear()
+        if table == TABLE_DATASETS:
+            for ds_id in sorted(self.datasets):
+                self._dw(ds_id).dataset = {"id": ds_id, "deleted": True}
+            self.datasets.clear()
+
+    # --------------------------------------------------------------------------------- sealing
+    def _seal(self) -> None:
+        """Close the current window (must be clean) into deltas appended to ``_sealed``."""
+        window = self._window
+        if window.first is None:
+            return
+        base = {
+            "src_partition": self.src_partition,
+            "src_offset_from": window.first,
+            "src_offset_to": window.last,
+        }
+        out: list[Delta] = []
+        for dataset_id in sorted(window.datasets):
+            dw = window.datasets[dataset_id]
+            delta = Delta(
+                kind=DeltaKind.DELTA,
+                lsn_from=dw.lsn_from or 0,
+                lsn_to=dw.lsn_to,
+                commit_ts_max=dw.commit_ts_max,
+                raw_changes=dw.raw,
+                dataset_id=dataset_id,
+                dataset=dw.dataset,
+                schema_versions=[dw.schema_versions[k] for k in sorted(dw.schema_versions)],
+                shards=self._shard_changes(dataset_id, dw),
+                snapshot=dw.snapshot,
+                **base,
+            )
+            if delta.entry_count or delta.shards:
+                out.append(delta)
+        gw = window.global_
+        if gw is not None and window.storage_targets:
+            out.append(
+                Delta(
+                    kind=DeltaKind.DELTA,
+                    lsn_from=gw.lsn_from or 0,
+                    lsn_to=gw.lsn_to,
+                    commit_ts_max=gw.commit_ts_max,
+                    raw_changes=gw.raw,
+                    storage_targets=[window.storage_targets[k] for k in sorted(window.storage_targets)],
+                    snapshot=gw.snapshot,
+                    **base,
+                )
+            )
+        hb = window.heartbeat
+        if hb is not None:
+            out.append(
+                Delta(
+                    kind=DeltaKind.HEARTBEAT,
+                    lsn_from=hb.commit_lsn,
+                    lsn_to=hb.commit_lsn,
+                    commit_ts_max=hb.commit_ts,
+                    **base,
+                )
+            )
+        if self.skip_regenerated:
+            out = [d for d in out if (d.kind.value, d.dataset_id) not in self.skip_regenerated]
+        self._sealed.extend(out)
+        self.covered_to = window.last if window.last is not None else self.covered_to
+        self._window = _Window()
+
+    def _shard_changes(self, dataset_id: str, dw: _DatasetWindow) -> dict[str, ShardChange]:
+        changes: dict[str, ShardChange] = {}
+        for shard in sorted(set(dw.touched) | dw.shards_touched):
+            state = self.shards.get((dataset_id, shard))
+            visible = state.partitions if state is not None else {}
+            manifest_id = state.published_manifest_id if state is not None else None
+            change = ShardChange(published_manifest_id=manifest_id)
+            for part_id, was_visible in sorted(dw.touched.get(shard, {}).items()):
+                entry = visible.get(part_id)
+                if entry is not None:
+                    if entry.get("schema_version_id") is None and manifest_id in self.manifests:
+                        entry["schema_version_id"] = self.manifests[manifest_id].schema_version_id
+                    change.upserts.append(dict(entry))
+                elif was_visible:
+                    change.deletes.append(part_id)
+            if change.upserts or change.deletes or shard in dw.shards_touched:
+                changes[shard] = change
+            if state is not None and not state.partitions and state.published_manifest_id is None:
+                del self.shards[(dataset_id, shard)]
+        return changes
+
+    def flush(self) -> list[Delta]:
+        """Seal the current window if it is clean and return every delta sealed so far."""
+        if self.clean and self.force_boundary is None:
+            self._seal()
+        out, self._sealed = self._sealed, []
+        return out
+
+    def drain_rejected(self) -> list[Rejected]:
+        out, self.rejected = self.rejected, []
+        return out
+
+    # --------------------------------------------------------------------------------- restore
+    def apply_delta(self, delta: Delta) -> None:
+        """Bring the state forward by a delta this compactor (or a predecessor) produced."""
+        key = delta.dataset_id or GLOBAL_KEY
+        if delta.kind is DeltaKind.HEARTBEAT or delta.dataset_id is None:
+            self.last_applied[GLOBAL_KEY] = max(self.last_applied.get(GLOBAL_KEY, -1), delta.lsn_to)
+        elif not delta.snapshot:
+            self.last_applied[key] = max(self.last_applied.get(key, -1), delta.lsn_to)
+        self.covered_to = max(self.covered_to, delta.src_offset_to)
+        self.last_offset = max(self.last_offset, delta.src_offset_to)
+        if delta.dataset_id is None:
+            return
+        ds = delta.dataset_id
+        if delta.dataset is not None:
+            if delta.dataset.get("deleted"):
+                self.datasets.discard(ds)
+            else:
+                self.datasets.add(ds)
+        for shard, change in delta.shards.items():
+            state = self._shard_state((ds, shard))
+            for part_id in change.deletes:
+                state.partitions.pop(part_id, None)
+            for entry in change.upserts:
+                state.partitions[entry["id"]] = dict(entry)
+            if state.published_manifest_id and state.published_manifest_id != change.published_manifest_id:
+                self.manifests.pop(state.published_manifest_id, None)
+            state.published_manifest_id = change.published_manifest_id
+            if change.published_manifest_id is not None:
+                svid = next((u.get("schema_version_id") for u in change.upserts), None)
+                known = self.manifests.get(change.published_manifest_id)
+                self.manifests[change.published_manifest_id] = ManifestInfo(
+                    ds, shard, PUBLISHED, svid or (known.schema_version_id if known else None)
+                )
+            elif not state.partitions:
+                del self.shards[(ds, shard)]
+
+
+@dataclass(slots=True)
+class Restored:
+    """Result of :func:`restore_from_deltas`: the compactor and the input offset to resume at."""
+
+    compactor: Compactor
+    resume_offset: int | None  # None: no delta yet, start at the beginning of the partition
+
+
+def restore_from_deltas(src_partition: int, deltas: Iterable[Delta]) -> Restored:
+    """Rebuild a :class:`Compactor` from the deltas it produced for ``src_partition``, in topic order.
+
+    A window's deltas share one ``src_offset_from..to``; the last group may have been cut by a crash
+    between produce calls, so it is NOT applied: the compactor resumes at its first offset, seals the
+    window again exactly at its last offset, and drops the regenerated deltas that are already there.
+    """
+    compactor = Compactor(src_partition)
+    group: list[Delta] = []
+    for delta in deltas:
+        if delta.src_partition != src_partition:
+            continue
+        if group and (group[0].src_offset_from, group[0].src_offset_to) != (
+            delta.src_offset_from,
+            delta.src_offset_to,
+        ):
+            for d in group:
+                compactor.apply_delta(d)
+            group = []
+        group.append(delta)
+    if not group:
+        return Restored(compactor, None)
+    compactor.last_offset = group[0].src_offset_from - 1
+    compactor.covered_to = group[0].src_offset_from - 1
+    compactor.force_boundary = group[0].src_offset_to
+    compactor.skip_regenerated = {(d.kind.value, d.dataset_id) for d in group}
+    return Restored(compactor, group[0].src_offset_from)
+
+
+def replay(deltas: Iterable[Delta], into: dict[ShardKey, dict[str, dict[str, Any]]] | None = None) -> dict:
+    """Reference consumer: apply deltas to ``{(dataset, shard): {partition_id: entry}}``.
+
+    Drops re-deliveries the way a context does (``src_offset_to`` not above the highest applied per
+    ``(src_partition, dataset)``)."""
+    visible = {} if into is None else into
+    applied: dict[tuple[int, str | None], int] = {}
+    for delta in deltas:
+        mark = (delta.src_partition, delta.dataset_id)
+        if delta.src_offset_to <= applied.get(mark, -1):
+            continue
+        applied[mark] = delta.src_offset_to
+        if delta.dataset_id is None:
+            continue
+        for shard, change in delta.shards.items():
+            parts = visible.setdefault((delta.dataset_id, shard), {})
+            for part_id in change.deletes:
+                parts.pop(part_id, None)
+            for entry in change.upserts:
+                parts[entry["id"]] = entry
+            if not parts:
+                del visible[(delta.dataset_id, shard)]
+    return visible
