@@ -1,7 +1,78 @@
-"""CLI commands of this component (wired into ``walduck.cli``)."""
+"""CLI commands of this component (wired into ``walduck.cli`` as ``walduck query …``)."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import typer
+from rich.console import Console
 
 app = typer.Typer(no_args_is_help=True)
+console = Console(stderr=True)
+
+
+def _settings(data_dir: Path | None, pg_dsn: str | None, context_path: Path | None):  # type: ignore[no-untyped-def]
+    from sinks.settings import SinkSettings
+    from walduck.config import load_settings
+
+    walduck = load_settings(data_dir=data_dir, pg_dsn=pg_dsn)
+    sink = SinkSettings() if context_path is None else SinkSettings(context_path=context_path)
+    return sink, walduck
+
+
+@app.command()
+def verify(
+    url: str = typer.Option(
+        None, help="A running query service (GET /admin/sql/runtime-cache?detail=partitions)."
+    ),
+    token: str = typer.Option(None, envvar="WALDUCK_ADMIN_TOKEN", help="Bearer token for the admin route."),
+    data_dir: Path = typer.Option(None, help="[WALDUCK_DATA_DIR]"),
+    pg_dsn: str = typer.Option(None, "--pg-dsn", help="[WALDUCK_PG_DSN]"),
+    context_path: Path = typer.Option(None, help="DuckDB context file to open read-only (no --url)."),
+    attempts: int = typer.Option(3, help="With --url: a drift must persist over this many comparisons."),
+) -> None:
+    """Compare every dataset's visible partitions in a context with PostgreSQL's; exit 1 on drift."""
+    from sinks.verify import verify as run_verify
+
+    sink, walduck = _settings(data_dir, pg_dsn, context_path)
+    drifts = run_verify(walduck, sink, url=url or sink.service_url or None, token=token, attempts=attempts)
+    if not drifts:
+        console.print("[green]in step[/green]: every dataset's visible partitions match PostgreSQL")
+        return
+    for d in drifts:
+        print(d)
+    datasets = sorted({(d.dataset_id, d.manifest_shard) for d in drifts})
+    console.print(f"[red]drift[/red]: {len(drifts)} partition(s) in {len(datasets)} dataset shard(s)")
+    raise typer.Exit(1)
+
+
+@app.command("context-status")
+def context_status(
+    data_dir: Path = typer.Option(None, help="[WALDUCK_DATA_DIR]"),
+    context_path: Path = typer.Option(None, help="DuckDB context file (the service must be stopped)."),
+) -> None:
+    """Print the runtime-cache snapshot of a context file (per-shard LSN, offsets, datasets)."""
+    from sinks.context.store import ContextStore
+
+    sink, walduck = _settings(data_dir, None, context_path)
+    with ContextStore(sink, walduck) as store:
+        print(json.dumps(store.snapshot(), indent=2, default=str))
+
+
+@app.command()
+def rebuild(
+    dataset_id: str = typer.Option(None, help="One dataset (default: everything)."),
+    data_dir: Path = typer.Option(None, help="[WALDUCK_DATA_DIR]"),
+    pg_dsn: str = typer.Option(None, "--pg-dsn", help="[WALDUCK_PG_DSN]"),
+    context_path: Path = typer.Option(None, help="DuckDB context file (the service must be stopped)."),
+) -> None:
+    """Reload a context file from PostgreSQL (stored offsets are kept)."""
+    from sinks.context.store import ContextStore
+
+    sink, walduck = _settings(data_dir, pg_dsn, context_path)
+    with ContextStore(sink, walduck) as store:
+        store.rebuild(dataset_id, reason="cli")
+        console.print(
+            f"rebuilt {dataset_id or 'all datasets'}; {len(store.datasets())} dataset(s) in context"
+        )

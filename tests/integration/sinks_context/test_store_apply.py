@@ -221,3 +221,52 @@ def test_reader_is_sandboxed(store):
         cur.execute("SELECT * FROM read_csv('/etc/passwd')").fetchall()
     with store.reader() as cur, pytest.raises(duckdb.Error):
         cur.execute("SET enable_external_access = true")
+
+
+def test_readers_never_see_a_half_applied_compaction(store, factory, apply):
+    """20 reader threads query while compaction deltas (delete N, insert 1) stream in: totals never change."""
+    import threading
+
+    apply(factory.create_dataset(0, "obs"))
+    files = [factory.write_file("obs", 0, 10) for _ in range(8)]
+    apply(factory.delta(0, "ds-obs", upserts=files))
+    total = 80
+    # pre-write every generation's file: generation g = 8 // 2**g files of 80 / count rows each
+    generations = []
+    current = files
+    for _ in range(30):
+        n = 4 if len(current) == 8 else 8
+        new = [factory.write_file("obs", 0, total // n) for _ in range(n)]
+        generations.append((new, [f["id"] for f in current]))
+        current = new
+    stop = threading.Event()
+    seen: list[tuple[int, int]] = []
+    errors: list[BaseException] = []
+
+    def reader() -> None:
+        try:
+            while not stop.is_set():
+                with store.reader() as cur:
+                    idx = cur.execute(
+                        "SELECT sum(row_count), count(*) FROM timestore_runtime.partitions WHERE dataset_slug = 'obs'"
+                    ).fetchone()
+                seen.append((int(idx[0]), int(idx[1])))
+                sql, _ = store.relation_sql("ds-obs")
+                with store.reader() as cur:
+                    assert cur.execute(f"SELECT count(*) FROM ({sql}) t").fetchone() == (total,)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=reader) for _ in range(20)]
+    store.settings.reader_pool_size  # pool of 8 cursors: threads wait for one
+    for t in threads:
+        t.start()
+    for new, old_ids in generations:
+        apply(factory.delta(0, "ds-obs", upserts=new, deletes=old_ids))
+    stop.set()
+    for t in threads:
+        t.join(timeout=30)
+    assert not errors, errors[:3]
+    assert len(seen) > 20
+    assert {s[0] for s in seen} == {total}
+    assert {s[1] for s in seen} <= {4, 8}

@@ -72,7 +72,7 @@ def test_empty_relation_is_typed():
     con = duckdb.connect()
     rel = con.sql(empty_relation_sql(cols))
     assert rel.columns == ["ts", "v"] and [str(t) for t in rel.types] == ["TIMESTAMP", "DOUBLE"]
-    assert con.sql(f"SELECT count(*) FROM ({empty_relation_sql([])})").fetchone() == (0,)
+    assert con.execute(f"SELECT count(*) FROM ({empty_relation_sql([])})").fetchone() == (0,)
 
 
 def test_partition_location():
