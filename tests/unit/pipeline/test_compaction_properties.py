@@ -58,7 +58,7 @@ def test_applying_any_delta_twice_changes_nothing(seed: int, ops: list[str], dat
     if not deltas:
         return
     dup_at = data.draw(st.integers(0, len(deltas) - 1))
-    with_dup = deltas[: dup_at + 1] + [deltas[dup_at]] + deltas[dup_at + 1 :]
+    with_dup = [*deltas[: dup_at + 1], deltas[dup_at], *deltas[dup_at + 1 :]]
     with_dup += deltas[: data.draw(st.integers(0, len(deltas)))]  # a whole re-delivery of a prefix too
     assert replay(with_dup) == replay(deltas) == model.visible()
 

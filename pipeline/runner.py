@@ -1,0 +1,285 @@
+"""The compactor process: changes topic -> :class:`~pipeline.compaction.Compactor` -> deltas topic.
+
+Plain aiokafka (see ``docs/compactor.md`` for why not faust-streaming). At-least-once delivery with an
+exactly-once effect:
+
+* input offsets are committed only after every delta (and DLQ record) covering them is acknowledged by
+  Kafka (idempotent producer, ``acks=all``);
+* state is not stored separately: on assignment of changes partition ``p`` the compactor replays deltas
+  partition ``p`` from the beginning (:func:`~pipeline.compaction.restore_from_deltas`), which also tells
+  the exact input offset to resume at (the first offset of the last, possibly cut, window). Deltas already
+  present for that window are not produced again, so the deltas topic holds no duplicate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from dataclasses import dataclass, field
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.structs import OffsetAndMetadata
+
+from pipeline.compaction import Compactor, InvalidChange, OffsetRegression, Rejected, restore_from_deltas
+from pipeline.settings import CompactorSettings
+from walduck.config import WalduckSettings
+from walduck.deltas import Delta
+from walduck.metrics import (
+    COMPACTOR_DELTA_ENTRIES,
+    COMPACTOR_DELTAS_OUT,
+    COMPACTOR_FLUSH_LATENCY,
+    COMPACTOR_RAW_CHANGES,
+    COMPACTOR_RECORDS_IN,
+    COMPACTOR_STATE_PARTITIONS,
+    COMPACTOR_STATE_SHARDS,
+    DLQ_RECORDS,
+    KAFKA_CONSUMER_LAG,
+    serve_metrics,
+)
+from walduck.records import ChangeRecord, MalformedRecord
+
+log = logging.getLogger(__name__)
+COMPONENT = "compactor"
+
+
+class UnackedDelta(RuntimeError):
+    """Kafka did not acknowledge a delta or DLQ record: the input offsets must not be committed."""
+
+
+@dataclass(slots=True)
+class PartitionWork:
+    compactor: Compactor
+    committed: int  # next input offset committed to the group (-1: none yet)
+    window_started: float | None = None
+    dlq: list[asyncio.Future] = field(default_factory=list)
+
+
+async def read_deltas(bootstrap: str, topic: str, partition: int) -> list[Delta]:
+    """Every delta in deltas partition ``partition``, from the beginning to the current end."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
+    await consumer.start()
+    try:
+        tp = TopicPartition(topic, partition)
+        consumer.assign([tp])
+        await consumer.seek_to_beginning(tp)
+        end = (await consumer.end_offsets([tp]))[tp]
+        out: list[Delta] = []
+        while await consumer.position(tp) < end:
+            for msgs in (await consumer.getmany(tp, timeout_ms=1000, max_records=5000)).values():
+                for msg in msgs:
+                    with contextlib.suppress(MalformedRecord):
+                        out.append(Delta.from_bytes(msg.value))
+        return out
+    finally:
+        await consumer.stop()
+
+
+class CompactorRunner:
+    def __init__(self, settings: WalduckSettings, knobs: CompactorSettings | None = None) -> None:
+        self.settings = settings
+        self.knobs = knobs or CompactorSettings()
+        self.bootstrap = settings.kafka_bootstrap
+        self.work: dict[int, PartitionWork] = {}
+        self.lock = asyncio.Lock()
+        self.stopping = asyncio.Event()
+        self.consumer: AIOKafkaConsumer | None = None
+        self.producer: AIOKafkaProducer | None = None
+
+    # ------------------------------------------------------------------------------ rebalance
+    async def assign(self, partitions: list[TopicPartition]) -> None:
+        """Restore each assigned partition's state from the deltas it produced, then seek."""
+        assert self.consumer is not None
+        for tp in partitions:
+            if tp.topic != self.settings.changes_topic:
+                continue
+            deltas = await read_deltas(self.bootstrap, self.settings.deltas_topic, tp.partition)
+            restored = restore_from_deltas(tp.partition, deltas)
+            committed = await self.consumer.committed(tp)
+            if restored.resume_offset is None:
+                await self.consumer.seek_to_beginning(tp)
+            else:
+                self.consumer.seek(tp, restored.resume_offset)
+            self.work[tp.partition] = PartitionWork(
+                restored.compactor, committed if committed is not None else -1
+            )
+            log.info(
+                "partition %s restored from %d deltas, resuming at %s (committed %s)",
+                tp.partition,
+                len(deltas),
+                restored.resume_offset,
+                committed,
+            )
+        self._state_gauges()
+
+    async def revoke(self, partitions: list[TopicPartition]) -> None:
+        """Drop revoked partitions' state; the lock waits for an in-flight flush to be acknowledged first."""
+        async with self.lock:
+            for tp in partitions:
+                self.work.pop(tp.partition, None)
+        self._state_gauges()
+
+    # ------------------------------------------------------------------------------ main loop
+    async def run(self) -> None:
+        knobs = self.knobs
+        runner = self
+
+        class Listener(ConsumerRebalanceListener):
+            async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+                await runner.revoke(list(revoked))
+
+            async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+                await runner.assign(list(assigned))
+
+        self.producer = AIOKafkaProducer(
+            bootstrap_servers=self.bootstrap, enable_idempotence=True, acks="all", linger_ms=5
+        )
+        self.consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap,
+            group_id=knobs.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=knobs.max_poll_records,
+        )
+        await self.producer.start()
+        await self.consumer.start()
+        self.consumer.subscribe([self.settings.changes_topic], listener=Listener())
+        try:
+            while not self.stopping.is_set():
+                batch = await self.consumer.getmany(timeout_ms=knobs.flush_interval_ms)
+                async with self.lock:
+                    for tp, msgs in batch.items():
+                        work = self.work.get(tp.partition)
+                        if work is None:
+                            continue
+                        for msg in msgs:
+                            self._feed(tp, work, msg)
+                    await self._flush_due()
+        finally:
+            with contextlib.suppress(Exception):
+                await self.consumer.stop()
+            with contextlib.suppress(Exception):
+                await self.producer.stop()
+
+    def _feed(self, tp: TopicPartition, work: PartitionWork, msg) -> None:
+        compactor = work.compactor
+        if msg.offset <= compactor.last_offset:
+            return  # fetched before the restore's seek took effect
+        if work.window_started is None:
+            work.window_started = time.monotonic()
+        COMPACTOR_RECORDS_IN.inc()
+        try:
+            record = ChangeRecord.from_bytes(msg.value)
+        except MalformedRecord as exc:
+            compactor.skip(msg.offset)
+            self._dlq(work, tp, msg.offset, msg.key, msg.value, "malformed", exc.reason)
+            return
+        try:
+            compactor.feed(record, msg.offset)
+        except InvalidChange as exc:
+            self._dlq(work, tp, msg.offset, msg.key, msg.value, "invalid_change", exc.reason)
+        for rejected in compactor.drain_rejected():
+            self._dlq_rejected(work, tp, rejected)
+
+    def _dlq_rejected(self, work: PartitionWork, tp: TopicPartition, rejected: Rejected) -> None:
+        raw = rejected.record.to_bytes() if rejected.record is not None else b""
+        key = rejected.record.kafka_key() if rejected.record is not None else None
+        self._dlq(work, tp, rejected.offset, key, raw, rejected.reason, rejected.reason)
+
+    def _dlq(
+        self, work: PartitionWork, tp: TopicPartition, offset: int, key, raw, reason_class: str, reason: str
+    ) -> None:
+        assert self.producer is not None
+        DLQ_RECORDS.labels(COMPONENT, reason_class).inc()
+        log.warning("DLQ %s[%s]@%s: %s", tp.topic, tp.partition, offset, reason)
+        headers = [
+            ("reason", reason.encode()),
+            ("component", COMPONENT.encode()),
+            ("src", f"{tp.topic}/{tp.partition}/{offset}".encode()),
+        ]
+        work.dlq.append(
+            asyncio.ensure_future(
+                self.producer.send(self.settings.dlq_topic, value=raw or b"", key=key, headers=headers)
+            )
+        )
+
+    async def _flush_due(self) -> None:
+        now = time.monotonic()
+        for partition, work in list(self.work.items()):
+            if work.window_started is None:
+                continue
+            age_ms = (now - work.window_started) * 1000
+            if (
+                age_ms >= self.knobs.flush_interval_ms
+                or work.compactor.window_records >= self.knobs.flush_max_changes
+            ):
+                await self.flush_partition(partition, work)
+
+    async def flush_partition(self, partition: int, work: PartitionWork) -> None:
+        """The commit protocol for one changes partition (called with ``self.lock`` held)."""
+        assert self.producer is not None and self.consumer is not None
+        compactor = work.compactor
+        # 1. Seal: take the deltas of every window that holds only whole transaction shares. A share still
+        #    missing records stays buffered, and so does every offset from its first record on.
+        deltas = compactor.flush()
+        # 2. Produce each delta to deltas partition == changes partition (co-partitioned, explicit partition),
+        #    key <dataset>/<shard>, in the compactor's deterministic order. The idempotent producer
+        #    (acks=all) keeps them in order and writes each once even when it retries.
+        sends = [
+            await self.producer.send(
+                self.settings.deltas_topic, value=d.to_bytes(), key=d.kafka_key(), partition=partition
+            )
+            for d in deltas
+        ]
+        # 3. Await the acknowledgement of every delta and every DLQ record of the window. Anything else
+        #    is a broken invariant: raise UnackedDelta and commit nothing (a restart restores from the
+        #    deltas topic and re-processes from the last window, so nothing is lost).
+        try:
+            await asyncio.gather(*sends, *work.dlq)
+            await asyncio.gather(*(f.result() for f in work.dlq))
+        except Exception as exc:
+            raise UnackedDelta(f"partition {partition}: {exc!r}") from exc
+        work.dlq.clear()
+        # 4. Only now commit the input offset after the last sealed window. It never goes backwards: a
+        #    regression means the compactor and the group disagree about what was processed.
+        next_offset = compactor.covered_to + 1
+        if next_offset > work.committed:
+            if partition not in self.work or self.work[partition] is not work:
+                raise OffsetRegression(f"partition {partition} was revoked during its flush")
+            tp = TopicPartition(self.settings.changes_topic, partition)
+            await self.consumer.commit({tp: OffsetAndMetadata(next_offset, "")})
+            work.committed = next_offset
+        elif next_offset < work.committed and deltas:
+            raise OffsetRegression(
+                f"partition {partition}: sealed through {next_offset - 1} < {work.committed}"
+            )
+        # 5. Metrics: deltas out, compaction ratio counters, latency from the window's first record.
+        for d in deltas:
+            COMPACTOR_DELTAS_OUT.labels(d.kind.value).inc()
+            COMPACTOR_RAW_CHANGES.inc(d.raw_changes)
+            COMPACTOR_DELTA_ENTRIES.inc(d.entry_count)
+        if work.window_started is not None and compactor.clean:
+            COMPACTOR_FLUSH_LATENCY.observe(time.monotonic() - work.window_started)
+            work.window_started = None
+        self._state_gauges()
+        with contextlib.suppress(Exception):
+            tp = TopicPartition(self.settings.changes_topic, partition)
+            high = self.consumer.highwater(tp)
+            if high is not None:
+                KAFKA_CONSUMER_LAG.labels(COMPONENT, tp.topic, str(partition)).set(max(high - next_offset, 0))
+
+    def _state_gauges(self) -> None:
+        COMPACTOR_STATE_SHARDS.set(sum(len(w.compactor.shards) for w in self.work.values()))
+        COMPACTOR_STATE_PARTITIONS.set(sum(w.compactor.state_partitions for w in self.work.values()))
+
+
+async def run_compactor(settings: WalduckSettings, knobs: CompactorSettings) -> None:
+    if knobs.metrics_port:
+        serve_metrics(knobs.metrics_port)
+    runner = CompactorRunner(settings, knobs)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, runner.stopping.set)
+    await runner.run()

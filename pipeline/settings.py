@@ -1,0 +1,19 @@
+"""Knobs of the compactor (``WALDUCK_COMPACTOR_`` environment variables)."""
+
+from __future__ import annotations
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class CompactorSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="WALDUCK_COMPACTOR_", extra="ignore")
+
+    # a window is sealed at a transaction boundary once it is this old or holds this many changes
+    flush_interval_ms: int = 50
+    flush_max_changes: int = 5000
+    # Prometheus /metrics port (0 = do not serve)
+    metrics_port: int = 9102
+    # consumer group of the compactor processes
+    group_id: str = "walduck-compactor"
+    # records per poll
+    max_poll_records: int = 2000
