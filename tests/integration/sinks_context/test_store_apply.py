@@ -258,7 +258,6 @@ def test_readers_never_see_a_half_applied_compaction(store, factory, apply):
             errors.append(exc)
 
     threads = [threading.Thread(target=reader) for _ in range(20)]
-    store.settings.reader_pool_size  # pool of 8 cursors: threads wait for one
     for t in threads:
         t.start()
     for new, old_ids in generations:
