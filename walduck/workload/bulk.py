@@ -1,6 +1,6 @@
 """Bulk mode: a large Timestore catalog, fast, with ``COPY``.
 
-Layout: ``datasets`` datasets (``bulk-<seed>.ds_<i>``), each with one schema version and one
+Layout: ``datasets`` new datasets (``bulk-<seed>.ds_<n>``, numbered after earlier bulk loads), each with one schema version and one
 published manifest per day shard (``days`` days from ``base_day``); ``partitions`` partition rows
 spread evenly over the (dataset, day) shards, with correct manifest rollups. One PostgreSQL
 transaction per dataset (its manifests + partitions), so a decoder never sees one giant transaction.
@@ -109,6 +109,8 @@ def bulk_load(
     conn = tx.connect_catalog(dsn, schema)
     salt_row = conn.execute("SELECT COUNT(*) FROM datasets").fetchone()
     ids = IdFactory(seed, f"bulk:{salt_row[0] if salt_row else 0}")
+    base_row = conn.execute("SELECT COUNT(*) FROM datasets WHERE slug LIKE %s", [f"bulk-{seed}.%"]).fetchone()
+    base = int(base_row[0]) if base_row else 0
     tx.upsert_storage_target(conn, DEFAULT_STORAGE_TARGET_ID, DEFAULT_STORAGE_TARGET_NAME, str(root))
     day_list = [base_day + timedelta(days=d) for d in range(days)]
     shared = {day: _write_shared(root, seed, day, rng) for day in day_list} if files != "real" else {}
@@ -123,7 +125,7 @@ def bulk_load(
     try:
         for i in range(datasets):
             dataset_id = ids.new("dataset")
-            slug = f"bulk-{seed}.ds_{i:04d}"
+            slug = f"bulk-{seed}.ds_{base + i:04d}"
             sv_id = ids.new("schema_version")
             man_buf = io.StringIO()
             part_buf = io.StringIO()

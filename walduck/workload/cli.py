@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import typer
@@ -9,14 +10,14 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from walduck.config import WalduckSettings, load_settings
 from walduck.lsn import format_lsn
 
 app = typer.Typer(no_args_is_help=True)
 console = Console()
 
 
-def _settings(pg_dsn: str | None, schema: str | None, storage_root: Path | None):  # type: ignore[no-untyped-def]
-    from walduck.config import load_settings
+def _settings(pg_dsn: str | None, schema: str | None, storage_root: Path | None) -> WalduckSettings:
 
     settings = load_settings(pg_dsn=pg_dsn, catalog_schema=schema, storage_root=storage_root)
     if not settings.pg_dsn:
@@ -55,8 +56,6 @@ def run(
         ) as progress,
     ):
         task = progress.add_task("run", total=duration, status="")
-        import time
-
         t0 = time.monotonic()
 
         def tick(summary: RunSummary) -> None:
