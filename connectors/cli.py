@@ -1,7 +1,85 @@
-"""CLI commands of this component (wired into ``walduck.cli``)."""
+"""CLI commands of this component (wired into ``walduck.cli``): ``walduck connector run|setup``."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import signal
+
 import typer
 
+from connectors.settings import ConnectorSettings, SnapshotMode
+
 app = typer.Typer(no_args_is_help=True)
+
+
+def _settings(pg_dsn: str | None, kafka: str | None, slot: str | None, publication: str | None, **kw: object):
+    from walduck.config import load_settings
+
+    return load_settings(
+        pg_dsn=pg_dsn, kafka_bootstrap=kafka, slot_name=slot, publication_name=publication, **kw
+    )
+
+
+@app.command()
+def setup(
+    pg_dsn: str = typer.Option(None, "--pg-dsn", help="[WALDUCK_PG_DSN]"),
+    slot: str = typer.Option(None, help="Replication slot [WALDUCK_SLOT_NAME]."),
+    publication: str = typer.Option(None, help="Publication [WALDUCK_PUBLICATION_NAME]."),
+    catalog_schema: str = typer.Option(None, help="[WALDUCK_CATALOG_SCHEMA]"),
+) -> None:
+    """Idempotent: publication, REPLICA IDENTITY FULL, state table, logical slot."""
+    from connectors.setup import setup as do_setup
+
+    settings = _settings(pg_dsn, None, slot, publication, catalog_schema=catalog_schema)
+    result = do_setup(settings, ConnectorSettings().state_schema)
+    typer.echo(result)
+
+
+@app.command()
+def run(
+    pg_dsn: str = typer.Option(None, "--pg-dsn", help="[WALDUCK_PG_DSN]"),
+    kafka: str = typer.Option(None, "--kafka", help="Kafka bootstrap [WALDUCK_KAFKA_BOOTSTRAP]."),
+    slot: str = typer.Option(None, help="Replication slot [WALDUCK_SLOT_NAME]."),
+    publication: str = typer.Option(None, help="Publication [WALDUCK_PUBLICATION_NAME]."),
+    catalog_schema: str = typer.Option(None, help="[WALDUCK_CATALOG_SCHEMA]"),
+    changes_topic: str = typer.Option(None, help="[WALDUCK_CHANGES_TOPIC]"),
+    dlq_topic: str = typer.Option(None, help="[WALDUCK_DLQ_TOPIC]"),
+    heartbeat_interval: float = typer.Option(None, help="Seconds [WALDUCK_HEARTBEAT_INTERVAL]."),
+    status_interval: float = typer.Option(None, help="Seconds [WALDUCK_STATUS_INTERVAL]."),
+    metrics_port: int = typer.Option(None, help="0 = off [WALDUCK_METRICS_PORT]."),
+    snapshot_mode: SnapshotMode = typer.Option(None, help="[WALDUCK_SNAPSHOT_MODE]"),
+    log_level: str = typer.Option("INFO"),
+) -> None:
+    """Stream catalog changes to Kafka until interrupted (SIGINT/SIGTERM drain and confirm first)."""
+    from connectors.connector import Connector
+    from walduck.metrics import serve_metrics
+
+    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = _settings(
+        pg_dsn,
+        kafka,
+        slot,
+        publication,
+        catalog_schema=catalog_schema,
+        changes_topic=changes_topic,
+        dlq_topic=dlq_topic,
+    )
+    overrides = {
+        "heartbeat_interval": heartbeat_interval,
+        "status_interval": status_interval,
+        "metrics_port": metrics_port,
+        "snapshot_mode": snapshot_mode,
+    }
+    csettings = ConnectorSettings(**{k: v for k, v in overrides.items() if v is not None})
+    if csettings.metrics_port:
+        serve_metrics(csettings.metrics_port)
+
+    async def main() -> None:
+        connector = Connector(settings, csettings)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, connector.stop)
+        await connector.run()
+
+    asyncio.run(main())

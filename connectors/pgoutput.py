@@ -1,0 +1,417 @@
+"""Pure decoder of the pgoutput logical replication protocol (version 1; message formats of
+https://www.postgresql.org/docs/current/protocol-logicalrep-message-formats.html).
+
+``decode(payload)`` turns one XLogData payload into a message dataclass. Row values stay raw
+(``TupleData``: text bytes per column, ``None`` for NULL, :data:`UNCHANGED` for unchanged TOAST);
+``RelationCache.row`` turns them into typed Python values by column type OID, raising
+:class:`DecodeError` (with the reason) when a value cannot be represented.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from walduck.timeutil import iso, pg_micros_to_datetime
+
+
+class DecodeError(ValueError):
+    """A message or value the decoder cannot turn into a record; ``reason`` is short and bounded."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+class _Unchanged:
+    """Marker for an unchanged TOASTed value ('u'): the server did not send it."""
+
+    _instance: _Unchanged | None = None
+
+    def __new__(cls) -> _Unchanged:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "UNCHANGED"
+
+
+UNCHANGED = _Unchanged()
+TupleData = list[bytes | _Unchanged | None]
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    name: str
+    type_oid: int
+    type_mod: int
+    is_key: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Begin:
+    final_lsn: int
+    commit_ts: datetime
+    xid: int
+
+
+@dataclass(frozen=True, slots=True)
+class Commit:
+    flags: int
+    commit_lsn: int
+    end_lsn: int
+    commit_ts: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    commit_lsn: int
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Relation:
+    oid: int
+    namespace: str
+    name: str
+    replica_identity: str
+    columns: tuple[Column, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class TypeMessage:
+    oid: int
+    namespace: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Insert:
+    relation_oid: int
+    new: TupleData
+
+
+@dataclass(frozen=True, slots=True)
+class Update:
+    relation_oid: int
+    old_kind: str | None  # 'K' (key columns), 'O' (whole old row), None (not sent)
+    old: TupleData | None
+    new: TupleData
+
+
+@dataclass(frozen=True, slots=True)
+class Delete:
+    relation_oid: int
+    old_kind: str
+    old: TupleData
+
+
+@dataclass(frozen=True, slots=True)
+class Truncate:
+    options: int  # 1 = CASCADE, 2 = RESTART IDENTITY
+    relation_oids: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    transactional: bool
+    lsn: int
+    prefix: str
+    content: bytes
+
+
+PgOutputMessage = (
+    Begin | Commit | Origin | Relation | TypeMessage | Insert | Update | Delete | Truncate | Message
+)
+
+
+class _Reader:
+    __slots__ = ("buf", "pos")
+
+    def __init__(self, buf: bytes) -> None:
+        self.buf = buf
+        self.pos = 0
+
+    def _take(self, fmt: struct.Struct) -> Any:
+        if self.pos + fmt.size > len(self.buf):
+            raise DecodeError("truncated message", f"need {fmt.size} bytes at {self.pos}")
+        (value,) = fmt.unpack_from(self.buf, self.pos)
+        self.pos += fmt.size
+        return value
+
+    def int8(self) -> int:
+        return self._take(_I8)
+
+    def int16(self) -> int:
+        return self._take(_I16)
+
+    def int32(self) -> int:
+        return self._take(_I32)
+
+    def int64(self) -> int:
+        return self._take(_I64)
+
+    def byte(self) -> str:
+        if self.pos >= len(self.buf):
+            raise DecodeError("truncated message", f"need 1 byte at {self.pos}")
+        value = chr(self.buf[self.pos])
+        self.pos += 1
+        return value
+
+    def string(self) -> str:
+        end = self.buf.find(b"\x00", self.pos)
+        if end < 0:
+            raise DecodeError("truncated message", "unterminated string")
+        value = self.buf[self.pos : end].decode()
+        self.pos = end + 1
+        return value
+
+    def raw(self, n: int) -> bytes:
+        if n < 0 or self.pos + n > len(self.buf):
+            raise DecodeError("truncated message", f"need {n} bytes at {self.pos}")
+        value = self.buf[self.pos : self.pos + n]
+        self.pos += n
+        return value
+
+    def tuple_data(self) -> TupleData:
+        values: TupleData = []
+        for _ in range(self.int16()):
+            kind = self.byte()
+            if kind == "n":
+                values.append(None)
+            elif kind == "u":
+                values.append(UNCHANGED)
+            elif kind in ("t", "b"):
+                values.append(self.raw(self.int32()))
+            else:
+                raise DecodeError("unknown tuple data kind", repr(kind))
+        return values
+
+
+_I8 = struct.Struct("!b")
+_I16 = struct.Struct("!h")
+_I32 = struct.Struct("!i")
+_I64 = struct.Struct("!q")
+_U32 = struct.Struct("!I")
+
+
+def _ts(micros: int) -> datetime:
+    return pg_micros_to_datetime(micros)
+
+
+def decode(payload: bytes) -> PgOutputMessage:
+    """One pgoutput message (protocol version 1, non-streamed)."""
+    if not payload:
+        raise DecodeError("empty message")
+    r = _Reader(payload)
+    tag = r.byte()
+    if tag == "B":
+        return Begin(
+            final_lsn=r.int64() & 0xFFFFFFFFFFFFFFFF, commit_ts=_ts(r.int64()), xid=r.int32() & 0xFFFFFFFF
+        )
+    if tag == "C":
+        flags = r.int8()
+        return Commit(flags=flags, commit_lsn=r.int64(), end_lsn=r.int64(), commit_ts=_ts(r.int64()))
+    if tag == "O":
+        return Origin(commit_lsn=r.int64(), name=r.string())
+    if tag == "R":
+        oid = r.int32() & 0xFFFFFFFF
+        namespace, name = r.string(), r.string()
+        identity = r.byte()
+        columns = []
+        for _ in range(r.int16()):
+            flags = r.int8()
+            col_name = r.string()
+            columns.append(Column(col_name, r.int32() & 0xFFFFFFFF, r.int32(), bool(flags & 1)))
+        return Relation(oid, namespace, name, identity, tuple(columns))
+    if tag == "Y":
+        return TypeMessage(oid=r.int32() & 0xFFFFFFFF, namespace=r.string(), name=r.string())
+    if tag == "I":
+        oid = r.int32() & 0xFFFFFFFF
+        if r.byte() != "N":
+            raise DecodeError("malformed insert", "expected N")
+        return Insert(oid, r.tuple_data())
+    if tag == "U":
+        oid = r.int32() & 0xFFFFFFFF
+        kind = r.byte()
+        old_kind, old = None, None
+        if kind in ("K", "O"):
+            old_kind, old = kind, r.tuple_data()
+            kind = r.byte()
+        if kind != "N":
+            raise DecodeError("malformed update", f"expected N, got {kind!r}")
+        return Update(oid, old_kind, old, r.tuple_data())
+    if tag == "D":
+        oid = r.int32() & 0xFFFFFFFF
+        kind = r.byte()
+        if kind not in ("K", "O"):
+            raise DecodeError("malformed delete", f"expected K or O, got {kind!r}")
+        return Delete(oid, kind, r.tuple_data())
+    if tag == "T":
+        count = r.int32()
+        options = r.int8()
+        return Truncate(options, tuple(r.int32() & 0xFFFFFFFF for _ in range(count)))
+    if tag == "M":
+        flags = r.int8()
+        lsn = r.int64()
+        prefix = r.string()
+        return Message(bool(flags & 1), lsn, prefix, r.raw(r.int32()))
+    raise DecodeError("unknown message type", repr(tag))
+
+
+# --- typed values ----------------------------------------------------------------------------
+
+BOOL, INT8, INT2, INT4, TEXT, OID = 16, 20, 21, 23, 25, 26
+JSON, FLOAT4, FLOAT8, VARCHAR, BPCHAR = 114, 700, 701, 1043, 1042
+TIMESTAMP, TIMESTAMPTZ, NUMERIC, JSONB, TEXT_ARRAY, VARCHAR_ARRAY = 1114, 1184, 1700, 3802, 1009, 1015
+
+
+def _timestamptz(text: str) -> str:
+    if text in ("infinity", "-infinity"):
+        raise DecodeError("timestamp out of range", f"{text!r} has no ISO 8601 form")
+    # PostgreSQL's ISO output: '2024-01-01 00:00:00.5+00' / '+05:30' / BC years
+    if text.endswith(" BC"):
+        raise DecodeError("timestamp out of range", f"{text!r} is before year 1")
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise DecodeError("bad timestamp", text) from exc
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return iso(value)
+
+
+def _float(text: str) -> float:
+    return float(text)  # 'NaN', 'Infinity', '-Infinity' parse too
+
+
+def _bool(text: str) -> bool:
+    if text not in ("t", "f"):
+        raise DecodeError("bad boolean", text)
+    return text == "t"
+
+
+def _json(text: str) -> Any:
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise DecodeError("bad json", str(exc)) from exc
+
+
+def parse_text_array(text: str) -> list[str | None]:
+    """A one-dimensional PostgreSQL array literal of text (``{a,"b c",NULL}``)."""
+    if not (text.startswith("{") and text.endswith("}")):
+        raise DecodeError("bad array", text[:80])
+    body = text[1:-1]
+    items: list[str | None] = []
+    if not body:
+        return items
+    i, n = 0, len(body)
+    while i <= n:
+        if i < n and body[i] == '"':
+            i += 1
+            chars: list[str] = []
+            while i < n and body[i] != '"':
+                if body[i] == "\\" and i + 1 < n:
+                    i += 1
+                chars.append(body[i])
+                i += 1
+            if i >= n:
+                raise DecodeError("bad array", "unterminated quote")
+            i += 1  # closing quote
+            items.append("".join(chars))
+        else:
+            end = body.find(",", i)
+            end = n if end < 0 else end
+            token = body[i:end]
+            if token.startswith("{"):
+                raise DecodeError("bad array", "multi-dimensional arrays are not supported")
+            items.append(None if token == "NULL" else token)
+            i = end
+        if i < n and body[i] != ",":
+            raise DecodeError("bad array", f"unexpected {body[i]!r}")
+        i += 1
+    return items
+
+
+_CONVERTERS: dict[int, Callable[[str], Any]] = {
+    TEXT: str,
+    VARCHAR: str,
+    BPCHAR: str,
+    INT2: int,
+    INT4: int,
+    INT8: int,
+    OID: int,
+    BOOL: _bool,
+    FLOAT4: _float,
+    FLOAT8: _float,
+    NUMERIC: str,  # exact; the catalog has none
+    JSON: _json,
+    JSONB: _json,
+    TIMESTAMPTZ: _timestamptz,
+    TIMESTAMP: _timestamptz,
+    TEXT_ARRAY: parse_text_array,
+    VARCHAR_ARRAY: parse_text_array,
+}
+
+
+def convert(type_oid: int, raw: bytes) -> Any:
+    """Text-format value -> Python value (unknown types stay text)."""
+    try:
+        text = raw.decode()
+    except UnicodeDecodeError as exc:
+        raise DecodeError("bad utf-8", str(exc)) from exc
+    converter = _CONVERTERS.get(type_oid, str)
+    try:
+        return converter(text)
+    except DecodeError:
+        raise
+    except ValueError as exc:
+        raise DecodeError("bad value", f"type {type_oid}: {text[:80]!r}") from exc
+
+
+class RelationCache:
+    """Relation messages by oid (they precede a relation's first use and every schema change)."""
+
+    def __init__(self) -> None:
+        self._by_oid: dict[int, Relation] = {}
+
+    def add(self, rel: Relation) -> None:
+        self._by_oid[rel.oid] = rel
+
+    def get(self, oid: int) -> Relation:
+        rel = self._by_oid.get(oid)
+        if rel is None:
+            raise DecodeError("unknown relation", f"oid {oid} before its Relation message")
+        return rel
+
+    def __contains__(self, oid: int) -> bool:
+        return oid in self._by_oid
+
+    @staticmethod
+    def row(rel: Relation, values: TupleData, fallback: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Typed row. Unchanged TOAST values are taken from ``fallback`` (the old row) when it has
+        them; otherwise the row cannot be completed and :class:`DecodeError` is raised."""
+        if len(values) != len(rel.columns):
+            raise DecodeError(
+                "column count mismatch", f"{rel.name}: {len(values)} values for {len(rel.columns)} columns"
+            )
+        row: dict[str, Any] = {}
+        for col, raw in zip(rel.columns, values, strict=True):
+            if raw is None:
+                row[col.name] = None
+            elif raw is UNCHANGED:
+                if fallback is None or col.name not in fallback:
+                    raise DecodeError("unchanged toast without old value", f"{rel.name}.{col.name}")
+                row[col.name] = fallback[col.name]
+            else:
+                assert isinstance(raw, bytes)
+                row[col.name] = convert(col.type_oid, raw)
+        return row

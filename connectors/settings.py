@@ -1,0 +1,45 @@
+"""Connector knobs (``WALDUCK_`` environment variables, same prefix as :mod:`walduck.config`)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class SnapshotMode(StrEnum):
+    """Debezium's vocabulary.
+
+    * ``initial``: snapshot when the slot is created (or a previous snapshot never finished), then stream.
+    * ``never`` / ``no_data``: create the slot without a snapshot and stream from its consistent point.
+    * ``always``: drop the slot and snapshot on every start, then stream.
+    * ``initial_only``: snapshot like ``initial`` and exit without streaming.
+    """
+
+    INITIAL = "initial"
+    NEVER = "never"
+    NO_DATA = "no_data"
+    ALWAYS = "always"
+    INITIAL_ONLY = "initial_only"
+
+
+class ConnectorSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="WALDUCK_", extra="ignore")
+
+    # seconds between pg_logical_emit_message heartbeats (0 = off)
+    heartbeat_interval: float = 1.0
+    heartbeat_prefix: str = "walduck.heartbeat"
+    # seconds between unsolicited standby status updates
+    status_interval: float = 1.0
+    # Prometheus /metrics port (0 = not served)
+    metrics_port: int = 0
+    snapshot_mode: SnapshotMode = SnapshotMode.INITIAL
+    # schema of the connector's own state table (snapshot-done marker); not published
+    state_schema: str = "walduck"
+    # back-pressure: records produced but not yet acknowledged by Kafka
+    max_inflight_records: int = 50_000
+    # reconnect backoff (seconds): initial, doubled per failure up to max
+    backoff_initial: float = 0.5
+    backoff_max: float = 30.0
+    # rows per fetch while reading the snapshot
+    snapshot_fetch_rows: int = 5_000

@@ -1,0 +1,261 @@
+"""Decoded pgoutput messages -> whole transactions of :class:`walduck.records.ChangeRecord`.
+
+A transaction is emitted only at its Commit, with every record's ``tx_index``/``tx_size`` counted
+per Kafka key (``dataset_id``, or :data:`GLOBAL_KEY` for rows without a dataset) and ``tx_total``
+over the whole transaction. A row the decoder cannot turn into a record becomes a
+:class:`Rejected` (reason + raw pgoutput bytes) and the rest of the transaction goes on.
+Non-transactional logical messages with the heartbeat prefix become ``Kind.HEARTBEAT`` records.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from connectors import pgoutput as po
+from walduck.records import GLOBAL_KEY, ChangeRecord, Kind, Op, Source
+from walduck.timeutil import iso, utcnow
+
+PRIMARY_KEYS: dict[str, tuple[str, ...]] = {}
+"""Primary-key columns by table when not ``id`` (REPLICA IDENTITY FULL flags every column as key)."""
+
+
+class TransactionOrderError(RuntimeError):
+    """Begin inside a transaction, Commit/change outside one: the stream is not what pgoutput sends."""
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """A row that could not be decoded: goes to the DLQ."""
+
+    reason: str
+    detail: str
+    raw: bytes
+    lsn: int
+    table: str | None
+    xid: int | None
+    commit_lsn: int | None = None
+
+
+@dataclass(slots=True)
+class Transaction:
+    xid: int
+    commit_lsn: int
+    end_lsn: int
+    commit_ts: str
+    records: list[ChangeRecord]
+    rejected: list[Rejected] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    record: ChangeRecord
+    lsn: int
+
+
+def dataset_of(table: str, row: dict[str, Any]) -> str | None:
+    if table == "datasets":
+        return row.get("id")
+    value = row.get("dataset_id")
+    return None if value is None else str(value)
+
+
+def key_of(rel: po.Relation, row: dict[str, Any]) -> dict[str, Any]:
+    names = PRIMARY_KEYS.get(rel.name)
+    if names is None:
+        names = (
+            ("id",)
+            if any(c.name == "id" for c in rel.columns)
+            else tuple(c.name for c in rel.columns if c.is_key)
+        )
+    return {n: row.get(n) for n in names}
+
+
+def number(records: list[ChangeRecord]) -> list[ChangeRecord]:
+    """Fill ``tx_index``/``tx_size`` (per Kafka key) and ``tx_total`` in place order."""
+    sizes = Counter(r.dataset_id or GLOBAL_KEY for r in records)
+    seen: Counter[str] = Counter()
+    total = len(records)
+    out = []
+    for r in records:
+        key = r.dataset_id or GLOBAL_KEY
+        out.append(
+            ChangeRecord(
+                kind=r.kind,
+                source=r.source,
+                lsn=r.lsn,
+                commit_lsn=r.commit_lsn,
+                commit_ts=r.commit_ts,
+                table=r.table,
+                op=r.op,
+                key=r.key,
+                new=r.new,
+                old=r.old,
+                dataset_id=r.dataset_id,
+                xid=r.xid,
+                tx_index=seen[key],
+                tx_size=sizes[key],
+                tx_total=total,
+            )
+        )
+        seen[key] += 1
+    return out
+
+
+@dataclass(slots=True)
+class _Change:
+    table: str
+    op: Op
+    key: dict[str, Any] | None
+    new: dict[str, Any] | None
+    old: dict[str, Any] | None
+    dataset_id: str | None
+    lsn: int
+
+
+class TransactionAssembler:
+    """Feed ``(wal_start_lsn, payload)`` of every XLogData; get a Transaction at each Commit."""
+
+    def __init__(self, heartbeat_prefix: str = "walduck.heartbeat") -> None:
+        self.relations = po.RelationCache()
+        self.heartbeat_prefix = heartbeat_prefix
+        self._begin: po.Begin | None = None
+        self._changes: list[_Change] = []
+        self._rejected: list[Rejected] = []
+        self._last_lsn = 0
+
+    @property
+    def in_transaction(self) -> bool:
+        return self._begin is not None
+
+    def reset(self) -> None:
+        """Forget a half-received transaction (after a reconnect the server sends it again)."""
+        self._begin = None
+        self._changes = []
+        self._rejected = []
+
+    def feed(self, wal_start: int, payload: bytes) -> Transaction | Heartbeat | None:
+        try:
+            msg = po.decode(payload)
+        except po.DecodeError as exc:
+            if self._begin is None and payload[:1] in (b"B", b"C"):
+                raise
+            self._reject(exc, payload, wal_start, None)
+            return None
+        if isinstance(msg, po.Begin):
+            if self._begin is not None:
+                raise TransactionOrderError(f"Begin of xid {msg.xid} inside xid {self._begin.xid}")
+            self._begin = msg
+            self._changes = []
+            self._rejected = []
+            return None
+        if isinstance(msg, po.Commit):
+            return self._commit(msg)
+        if isinstance(msg, po.Relation):
+            self.relations.add(msg)
+            return None
+        if isinstance(msg, po.TypeMessage | po.Origin):
+            return None
+        if isinstance(msg, po.Message):
+            return self._message(msg)
+        if self._begin is None:
+            raise TransactionOrderError(f"{type(msg).__name__} outside a transaction at {wal_start}")
+        try:
+            self._change(msg, wal_start)
+        except po.DecodeError as exc:
+            table = None
+            oid = getattr(msg, "relation_oid", None)
+            if oid is not None and oid in self.relations:
+                table = self.relations.get(oid).name
+            self._reject(exc, payload, wal_start, table)
+        return None
+
+    def _reject(self, exc: po.DecodeError, payload: bytes, lsn: int, table: str | None) -> None:
+        xid = self._begin.xid if self._begin else None
+        self._rejected.append(Rejected(exc.reason, exc.detail, bytes(payload), lsn, table, xid))
+
+    def _change(self, msg: po.PgOutputMessage, lsn: int) -> None:
+        if isinstance(msg, po.Truncate):
+            for oid in msg.relation_oids:
+                rel = self.relations.get(oid)
+                self._changes.append(_Change(rel.name, Op.TRUNCATE, None, None, None, None, lsn))
+            return
+        if isinstance(msg, po.Insert):
+            rel = self.relations.get(msg.relation_oid)
+            new = self.relations.row(rel, msg.new)
+            self._changes.append(
+                _Change(rel.name, Op.INSERT, key_of(rel, new), new, None, dataset_of(rel.name, new), lsn)
+            )
+        elif isinstance(msg, po.Update):
+            rel = self.relations.get(msg.relation_oid)
+            old = self.relations.row(rel, msg.old) if msg.old is not None and msg.old_kind == "O" else None
+            new = self.relations.row(rel, msg.new, fallback=old)
+            ds = dataset_of(rel.name, new) or (dataset_of(rel.name, old) if old else None)
+            self._changes.append(_Change(rel.name, Op.UPDATE, key_of(rel, new), new, old, ds, lsn))
+            if old is not None and dataset_of(rel.name, old) not in (None, ds):
+                # the row moved to another dataset: the old dataset must see it leave
+                self._changes.append(
+                    _Change(rel.name, Op.DELETE, key_of(rel, old), None, old, dataset_of(rel.name, old), lsn)
+                )
+        elif isinstance(msg, po.Delete):
+            rel = self.relations.get(msg.relation_oid)
+            if msg.old_kind == "O":
+                old = self.relations.row(rel, msg.old)
+                self._changes.append(
+                    _Change(rel.name, Op.DELETE, key_of(rel, old), None, old, dataset_of(rel.name, old), lsn)
+                )
+            else:  # key only (REPLICA IDENTITY DEFAULT): no dataset to route by
+                key_cols = [c for c in rel.columns if c.is_key]
+                key = {
+                    c.name: (po.convert(c.type_oid, v) if isinstance(v, bytes) else None)
+                    for c, v in zip(key_cols, msg.old, strict=False)
+                }
+                self._changes.append(
+                    _Change(rel.name, Op.DELETE, key, None, key, dataset_of(rel.name, key), lsn)
+                )
+        else:  # pragma: no cover - decode() returns no other change type
+            raise po.DecodeError("unexpected message", type(msg).__name__)
+
+    def _message(self, msg: po.Message) -> Heartbeat | None:
+        if msg.prefix != self.heartbeat_prefix or msg.transactional:
+            return None
+        try:
+            ts = po.convert(po.TIMESTAMPTZ, msg.content)
+        except po.DecodeError:
+            ts = iso(utcnow())
+        record = ChangeRecord(
+            kind=Kind.HEARTBEAT, source=Source.STREAM, lsn=msg.lsn, commit_lsn=msg.lsn, commit_ts=ts, key=None
+        )
+        return Heartbeat(record, msg.lsn)
+
+    def _commit(self, msg: po.Commit) -> Transaction:
+        begin = self._begin
+        if begin is None:
+            raise TransactionOrderError(f"Commit at {msg.commit_lsn} outside a transaction")
+        commit_ts = iso(msg.commit_ts)
+        records = number(
+            [
+                ChangeRecord(
+                    kind=Kind.CHANGE,
+                    source=Source.STREAM,
+                    lsn=c.lsn,
+                    commit_lsn=msg.commit_lsn,
+                    commit_ts=commit_ts,
+                    table=c.table,
+                    op=c.op,
+                    key=c.key,
+                    new=c.new,
+                    old=c.old,
+                    dataset_id=c.dataset_id,
+                    xid=begin.xid,
+                )
+                for c in self._changes
+            ]
+        )
+        rejected = [
+            Rejected(r.reason, r.detail, r.raw, r.lsn, r.table, r.xid, msg.commit_lsn) for r in self._rejected
+        ]
+        tx = Transaction(begin.xid, msg.commit_lsn, msg.end_lsn, commit_ts, records, rejected)
+        self.reset()
+        return tx
