@@ -563,7 +563,7 @@ class Workload:
                 return self.schema_change(dataset_id)
         if shape == "metadata_change":
             return self.change_metadata(dataset_id)
-        if shape == "archive" and len(active) > 1:
+        if shape == "archive" and len(active) - 1 >= max(1, (len(dataset_ids) + 1) // 2):  # keep half active
             return self.archive_dataset(dataset_id)
         return self.ingest(dataset_id, day_index)
 
