@@ -1,0 +1,1 @@
+"""The SQL query service: Timestore-compatible HTTP API over the live DuckDB context."""

@@ -1,0 +1,158 @@
+"""Per-request limits for DuckDB reads: bounded concurrency, timeout with real cancellation, caps.
+
+* At most ``max_concurrent`` reads run at once (an :class:`asyncio.Semaphore`); a request that cannot
+  get a slot within ``queue_wait_s`` is refused with :class:`Saturated` (HTTP 429 + Retry-After).
+* DuckDB work runs in a dedicated thread pool of the same size, never on the event loop.
+* A :class:`threading.Timer` calls ``cursor.interrupt()`` when the request timeout expires; DuckDB ends
+  the query with an interrupt error, the cursor's result is destroyed and the cursor goes back to the
+  store's pool, so the worker is free again (:class:`QueryTimeout`, HTTP 504).
+* Rows are pulled as Arrow batches; reading stops at ``row_cap`` rows or ``byte_cap`` bytes of Arrow
+  buffers, and the result says ``truncated``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from walduck.metrics import QUERY_INFLIGHT
+
+BATCH_ROWS = 2048
+
+
+class Saturated(Exception):
+    def __init__(self, limit: int, retry_after_s: int = 1) -> None:
+        self.limit = limit
+        self.retry_after_s = retry_after_s
+        super().__init__(f"Too many concurrent SQL queries (limit {limit}); retry later")
+
+
+class QueryTimeout(Exception):
+    def __init__(self, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+        super().__init__(f"SQL query exceeded the {timeout_s:g} s timeout and was cancelled")
+
+
+@dataclass(slots=True)
+class ReadResult:
+    table: pa.Table
+    column_types: list[str]
+    truncated: bool
+    elapsed_ms: float
+
+
+def run_capped(
+    cursor: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any], row_cap: int, byte_cap: int
+) -> tuple[pa.Table, list[str], bool]:
+    """Execute and read at most ``row_cap`` rows / ``byte_cap`` Arrow bytes; always destroys the result."""
+    cursor.execute(sql, list(params))
+    types = [str(d[1]).upper() for d in (cursor.description or [])]
+    reader = cursor.to_arrow_reader(BATCH_ROWS)
+    batches: list[pa.RecordBatch] = []
+    rows = size = 0
+    truncated = False
+    try:
+        for batch in reader:
+            if rows + batch.num_rows > row_cap:
+                batch = batch.slice(0, row_cap - rows)
+                truncated = True
+            if size + batch.nbytes > byte_cap and batches:
+                truncated = True
+                break
+            batches.append(batch)
+            rows += batch.num_rows
+            size += batch.nbytes
+            if truncated or size >= byte_cap:
+                truncated = truncated or size > byte_cap
+                break
+        if not truncated and rows == row_cap:
+            # exactly at the cap: truncated only if something is left
+            nxt = next(iter(reader), None)
+            truncated = nxt is not None and nxt.num_rows > 0
+    finally:
+        reader.close()
+        try:
+            cursor.abort()
+        except duckdb.Error:
+            pass
+    table = pa.Table.from_batches(batches, schema=reader.schema)
+    return table, types, truncated
+
+
+class QueryRunner:
+    def __init__(
+        self,
+        reader: Callable[[], AbstractContextManager[duckdb.DuckDBPyConnection]],
+        *,
+        max_concurrent: int,
+        queue_wait_s: float,
+        timeout_s: float,
+        row_cap: int,
+        byte_cap: int,
+    ) -> None:
+        self._reader = reader
+        self.max_concurrent = max_concurrent
+        self.queue_wait_s = queue_wait_s
+        self.timeout_s = timeout_s
+        self.row_cap = row_cap
+        self.byte_cap = byte_cap
+        self._slots = asyncio.Semaphore(max_concurrent)
+        self._pool = ThreadPoolExecutor(max_workers=max_concurrent, thread_name_prefix="duckdb-read")
+
+    async def acquire(self) -> None:
+        try:
+            await asyncio.wait_for(self._slots.acquire(), timeout=self.queue_wait_s)
+        except TimeoutError:
+            raise Saturated(self.max_concurrent) from None
+
+    def release(self) -> None:
+        self._slots.release()
+
+    def _run_blocking(self, sql: str, params: Sequence[Any], timeout_s: float) -> ReadResult:
+        started = time.perf_counter()
+        with self._reader() as cursor:
+            timed_out = threading.Event()
+
+            def cancel() -> None:
+                timed_out.set()
+                cursor.interrupt()
+
+            timer = threading.Timer(max(timeout_s, 0.001), cancel)
+            timer.daemon = True
+            timer.start()
+            try:
+                table, types, truncated = run_capped(cursor, sql, params, self.row_cap, self.byte_cap)
+            except duckdb.Error as exc:
+                if timed_out.is_set() or isinstance(exc, duckdb.InterruptException):
+                    raise QueryTimeout(timeout_s) from exc
+                raise
+            finally:
+                timer.cancel()
+        return ReadResult(table, types, truncated, (time.perf_counter() - started) * 1000.0)
+
+    async def in_pool(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run blocking context work (planning) on the DuckDB worker threads."""
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    async def run(self, sql: str, params: Sequence[Any], timeout_s: float | None = None) -> ReadResult:
+        """Run inside an acquired slot (call :meth:`acquire` first, :meth:`release` after)."""
+        loop = asyncio.get_running_loop()
+        QUERY_INFLIGHT.inc()
+        try:
+            return await loop.run_in_executor(
+                self._pool, self._run_blocking, sql, params, timeout_s or self.timeout_s
+            )
+        finally:
+            QUERY_INFLIGHT.dec()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)

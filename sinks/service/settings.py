@@ -1,0 +1,63 @@
+"""Knobs of the SQL query service (``WALDUCK_`` environment variables, Timestore names as aliases)."""
+
+from __future__ import annotations
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _env(name: str, *timestore: str) -> AliasChoices:
+    """``WALDUCK_<NAME>`` first, then Timestore's variable names (reference §4)."""
+    return AliasChoices(f"WALDUCK_{name.upper()}", *timestore)
+
+
+class QuerySettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="WALDUCK_", extra="ignore", populate_by_name=True)
+
+    host: str = Field("127.0.0.1", validation_alias=_env("query_host"))
+    port: int = Field(8080, validation_alias=_env("query_port"))
+
+    # IAM (reference §4): comma lists; empty = the check is open
+    require_scope: str = Field("", validation_alias=_env("require_scope", "TIMESTORE_REQUIRE_SCOPE"))
+    admin_scope: str = Field("", validation_alias=_env("admin_scope", "TIMESTORE_ADMIN_SCOPE"))
+    sql_read_scope: str = Field("", validation_alias=_env("sql_read_scope", "TIMESTORE_SQL_READ_SCOPE"))
+    sql_exec_scope: str = Field("", validation_alias=_env("sql_exec_scope", "TIMESTORE_SQL_EXEC_SCOPE"))
+    metrics_scope: str = Field("", validation_alias=_env("metrics_scope", "TIMESTORE_METRICS_SCOPE"))
+
+    # request limits
+    sql_max_length: int = Field(10_000, validation_alias=_env("sql_max_length", "TIMESTORE_SQL_MAX_LENGTH"))
+    request_timeout_s: float = Field(30.0, validation_alias=_env("query_timeout_s"))
+    row_cap: int = Field(100_000, validation_alias=_env("query_row_cap"))
+    byte_cap: int = Field(64 * 1024 * 1024, validation_alias=_env("query_byte_cap"))
+    max_concurrent: int = Field(4, validation_alias=_env("query_max_concurrent"))
+    # how long a request may wait for a free query slot before 429
+    queue_wait_s: float = Field(0.5, validation_alias=_env("query_queue_wait_s"))
+    # /sql/exec: SET statement_timeout (Timestore's TIMESTORE_SQL_TIMEOUT_MS)
+    exec_statement_timeout_ms: int = Field(
+        30_000, validation_alias=_env("exec_statement_timeout_ms", "TIMESTORE_SQL_TIMEOUT_MS")
+    )
+    # audit writer: flush when this many rows are queued or after this interval
+    audit_batch_size: int = Field(200, validation_alias=_env("audit_batch_size"))
+    audit_flush_interval_s: float = Field(0.5, validation_alias=_env("audit_flush_interval_s"))
+    # /ready: 503 while the contexts are staler than this (seconds)
+    ready_max_staleness_s: float = Field(60.0, validation_alias=_env("ready_max_staleness_s"))
+
+    # --- derived scope lists (Timestore's fallbacks, reference §4) ---
+    @staticmethod
+    def _split(value: str) -> list[str]:
+        return [part.strip() for part in value.split(",") if part.strip()]
+
+    def admin_scopes(self) -> list[str]:
+        return self._split(self.admin_scope) or self._split(self.require_scope)[:1]
+
+    def sql_read_scopes(self) -> list[str]:
+        return self._split(self.sql_read_scope) or self._split(self.require_scope)[:1]
+
+    def sql_exec_scopes(self) -> list[str]:
+        return self._split(self.sql_exec_scope) or self.admin_scopes()
+
+    def metrics_scopes(self) -> list[str]:
+        return self._split(self.metrics_scope) or self.admin_scopes()
+
+    def dataset_read_fallback(self) -> list[str]:
+        return self._split(self.require_scope)[:1]

@@ -1,0 +1,466 @@
+"""``/sql/*`` routes (reference §3): schema, read (DuckDB context), exec (PostgreSQL), saved queries."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hashlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import duckdb
+import orjson
+from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from sinks.service import formats
+from sinks.service.audit import ACTION_SQL_READ, NO_DATASET_SLUG, AuditEntry
+from sinks.service.catalog import command_of, exec_stream
+from sinks.service.errors import ApiError, error_json
+from sinks.service.iam import Principal, principal_from_headers, require
+from sinks.service.limits import QueryTimeout, Saturated
+from sinks.service.policy import NOT_SINGLE_SELECT, PolicyViolation, check_read_sql, is_select_only
+from sinks.service.state import ServiceState
+from walduck.lsn import InvalidLSN, format_lsn, parse_lsn
+from walduck.metrics import QUERY_PLANNING
+
+log = logging.getLogger(__name__)
+router = APIRouter(tags=["SQL"])
+
+NO_FILES_WARNING = "Some partitions were unavailable and were skipped after refreshing the SQL runtime."
+
+
+class SqlQueryRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    sql: str = Field(min_length=1)
+    params: list[Any] | None = None
+    min_lsn: str | None = Field(None, description="Wait until the contexts applied this LSN (X/Y).")
+
+
+class SavedQueryStats(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    rowCount: int | None = Field(None, ge=0)
+    elapsedMs: int | None = Field(None, ge=0)
+
+
+class SavedQueryUpsert(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    statement: str = Field(min_length=1)
+    label: str | None = None
+    stats: SavedQueryStats | None = None
+
+
+def svc(request: Request) -> ServiceState:
+    return request.app.state.svc  # type: ignore[no-any-return]
+
+
+def principal(request: Request) -> Principal:
+    return principal_from_headers(request.headers)
+
+
+def authorize_sql_read(request: Request) -> Principal:
+    p = principal(request)
+    require(p, svc(request).settings.sql_read_scopes(), "Missing required SQL read scope")
+    return p
+
+
+def fingerprint(sql: str) -> str:
+    return hashlib.sha256(sql.strip().encode()).hexdigest()[:16]
+
+
+def dedupe(warnings: list[str]) -> list[str]:
+    out: list[str] = []
+    for w in warnings:
+        w = (w or "").strip()
+        if w and w not in out:
+            out.append(w)
+    return out
+
+
+# --- /sql/schema ---------------------------------------------------------------------------------
+
+
+def _description(base: str | None, warnings: list[str]) -> str | None:
+    parts = [p.strip() for p in [base or "", *warnings] if p and p.strip()]
+    return " ".join(parts) if parts else None
+
+
+@router.get("/sql/schema", summary="Describe SQL schema (only datasets the caller may read)")
+async def sql_schema(request: Request) -> dict[str, Any]:
+    s = svc(request)
+    p = authorize_sql_read(request)
+    datasets = await asyncio.to_thread(s.store.datasets)
+    allowed = s.readable(p, datasets)
+    tables: list[dict[str, Any]] = []
+    warnings: list[str] = []
+    for d in datasets:
+        if d.id not in allowed:
+            continue
+        alias = [d.alias_warning] if d.alias_warning else []
+        warnings.extend(alias)
+        details = getattr(d, "column_details", None) or []
+        if details:
+            columns = [
+                {"name": n, "type": t, "nullable": nullable, "description": desc}
+                for n, t, nullable, desc in details
+            ]
+        else:
+            columns = [{"name": n, "type": t, "description": None} for n, t in d.columns]
+        table: dict[str, Any] = {
+            "name": f"timestore.{d.view_name}",
+            "description": _description(d.description, alias),
+        }
+        if d.partition_keys:
+            table["partitionKeys"] = list(d.partition_keys)
+        table["columns"] = columns
+        tables.append(table)
+    readable_views = [d for d in datasets if d.id in allowed]
+    names: dict[str, list[str]] = {}
+    for d in readable_views:
+        names.setdefault(d.view_name, []).append(d.slug)
+    for view, slugs in sorted(names.items()):
+        if len(slugs) > 1:
+            warnings.append(
+                f"Datasets {', '.join(sorted(slugs))} all sanitise to view timestore.{view}; "
+                "reference them with the exact slug."
+            )
+    return {
+        "fetchedAt": formats.iso_millis(dt.datetime.now(dt.UTC)),
+        "tables": tables,
+        "warnings": dedupe(warnings),
+    }
+
+
+# --- /sql/read -----------------------------------------------------------------------------------
+
+
+def _referenced(s: ServiceState, datasets: list[Any], views: set[str]) -> dict[str, list[Any]]:
+    """view name (lower) -> candidate datasets, matched like the planner: exact slug, then view name."""
+    out: dict[str, list[Any]] = {}
+    for name in views:
+        exact = [d for d in datasets if d.slug.lower() == name]
+        by_view = [d for d in datasets if d.view_name.lower() == name and d not in exact]
+        out[name] = exact + by_view
+    return out
+
+
+def _freshness_headers(s: ServiceState) -> tuple[str, float | None, dict[str, str]]:
+    applied = format_lsn(s.store.applied_lsn())
+    staleness = s.staleness_seconds()
+    headers = {"x-walduck-applied-lsn": applied}
+    if staleness is not None:
+        headers["x-walduck-staleness-seconds"] = f"{staleness:.3f}"
+    return applied, staleness, headers
+
+
+def _audit(
+    s: ServiceState,
+    p: Principal,
+    datasets: list[tuple[str | None, str]],
+    success: bool,
+    metadata: dict[str, Any],
+) -> None:
+    for dataset_id, slug in datasets or [(None, NO_DATASET_SLUG)]:
+        s.audit.record(
+            AuditEntry(
+                dataset_id=dataset_id,
+                dataset_slug=slug,
+                actor_id=p.actor_id,
+                actor_scopes=list(p.scopes),
+                action=ACTION_SQL_READ,
+                success=success,
+                metadata=metadata,
+            )
+        )
+
+
+def _forbidden_slug(exc: Exception) -> str | None:
+    if type(exc).__name__ == "ForbiddenDataset":
+        return getattr(exc, "slug", None) or (str(exc.args[0]) if exc.args else "?")
+    return None
+
+
+@router.post(
+    "/sql/read",
+    summary="Execute a read-only SQL query on the live DuckDB context",
+    responses={
+        200: {
+            "content": {
+                "application/json": {},
+                "text/csv": {},
+                "text/plain": {},
+                "application/vnd.apache.arrow.stream": {},
+            }
+        }
+    },
+)
+async def sql_read(
+    request: Request,
+    body: SqlQueryRequest,
+    format: str | None = Query(None, description="json (default), csv, table or arrow"),
+    x_min_lsn: str | None = Header(None),
+) -> Response:
+    received = time.perf_counter()
+    s = svc(request)
+    p = authorize_sql_read(request)
+    try:
+        fmt = formats.resolve_format(format, formats.READ_FORMATS)
+    except formats.UnsupportedFormat as exc:
+        raise ApiError(406, exc.message) from exc
+    sql = body.sql
+    if not is_select_only(sql):
+        raise ApiError(400, NOT_SINGLE_SELECT)
+    if len(sql) > s.settings.sql_max_length:
+        raise ApiError(413, f"SQL statement exceeds maximum length of {s.settings.sql_max_length} characters")
+    try:
+        checked = check_read_sql(sql)
+    except PolicyViolation as exc:
+        raise ApiError(400, exc.message) from exc
+
+    request_id = f"sql-{uuid.uuid4()}"
+    audit_meta = {"requestId": request_id, "fingerprint": fingerprint(sql)}
+
+    # IAM: every referenced dataset must be readable (the planner re-checks and filters runtime rows)
+    datasets = await asyncio.to_thread(s.store.datasets)
+    allowed = s.readable(p, datasets)
+    referenced = _referenced(s, datasets, checked.views)
+    audit_targets: list[tuple[str | None, str]] = []
+    for _name, candidates in sorted(referenced.items()):
+        permitted = [d for d in candidates if d.id in allowed]
+        if candidates and not permitted:
+            slug = candidates[0].slug
+            _audit(s, p, [(candidates[0].id, slug)], False, {**audit_meta, "reason": "forbidden"})
+            raise ApiError(403, f"Missing required scope for dataset {slug}", extra={"dataset": slug})
+        if permitted:
+            audit_targets.append((permitted[0].id, permitted[0].slug))
+
+    # read-your-writes
+    deadline = received + s.settings.request_timeout_s
+    min_lsn_text = body.min_lsn or x_min_lsn
+    if min_lsn_text:
+        try:
+            min_lsn = parse_lsn(min_lsn_text)
+        except InvalidLSN as exc:
+            raise ApiError(400, f"min_lsn: {exc}") from exc
+        if not await s.store.wait_for_lsn(min_lsn, max(deadline - time.perf_counter(), 0.0)):
+            applied, _staleness, headers = _freshness_headers(s)
+            return error_json(
+                503,
+                f"Contexts have not applied LSN {format_lsn(min_lsn)} within {s.settings.request_timeout_s:g} s",
+                headers={**headers, "Retry-After": "1"},
+                appliedLsn=applied,
+                minLsn=format_lsn(min_lsn),
+            )
+
+    try:
+        await s.runner.acquire()
+    except Saturated as exc:
+        raise ApiError(429, str(exc), headers={"Retry-After": str(exc.retry_after_s)}) from exc
+    try:
+        try:
+            planned = await s.runner.in_pool(s.planner, checked.expression, s.store, allowed)
+        except Exception as exc:
+            slug = _forbidden_slug(exc)
+            if slug is not None:
+                _audit(s, p, [(None, slug)], False, {**audit_meta, "reason": "forbidden"})
+                raise ApiError(
+                    403, f"Missing required scope for dataset {slug}", extra={"dataset": slug}
+                ) from exc
+            if type(exc).__name__ in {
+                "UnknownRelation",
+                "AmbiguousRelation",
+                "ForbiddenFunction",
+                "UnsupportedStatement",
+            }:
+                raise ApiError(400, str(exc)) from exc
+            raise
+        by_id = {d.id: d for d in datasets}
+        for did in planned.dataset_ids:
+            if did in by_id and all(did != t[0] for t in audit_targets):
+                audit_targets.append((did, by_id[did].slug))
+        QUERY_PLANNING.observe(time.perf_counter() - received)
+        warnings = dedupe(list(planned.warnings))
+        try:
+            result = await s.runner.run(
+                planned.sql, body.params or [], max(deadline - time.perf_counter(), 0.001)
+            )
+        except QueryTimeout as exc:
+            _audit(s, p, audit_targets, False, {**audit_meta, "reason": "timeout"})
+            raise ApiError(504, str(exc)) from exc
+        except duckdb.Error as exc:
+            message = str(exc)
+            if "no files found" not in message.lower():
+                _audit(s, p, audit_targets, False, {**audit_meta, "reason": "error"})
+                raise ApiError(500, message) from exc
+            asyncio.get_running_loop().run_in_executor(None, s.store.rebuild, None, "missing-files")
+            return _read_response(s, fmt, request_id, None, [NO_FILES_WARNING], received, empty=True)
+        _audit(s, p, audit_targets, True, audit_meta)
+        return _read_response(s, fmt, request_id, result, warnings, received)
+    finally:
+        s.runner.release()
+
+
+def _read_response(
+    s: ServiceState,
+    fmt: str,
+    request_id: str,
+    result: Any,
+    warnings: list[str],
+    received: float,
+    *,
+    empty: bool = False,
+) -> Response:
+    execution_id = f"duck-{uuid.uuid4()}"
+    applied, staleness, headers = _freshness_headers(s)
+    headers = {"x-sql-request-id": request_id, "x-sql-execution-id": execution_id, **headers}
+    if warnings:
+        headers["x-sql-warnings"] = orjson.dumps(warnings).decode()
+    if empty:
+        names: list[str] = []
+        rows: list[dict[str, Any]] = []
+        types: list[str] = []
+        truncated = False
+    else:
+        names = list(result.table.column_names)
+        types = result.column_types
+        truncated = result.truncated
+        rows = [] if fmt == "arrow" else formats.table_rows(result.table)
+    headers["x-sql-truncated"] = "true" if truncated else "false"
+    elapsed_ms = (time.perf_counter() - received) * 1000.0
+    if fmt == "json":
+        payload = {
+            "executionId": execution_id,
+            "columns": [
+                {"name": n, "type": types[i] if i < len(types) else "UNKNOWN", "description": None}
+                for i, n in enumerate(names)
+            ],
+            "rows": rows,
+            "truncated": truncated,
+            "warnings": warnings,
+            "statistics": {"rowCount": len(rows), "elapsedMs": elapsed_ms},
+            "appliedLsn": applied,
+            "stalenessSeconds": staleness,
+        }
+        return Response(formats.json_bytes(payload), media_type="application/json", headers=headers)
+    if fmt == "csv":
+        body = "" if empty else formats.render_csv(names, rows)
+        return Response(body.encode(), headers={**headers, "content-type": formats.CONTENT_TYPES["csv"]})
+    if fmt == "table":
+        body = "" if empty else formats.render_table(names, rows)
+        return Response(body.encode(), headers={**headers, "content-type": formats.CONTENT_TYPES["table"]})
+    data = b"" if empty else formats.arrow_ipc(result.table)
+    return Response(data, headers={**headers, "content-type": formats.CONTENT_TYPES["arrow"]})
+
+
+# --- /sql/saved ----------------------------------------------------------------------------------
+
+
+def _catalog(s: ServiceState) -> Any:
+    if s.catalog is None:
+        raise ApiError(503, "No PostgreSQL catalog configured (WALDUCK_PG_DSN)")
+    return s.catalog
+
+
+@router.get("/sql/saved", summary="List saved SQL queries")
+async def saved_list(request: Request) -> dict[str, Any]:
+    authorize_sql_read(request)
+    return {"savedQueries": await _catalog(svc(request)).list_saved()}
+
+
+@router.get("/sql/saved/{query_id}", summary="Get a saved SQL query")
+async def saved_get(request: Request, query_id: str) -> Any:
+    authorize_sql_read(request)
+    record = await _catalog(svc(request)).get_saved(query_id)
+    if record is None:
+        return error_json(404, f"Saved query {query_id} not found")
+    return {"savedQuery": record}
+
+
+@router.put("/sql/saved/{query_id}", summary="Create or update a saved SQL query")
+async def saved_put(request: Request, query_id: str, body: SavedQueryUpsert) -> Any:
+    p = authorize_sql_read(request)
+    label = body.label.strip() if body.label is not None else None
+    stats = body.stats.model_dump(exclude_none=True) if body.stats is not None else None
+    record = await _catalog(svc(request)).upsert_saved(
+        query_id, body.statement, label or None, stats, p.actor_id
+    )
+    return {"savedQuery": record}
+
+
+@router.delete("/sql/saved/{query_id}", status_code=204, summary="Delete a saved SQL query")
+async def saved_delete(request: Request, query_id: str) -> Response:
+    authorize_sql_read(request)
+    if not await _catalog(svc(request)).delete_saved(query_id):
+        return error_json(404, f"Saved query {query_id} not found")
+    return Response(status_code=204)
+
+
+# --- /sql/exec (PostgreSQL) ----------------------------------------------------------------------
+
+
+@router.post("/sql/exec", summary="Execute a SQL statement on the PostgreSQL catalog (streamed)")
+async def sql_exec(
+    request: Request,
+    body: SqlQueryRequest,
+    format: str | None = Query(None, description="json (default), csv or table"),
+) -> Response:
+    s = svc(request)
+    p = principal(request)
+    require(p, s.settings.sql_exec_scopes(), "Missing required SQL exec scope")
+    try:
+        fmt = formats.resolve_format(format, formats.EXEC_FORMATS)
+    except formats.UnsupportedFormat as exc:
+        raise ApiError(406, exc.message) from exc
+    if len(body.sql) > s.settings.sql_max_length:
+        raise ApiError(413, f"SQL statement exceeds maximum length of {s.settings.sql_max_length} characters")
+    catalog = _catalog(s)
+    request_id = f"sql-{uuid.uuid4()}"
+    conn_cm = catalog.connect()
+    conn = await conn_cm.__aenter__()
+    try:
+        cur, rows = await exec_stream(conn, body.sql, body.params or [], s.settings.exec_statement_timeout_ms)
+        first = await anext(rows, None)
+    except Exception as exc:
+        await conn_cm.__aexit__(type(exc), exc, exc.__traceback__)
+        if isinstance(exc, ApiError):
+            raise
+        raise ApiError(500, str(exc).strip()) from exc
+    columns = [d.name for d in (cur.description or [])]
+    if first is None and not columns:
+        command, count = command_of(cur.statusmessage), max(cur.rowcount, 0)
+        await conn_cm.__aexit__(None, None, None)
+        return Response(
+            formats.json_bytes({"command": command, "rowCount": count}),
+            media_type="application/json",
+            headers={"x-sql-request-id": request_id},
+        )
+
+    async def all_rows() -> AsyncIterator[tuple[Any, ...]]:
+        if first is not None:
+            yield first
+        async for row in rows:
+            yield row
+
+    return StreamingResponse(
+        _exec_body(fmt, columns, all_rows(), conn_cm),
+        media_type=formats.CONTENT_TYPES[fmt],
+        headers={"x-sql-request-id": request_id},
+    )
+
+
+async def _exec_body(
+    fmt: str, columns: list[str], rows: AsyncIterator[tuple[Any, ...]], conn_cm: Any
+) -> AsyncIterator[bytes]:
+    """Stream Timestore's exec writers; an error mid-stream truncates the body (as in Timestore)."""
+    writer = formats.ExecWriter(fmt, columns)
+    try:
+        yield writer.begin()
+        async for row in rows:
+            yield writer.row(row)
+        yield writer.end()
+    finally:
+        await conn_cm.__aexit__(None, None, None)

@@ -1,0 +1,61 @@
+"""What every route needs, hung on ``app.state.svc``."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from sinks.service.audit import AuditSink
+from sinks.service.catalog import Catalog
+from sinks.service.iam import Principal, readable_ids
+from sinks.service.limits import QueryRunner
+from sinks.service.settings import QuerySettings
+
+
+class Store(Protocol):
+    """The part of ``sinks.context.store.ContextStore`` the service uses."""
+
+    def reader(self) -> Any: ...
+    def progress(self) -> dict[int, Any]: ...
+    def applied_lsn(self) -> int: ...
+    async def wait_for_lsn(self, lsn: int, timeout_s: float) -> bool: ...
+    def datasets(self) -> list[Any]: ...
+    def rebuild(self, dataset_id: str | None = None, reason: str = "manual") -> None: ...
+    def snapshot(self) -> dict[str, Any]: ...
+
+
+Planner = Callable[[Any, Any, set[str]], Any]
+
+
+@dataclass(slots=True)
+class ServiceState:
+    store: Store
+    settings: QuerySettings
+    runner: QueryRunner
+    planner: Planner
+    audit: AuditSink
+    catalog: Catalog | None
+    started_at: float = field(default_factory=time.monotonic)
+
+    def readable(self, principal: Principal, datasets: list[Any]) -> set[str]:
+        return readable_ids(
+            principal,
+            datasets,
+            admin_scopes=self.settings.admin_scopes(),
+            fallback=self.settings.dataset_read_fallback(),
+        )
+
+    def staleness_seconds(self) -> float | None:
+        """Max over context shards of now − newest applied commit (None before anything applied)."""
+        values = [
+            p.staleness_s
+            for p in self.store.progress().values()
+            if getattr(p, "staleness_s", None) is not None
+        ]
+        return max(values) if values else None
+
+    def bootstrapped(self) -> bool:
+        progress = self.store.progress()
+        return bool(progress) and all(getattr(p, "bootstrapped", False) for p in progress.values())

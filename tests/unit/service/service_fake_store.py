@@ -1,0 +1,140 @@
+"""An in-memory stand-in for ``sinks.context.store.ContextStore`` (unit tests only).
+
+Real DuckDB (in-memory) with the same sandbox settings, tables ``data.<view>`` standing in for the
+Parquet relations, and the ``timestore_runtime`` views the planner filters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import queue
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import duckdb
+
+
+@dataclass(slots=True)
+class FakeProgress:
+    shard: int
+    applied_lsn: int = 0
+    staleness_s: float | None = 0.5
+    bootstrapped: bool = True
+
+
+@dataclass(slots=True)
+class FakeDataset:
+    id: str
+    slug: str
+    view_name: str
+    columns: list[tuple[str, str]]
+    metadata: dict[str, Any] = field(default_factory=dict)
+    name: str = ""
+    description: str | None = None
+    status: str = "active"
+    timestamp_column: str = "timestamp"
+    partition_keys: list[str] = field(default_factory=list)
+    partition_count: int = 1
+    total_rows: int = 2
+    total_bytes: int = 100
+    updated_at: str | None = "2024-01-01T00:00:00Z"
+    alias_warning: str | None = None
+    collision: bool = False
+
+
+class FakeStore:
+    def __init__(self, pool_size: int = 4) -> None:
+        self.db = duckdb.connect(":memory:")
+        self.db.execute(
+            """
+            CREATE SCHEMA data; CREATE SCHEMA timestore_runtime;
+            CREATE TABLE data.observatory (timestamp TIMESTAMP, site VARCHAR, value DOUBLE);
+            INSERT INTO data.observatory VALUES ('2024-01-01 00:00:00', 'alpha', 42.5),
+                                                ('2024-01-01 01:00:00', 'beta', 37.1);
+            CREATE TABLE data.secret (timestamp TIMESTAMP, payload VARCHAR);
+            INSERT INTO data.secret VALUES ('2024-01-01 00:00:00', 'classified');
+            CREATE TABLE timestore_runtime.datasets (dataset_id VARCHAR, dataset_slug VARCHAR);
+            INSERT INTO timestore_runtime.datasets VALUES ('ds-obs', 'observatory'), ('ds-sec', 'secret');
+            CREATE TABLE timestore_runtime.partitions (dataset_slug VARCHAR, partition_id VARCHAR);
+            INSERT INTO timestore_runtime.partitions VALUES ('observatory', 'part-1'), ('secret', 'part-2');
+            CREATE TABLE timestore_runtime.columns (dataset_slug VARCHAR, column_name VARCHAR);
+            """
+        )
+        self.db.execute("SET enable_external_access = false")
+        self.db.execute("SET lock_configuration = true")
+        self.pool: queue.Queue[duckdb.DuckDBPyConnection] = queue.Queue()
+        for _ in range(pool_size):
+            self.pool.put(self.db.cursor())
+        self.views = [
+            FakeDataset(
+                "ds-obs",
+                "observatory",
+                "observatory",
+                [("timestamp", "TIMESTAMP"), ("site", "VARCHAR"), ("value", "DOUBLE")],
+            ),
+            FakeDataset(
+                "ds-sec",
+                "secret",
+                "secret",
+                [("timestamp", "TIMESTAMP"), ("payload", "VARCHAR")],
+                metadata={"iam": {"readScopes": ["secret:read"]}},
+            ),
+        ]
+        self.lsn = 0x16_B374D848
+        self.rebuilds: list[tuple[str | None, str]] = []
+        self.bootstrapped = True
+
+    @contextlib.contextmanager
+    def reader(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        cur = self.pool.get(timeout=5)
+        ok = False
+        try:
+            yield cur
+            ok = True
+        finally:
+            if not ok:
+                cur.close()
+                cur = self.db.cursor()
+            self.pool.put(cur)
+
+    def progress(self) -> dict[int, FakeProgress]:
+        return {0: FakeProgress(0, self.lsn, 0.5, self.bootstrapped)}
+
+    def applied_lsn(self) -> int:
+        return self.lsn
+
+    async def wait_for_lsn(self, lsn: int, timeout_s: float) -> bool:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while self.lsn < lsn:
+            if loop.time() >= deadline:
+                return False
+            await asyncio.sleep(0.01)
+        return True
+
+    def datasets(self) -> list[FakeDataset]:
+        return list(self.views)
+
+    def resolve_relation(self, name: str) -> list[FakeDataset]:
+        return [v for v in self.views if v.slug == name] + [
+            v for v in self.views if v.view_name == name and v.slug != name
+        ]
+
+    def relation_sql(
+        self, dataset_id: str, start: Any = None, end: Any = None, **_: Any
+    ) -> tuple[str, list[str]]:
+        view = next(v for v in self.views if v.id == dataset_id)
+        return f"SELECT * FROM data.{view.view_name}", []
+
+    def rebuild(self, dataset_id: str | None = None, reason: str = "manual") -> None:
+        self.rebuilds.append((dataset_id, reason))
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "cachePresent": True,
+            "datasetCount": len(self.views),
+            "datasets": [],
+            "pendingInvalidations": [],
+        }
