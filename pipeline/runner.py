@@ -142,6 +142,8 @@ class CompactorRunner:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_poll_records=knobs.max_poll_records,
+            session_timeout_ms=knobs.session_timeout_ms,
+            heartbeat_interval_ms=max(knobs.session_timeout_ms // 4, 500),
         )
         await self.producer.start()
         await self.consumer.start()

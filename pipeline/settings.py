@@ -15,5 +15,7 @@ class CompactorSettings(BaseSettings):
     metrics_port: int = 9102
     # consumer group of the compactor processes
     group_id: str = "walduck-compactor"
+    # a member that stops heartbeating loses its partitions after this long (broker minimum 6000)
+    session_timeout_ms: int = 10000
     # records per poll
     max_poll_records: int = 2000

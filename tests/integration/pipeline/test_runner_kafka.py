@@ -66,6 +66,7 @@ def start_runner(settings: WalduckSettings, group: str, log: Path) -> subprocess
         "WALDUCK_DLQ_TOPIC": settings.dlq_topic,
         "WALDUCK_COMPACTOR_GROUP_ID": group,
         "WALDUCK_COMPACTOR_METRICS_PORT": "0",
+        "WALDUCK_COMPACTOR_SESSION_TIMEOUT_MS": "6000",
     }
     return subprocess.Popen(
         [sys.executable, "-c", "from pipeline.cli import app; app()", "run"],
@@ -161,22 +162,40 @@ async def test_runner_output_replays_to_the_visible_set(
     print(f"records={len(model.records)} deltas={len(deltas)} entries={entries}")
 
 
-@pytest.mark.parametrize("kills", [3])
+def log_count(log: Path, text: str) -> int:
+    return log.read_text().count(text) if log.exists() else 0
+
+
+async def wait_for_log(log: Path, text: str, count: int, limit_s: float = 60.0) -> None:
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        if log_count(log, text) >= count:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{text!r} not seen {count} times in {log}")
+
+
+@pytest.mark.parametrize(
+    "kills", [pytest.param(3, id="short"), pytest.param(10, id="long", marks=pytest.mark.long)]
+)
 async def test_kill_9_mid_stream_and_restart_is_exact(
     pipeline_topics: WalduckSettings, tmp_path: Path, kills: int
 ) -> None:
+    """Each round: start a runner, wait for its partitions, produce a chunk while it runs, kill -9 it."""
     settings = pipeline_topics
-    model = build_model(12, ops=600)
+    model = build_model(12, ops=150 * kills)
     group = f"g-{uuid.uuid4().hex[:6]}"
     log = tmp_path / "runner.log"
     chunk = len(model.records) // (kills + 1) + 1
     rng = random.Random(5)
     for i in range(kills):
-        await produce(settings, model.records[i * chunk : (i + 1) * chunk])
         proc = start_runner(settings, group, log)
-        await asyncio.sleep(rng.uniform(2.0, 4.0))
+        await wait_for_log(log, "restored from", PARTITIONS * (i + 1))
+        producing = asyncio.ensure_future(produce(settings, model.records[i * chunk : (i + 1) * chunk]))
+        await asyncio.sleep(rng.uniform(0.05, 0.6))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
+        await producing
     await produce(settings, model.records[kills * chunk :])
     proc = start_runner(settings, group, log)
     try:
