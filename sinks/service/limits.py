@@ -54,9 +54,9 @@ def run_capped(
     cursor: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any], row_cap: int, byte_cap: int
 ) -> tuple[pa.Table, list[str], bool]:
     """Execute and read at most ``row_cap`` rows / ``byte_cap`` Arrow bytes; always destroys the result."""
-    cursor.execute(sql, list(params))
-    types = [str(d[1]).upper() for d in (cursor.description or [])]
-    reader = cursor.to_arrow_reader(BATCH_ROWS)
+    relation = cursor.sql(sql, params=list(params) if params else None)
+    types = [str(t).upper() for t in relation.types]
+    reader = relation.to_arrow_reader(BATCH_ROWS)
     batches: list[pa.RecordBatch] = []
     rows = size = 0
     truncated = False
