@@ -278,6 +278,8 @@ class ContextStore:
                 delta.src_partition, -1
             ):
                 metrics.DELTAS_APPLIED.labels(result="duplicate").inc()
+                if offset > prog.deltas_offset:
+                    self._record_offset_only(partition, offset)
                 return False
             started = time.perf_counter()
             touched: set[str] = set()
@@ -305,6 +307,27 @@ class ContextStore:
         if touched:
             self.refresh_views()
         return True
+
+    def _record_offset_only(self, partition: int, offset: int) -> None:
+        """A re-produced delta at a new deltas offset: remember the offset so a restart does not re-read it."""
+        cur = self._writer
+        assert cur is not None
+        prog = self._progress[partition]
+        cur.begin()
+        cur.execute(f"DELETE FROM {WD}.shard_progress WHERE shard = ?", [partition])
+        cur.execute(
+            f"INSERT INTO {WD}.shard_progress VALUES (?, ?, ?, ?, ?, ?)",
+            [
+                partition,
+                offset,
+                prog.applied_lsn,
+                _naive_utc(prog.newest_commit_ts),
+                prog.bootstrapped,
+                _naive_utc(prog.applied_at),
+            ],
+        )
+        cur.commit()
+        prog.deltas_offset = offset
 
     def _full_scan_snapshot(self, delta: Delta) -> CatalogSnapshot:
         ids = [delta.dataset_id] if delta.dataset_id else []

@@ -3,6 +3,7 @@
 Run: python tests/integration/sinks_context/bench_prune.py [tmpdir]  (not collected by pytest)
 """
 
+import shutil
 import sys
 import time
 from datetime import timedelta
@@ -16,8 +17,6 @@ import sqlglot
 from sinks.context.planner import plan
 
 tmp = Path(sys.argv[1] if len(sys.argv) > 1 else "/tmp/walduck-bench-prune")
-import shutil
-
 shutil.rmtree(tmp, ignore_errors=True)
 sink, wd = settings_for(tmp)
 sink = sink.model_copy(update={"view_refresh_interval_s": 3600})
