@@ -1,0 +1,136 @@
+"""Transaction assembly (captured pgoutput payloads -> ChangeRecords) and the flush tracker's invariants."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import pytest
+
+from connectors import pgoutput as po
+from connectors.connector import FlushTracker, LSNRegression, UnackedConfirmation
+from connectors.transactions import (
+    Heartbeat,
+    Transaction,
+    TransactionAssembler,
+    TransactionOrderError,
+    number,
+)
+from walduck.lsn import parse_lsn
+from walduck.records import GLOBAL_KEY, ChangeRecord, Kind, Op, Source
+
+FIXTURE = json.loads((Path(__file__).parent / "fixtures" / "pgoutput_v1.json").read_text())
+MESSAGES = [(parse_lsn(m["lsn"]), bytes.fromhex(m["hex"])) for m in FIXTURE["messages"]]
+
+
+def assemble() -> list[Transaction | Heartbeat]:
+    asm = TransactionAssembler("walduck.heartbeat")
+    out = [asm.feed(lsn, payload) for lsn, payload in MESSAGES]
+    assert not asm.in_transaction
+    return [item for item in out if item is not None]
+
+
+def test_whole_transactions_with_per_key_numbering() -> None:
+    items = assemble()
+    assert [type(i).__name__ for i in items] == ["Transaction"] * 4 + ["Heartbeat", "Transaction"]
+    global_tx, two_parts, *_ = items
+    assert isinstance(global_tx, Transaction)
+    (st,) = global_tx.records
+    assert (st.table, st.op, st.dataset_id, st.kafka_key()) == (
+        "storage_targets",
+        Op.INSERT,
+        None,
+        GLOBAL_KEY.encode(),
+    )
+    assert isinstance(two_parts, Transaction)
+    a, b = two_parts.records
+    assert (a.dataset_id, a.tx_index, a.tx_size, a.tx_total) == ("ds-1", 0, 1, 2)
+    assert (b.dataset_id, b.tx_index, b.tx_size, b.tx_total) == ("ds-2", 0, 1, 2)
+    assert a.key == {"id": "p-1"} and a.commit_lsn == b.commit_lsn == two_parts.commit_lsn
+    assert a.lsn < b.lsn <= two_parts.commit_lsn < two_parts.end_lsn
+    assert a.xid == two_parts.xid and a.source is Source.STREAM
+    for r in (a, b):  # every record survives the schema's own validation
+        assert ChangeRecord.from_bytes(r.to_bytes()) == r
+
+
+def test_update_fills_unchanged_toast_from_old_row_and_delete_routes_by_old_row() -> None:
+    _, _, update, delete, _, _ = assemble()
+    assert isinstance(update, Transaction) and isinstance(delete, Transaction)
+    (u,) = update.records
+    assert u.op is Op.UPDATE and u.dataset_id == "ds-1"
+    assert u.new is not None and u.old is not None
+    assert u.new["row_count"] == 2000 and u.old["row_count"] == 1000
+    assert u.new["metadata"] == u.old["metadata"]
+    (d,) = delete.records
+    assert d.op is Op.DELETE and d.new is None and d.dataset_id == "ds-2" and d.key == {"id": "p-2"}
+
+
+def test_heartbeat_and_truncate_are_broadcast_records() -> None:
+    *_, hb, trunc = assemble()
+    assert isinstance(hb, Heartbeat)
+    assert hb.record.kind is Kind.HEARTBEAT and hb.record.commit_ts == "2024-01-01T00:00:00+00:00"
+    assert hb.record.lsn == hb.lsn == hb.record.commit_lsn
+    assert isinstance(trunc, Transaction)
+    (t,) = trunc.records
+    assert (t.op, t.table, t.dataset_id) == (Op.TRUNCATE, "dataset_partitions", None)
+
+
+def test_undecodable_row_is_rejected_and_the_transaction_goes_on() -> None:
+    asm = TransactionAssembler()
+    lsn0, begin = MESSAGES[4]
+    asm.feed(lsn0, begin)
+    asm.feed(0, MESSAGES[5][1])  # Relation
+    rel = po.decode(MESSAGES[5][1])
+    assert isinstance(rel, po.Relation)
+    # an Insert whose start_time is 'infinity' (valid in PostgreSQL, no ISO 8601 form)
+    values = [b"p-9", b"ds-9", None, None, None, None, None, None, b"infinity", b"{}"]
+    body = b"".join(b"n" if v is None else b"t" + struct.pack("!i", len(v)) + v for v in values)
+    bad = b"I" + struct.pack("!I", rel.oid) + b"N" + struct.pack("!h", len(values)) + body
+    asm.feed(lsn0 + 8, bad)
+    asm.feed(lsn0 + 16, MESSAGES[6][1])  # a good insert
+    tx = asm.feed(lsn0 + 24, MESSAGES[8][1])  # Commit
+    assert isinstance(tx, Transaction)
+    assert [r.key for r in tx.records] == [{"id": "p-1"}]
+    assert tx.records[0].tx_size == 1 and tx.records[0].tx_total == 1
+    (rej,) = tx.rejected
+    assert rej.reason == "timestamp out of range" and rej.raw == bad
+    assert rej.table == "dataset_partitions" and rej.commit_lsn == tx.commit_lsn
+
+
+def test_order_errors() -> None:
+    asm = TransactionAssembler()
+    with pytest.raises(TransactionOrderError):
+        asm.feed(1, MESSAGES[3][1])  # Commit without Begin
+    asm.feed(1, MESSAGES[0][1])
+    with pytest.raises(TransactionOrderError):
+        asm.feed(2, MESSAGES[0][1])  # Begin inside a transaction
+
+
+def test_number_counts_per_key() -> None:
+    def rec(ds: str | None) -> ChangeRecord:
+        return ChangeRecord(
+            Kind.CHANGE, Source.STREAM, 1, 2, "t", table="x", op=Op.INSERT, new={}, dataset_id=ds
+        )
+
+    out = number([rec("a"), rec(None), rec("a"), rec("b"), rec("a")])
+    assert [(r.tx_index, r.tx_size) for r in out] == [(0, 3), (0, 1), (1, 3), (0, 1), (2, 3)]
+    assert {r.tx_total for r in out} == {5}
+
+
+def test_flush_tracker_confirms_only_acked_prefix() -> None:
+    t = FlushTracker(confirmed=100)
+    t.enqueue(200)
+    t.enqueue(300)
+    assert not t.advance_idle(1000, in_transaction=False)  # things in flight: keepalive must not move flush
+    assert t.confirmed == 100
+    with pytest.raises(UnackedConfirmation):
+        t.acked(300)
+    t.acked(200)
+    assert t.confirmed == 200
+    t.acked(300)
+    assert t.confirmed == 300
+    assert not t.advance_idle(1000, in_transaction=True)
+    assert t.advance_idle(1000, in_transaction=False) and t.confirmed == 1000
+    with pytest.raises(LSNRegression):
+        t.enqueue(900)
