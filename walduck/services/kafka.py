@@ -207,6 +207,7 @@ class LocalKafka:
         self.properties_file = self.data_dir / "server.properties"
         self.log_dirs = self.data_dir / "kraft-combined-logs"
         self._popen: subprocess.Popen[bytes] | None = None
+        self._log_offset = 0
 
     # -- state -----------------------------------------------------------------------------------------
     def _state(self) -> dict[str, Any]:
@@ -258,14 +259,29 @@ class LocalKafka:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         (self.data_dir / "logs").mkdir(exist_ok=True)
         state = self._state()
-        port = choose_port(self.requested_port, state.get("port"), "Kafka broker")
-        cport = choose_port(self.requested_controller_port, state.get("controller_port"), "Kafka controller")
-        if cport == port:
-            cport = choose_port(None, None, "Kafka controller")
-        self._write_config(port, cport)
-        if not (self.log_dirs / "meta.properties").exists():
-            self._format(libs, state.get("cluster_id") or _cluster_id())
-        cluster_id = _read_cluster_id(self.log_dirs)
+        remembered = (state.get("port"), state.get("controller_port"))
+        for attempt in range(3):
+            port = choose_port(self.requested_port, remembered[0], "Kafka broker")
+            cport = choose_port(self.requested_controller_port, remembered[1], "Kafka controller")
+            if cport == port:
+                cport = choose_port(None, None, "Kafka controller")
+            self._write_config(port, cport)
+            if not (self.log_dirs / "meta.properties").exists():
+                self._format(libs, state.get("cluster_id") or _cluster_id())
+            bootstrap = f"{LOOPBACK}:{port}"
+            self._launch(libs, port, cport)
+            try:
+                self._wait_ready(bootstrap, timeout)
+                return bootstrap
+            except ServiceError as exc:
+                self.stop()
+                ports_chosen_here = self.requested_port is None and self.requested_controller_port is None
+                if not (ports_chosen_here and "BindException" in str(exc)) or attempt == 2:
+                    raise
+                remembered = (None, None)  # a port was taken between our check and the bind
+        raise AssertionError("unreachable")
+
+    def _launch(self, libs: Path, port: int, cport: int) -> None:
         cmd = [
             shutil.which("java") or "java",
             HEAP,
@@ -282,6 +298,7 @@ class LocalKafka:
             "kafka.Kafka",
             str(self.properties_file),
         ]
+        self._log_offset = self.log_file.stat().st_size if self.log_file.exists() else 0
         with open(self.stdout_file, "ab") as out:
             self._popen = subprocess.Popen(
                 cmd,
@@ -297,18 +314,20 @@ class LocalKafka:
                 "pid": self._popen.pid,
                 "port": port,
                 "controller_port": cport,
-                "cluster_id": cluster_id,
+                "cluster_id": _read_cluster_id(self.log_dirs),
                 "version": KAFKA_VERSION,
                 "started_at": time.time(),
             },
         )
-        bootstrap = f"{LOOPBACK}:{port}"
+
+    def _new_log(self, lines: int = 30) -> str:
+        """What the broker logged since the last launch."""
         try:
-            self._wait_ready(bootstrap, timeout)
-        except ServiceError:
-            self.stop()
-            raise
-        return bootstrap
+            with open(self.log_file, errors="replace") as fh:
+                fh.seek(self._log_offset)
+                return "\n".join(fh.read().splitlines()[-lines:])
+        except OSError:
+            return ""
 
     def _wait_ready(self, bootstrap: str, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -317,7 +336,7 @@ class LocalKafka:
             if self._popen is not None and self._popen.poll() is not None:
                 raise ServiceError(
                     f"Kafka exited with code {self._popen.returncode} while starting; "
-                    f"last log lines ({self.log_file}):\n{tail(self.log_file)}\n{tail(self.stdout_file, 10)}"
+                    f"last log lines ({self.log_file}):\n{self._new_log()}\n{tail(self.stdout_file, 10)}"
                 )
             try:
                 with quiet_client_logs():
@@ -329,7 +348,7 @@ class LocalKafka:
             time.sleep(0.2)
         raise ServiceError(
             f"Kafka at {bootstrap} did not answer a metadata request within {timeout:.0f}s ({last_error}); "
-            f"last log lines ({self.log_file}):\n{tail(self.log_file)}"
+            f"last log lines ({self.log_file}):\n{self._new_log()}"
         )
 
     def stop(self, grace: float = STOP_GRACE) -> bool:
@@ -417,7 +436,10 @@ def _cluster_id() -> str:
     """A Kafka cluster id: 16 random bytes, URL-safe base64 without padding (what ``random-uuid`` prints)."""
     import base64
 
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    while True:  # like Kafka's Uuid.randomUuid: never starting with '-' (it would read as a CLI option)
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def _read_cluster_id(log_dirs: Path) -> str | None:

@@ -8,6 +8,7 @@ running there (started by another process) are reused.
 from __future__ import annotations
 
 import asyncio
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,8 @@ class ServiceManager:
             None if settings.pg_dsn else LocalPostgres(data_dir / "postgres")
         )
         self.kafka: LocalKafka | None = None if settings.kafka_bootstrap else LocalKafka(data_dir / "kafka")
+        # seconds each service took to become usable in the last start()
+        self.timings: dict[str, float] = {}
 
     def start(self) -> ServiceEndpoints:
         """Both services (started in parallel when local); raises ServiceError with the reason otherwise."""
@@ -53,6 +56,20 @@ class ServiceManager:
         return ServiceEndpoints(pg_dsn=results[0], kafka_bootstrap=results[1])
 
     def _start_postgres(self) -> str:
+        began = time.monotonic()
+        try:
+            return self._start_postgres_now()
+        finally:
+            self.timings["postgres"] = time.monotonic() - began
+
+    def _start_kafka(self) -> str:
+        began = time.monotonic()
+        try:
+            return self._start_kafka_now()
+        finally:
+            self.timings["kafka"] = time.monotonic() - began
+
+    def _start_postgres_now(self) -> str:
         if self.postgres is not None:
             return self.postgres.start()
         dsn = self.settings.pg_dsn
@@ -63,7 +80,7 @@ class ServiceManager:
             raise ServiceError(f"external PostgreSQL {dsn!r} does not accept connections: {exc}") from None
         return dsn
 
-    def _start_kafka(self) -> str:
+    def _start_kafka_now(self) -> str:
         if self.kafka is not None:
             return self.kafka.start()
         bootstrap = self.settings.kafka_bootstrap

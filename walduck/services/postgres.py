@@ -37,7 +37,6 @@ from walduck.services.proc import (
     pid_cmdline,
     pids_mentioning,
     read_state,
-    tail,
     terminate,
     wait_for,
     write_state,
@@ -256,9 +255,37 @@ class LocalPostgres:
         self._prepare_dirs()
         if not (self.pgdata / "PG_VERSION").exists():
             self._initdb(bin_dir)
-        port = choose_port(self.requested_port, self._state().get("port"), "PostgreSQL")
+        remembered = self._state().get("port")
+        for attempt in range(3):
+            port = choose_port(self.requested_port, remembered, "PostgreSQL")
+            try:
+                self._pg_ctl_start(bin_dir, port, timeout)
+                break
+            except PortInUse:
+                # another process took the port between our check and the bind: pick another one
+                if self.requested_port is not None or attempt == 2:
+                    raise
+                remembered = None
+        dsn = self.dsn
+        self._wait_connectable(dsn, timeout)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            version = conn.execute("SHOW server_version").fetchone()
+        write_state(
+            self.state_file,
+            {
+                "port": port,
+                "pid": self.pid(),
+                "bin_dir": str(bin_dir),
+                "version": version[0] if version else None,
+                "started_at": time.time(),
+            },
+        )
+        return dsn
+
+    def _pg_ctl_start(self, bin_dir: Path, port: int, timeout: float) -> None:
         self._write_config(port)
         write_state(self.state_file, {"port": port, "pid": None, "bin_dir": str(bin_dir)})
+        log_offset = self.log_file.stat().st_size if self.log_file.exists() else 0
         run = self._run(
             [
                 str(bin_dir / "pg_ctl"),
@@ -275,28 +302,15 @@ class LocalPostgres:
             timeout=timeout + 30,
         )
         if run.returncode != 0:
-            log_tail = tail(self.log_file, 20)
-            if "could not bind" in log_tail or "Address already in use" in log_tail:
-                raise PortInUse(f"PostgreSQL could not listen on {LOOPBACK}:{port}:\n{log_tail}")
+            with open(self.log_file, errors="replace") as fh:
+                fh.seek(log_offset)
+                new_log = "\n".join(fh.read().splitlines()[-20:])
+            if "could not bind" in new_log or "Address already in use" in new_log:
+                raise PortInUse(f"PostgreSQL could not listen on {LOOPBACK}:{port}:\n{new_log}")
             raise ServiceError(
                 f"PostgreSQL did not start (pg_ctl exit {run.returncode}): {run.stdout}{run.stderr}\n"
-                f"last log lines ({self.log_file}):\n{log_tail}"
+                f"last log lines ({self.log_file}):\n{new_log}"
             )
-        dsn = self.dsn
-        self._wait_connectable(dsn, timeout)
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            version = conn.execute("SHOW server_version").fetchone()
-        write_state(
-            self.state_file,
-            {
-                "port": port,
-                "pid": self.pid(),
-                "bin_dir": str(bin_dir),
-                "version": version[0] if version else None,
-                "started_at": time.time(),
-            },
-        )
-        return dsn
 
     def stop(self, timeout: float = 60) -> bool:
         """``pg_ctl stop -m fast`` (then immediate, then SIGKILL); True if it was running. No process is left."""
