@@ -9,6 +9,8 @@ import typer
 from connectors.cli import app as connector_app
 from pipeline.cli import app as compactor_app
 from sinks.cli import app as sinks_app
+from sinks.cli import verify as verify_command
+from sinks.service.cli import serve as serve_command
 from walduck.bench.cli import app as bench_app
 from walduck.catalog.cli import app as catalog_app
 from walduck.services.cli import app as services_app
@@ -24,7 +26,13 @@ app.add_typer(catalog_app, name="catalog", help="Timestore-compatible catalog mi
 app.add_typer(workload_app, name="workload", help="Catalog workload generator (real Parquet files).")
 app.add_typer(connector_app, name="connector", help="Logical-decoding connector: PostgreSQL -> Kafka.")
 app.add_typer(compactor_app, name="compactor", help="Stream processor: change records -> per-shard deltas.")
+sinks_app.command("serve", help="Run the SQL query service (and apply deltas into its contexts).")(
+    serve_command
+)
 app.add_typer(sinks_app, name="query", help="DuckDB context shards and the SQL query service.")
+app.command("verify", help="Compare the contexts with PostgreSQL; exit 1 on drift (= walduck query verify).")(
+    verify_command
+)
 app.add_typer(bench_app, name="bench", help="Benchmarks, each against its baseline.")
 
 
