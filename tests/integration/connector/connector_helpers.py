@@ -1,0 +1,202 @@
+"""Helpers for the connector's integration tests: a migrated catalog, the connector in-process or as a
+subprocess, reading the changes topic back, and PostgreSQL's own account of what was committed (a second,
+``test_decoding`` slot peeked with ``pg_logical_slot_peek_changes``)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from connectors.connector import Connector
+from connectors.settings import ConnectorSettings
+from walduck.config import WalduckSettings
+from walduck.records import ChangeRecord
+
+
+@contextlib.asynccontextmanager
+async def running_connector(
+    settings: WalduckSettings, csettings: ConnectorSettings | None = None
+) -> AsyncIterator[Connector]:
+    """The connector in this event loop; stopped (drained, flush confirmed) on exit."""
+    connector = Connector(settings, csettings or ConnectorSettings(status_interval=0.2))
+    task = asyncio.create_task(connector.run())
+    try:
+        yield connector
+    finally:
+        connector.stop()
+        await asyncio.wait_for(task, 30)
+
+
+def connector_env(settings: WalduckSettings, **extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        {
+            "WALDUCK_PG_DSN": settings.pg_dsn,
+            "WALDUCK_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+            "WALDUCK_CHANGES_TOPIC": settings.changes_topic,
+            "WALDUCK_DLQ_TOPIC": settings.dlq_topic,
+            "WALDUCK_SLOT_NAME": settings.slot_name,
+            "WALDUCK_PUBLICATION_NAME": settings.publication_name,
+            "WALDUCK_CATALOG_SCHEMA": settings.catalog_schema,
+            "WALDUCK_STATUS_INTERVAL": "0.2",
+            **extra,
+        }
+    )
+    return env
+
+
+def start_subprocess(settings: WalduckSettings, log: Path, **extra: str) -> subprocess.Popen[bytes]:
+    """``python -m connectors run`` as its own process (for kill -9)."""
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "connectors", "run", "--log-level", "WARNING"],
+            env=connector_env(settings, **extra),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=Path(__file__).resolve().parents[3],
+        )
+
+
+def kill9(proc: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(10)
+
+
+def slot_state(dsn: str, slot: str) -> tuple[int | None, int]:
+    """(confirmed_flush_lsn, pg_current_wal_lsn) as integers."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT (SELECT confirmed_flush_lsn - '0/0'::pg_lsn FROM pg_replication_slots WHERE slot_name = %s),"
+            " pg_current_wal_lsn() - '0/0'::pg_lsn",
+            [slot],
+        ).fetchone()
+    assert row is not None
+    return (None if row[0] is None else int(row[0])), int(row[1])
+
+
+async def wait_confirmed(dsn: str, slot: str, target: int, wait_s: float = 60.0) -> int:
+    """Until the slot's confirmed_flush_lsn reaches ``target``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait_s
+    while True:
+        confirmed, _ = slot_state(dsn, slot)
+        if confirmed is not None and confirmed >= target:
+            return confirmed
+        if loop.time() > deadline:
+            raise AssertionError(f"confirmed_flush_lsn {confirmed} did not reach {target} in {wait_s}s")
+        await asyncio.sleep(0.2)
+
+
+async def wait_slot(dsn: str, slot: str, wait_s: float = 60.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait_s
+    while slot_state(dsn, slot)[0] is None:
+        if loop.time() > deadline:
+            raise AssertionError(f"slot {slot} was not created in {wait_s}s")
+        await asyncio.sleep(0.2)
+
+
+def current_lsn(dsn: str) -> int:
+    return slot_state(dsn, "")[1]
+
+
+async def read_topic(bootstrap: str, topic: str, idle_ms: int = 1500) -> dict[int, list[tuple[bytes, bytes]]]:
+    """Every (key, value) of every partition, in offset order, up to the end offsets as of now."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    try:
+        parts = [TopicPartition(topic, p) for p in await topic_partitions(bootstrap, topic)]
+        assert parts, f"topic {topic} has no partitions"
+        consumer.assign(parts)
+        await consumer.seek_to_beginning(*parts)
+        ends = await consumer.end_offsets(parts)
+        out: dict[int, list[tuple[bytes, bytes]]] = {tp.partition: [] for tp in parts}
+        while [tp for tp in parts if await consumer.position(tp) < ends[tp]]:
+            batch = await consumer.getmany(timeout_ms=idle_ms, max_records=50_000)
+            for tp, msgs in batch.items():
+                out[tp.partition].extend((m.key or b"", m.value or b"") for m in msgs)
+        return out
+    finally:
+        await consumer.stop()
+
+
+async def topic_partitions(bootstrap: str, topic: str) -> list[int]:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await producer.start()
+    try:
+        return sorted(await producer.partitions_for(topic))
+    finally:
+        await producer.stop()
+
+
+async def read_changes(bootstrap: str, topic: str) -> dict[int, list[ChangeRecord]]:
+    raw = await read_topic(bootstrap, topic)
+    return {p: [ChangeRecord.from_bytes(v) for _, v in msgs] for p, msgs in raw.items()}
+
+
+# --- PostgreSQL's own account: test_decoding ---------------------------------------------------------------
+_CHANGE = re.compile(
+    r"^table (?P<schema>[^.]+)\.(?P<table>\S+): (?P<op>INSERT|UPDATE|DELETE|TRUNCATE):(?P<rest>.*)$"
+)
+_ID = re.compile(r"(?:^| )id\[text\]:'((?:[^']|'')*)'")
+_DATASET = re.compile(r"(?:^| )dataset_id\[text\]:'((?:[^']|'')*)'")
+
+
+@dataclass(frozen=True, slots=True)
+class TruthChange:
+    xid: int
+    table: str
+    op: str
+    id: str | None
+    dataset_id: str | None
+
+
+def create_truth_slot(dsn: str, slot: str) -> int:
+    """A ``test_decoding`` slot; returns its consistent point."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT lsn - '0/0'::pg_lsn FROM pg_create_logical_replication_slot(%s, 'test_decoding')", [slot]
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def truth_changes(dsn: str, slot: str, schema: str = "timestore") -> list[TruthChange]:
+    """Every committed change of the five catalog tables since the slot was created, in commit order."""
+    tables = {
+        "storage_targets",
+        "datasets",
+        "dataset_schema_versions",
+        "dataset_manifests",
+        "dataset_partitions",
+    }
+    out: list[TruthChange] = []
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT xid::text::bigint, data FROM pg_logical_slot_peek_changes(%s, NULL, NULL)", [slot]
+        ).fetchall()
+    for xid, data in rows:
+        m = _CHANGE.match(data)
+        if m is None or m["schema"] != schema or m["table"] not in tables:
+            continue
+        rest = m["rest"]
+        ident = _ID.search(rest)
+        ds = _DATASET.search(rest)
+        table = m["table"]
+        dataset = (ident[1] if ident else None) if table == "datasets" else (ds[1] if ds else None)
+        out.append(TruthChange(int(xid), table, m["op"].lower(), ident[1] if ident else None, dataset))
+    return out
