@@ -29,14 +29,16 @@ def _manager(data_dir: Path | None):  # type: ignore[no-untyped-def]
 
 
 def _table(status: dict[str, dict[str, Any]]) -> Table:
-    table = Table("service", "state", "address", "pid", "data / log")
+    table = Table("service", "state", "pid", "address / data / log", show_lines=True)
     for name, info in status.items():
         if info.get("external"):
-            table.add_row(name, "[cyan]external[/]", info.get("dsn") or info.get("bootstrap") or "", "", "")
+            table.add_row(name, "[cyan]external[/]", "-", info.get("dsn") or info.get("bootstrap") or "")
             continue
         state = "[green]running[/]" if info["running"] else "[red]stopped[/]"
         address = info.get("dsn") or info.get("bootstrap") or "-"
-        table.add_row(name, state, address, str(info.get("pid") or "-"), f"{info['data_dir']}\n{info['log']}")
+        table.add_row(
+            name, state, str(info.get("pid") or "-"), f"{address}\n{info['data_dir']}\n{info['log']}"
+        )
     return table
 
 
