@@ -213,10 +213,15 @@ def command_of(status: str | None) -> str:
     return (status or "UNKNOWN").split(" ", 1)[0] or "UNKNOWN"
 
 
-async def exec_stream(
+async def exec_statement(
     conn: psycopg.AsyncConnection[Any], statement: str, params: Sequence[Any], timeout_ms: int
-) -> tuple[psycopg.AsyncRawCursor[Any], AsyncIterator[tuple[Any, ...]]]:
-    """Run ``statement`` (``$1..$n`` placeholders) with ``statement_timeout``; rows stream in single-row mode."""
+) -> psycopg.AsyncRawCursor[Any]:
+    """Run ``statement`` (``$1..$n`` placeholders, any statement) under ``SET statement_timeout``.
+
+    The result is held by the client cursor; the HTTP body is then streamed from it in chunks
+    (psycopg's single-row ``stream()`` refuses statements without a result set, e.g. INSERT).
+    """
     await conn.execute(sql.SQL("SET statement_timeout = {}").format(sql.Literal(max(0, int(timeout_ms)))))
     cur = psycopg.AsyncRawCursor(conn)
-    return cur, cur.stream(statement, list(params) if params else None)
+    await cur.execute(statement, list(params) if params else None)
+    return cur

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import hashlib
+import json
 import logging
 import time
 import uuid
@@ -12,14 +13,13 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import duckdb
-import orjson
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from sinks.service import formats
 from sinks.service.audit import ACTION_SQL_READ, NO_DATASET_SLUG, AuditEntry
-from sinks.service.catalog import command_of, exec_stream
+from sinks.service.catalog import command_of, exec_statement
 from sinks.service.errors import ApiError, error_json
 from sinks.service.iam import Principal, principal_from_headers, require
 from sinks.service.limits import QueryTimeout, Saturated
@@ -318,7 +318,8 @@ def _read_response(
     applied, staleness, headers = _freshness_headers(s)
     headers = {"x-sql-request-id": request_id, "x-sql-execution-id": execution_id, **headers}
     if warnings:
-        headers["x-sql-warnings"] = orjson.dumps(warnings).decode()
+        # JSON array, non-ASCII escaped (header values must be latin-1; parses to the same strings)
+        headers["x-sql-warnings"] = json.dumps(warnings, ensure_ascii=True, separators=(",", ":"))
     if empty:
         names: list[str] = []
         rows: list[dict[str, Any]] = []
@@ -422,15 +423,12 @@ async def sql_exec(
     conn_cm = catalog.connect()
     conn = await conn_cm.__aenter__()
     try:
-        cur, rows = await exec_stream(conn, body.sql, body.params or [], s.settings.exec_statement_timeout_ms)
-        first = await anext(rows, None)
+        cur = await exec_statement(conn, body.sql, body.params or [], s.settings.exec_statement_timeout_ms)
     except Exception as exc:
         await conn_cm.__aexit__(type(exc), exc, exc.__traceback__)
-        if isinstance(exc, ApiError):
-            raise
         raise ApiError(500, str(exc).strip()) from exc
     columns = [d.name for d in (cur.description or [])]
-    if first is None and not columns:
+    if not columns:
         command, count = command_of(cur.statusmessage), max(cur.rowcount, 0)
         await conn_cm.__aexit__(None, None, None)
         return Response(
@@ -440,10 +438,9 @@ async def sql_exec(
         )
 
     async def all_rows() -> AsyncIterator[tuple[Any, ...]]:
-        if first is not None:
-            yield first
-        async for row in rows:
-            yield row
+        while batch := await cur.fetchmany(500):
+            for row in batch:
+                yield row
 
     return StreamingResponse(
         _exec_body(fmt, columns, all_rows(), conn_cm),

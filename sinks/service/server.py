@@ -1,0 +1,56 @@
+"""One process, one event loop: uvicorn serving the API and the DeltaConsumer applying deltas.
+
+The process is the DuckDB context's single writer (the consumer) and its readers (the API).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import uvicorn
+
+from sinks.context.consumer import DeltaConsumer
+from sinks.context.store import ContextStore
+from sinks.service.app import create_app
+from sinks.service.settings import QuerySettings
+from sinks.settings import SinkSettings
+from walduck.config import WalduckSettings
+
+log = logging.getLogger(__name__)
+
+
+async def serve_async(
+    query: QuerySettings, sink: SinkSettings, walduck: WalduckSettings, *, consume: bool = True
+) -> None:
+    store = ContextStore(sink, walduck)
+    store.open()
+    consumer = DeltaConsumer(store) if consume else None
+    app = create_app(store, query, pg_dsn=walduck.pg_dsn or None, catalog_schema=walduck.catalog_schema)
+    server = uvicorn.Server(
+        uvicorn.Config(app, host=query.host, port=query.port, log_level="info", lifespan="on")
+    )
+    consumer_task = asyncio.create_task(consumer.run(), name="delta-consumer") if consumer else None
+    try:
+        await server.serve()
+    finally:
+        if consumer is not None and consumer_task is not None:
+            await consumer.stop()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(consumer_task, timeout=10)
+        store.close()
+
+
+def serve(
+    query: QuerySettings | None = None,
+    sink: SinkSettings | None = None,
+    walduck: WalduckSettings | None = None,
+    *,
+    consume: bool = True,
+) -> None:
+    asyncio.run(
+        serve_async(
+            query or QuerySettings(), sink or SinkSettings(), walduck or WalduckSettings(), consume=consume
+        )
+    )

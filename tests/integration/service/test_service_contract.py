@@ -1,0 +1,352 @@
+"""§6 behaviours of Timestore's sql.test.ts replayed against the real context store + PostgreSQL catalog.
+
+Catalog: migrated with ``apply_migrations`` in a fresh database; dataset ``observatory_timeseries`` with one
+real Parquet partition (shard 2024-01-01, timestamp/site/value) and a guarded dataset ``secret_ds``
+(``metadata.iam.readScopes``); the context is loaded with ``store.rebuild()`` (reads PostgreSQL).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import httpx
+import psycopg
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from psycopg.types.json import Jsonb
+
+from sinks.context.store import ContextStore
+from sinks.service.app import create_app
+from sinks.service.audit import AuditWriter
+from sinks.service.settings import QuerySettings
+from sinks.settings import SinkSettings
+from walduck.catalog.migrate import apply_migrations
+from walduck.config import WalduckSettings
+
+pytestmark = pytest.mark.integration
+
+READ = {"x-iam-scopes": "sql:read", "x-iam-user": "alice"}
+EXEC = {"x-iam-scopes": "sql:read,sql:exec", "x-iam-user": "alice"}
+ADMIN = {"x-iam-scopes": "admin"}
+T0 = datetime(2024, 1, 1, tzinfo=UTC)
+
+
+def seed_catalog(dsn: str, storage: Path) -> None:
+    apply_migrations(dsn, "timestore")
+    rows = {
+        "observatory_timeseries": pa.table(
+            {
+                "timestamp": pa.array([datetime(2024, 1, 1, 0), datetime(2024, 1, 1, 1)], pa.timestamp("us")),
+                "site": ["alpha", "beta"],
+                "value": [42.5, 37.1],
+            }
+        ),
+        "secret_ds": pa.table(
+            {"timestamp": pa.array([datetime(2024, 1, 1, 0)], pa.timestamp("us")), "payload": ["classified"]}
+        ),
+    }
+    schemas = {
+        "observatory_timeseries": [
+            {"name": "timestamp", "type": "timestamp"},
+            {"name": "site", "type": "string"},
+            {"name": "value", "type": "double"},
+        ],
+        "secret_ds": [{"name": "timestamp", "type": "timestamp"}, {"name": "payload", "type": "string"}],
+    }
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("SET search_path TO timestore, public")
+        conn.execute(
+            "INSERT INTO storage_targets (id, name, kind, config) VALUES"
+            " ('st-timestore-default-local', 'timestore-default-local', 'local', %s)",
+            [Jsonb({"root": str(storage)})],
+        )
+        for slug, table in rows.items():
+            meta = {"iam": {"readScopes": ["secret:read"]}} if slug == "secret_ds" else {}
+            did = f"ds-{slug}"
+            rel = f"{slug}/window=2024-01-01/part-{slug}.parquet"
+            (storage / rel).parent.mkdir(parents=True, exist_ok=True)
+            pq.write_table(table, storage / rel)
+            conn.execute(
+                "INSERT INTO datasets (id, slug, name, description, metadata, default_storage_target_id)"
+                " VALUES (%s, %s, %s, %s, %s, 'st-timestore-default-local')",
+                [did, slug, slug, f"{slug} dataset", Jsonb(meta)],
+            )
+            conn.execute(
+                "INSERT INTO dataset_schema_versions (id, dataset_id, version, schema) VALUES (%s, %s, 1, %s)",
+                [f"dsv-{slug}", did, Jsonb({"fields": schemas[slug]})],
+            )
+            conn.execute(
+                "INSERT INTO dataset_manifests (id, dataset_id, version, status, schema_version_id,"
+                " manifest_shard, partition_count, total_rows, total_bytes, created_by, published_at)"
+                " VALUES (%s, %s, 1, 'published', %s, '2024-01-01', 1, %s, %s, 'tests', now())",
+                [f"dm-{slug}", did, f"dsv-{slug}", table.num_rows, (storage / rel).stat().st_size],
+            )
+            conn.execute(
+                "INSERT INTO dataset_partitions (id, dataset_id, manifest_id, manifest_shard, partition_key,"
+                " storage_target_id, file_format, file_path, file_size_bytes, row_count, start_time, end_time,"
+                " metadata) VALUES (%s, %s, %s, '2024-01-01', %s, 'st-timestore-default-local', 'parquet',"
+                " %s, %s, %s, %s, %s, %s)",
+                [
+                    f"part-{slug}",
+                    did,
+                    f"dm-{slug}",
+                    Jsonb({"window": "2024-01-01"}),
+                    rel,
+                    (storage / rel).stat().st_size,
+                    table.num_rows,
+                    T0,
+                    datetime(2024, 1, 1, 1, tzinfo=UTC),
+                    Jsonb({"tableName": "records"}),
+                ],
+            )
+        conn.execute("CREATE TABLE sql_samples (id int, label text)")
+        conn.execute("INSERT INTO sql_samples VALUES (1, 'one'), (2, 'two')")
+
+
+@pytest.fixture
+async def env(fresh_db: Any, tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
+    dsn = fresh_db()
+    storage = tmp_path / "storage"
+    storage.mkdir()
+    seed_catalog(dsn, storage)
+    walduck = WalduckSettings(
+        data_dir=tmp_path / "data", storage_root=storage, pg_dsn=dsn, topic_partitions=1
+    )
+    store = ContextStore(
+        SinkSettings(context_path=tmp_path / "ctx" / "c.duckdb", view_refresh_interval_s=0.0), walduck
+    )
+    store.open()
+    store.rebuild(None, "test-bootstrap")
+    settings = QuerySettings(
+        sql_read_scope="sql:read", sql_exec_scope="sql:exec", admin_scope="admin", request_timeout_s=3.0
+    )
+    audit = AuditWriter(dsn, "timestore", flush_interval_s=0.05)
+    app = create_app(store, settings, pg_dsn=dsn, audit=audit)
+    audit.start()
+    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t", timeout=30)
+    try:
+        yield {"client": client, "store": store, "dsn": dsn, "storage": storage, "audit": audit}
+    finally:
+        await client.aclose()
+        await audit.stop()
+        app.state.svc.runner.close()
+        store.close()
+
+
+SQL = {"sql": "SELECT site, value FROM timestore.observatory_timeseries ORDER BY site"}
+
+
+async def test_read_json_csv_table(env: dict[str, Any]) -> None:
+    client: httpx.AsyncClient = env["client"]
+    r = await client.post("/sql/read", json=SQL, headers=READ)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert [c["name"] for c in body["columns"]] == ["site", "value"]
+    assert body["rows"] == [{"site": "alpha", "value": 42.5}, {"site": "beta", "value": 37.1}]
+    assert body["statistics"]["rowCount"] == 2 and isinstance(body["warnings"], list)
+    assert r.headers["x-sql-execution-id"].startswith("duck-")
+    assert "/" in r.headers["x-walduck-applied-lsn"]
+    r = await client.post("/sql/read?format=csv", json=SQL, headers=READ)
+    assert r.content == b"site,value\nalpha,42.5\nbeta,37.1"
+    r = await client.post("/sql/read?format=table", json=SQL, headers=READ)
+    assert r.text.endswith("(2 rows)")
+    r = await client.post(
+        "/sql/read", json={"sql": "DELETE FROM timestore.observatory_timeseries"}, headers=READ
+    )
+    assert r.status_code == 400 and r.json()["message"]
+
+
+async def test_read_audited_in_postgres(env: dict[str, Any]) -> None:
+    r = await env["client"].post("/sql/read", json=SQL, headers=READ)
+    request_id = r.headers["x-sql-request-id"]
+    rows: list[Any] = []
+    for _ in range(100):
+        await asyncio.sleep(0.05)
+        with psycopg.connect(env["dsn"]) as conn:
+            rows = conn.execute(
+                "SELECT dataset_id, dataset_slug, actor_id, actor_scopes, action, success, metadata"
+                " FROM timestore.dataset_access_audit WHERE metadata->>'requestId' = %s",
+                [request_id],
+            ).fetchall()
+        if rows:
+            break
+    assert rows == [
+        (
+            "ds-observatory_timeseries",
+            "observatory_timeseries",
+            "alice",
+            ["sql:read"],
+            "sql.read",
+            True,
+            {"requestId": request_id, "fingerprint": rows[0][6]["fingerprint"]},
+        )
+    ]
+
+
+async def test_missing_file_gives_zero_rows(env: dict[str, Any]) -> None:
+    for f in (env["storage"] / "observatory_timeseries").rglob("*.parquet"):
+        f.unlink()
+    r = await env["client"].post(
+        "/sql/read", json={"sql": "SELECT count(*) AS n FROM timestore.observatory_timeseries"}, headers=READ
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["rows"] == [{"n": 0}]
+    assert any("Skipped partition" in w for w in r.json()["warnings"])
+
+
+async def test_schema_and_iam(env: dict[str, Any]) -> None:
+    client: httpx.AsyncClient = env["client"]
+    r = await client.get("/sql/schema", headers=READ)
+    tables = {t["name"]: t for t in r.json()["tables"]}
+    assert list(tables) == ["timestore.observatory_timeseries"]
+    assert len(tables["timestore.observatory_timeseries"]["columns"]) == 3
+    for sql in [
+        "SELECT * FROM timestore.secret_ds",
+        "WITH s AS (SELECT * FROM timestore.secret_ds) SELECT count(*) FROM s",
+        "SELECT o.site FROM timestore.observatory_timeseries o JOIN timestore.secret_ds s USING (timestamp)",
+    ]:
+        r = await client.post("/sql/read", json={"sql": sql}, headers=READ)
+        assert (
+            r.status_code == 403 and r.json()["message"] == "Missing required scope for dataset secret_ds"
+        ), sql
+    r = await client.post(
+        "/sql/read",
+        json={"sql": "SELECT dataset_slug FROM timestore_runtime.datasets ORDER BY 1"},
+        headers=READ,
+    )
+    assert r.json()["rows"] == [{"dataset_slug": "observatory_timeseries"}]
+    r = await client.post(
+        "/sql/read",
+        json={"sql": "SELECT payload FROM timestore.secret_ds"},
+        headers={"x-iam-scopes": "sql:read,secret:read"},
+    )
+    assert r.json()["rows"] == [{"payload": "classified"}]
+
+
+async def test_saved_queries_crud(env: dict[str, Any]) -> None:
+    client: httpx.AsyncClient = env["client"]
+    body = {"statement": "SELECT 1", "label": "  first  ", "stats": {"rowCount": 1, "elapsedMs": 5}}
+    r = await client.put("/sql/saved/q1", json=body, headers=READ)
+    assert r.status_code == 200, r.text
+    saved = r.json()["savedQuery"]
+    assert saved["id"] == "q1" and saved["statement"] == "SELECT 1" and saved["label"] == "first"
+    assert saved["stats"] == {"rowCount": 1, "elapsedMs": 5} and saved["createdBy"] == "alice"
+    assert saved["createdAt"].endswith("Z")
+    r = await client.put(
+        "/sql/saved/q1", json={"statement": "SELECT 2"}, headers={**READ, "x-iam-user": "bob"}
+    )
+    assert r.json()["savedQuery"]["createdBy"] == "alice" and r.json()["savedQuery"]["label"] is None
+    assert (await client.get("/sql/saved/q1", headers=READ)).json()["savedQuery"]["statement"] == "SELECT 2"
+    assert [q["id"] for q in (await client.get("/sql/saved", headers=READ)).json()["savedQueries"]] == ["q1"]
+    assert (await client.delete("/sql/saved/q1", headers=READ)).status_code == 204
+    r = await client.get("/sql/saved/q1", headers=READ)
+    assert r.status_code == 404 and r.json() == {"error": "Saved query q1 not found"}
+    assert (await client.delete("/sql/saved/q1", headers=READ)).status_code == 404
+
+
+async def test_exec_on_postgres(env: dict[str, Any]) -> None:
+    client: httpx.AsyncClient = env["client"]
+    q = {"sql": "SELECT id, label FROM sql_samples ORDER BY id"}
+    r = await client.post("/sql/exec?format=table", json=q, headers=EXEC)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    assert r.text == "id\tlabel\n---\t-----\n1\tone\n2\ttwo\n(2 rows)\n"
+    r = await client.post("/sql/exec", json=q, headers=EXEC)
+    assert r.json() == [{"id": 1, "label": "one"}, {"id": 2, "label": "two"}]
+    r = await client.post("/sql/exec?format=csv", json=q, headers=EXEC)
+    assert r.text == "id,label\n1,one\n2,two\n"
+    r = await client.post(
+        "/sql/exec",
+        json={"sql": "INSERT INTO sql_samples VALUES ($1, $2)", "params": [3, "three"]},
+        headers=EXEC,
+    )
+    assert r.json() == {"command": "INSERT", "rowCount": 1} and r.headers["x-sql-request-id"].startswith(
+        "sql-"
+    )
+    assert (
+        await client.post("/sql/exec", json={"sql": "SELECT count(*) AS n FROM sql_samples"}, headers=EXEC)
+    ).json() == [{"n": 3}]
+    env["client"]._transport.app.state.svc.settings.exec_statement_timeout_ms = 200  # type: ignore[attr-defined]
+    r = await client.post("/sql/exec", json={"sql": "SELECT pg_sleep(3)"}, headers=EXEC)
+    assert r.status_code == 500 and "statement timeout" in r.json()["message"]
+    r = await client.post("/sql/exec", json={"sql": "SELECT 1"}, headers=READ)
+    assert r.status_code == 403 and r.json()["message"] == "Missing required SQL exec scope"
+
+
+async def test_manifest_endpoint(env: dict[str, Any]) -> None:
+    client: httpx.AsyncClient = env["client"]
+    r = await client.get("/admin/datasets/observatory_timeseries/manifest", headers=READ)
+    assert r.status_code == 200, r.text
+    [m] = r.json()["manifests"]
+    assert m["manifestShard"] == "2024-01-01" and m["partitionCount"] == 1
+    assert [f["name"] for f in m["schemaVersion"]["fields"]] == ["timestamp", "site", "value"]
+    assert m["partitions"][0]["filePath"].endswith(".parquet") and "startTime" in m["partitions"][0]
+    r = await client.get("/admin/datasets/ds-observatory_timeseries/manifest?shard=2024-01-01", headers=READ)
+    assert r.json()["manifest"]["id"] == "dm-observatory_timeseries"
+    r = await client.get("/admin/datasets/observatory_timeseries/manifest?shard=2024-02-02", headers=READ)
+    assert r.status_code == 404 and r.json() == {"error": "no published manifest for shard 2024-02-02"}
+    r = await client.get("/admin/datasets/secret_ds/manifest", headers=READ)
+    assert r.status_code == 403
+    assert (await client.get("/admin/datasets/nope/manifest", headers=READ)).status_code == 404
+
+
+async def test_runtime_cache_invalidate_rebuilds(env: dict[str, Any]) -> None:
+    client: httpx.AsyncClient = env["client"]
+    with psycopg.connect(env["dsn"], autocommit=True) as conn:
+        conn.execute("UPDATE timestore.datasets SET name = 'renamed' WHERE id = 'ds-observatory_timeseries'")
+    r = await client.post(
+        "/admin/sql/runtime-cache/invalidate", json={"datasetSlug": "observatory_timeseries"}, headers=ADMIN
+    )
+    assert r.status_code == 202 and r.json()["scope"] == "dataset"
+    for _ in range(100):
+        names = {d.slug: d.name for d in env["store"].datasets()}
+        if names.get("observatory_timeseries") == "renamed":
+            break
+        await asyncio.sleep(0.05)
+    assert names["observatory_timeseries"] == "renamed"
+    snap = (await client.get("/admin/sql/runtime-cache", headers=ADMIN)).json()["snapshot"]
+    assert snap["datasetCount"] == 2
+
+
+async def test_cancellation_frees_reader(env: dict[str, Any]) -> None:
+    client: httpx.AsyncClient = env["client"]
+    long_sql = "SELECT count(*) FROM range(1000000000) a, range(1000) b"
+    started = time.perf_counter()
+    r = await client.post("/sql/read", json={"sql": long_sql}, headers=READ)
+    assert r.status_code == 504 and time.perf_counter() - started < 8
+    r = await client.post("/sql/read", json=SQL, headers=READ)
+    assert r.status_code == 200
+
+
+# --- the DuckDB layer alone: attacks sent straight to a store reader cursor must fail -------------
+
+DUCKDB_ATTACKS = [
+    "SELECT * FROM read_csv('/etc/passwd')",
+    "SELECT * FROM read_text('/etc/passwd')",
+    "SELECT * FROM '/etc/passwd'",
+    "SELECT * FROM sniff_csv('/etc/passwd')",
+    "SELECT * FROM glob('/etc/*')",
+    "COPY (SELECT 1) TO '/tmp/walduck-escape.csv'",
+    "ATTACH '/tmp/walduck-escape.duckdb' AS esc",
+    "INSTALL httpfs",
+    "LOAD httpfs",
+    "SET enable_external_access = true",
+    "SET allowed_directories = ['/']",
+    "SET lock_configuration = false",
+    "SELECT * FROM read_parquet('https://example.com/x.parquet')",
+]
+
+
+@pytest.mark.parametrize("sql", DUCKDB_ATTACKS)
+async def test_duckdb_layer_refuses(env: dict[str, Any], sql: str) -> None:
+    store: ContextStore = env["store"]
+    with pytest.raises(duckdb.Error):
+        with store.reader() as cur:
+            cur.execute(sql).fetchall()
+    assert not Path("/tmp/walduck-escape.csv").exists()
