@@ -31,12 +31,19 @@ def verify(
     pg_dsn: str = typer.Option(None, "--pg-dsn", help="[WALDUCK_PG_DSN]"),
     context_path: Path = typer.Option(None, help="DuckDB context file to open read-only (no --url)."),
     attempts: int = typer.Option(3, help="With --url: a drift must persist over this many comparisons."),
+    scopes: str = typer.Option(
+        "timestore:admin",
+        envvar="WALDUCK_VERIFY_SCOPES",
+        help="With --url: x-iam-scopes sent to the admin route (must include the service's admin scope).",
+    ),
 ) -> None:
     """Compare every dataset's visible partitions in a context with PostgreSQL's; exit 1 on drift."""
     from sinks.verify import verify as run_verify
 
     sink, walduck = _settings(data_dir, pg_dsn, context_path)
-    drifts = run_verify(walduck, sink, url=url or sink.service_url or None, token=token, attempts=attempts)
+    drifts = run_verify(
+        walduck, sink, url=url or sink.service_url or None, token=token, attempts=attempts, scopes=scopes
+    )
     if not drifts:
         console.print("[green]in step[/green]: every dataset's visible partitions match PostgreSQL")
         return

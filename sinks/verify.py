@@ -72,8 +72,17 @@ def context_partitions_from_file(settings: SinkSettings, walduck: WalduckSetting
     return _group(rows)
 
 
-def context_snapshot_from_service(url: str, token: str | None, timeout_s: float = 30.0) -> dict[str, Any]:
+DEFAULT_VERIFY_SCOPES = "timestore:admin"
+
+
+def context_snapshot_from_service(
+    url: str, token: str | None, timeout_s: float = 30.0, scopes: str | None = DEFAULT_VERIFY_SCOPES
+) -> dict[str, Any]:
+    """The service's runtime-cache snapshot; ``scopes`` goes in ``x-iam-scopes`` (the route needs the admin
+    scope when the service has one configured, as a gateway would set it)."""
     headers = {"Authorization": f"Bearer {token}"} if token else {}
+    if scopes:
+        headers["x-iam-scopes"] = scopes
     resp = httpx.get(
         url.rstrip("/") + "/admin/sql/runtime-cache",
         params={"detail": "partitions"},
@@ -115,6 +124,7 @@ def verify(
     token: str | None = None,
     attempts: int = 3,
     wait_s: float = 30.0,
+    scopes: str | None = DEFAULT_VERIFY_SCOPES,
 ) -> list[Drift]:
     """Drifts between PostgreSQL and the context (empty = in step)."""
     persistent: set[Drift] | None = None
@@ -124,7 +134,7 @@ def verify(
         if url:
             deadline = time.monotonic() + wait_s
             while True:
-                snap = context_snapshot_from_service(url, token)
+                snap = context_snapshot_from_service(url, token, scopes=scopes)
                 if parse_lsn(snap.get("appliedLsn") or "0/0") >= lsn or time.monotonic() > deadline:
                     break
                 time.sleep(0.2)
