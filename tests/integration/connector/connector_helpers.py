@@ -200,3 +200,29 @@ def truth_changes(dsn: str, slot: str, schema: str = "timestore") -> list[TruthC
         dataset = (ident[1] if ident else None) if table == "datasets" else (ds[1] if ds else None)
         out.append(TruthChange(int(xid), table, m["op"].lower(), ident[1] if ident else None, dataset))
     return out
+
+
+async def wait_snapshot_done(
+    dsn: str, slot: str, state_schema: str = "walduck", wait_s: float = 60.0
+) -> None:
+    """Until the connector recorded its snapshot-done marker for ``slot``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait_s
+    while True:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            ok = conn.execute(
+                "SELECT to_regclass(%s) IS NOT NULL", [f"{state_schema}.connector_state"]
+            ).fetchone()
+            if ok and ok[0]:
+                row = conn.execute(
+                    f'SELECT 1 FROM "{state_schema}".connector_state WHERE slot_name = %s', [slot]
+                ).fetchone()
+                if row is not None:
+                    return
+        if loop.time() > deadline:
+            raise AssertionError(f"snapshot of slot {slot} not done in {wait_s}s")
+        await asyncio.sleep(0.2)
+
+
+def record_identity(r: ChangeRecord) -> tuple[object, ...]:
+    return (r.commit_lsn, r.lsn, r.tx_index, r.dataset_id, r.table, str(r.op), (r.key or {}).get("id"))
