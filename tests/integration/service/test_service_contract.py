@@ -8,6 +8,7 @@ real Parquet partition (shard 2024-01-01, timestamp/site/value) and a guarded da
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -349,4 +350,4 @@ async def test_duckdb_layer_refuses(env: dict[str, Any], sql: str) -> None:
     with pytest.raises(duckdb.Error):
         with store.reader() as cur:
             cur.execute(sql).fetchall()
-    assert not Path("/tmp/walduck-escape.csv").exists()
+    assert not await asyncio.to_thread(os.path.exists, "/tmp/walduck-escape.csv")
