@@ -7,6 +7,11 @@ import typer
 app = typer.Typer(no_args_is_help=True)
 
 
+@app.callback()
+def main() -> None:
+    """The SQL query service."""
+
+
 @app.command()
 def serve(
     host: str = typer.Option(None, help="Bind address [WALDUCK_QUERY_HOST]."),
