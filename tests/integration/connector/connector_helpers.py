@@ -21,7 +21,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from connectors.connector import Connector
 from connectors.settings import ConnectorSettings
 from walduck.config import WalduckSettings
-from walduck.records import ChangeRecord
+from walduck.records import ChangeRecord, Kind, Op, Source
 
 
 @contextlib.asynccontextmanager
@@ -226,3 +226,68 @@ async def wait_snapshot_done(
 
 def record_identity(r: ChangeRecord) -> tuple[object, ...]:
     return (r.commit_lsn, r.lsn, r.tx_index, r.dataset_id, r.table, str(r.op), (r.key or {}).get("id"))
+
+
+CATALOG_TABLES = (
+    "storage_targets",
+    "datasets",
+    "dataset_schema_versions",
+    "dataset_manifests",
+    "dataset_partitions",
+)
+
+
+def catalog_rows(dsn: str, schema: str = "timestore") -> dict[str, dict[str, dict[str, object]]]:
+    """Every row of the five catalog tables, typed like the connector types them (text -> converters)."""
+    from connectors.pgoutput import convert
+
+    out: dict[str, dict[str, dict[str, object]]] = {}
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("SET DateStyle = ISO")
+        for table in CATALOG_TABLES:
+            cols = conn.execute(
+                "SELECT a.attname, a.atttypid::int FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid"
+                " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = %s"
+                " AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
+                [schema, table],
+            ).fetchall()
+            select = ", ".join(f'"{name}"::text' for name, _ in cols)
+            rows = conn.execute(f'SELECT {select} FROM "{schema}"."{table}"').fetchall()
+            out[table] = {
+                row[0]: {
+                    n: None if v is None else convert(oid, v.encode())
+                    for (n, oid), v in zip(cols, row, strict=True)
+                }
+                for row in rows
+            }
+    return out
+
+
+def fold(
+    by_partition: dict[int, list[ChangeRecord]], snapshot_lsn: int | None = None
+) -> dict[str, dict[str, dict]]:
+    """Apply snapshot reads then stream changes, partition by partition in offset order (global rows from
+    partition 0 only). Raises AssertionError on an overlap (read/insert of a present row) or a gap
+    (update/delete of an absent row). With ``snapshot_lsn``, snapshot records of other snapshots are ignored."""
+    state: dict[str, dict[str, dict]] = {t: {} for t in CATALOG_TABLES}
+    for partition in sorted(by_partition):
+        for r in by_partition[partition]:
+            if r.kind is not Kind.CHANGE or (r.dataset_id is None and partition != min(by_partition)):
+                continue
+            if r.source is Source.SNAPSHOT and snapshot_lsn is not None and r.commit_lsn != snapshot_lsn:
+                continue
+            assert r.table is not None
+            rows = state[r.table]
+            rid = (r.key or {}).get("id")
+            if r.op in (Op.READ, Op.INSERT):
+                assert rid not in rows, f"overlap: {r.op} of present {r.table} {rid} at {r.commit_lsn}"
+                rows[rid] = r.new
+            elif r.op is Op.UPDATE:
+                assert rid in rows, f"gap: update of absent {r.table} {rid} at {r.commit_lsn}"
+                rows[rid] = r.new
+            elif r.op is Op.DELETE:
+                assert rid in rows, f"gap: delete of absent {r.table} {rid} at {r.commit_lsn}"
+                del rows[rid]
+            elif r.op is Op.TRUNCATE:
+                rows.clear()
+    return state
