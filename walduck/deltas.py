@@ -6,11 +6,13 @@ dataset / schema-version / storage-target rows. One Kafka message = one delta = 
 apply. The deltas topic is co-partitioned with the changes topic: a delta produced from
 changes-topic partition ``p`` is written to deltas-topic partition ``p``.
 
-Idempotence: every delta names the input range it covers (``src_partition``,
+Idempotence: every delta names the input window it covers (``src_partition``,
 ``src_offset_from``..``src_offset_to``, inclusive) and the source commit-LSN range
-(``lsn_from``..``lsn_to``). A context shard stores, in the same DuckDB transaction as the
-change, the highest ``src_offset_to`` it applied per ``src_partition``; a delta whose
-``src_offset_to`` is not above it is a re-delivery and is dropped.
+(``lsn_from``..``lsn_to``). One window yields at most one delta per dataset (plus at most one
+global delta, ``dataset_id=None``, for heartbeats and storage targets), all naming the same
+window. A context shard stores, in the same DuckDB transaction as the change, the highest
+``src_offset_to`` it applied per (``src_partition``, ``dataset_id`` or the global stream); a
+delta whose ``src_offset_to`` is not above it is a re-delivery and is dropped.
 
 Partition entries (``upserts``) carry everything a context needs:
 ``id, dataset_id, manifest_id, manifest_shard, storage_target_id, file_path, file_format,

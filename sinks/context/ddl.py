@@ -34,7 +34,7 @@ CREATE TABLE IF NOT EXISTS {INDEX_SCHEMA}.shard_progress (
     shard INTEGER, deltas_offset BIGINT, applied_lsn UBIGINT, commit_ts TIMESTAMP,
     bootstrapped BOOLEAN, applied_at TIMESTAMP
 );
-CREATE TABLE IF NOT EXISTS {INDEX_SCHEMA}.src_offsets (src_partition INTEGER, src_offset BIGINT);
+CREATE TABLE IF NOT EXISTS {INDEX_SCHEMA}.src_offsets (src_partition INTEGER, stream VARCHAR, src_offset BIGINT);
 """
 
 RUNTIME_VIEWS = f"""

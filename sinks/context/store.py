@@ -127,6 +127,11 @@ def _as_dict(value: Any) -> dict[str, Any]:
     return dict(value) if isinstance(value, dict) else {}
 
 
+def _stream_key(delta: Delta) -> tuple[int, str]:
+    """Idempotence key of a delta: its changes-topic partition and its dataset (or the global stream)."""
+    return (delta.src_partition, delta.dataset_id or "__global__")
+
+
 def kafka_partition_for(dataset_id: str, partitions: int) -> int:
     """Kafka's default partitioner (murmur2) for the dataset key: where its deltas arrive."""
     from aiokafka.partitioner import murmur2
@@ -146,7 +151,9 @@ class ContextStore:
         self._write_lock = threading.RLock()
         self._pool: queue.Queue[duckdb.DuckDBPyConnection] = queue.Queue()
         self._progress: dict[int, ShardProgress] = {}
-        self._src_offsets: dict[int, int] = {}
+        # highest source offset applied per (changes partition, dataset stream): the compactor writes one
+        # delta per dataset per window, all naming the window's offset range (see walduck/deltas.py)
+        self._src_offsets: dict[tuple[int, str], int] = {}
         self._targets: dict[str, dict[str, Any]] = {}
         self._ds_cache: dict[str, DatasetView] = {}
         self._ds_dirty: set[str] = set()
@@ -234,10 +241,12 @@ class ContextStore:
             p.deltas_offset, p.applied_lsn, p.bootstrapped = doff, int(lsn), bool(boot)
             p.newest_commit_ts = iso(cts) if cts else None
             p.applied_at = iso(applied_at) if applied_at else None
-        for src, off in cur.execute(f"SELECT src_partition, src_offset FROM {WD}.src_offsets").fetchall():
-            self._src_offsets[src] = off
+        for src, stream, off in cur.execute(
+            f"SELECT src_partition, stream, src_offset FROM {WD}.src_offsets"
+        ).fetchall():
+            self._src_offsets[(src, stream)] = off
             if src in self._progress:
-                self._progress[src].src_offset = off
+                self._progress[src].src_offset = max(self._progress[src].src_offset, off)
         for tid, name, kind, config in cur.execute(
             f"SELECT id, name, kind, config FROM {WD}.storage_targets"
         ).fetchall():
@@ -275,7 +284,7 @@ class ContextStore:
         with self._write_lock:
             prog = self._progress.setdefault(partition, ShardProgress(partition))
             if offset <= prog.deltas_offset or delta.src_offset_to <= self._src_offsets.get(
-                delta.src_partition, -1
+                _stream_key(delta), -1
             ):
                 metrics.DELTAS_APPLIED.labels(result="duplicate").inc()
                 if offset > prog.deltas_offset:
@@ -343,9 +352,8 @@ class ContextStore:
         prog.deltas_offset = offset
         prog.applied_lsn = max(prog.applied_lsn, delta.lsn_to)
         prog.src_offset = max(prog.src_offset, delta.src_offset_to)
-        self._src_offsets[delta.src_partition] = max(
-            self._src_offsets.get(delta.src_partition, -1), delta.src_offset_to
-        )
+        key = _stream_key(delta)
+        self._src_offsets[key] = max(self._src_offsets.get(key, -1), delta.src_offset_to)
         prog.newest_commit_ts = delta.commit_ts_max
         prog.applied_at = iso(utcnow())
         prog.last_apply_ms = round(elapsed * 1000, 3)
@@ -375,9 +383,10 @@ class ContextStore:
             f"INSERT INTO {WD}.shard_progress VALUES (?, ?, ?, ?, ?, ?)",
             [partition, offset, lsn, commit_ts, prog.bootstrapped, _naive_utc(utcnow())],
         )
-        src = max(self._src_offsets.get(delta.src_partition, -1), delta.src_offset_to)
-        cur.execute(f"DELETE FROM {WD}.src_offsets WHERE src_partition = ?", [delta.src_partition])
-        cur.execute(f"INSERT INTO {WD}.src_offsets VALUES (?, ?)", [delta.src_partition, src])
+        key = _stream_key(delta)
+        src = max(self._src_offsets.get(key, -1), delta.src_offset_to)
+        cur.execute(f"DELETE FROM {WD}.src_offsets WHERE src_partition = ? AND stream = ?", list(key))
+        cur.execute(f"INSERT INTO {WD}.src_offsets VALUES (?, ?, ?)", [*key, src])
 
     def _apply_content(self, cur: duckdb.DuckDBPyConnection, delta: Delta, shard: int) -> set[str]:
         touched: set[str] = set()
@@ -647,7 +656,8 @@ class ContextStore:
             cur.execute(f"DELETE FROM {WD}.src_offsets WHERE src_partition = ?", [shard])
             cur.commit()
             self._progress[shard] = ShardProgress(shard)
-            self._src_offsets.pop(shard, None)
+            for key in [k for k in self._src_offsets if k[0] == shard]:
+                del self._src_offsets[key]
             with self._ds_lock:
                 self._ds_dirty |= ids
             self._views_dirty |= ids

@@ -75,6 +75,28 @@ def test_duplicate_delta_dropped(store, factory, apply):
     assert _count_sum(store, "ds-obs")[0] == 7
 
 
+def test_one_window_many_datasets_all_applied(store, factory, apply):
+    """The compactor writes one delta per dataset per window, all naming the window's offset range:
+    each must apply once (regression: deduplicating per source partition alone dropped all but the first)."""
+    import dataclasses
+
+    apply(factory.create_dataset(0, "obs"))
+    apply(factory.create_dataset(0, "met"))
+    first = factory.delta(0, "ds-obs", upserts=[factory.write_file("obs", 0, 3)])
+    second = dataclasses.replace(
+        factory.delta(0, "ds-met", upserts=[factory.write_file("met", 0, 4)]),
+        src_offset_from=first.src_offset_from,
+        src_offset_to=first.src_offset_to,
+    )
+    assert apply(first) is True
+    assert apply(second) is True
+    assert _count_sum(store, "ds-obs")[0] == 3
+    assert _count_sum(store, "ds-met")[0] == 4
+    # a re-delivery of either is still dropped
+    assert apply(first) is False
+    assert apply(second) is False
+
+
 def test_additive_schema_null_fill(store, factory, apply):
     apply(factory.create_dataset(0, "obs"))
     old = factory.write_file("obs", 0, 5)
