@@ -871,8 +871,11 @@ class ContextStore:
         """Datasets a ``timestore.<name>`` reference may mean: exact slug matches first, then view-name matches."""
         views = self.datasets()
         exact = [v for v in views if v.slug == name]
-        by_view = [v for v in views if v.view_name == name and v.slug != name]
-        return exact + by_view
+        if exact:
+            return exact + [v for v in views if v.view_name == name and v.slug != name]
+        # DuckDB identifiers are case-insensitive: `timestore.OBSERVATORY` reaches view `observatory`
+        folded = name.lower()
+        return [v for v in views if v.slug.lower() == folded or v.view_name.lower() == folded]
 
     # ------------------------------------------------------------------ relation SQL
     def relation_sql(

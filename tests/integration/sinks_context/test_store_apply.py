@@ -199,6 +199,9 @@ def test_slug_collision_reported(store, factory, apply):
     snap = store.snapshot()
     assert any("a-b, a_b" in w for w in snap["warnings"])
     assert [v.slug for v in store.resolve_relation("a_b")] == ["a_b", "a-b"]
+    # identifiers are case-insensitive in DuckDB (and so in Timestore's views)
+    assert sorted(v.slug for v in store.resolve_relation("A_B")) == ["a-b", "a_b"]
+    assert store.resolve_relation("nope") == []
 
 
 def test_restart_resumes_without_rebuild(ctx_settings, factory):
