@@ -1,7 +1,107 @@
-"""CLI commands of this component (wired into ``walduck.cli``)."""
+"""``walduck bench <scenario>``: each benchmark against its same-run baseline (docs/performance.md).
+
+Sizes are flags, defaults are the full sizes; ``--quick`` shrinks every scenario to under a minute.
+Services: ``WALDUCK_PG_DSN`` / ``WALDUCK_KAFKA_BOOTSTRAP`` if set, else the local ones (started if needed).
+Every scenario prints a table, writes ``bench-results/<scenario>.json`` (and PNGs where useful).
+"""
 
 from __future__ import annotations
 
+import logging
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
 import typer
 
+from walduck.bench.report import RESULTS_DIR, Result, console
+
 app = typer.Typer(no_args_is_help=True)
+
+DataDir = typer.Option(None, "--data-dir", help="Local services and scratch space [WALDUCK_DATA_DIR].")
+Quick = typer.Option(False, "--quick", help="Small sizes: each scenario in under a minute.")
+OutDir = typer.Option(RESULTS_DIR, "--out", help="Where <scenario>.json and PNGs go.")
+
+
+def _run(name: str, data_dir: Path | None, out: Path, body: Callable[..., Result]) -> Result:
+    from walduck.bench.env import BenchServices
+
+    logging.basicConfig(level=logging.WARNING)
+    services = BenchServices.start(data_dir)
+    try:
+        started = time.monotonic()
+        result = body(services)
+        result.params["elapsed_s"] = round(time.monotonic() - started, 2)
+        result.write(out)
+        result.print()
+        return result
+    finally:
+        services.stop()
+
+
+def _pick(quick: bool, value: int | float | None, full: int | float, small: int | float) -> int | float:
+    if value is not None:
+        return value
+    return small if quick else full
+
+
+# ------------------------------------------------------------------ scenarios
+def apply_body(
+    quick: bool, partitions: int | None = None, datasets: int | None = None
+) -> Callable[..., Result]:
+    from walduck.bench.apply import run_apply
+
+    return lambda services: run_apply(
+        services,
+        partitions=int(_pick(quick, partitions, 1_000_000, 50_000)),
+        datasets=int(_pick(quick, datasets, 300, 30)),
+        repeats=30 if quick else 100,
+        rebuilds=1 if quick else 3,
+    )
+
+
+@app.command("apply")
+def apply_cmd(
+    partitions: int = typer.Option(None, help="Partitions in the context [1,000,000; quick 50,000]."),
+    datasets: int = typer.Option(None, help="Datasets they spread over [300; quick 30]."),
+    quick: bool = Quick,
+    data_dir: Path = DataDir,
+    out: Path = OutDir,
+) -> None:
+    """Delta apply (1 / 100 / 1,000 changes) vs a full rebuild from PostgreSQL."""
+    _run("apply", data_dir, out, apply_body(quick, partitions, datasets))
+
+
+SCENARIOS: dict[str, Callable[[bool], Callable[..., Result]]] = {
+    "apply": lambda quick: apply_body(quick),
+}
+
+
+@app.command("all")
+def all_cmd(quick: bool = Quick, data_dir: Path = DataDir, out: Path = OutDir) -> None:
+    """Every scenario in turn; exits 1 only if one crashed (timings never fail the run)."""
+    from walduck.bench.env import BenchServices
+
+    logging.basicConfig(level=logging.WARNING)
+    services = BenchServices.start(data_dir)
+    crashed: list[str] = []
+    try:
+        for name, make in SCENARIOS.items():
+            console.rule(f"walduck bench {name}{' --quick' if quick else ''}")
+            started = time.monotonic()
+            try:
+                result = make(quick)(services)
+            except Exception:
+                crashed.append(name)
+                console.print(f"[red]scenario {name} crashed:[/]\n{traceback.format_exc()}")
+                continue
+            result.params["elapsed_s"] = round(time.monotonic() - started, 2)
+            result.params["quick"] = quick
+            result.write(out)
+            result.print()
+    finally:
+        services.stop()
+    if crashed:
+        console.print(f"[red]crashed: {', '.join(crashed)}[/]")
+        raise typer.Exit(1)
