@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import hashlib
 import logging
 import os
 import re
@@ -133,6 +134,23 @@ def parse_java_version(text: str) -> int:
     return major
 
 
+def class_archive(libs: Path) -> Path | None:
+    """The AppCDS archive of Kafka's classes for this java + these jars (``WALDUCK_KAFKA_CDS=0`` disables it).
+
+    The first start dumps it at exit (``-XX:ArchiveClassesAtExit``); later starts map it, which roughly halves
+    the JVM's start-up. A stale or broken archive is ignored by the JVM (``-Xshare:auto``).
+    """
+    if os.environ.get("WALDUCK_KAFKA_CDS", "1") == "0":
+        return None
+    java = shutil.which("java")
+    if java is None:
+        return None
+    real = os.path.realpath(java)
+    st = os.stat(real)
+    key = hashlib.sha1(f"{real}:{st.st_mtime_ns}:{st.st_size}".encode()).hexdigest()[:12]
+    return libs.parent / f"classes-{key}.jsa"
+
+
 def check_java() -> None:
     major = java_major_version()
     if major < MIN_JAVA:
@@ -167,6 +185,8 @@ def resolve_kafka_libs(cache_dir: Path | None = None, version: str = KAFKA_VERSI
         pom.write_text(_POM.format(kafka=version, scala=SCALA_VERSION, log4j=LOG4J_VERSION))
         if libs.exists():
             shutil.rmtree(libs)
+        for stale in base.glob("classes-*.jsa*"):
+            stale.unlink()
         started = time.monotonic()
         log.warning("resolving Kafka %s jars from Maven Central into %s (once)…", version, libs)
         run = subprocess.run(
@@ -282,8 +302,19 @@ class LocalKafka:
         raise AssertionError("unreachable")
 
     def _launch(self, libs: Path, port: int, cport: int) -> None:
+        archive = class_archive(libs)
+        cds: list[str] = []
+        dump: Path | None = None
+        if archive is not None:
+            if archive.exists():
+                cds = [f"-XX:SharedArchiveFile={archive}"]
+            else:
+                dump = archive.with_name(f"{archive.name}.{os.getpid()}-{uuid.uuid4().hex[:6]}.tmp")
+                cds = [f"-XX:ArchiveClassesAtExit={dump}"]
+            cds.append("-Xlog:cds=off,cds+dynamic=off")
         cmd = [
             shutil.which("java") or "java",
+            *cds,
             HEAP,
             "-Xms128m",
             "-XX:+UseG1GC",
@@ -317,6 +348,7 @@ class LocalKafka:
                 "cluster_id": _read_cluster_id(self.log_dirs),
                 "version": KAFKA_VERSION,
                 "started_at": time.time(),
+                "cds_dump": str(dump) if dump else None,
             },
         )
 
@@ -366,6 +398,7 @@ class LocalKafka:
             was_running = terminate(stray, grace) or was_running
         state = self._state()
         if state:
+            _adopt_class_archive(state.pop("cds_dump", None))
             state["pid"] = None
             write_state(self.state_file, state)
         return was_running
@@ -430,6 +463,22 @@ class LocalKafka:
             raise ServiceError(
                 f"formatting Kafka storage in {self.log_dirs} failed:\n{run.stdout}{run.stderr}"
             )
+
+
+def _adopt_class_archive(dump: str | None) -> None:
+    """Move a class archive the stopped JVM dumped at exit to its final name (first one wins)."""
+    if not dump:
+        return
+    path = Path(dump)
+    final = path.parent / path.name.split(".jsa.", 1)[0]
+    final = final.with_name(final.name + ".jsa")
+    try:
+        if path.exists() and path.stat().st_size > 0 and not final.exists():
+            os.replace(path, final)
+        else:
+            path.unlink(missing_ok=True)
+    except OSError as exc:
+        log.warning("could not keep the Kafka class archive %s: %s", path, exc)
 
 
 def _cluster_id() -> str:
