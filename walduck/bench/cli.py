@@ -73,8 +73,55 @@ def apply_cmd(
     _run("apply", data_dir, out, apply_body(quick, partitions, datasets))
 
 
+def query_body(quick: bool, partitions: int | None = None) -> Callable[..., Result]:
+    from walduck.bench.query import run_query
+
+    return lambda services: run_query(
+        services, partitions=int(_pick(quick, partitions, 10_000, 2_000)), repeats=5 if quick else 15
+    )
+
+
+@app.command("query")
+def query_cmd(
+    partitions: int = typer.Option(None, help="Partitions of the dataset [10,000; quick 2,000]."),
+    quick: bool = Quick,
+    data_dir: Path = DataDir,
+    out: Path = OutDir,
+) -> None:
+    """1% time-range query and full aggregate vs a plain DuckDB view over all the dataset's files."""
+    _run("query", data_dir, out, query_body(quick, partitions))
+
+
+def planner_body(
+    quick: bool, partitions: int | None = None, requests: int | None = None
+) -> Callable[..., Result]:
+    from walduck.bench.planner import run_planner
+
+    return lambda services: run_planner(
+        services,
+        partitions=int(_pick(quick, partitions, 10_000, 10_000)),
+        requests=int(_pick(quick, requests, 1_000, 200)),
+        delta_rate=20.0,
+        delta_changes=10,
+    )
+
+
+@app.command("planner")
+def planner_cmd(
+    partitions: int = typer.Option(None, help="Partitions of the dataset [10,000]."),
+    requests: int = typer.Option(None, help="Requests per phase [1,000; quick 200]."),
+    quick: bool = Quick,
+    data_dir: Path = DataDir,
+    out: Path = OutDir,
+) -> None:
+    """Request -> DuckDB executing while deltas arrive, vs the idle context."""
+    _run("planner", data_dir, out, planner_body(quick, partitions, requests))
+
+
 SCENARIOS: dict[str, Callable[[bool], Callable[..., Result]]] = {
     "apply": lambda quick: apply_body(quick),
+    "planner": lambda quick: planner_body(quick),
+    "query": lambda quick: query_body(quick),
 }
 
 
