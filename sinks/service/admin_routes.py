@@ -41,9 +41,11 @@ def authorize_admin(request: Request) -> None:
 
 
 @router.get("/admin/sql/runtime-cache", summary="Snapshot of the DuckDB context (admin)")
-async def runtime_cache(request: Request) -> dict[str, Any]:
+async def runtime_cache(request: Request, detail: str | None = None) -> dict[str, Any]:
+    """``?detail=partitions`` adds every dataset's visible partitions (what ``walduck verify`` compares)."""
     authorize_admin(request)
-    return {"snapshot": await asyncio.to_thread(svc(request).store.snapshot)}
+    store = svc(request).store
+    return {"snapshot": await asyncio.to_thread(store.snapshot, detail == "partitions")}
 
 
 def _rebuild_in_background(s: ServiceState, dataset_id: str | None, reason: str) -> None:

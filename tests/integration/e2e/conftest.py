@@ -26,7 +26,11 @@ async def make_stack(
         settings.publication_name = f"walduck_pub_{suffix}"
         settings.data_dir = tmp_path / f"data-{suffix}"
         settings.storage_root = tmp_path / f"storage-{suffix}"
-        stack = Stack(settings, tmp_path / f"work-{suffix}", extra_env=dict(env))
+        stack = Stack(
+            settings,
+            tmp_path / f"work-{suffix}",
+            extra_env={"WALDUCK_ADMIN_SCOPE": "timestore:admin", **env},
+        )
         await asyncio.to_thread(stack.prepare)
         stacks.append(stack)
         return stack

@@ -131,7 +131,7 @@ class FakeStore:
     def rebuild(self, dataset_id: str | None = None, reason: str = "manual") -> None:
         self.rebuilds.append((dataset_id, reason))
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self, detail_partitions: bool = False) -> dict[str, Any]:
         return {
             "cachePresent": True,
             "datasetCount": len(self.views),
