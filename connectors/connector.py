@@ -237,7 +237,7 @@ class Connector:
                     # (1) receive a whole transaction: the assembler returns it at its Commit
                     item = assembler.feed(msg.start_lsn, msg.payload)
                     if isinstance(item, Transaction):
-                        await self._backpressure(inflight_records)
+                        await self._backpressure(inflight_records, acker)
                         await self._publish_tx(item, publisher, dlq, queue, inflight_records)
                     elif isinstance(item, Heartbeat):
                         await self._publish_heartbeat(item, publisher, queue, inflight_records)
@@ -263,10 +263,15 @@ class Connector:
                 with contextlib.suppress(BaseException):
                     await task
 
-    async def _backpressure(self, inflight_records: list[int]) -> None:
+    async def _backpressure(self, inflight_records: list[int], acker: asyncio.Task[None]) -> None:
+        """Wait while too many records are unacknowledged (re-raising the acker's error, if any)."""
         while inflight_records[0] > self.csettings.max_inflight_records:
+            if acker.done():
+                acker.result()
+                raise RuntimeError("acker stopped")
             self._room.clear()
-            await self._room.wait()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._room.wait(), 0.5)
 
     async def _publish_tx(
         self,

@@ -115,7 +115,8 @@ class DeadLetterPublisher:
                 "raw_b64": base64.b64encode(r.raw).decode(),
             }
             key = (r.table or "unknown").encode()
-            futures.append(await self.producer.send(self.topic, value=orjson.dumps(doc), key=key))
-            DLQ_RECORDS.labels(component=self.component, reason=r.reason).inc()
-        await asyncio.gather(*futures)
+            futures.append((r.reason, await self.producer.send(self.topic, value=orjson.dumps(doc), key=key)))
+        for reason, future in futures:
+            await future
+            DLQ_RECORDS.labels(component=self.component, reason=reason).inc()
         return len(futures)

@@ -30,6 +30,7 @@ from connectors import pgoutput as po
 from connectors.protocol import ReplicationConnection, SlotInfo
 from connectors.publisher import ChangePublisher
 from connectors.setup import CATALOG_TABLES
+from walduck.lsn import format_lsn
 from walduck.metrics import CONNECTOR_SNAPSHOT_ROWS
 from walduck.records import GLOBAL_KEY, ChangeRecord, Kind, Op, Source
 from walduck.timeutil import iso, utcnow
@@ -160,5 +161,5 @@ async def snapshot(
     acks.append(await publisher.publish([done]))
     for ack in acks:
         await ack
-    log.info("snapshot of %d rows at %s published", total, info.consistent_point)
+    log.info("snapshot of %d rows at %s published", total, format_lsn(cp))
     return info
