@@ -51,6 +51,12 @@ def make_producer(bootstrap: str, client_id: str = "walduck-connector") -> AIOKa
     )
 
 
+def encode_record(record: ChangeRecord) -> bytes:
+    """Same bytes as :meth:`ChangeRecord.to_bytes` (orjson serialises the dataclass in field order, enums
+    by value) without ``dataclasses.asdict``'s deep copy, which dominated the connector's CPU time."""
+    return orjson.dumps(record)
+
+
 def is_broadcast(record: ChangeRecord) -> bool:
     return record.kind is not Kind.CHANGE or record.dataset_id is None
 
@@ -77,7 +83,7 @@ class ChangePublisher:
         parts = await self.partitions()
         futures: list[asyncio.Future[object]] = []
         for record in records:
-            value = record.to_bytes()
+            value = encode_record(record)
             key = record.kafka_key()
             if is_broadcast(record):
                 for p in parts:

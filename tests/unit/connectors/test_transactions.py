@@ -134,3 +134,15 @@ def test_flush_tracker_confirms_only_acked_prefix() -> None:
     assert t.advance_idle(1000, in_transaction=False) and t.confirmed == 1000
     with pytest.raises(LSNRegression):
         t.enqueue(900)
+
+
+def test_publisher_encoding_is_the_schema_encoding() -> None:
+    from connectors.publisher import encode_record
+
+    items = assemble()
+    records = [r for i in items if isinstance(i, Transaction) for r in i.records]
+    records += [i.record for i in items if isinstance(i, Heartbeat)]
+    assert len(records) >= 6
+    for r in records:
+        assert encode_record(r) == r.to_bytes()
+        assert ChangeRecord.from_bytes(encode_record(r)) == r
