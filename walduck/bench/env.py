@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import shutil
 import time
 import uuid
@@ -94,7 +95,8 @@ def scenario_env(
     try:
         yield env
     finally:
-        if topics:
+        keep = bool(os.environ.get("WALDUCK_BENCH_KEEP"))
+        if topics and not keep:
             from walduck.services.topics import delete_topics
 
             with contextlib.suppress(Exception):
@@ -104,6 +106,7 @@ def scenario_env(
                         [settings.changes_topic, settings.deltas_topic, settings.dlq_topic],
                     )
                 )
-        with contextlib.suppress(Exception):
-            drop_database(admin, dbname)
-        shutil.rmtree(work_dir, ignore_errors=True)
+        if not keep:
+            with contextlib.suppress(Exception):
+                drop_database(admin, dbname)
+            shutil.rmtree(work_dir, ignore_errors=True)

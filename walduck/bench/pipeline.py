@@ -1,0 +1,122 @@
+"""Helpers for the benchmarks that run the real components (``walduck.stack.Stack``) as child processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import time
+from pathlib import Path
+
+import httpx
+import psycopg
+
+from walduck.bench.env import ScenarioEnv
+from walduck.lsn import parse_lsn
+from walduck.services.kafka import quiet_client_logs
+from walduck.stack import Stack
+
+SCOPES = "timestore:admin,timestore:sql:read,timestore:read"
+
+
+def make_stack(env: ScenarioEnv, **extra_env: str) -> Stack:
+    stack = Stack(
+        env.settings,
+        env.work_dir / "stack",
+        extra_env={"WALDUCK_ADMIN_SCOPE": "timestore:admin", **extra_env},
+    )
+    stack.prepare()
+    return stack
+
+
+def confirmed_flush_lsn(dsn: str, slot: str) -> int:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = %s", [slot]
+        ).fetchone()
+    return parse_lsn(row[0]) if row and row[0] else 0
+
+
+def topic_records(bootstrap: str, topic: str, partitions: int) -> int:
+    """Records in ``topic`` (sum of end offsets minus beginning offsets over its ``partitions``)."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    async def count() -> int:
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+        await consumer.start()
+        try:
+            tps = [TopicPartition(topic, p) for p in range(partitions)]
+            ends = await consumer.end_offsets(tps)
+            begins = await consumer.beginning_offsets(tps)
+            return sum(ends[tp] - begins[tp] for tp in tps)
+        finally:
+            await consumer.stop()
+
+    with quiet_client_logs():
+        return asyncio.run(count())
+
+
+def rss_bytes(pid: int) -> tuple[int, int]:
+    """(current RSS, peak RSS = VmHWM) of ``pid`` and its children's current RSS summed in."""
+    cur = peak = 0
+    status = Path(f"/proc/{pid}/status").read_text()
+    for line in status.splitlines():
+        if line.startswith("VmRSS:"):
+            cur = int(line.split()[1]) * 1024
+        elif line.startswith("VmHWM:"):
+            peak = int(line.split()[1]) * 1024
+    return cur, peak
+
+
+def component_pid(stack: Stack, name: str) -> int:
+    comp = stack.components[name]
+    assert comp.proc is not None
+    # the component is `python -m walduck.cli ...` itself (no shell in between)
+    return comp.proc.pid
+
+
+def scrape(url: str) -> dict[str, float]:
+    """Prometheus text -> {'name{labels}': value}."""
+    text = httpx.get(url, timeout=10).text
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        m = re.match(r"^(\S+)\s+(\S+)", line)
+        if m:
+            try:
+                out[m.group(1)] = float(m.group(2))
+            except ValueError:
+                continue
+    return out
+
+
+def count_visible(stack: Stack, timeout: float = 30) -> int:
+    resp = stack.read(
+        "SELECT count(*) AS n FROM timestore_runtime.partitions", scopes=SCOPES, timeout=timeout
+    )
+    resp.raise_for_status()
+    doc = resp.json()
+    rows = doc.get("rows") or doc.get("data") or []
+    first = rows[0]
+    return int(first["n"] if isinstance(first, dict) else first[0])
+
+
+def wait_for(predicate: object, timeout: float, interval: float = 0.1) -> float:
+    """Seconds until ``predicate()`` is true; raises TimeoutError."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if predicate():  # type: ignore[operator]
+            return time.monotonic() - started
+        time.sleep(interval)
+    raise TimeoutError(f"not reached within {timeout:.0f} s")
+
+
+def pg_bin(name: str) -> str:
+    from walduck.services.postgres import find_pg_bin
+
+    found = find_pg_bin()
+    candidate = (found / name) if found else Path("/usr/lib/postgresql/15/bin") / name
+    if not os.access(candidate, os.X_OK):
+        raise FileNotFoundError(f"{candidate} not found")
+    return str(candidate)
