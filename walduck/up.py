@@ -104,7 +104,8 @@ def run_up(
         console.print(
             f"\n[bold green]walduck is up[/]\n"
             f"  SQL       curl -s -XPOST {base_url}/sql/read -H 'content-type: application/json' "
-            '-d \'{"sql":"select * from timestore_runtime.datasets"}\'\n'
+            "-H 'x-iam-scopes: timestore:read' "
+            '-d \'{"sql":"select dataset_slug, partition_count, total_rows from timestore_runtime.datasets"}\'\n'
             f"  schema    {base_url}/sql/schema      API docs {base_url}/docs\n"
             f"  metrics   {base_url}/metrics  127.0.0.1:{connector_metrics_port}/metrics  "
             f"127.0.0.1:{compactor_metrics_port}/metrics\n"
