@@ -140,11 +140,69 @@ def connector_cmd(
     _run("connector", data_dir, out, connector_body(quick, partitions))
 
 
+def service_body(
+    quick: bool, partitions: int | None = None, clients: int | None = None
+) -> Callable[..., dict]:
+    from walduck.bench.service import run_service
+
+    return lambda services: run_service(
+        services,
+        partitions=int(_pick(quick, partitions, 1_000_000, 20_000)),
+        datasets=300 if not quick else 20,
+        clients=int(_pick(quick, clients, 50, 50)),
+        load_s=10.0 if quick else 60.0,
+        ingest_rate=5.0 if quick else 20.0,
+        timeout=120 if quick else 900,
+    )
+
+
+def _run_service(
+    name: str, quick: bool, partitions: int | None, clients: int | None, data_dir: Path | None, out: Path
+) -> None:
+    results: dict[str, Result] = {}
+
+    def body(services: object) -> Result:
+        results.update(service_body(quick, partitions, clients)(services))
+        for other, res in results.items():
+            if other != name:
+                res.write(out)
+                res.print()
+        return results[name]
+
+    _run(name, data_dir, out, body)
+
+
+for _name, _doc in (
+    (
+        "bootstrap",
+        "Empty -> queryable context through the pipeline vs a full-scan build (also writes memory, hit-ratio).",
+    ),
+    ("memory", "Query service RSS idle and under clients (also writes bootstrap, hit-ratio)."),
+    (
+        "hit-ratio",
+        "Requests served without waiting for a rebuild, under clients + ingestion (also writes bootstrap, memory).",
+    ),
+):
+
+    def _cmd(
+        partitions: int = typer.Option(None, help="Partitions in the catalog [1,000,000; quick 20,000]."),
+        clients: int = typer.Option(None, help="Concurrent clients [50]."),
+        quick: bool = Quick,
+        data_dir: Path = DataDir,
+        out: Path = OutDir,
+        _name: str = typer.Option(_name, hidden=True),
+    ) -> None:
+        _run_service(_name, quick, partitions, clients, data_dir, out)
+
+    app.command(_name, help=_doc)(_cmd)
+
+
 SCENARIOS: dict[str, Callable[[bool], Callable[..., Result]]] = {
     "connector": lambda quick: connector_body(quick),
     "apply": lambda quick: apply_body(quick),
     "planner": lambda quick: planner_body(quick),
     "query": lambda quick: query_body(quick),
+    "bootstrap+memory+hit-ratio": lambda quick: service_body(quick),
 }
 
 
@@ -161,15 +219,17 @@ def all_cmd(quick: bool = Quick, data_dir: Path = DataDir, out: Path = OutDir) -
             console.rule(f"walduck bench {name}{' --quick' if quick else ''}")
             started = time.monotonic()
             try:
-                result = make(quick)(services)
+                produced = make(quick)(services)
             except Exception:
                 crashed.append(name)
                 console.print(f"[red]scenario {name} crashed:[/]\n{traceback.format_exc()}")
                 continue
-            result.params["elapsed_s"] = round(time.monotonic() - started, 2)
-            result.params["quick"] = quick
-            result.write(out)
-            result.print()
+            results = produced.values() if isinstance(produced, dict) else [produced]
+            for result in results:
+                result.params["elapsed_s"] = round(time.monotonic() - started, 2)
+                result.params["quick"] = quick
+                result.write(out)
+                result.print()
     finally:
         services.stop()
     if crashed:
