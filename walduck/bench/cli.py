@@ -197,8 +197,34 @@ for _name, _doc in (
     app.command(_name, help=_doc)(_cmd)
 
 
+def freshness_body(
+    quick: bool, rate: float | None = None, duration: float | None = None
+) -> Callable[..., Result]:
+    from walduck.bench.freshness import run_freshness
+
+    return lambda services: run_freshness(
+        services,
+        rate=float(_pick(quick, rate, 1000.0, 50.0)),
+        duration=float(_pick(quick, duration, 300.0, 30.0)),
+        samples_per_s=20.0,
+    )
+
+
+@app.command("freshness")
+def freshness_cmd(
+    rate: float = typer.Option(None, help="Catalog commits/s offered [1,000; quick 50]."),
+    duration: float = typer.Option(None, help="Seconds [300; quick 30]."),
+    quick: bool = Quick,
+    data_dir: Path = DataDir,
+    out: Path = OutDir,
+) -> None:
+    """Source commit -> visible through /sql/read at a sustained commit rate (p50/p99/max + plot)."""
+    _run("freshness", data_dir, out, freshness_body(quick, rate, duration))
+
+
 SCENARIOS: dict[str, Callable[[bool], Callable[..., Result]]] = {
     "connector": lambda quick: connector_body(quick),
+    "freshness": lambda quick: freshness_body(quick),
     "apply": lambda quick: apply_body(quick),
     "planner": lambda quick: planner_body(quick),
     "query": lambda quick: query_body(quick),
