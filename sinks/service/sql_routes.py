@@ -26,7 +26,7 @@ from sinks.service.limits import QueryTimeout, Saturated
 from sinks.service.policy import NOT_SINGLE_SELECT, PolicyViolation, check_read_sql, is_select_only
 from sinks.service.state import ServiceState
 from walduck.lsn import InvalidLSN, format_lsn, parse_lsn
-from walduck.metrics import QUERY_PLANNING
+from walduck.metrics import CACHE_EVENTS, QUERY_PLANNING
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["SQL"])
@@ -283,6 +283,8 @@ async def sql_read(
             if did in by_id and all(did != t[0] for t in audit_targets):
                 audit_targets.append((did, by_id[did].slug))
         QUERY_PLANNING.observe(time.perf_counter() - received)
+        # hit: answered from the live context; miss: a rebuild from PostgreSQL was running meanwhile
+        CACHE_EVENTS.labels(event="miss" if s.store.rebuilding() else "hit").inc()
         warnings = dedupe(list(planned.warnings))
         try:
             result = await s.runner.run(
@@ -296,6 +298,7 @@ async def sql_read(
             if "no files found" not in message.lower():
                 _audit(s, p, audit_targets, False, {**audit_meta, "reason": "error"})
                 raise ApiError(500, message) from exc
+            CACHE_EVENTS.labels(event="miss").inc()
             asyncio.get_running_loop().run_in_executor(None, s.store.rebuild, None, "missing-files")
             return _read_response(s, fmt, request_id, None, [NO_FILES_WARNING], received, empty=True)
         _audit(s, p, audit_targets, True, audit_meta)

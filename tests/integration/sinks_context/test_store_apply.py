@@ -33,6 +33,7 @@ def test_counts_and_sums_equal_the_files(store, factory, apply):
     assert ds.timestamp_column == "ts"
     assert ds.metadata["iam"]["readScopes"] == ["timestore:read"]
     assert ds.partition_keys == ["window"]
+    store.refresh_views(force=True)  # the consumer does this between batches
     with store.reader() as cur:
         assert cur.execute("SELECT count(*), sum(value) FROM timestore.obs").fetchone() == (
             expect_rows,
@@ -106,6 +107,7 @@ def test_additive_schema_null_fill(store, factory, apply):
     apply(factory.delta(0, "ds-obs", upserts=[new], schema_versions=[new_sv]))
     sql, warnings = store.relation_sql("ds-obs")
     assert warnings == []
+    store.refresh_views(force=True)  # the consumer does this between batches
     with store.reader() as cur:
         rows = cur.execute(
             f"SELECT count(*), count(site), count(*) FILTER (site IS NULL) FROM ({sql}) t"
@@ -146,6 +148,7 @@ def test_compaction_swap_and_delete_dataset(store, factory, apply):
     assert _count_sum(store, "ds-obs")[0] == 20
     apply(factory.delta(1, "ds-obs", dataset={"id": "ds-obs", "deleted": True}))
     assert store.datasets() == []
+    store.refresh_views(force=True)  # the consumer does this between batches
     with store.reader() as cur:
         assert cur.execute("SELECT count(*) FROM wd.partitions").fetchone() == (0,)
 

@@ -131,6 +131,9 @@ class FakeStore:
     def rebuild(self, dataset_id: str | None = None, reason: str = "manual") -> None:
         self.rebuilds.append((dataset_id, reason))
 
+    def rebuilding(self) -> bool:
+        return False
+
     def snapshot(self, detail_partitions: bool = False) -> dict[str, Any]:
         return {
             "cachePresent": True,

@@ -346,6 +346,19 @@ async def test_runtime_cache_routes(client_factory: Any) -> None:
     assert store.rebuilds == [("ds-obs", "test"), (None, "admin-invalidate")]
 
 
+async def test_cache_hit_and_miss_counted(client_factory: Any) -> None:
+    from walduck.metrics import CACHE_EVENTS
+
+    client, store, _ = await client_factory()
+    hits, misses = CACHE_EVENTS.labels(event="hit"), CACHE_EVENTS.labels(event="miss")
+    h0, m0 = hits._value.get(), misses._value.get()
+    assert (await client.post("/sql/read", json={"sql": "SELECT 1"}, headers=READ)).status_code == 200
+    assert (hits._value.get(), misses._value.get()) == (h0 + 1, m0)
+    store.rebuilding = lambda: True  # a rebuild from PostgreSQL is running meanwhile
+    assert (await client.post("/sql/read", json={"sql": "SELECT 1"}, headers=READ)).status_code == 200
+    assert (hits._value.get(), misses._value.get()) == (h0 + 1, m0 + 1)
+
+
 async def test_health_ready_metrics_openapi(client_factory: Any) -> None:
     client, store, _ = await client_factory()
     assert (await client.get("/health")).json() == {"status": "ok"}
