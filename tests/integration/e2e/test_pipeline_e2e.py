@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 
 from support.truth import assert_sql_matches_truth, run_verify, truth_from_postgres
-
 from walduck.workload.generator import Workload
 
 ALL_SHAPES = {
