@@ -43,6 +43,9 @@ from walduck.records import ChangeRecord, MalformedRecord
 
 log = logging.getLogger(__name__)
 COMPONENT = "compactor"
+# DLQ values above this are cut (header truncated_from = original size): a whole oversized record would make
+# the DLQ send fail, and the compactor would never commit past it
+DLQ_MAX_VALUE_BYTES = 256 * 1024
 
 
 class UnackedDelta(RuntimeError):
@@ -201,6 +204,9 @@ class CompactorRunner:
             ("component", COMPONENT.encode()),
             ("src", f"{tp.topic}/{tp.partition}/{offset}".encode()),
         ]
+        if raw and len(raw) > DLQ_MAX_VALUE_BYTES:  # would exceed the producer's request size: keep the head
+            headers.append(("truncated_from", str(len(raw)).encode()))
+            raw = raw[:DLQ_MAX_VALUE_BYTES]
         work.dlq.append(
             asyncio.ensure_future(
                 self.producer.send(self.settings.dlq_topic, value=raw or b"", key=key, headers=headers)
