@@ -28,6 +28,8 @@ from walduck.records import MalformedRecord
 
 log = logging.getLogger(__name__)
 COMPONENT = "context"
+# DLQ values above this are cut (header truncated_from = original size), else the DLQ send fails
+DLQ_MAX_VALUE_BYTES = 256 * 1024
 
 
 class DeltaConsumer:
@@ -150,6 +152,9 @@ class DeltaConsumer:
             ("detail", detail[:1000].encode()),
             ("source", f"{self.topic}/{partition}@{offset}".encode()),
         ]
+        if value and len(value) > DLQ_MAX_VALUE_BYTES:  # the whole record would exceed the request size
+            headers.append(("truncated_from", str(len(value)).encode()))
+            value = value[:DLQ_MAX_VALUE_BYTES]
         try:
             await self._producer.send_and_wait(self.dlq_topic, value=value or b"", key=key, headers=headers)
         except KafkaError as exc:
