@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
-from support.truth import assert_sql_matches_truth, run_verify, truth_from_postgres
 
+from support.truth import assert_sql_matches_truth, run_verify, truth_from_postgres
 from walduck.stack import Stack
 from walduck.workload.generator import RunSummary, Workload
 

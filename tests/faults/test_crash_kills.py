@@ -8,8 +8,8 @@ import random
 import time
 
 import pytest
-from faults.faultkit import BackgroundWorkload, assert_zero_drift
 
+from faults.faultkit import BackgroundWorkload, assert_zero_drift
 from walduck.stack import COMPONENTS, Stack
 
 
