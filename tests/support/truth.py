@@ -76,3 +76,37 @@ def run_verify(stack: Stack) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=300,
     )
+
+
+async def deltas_replayed(stack: Stack) -> dict[tuple[str, str], dict[str, dict]]:
+    """Every delta on the deltas topic, replayed into a plain dict by the reference consumer."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    from pipeline.compaction import replay
+    from walduck.deltas import Delta
+
+    s = stack.settings
+    consumer = AIOKafkaConsumer(bootstrap_servers=s.kafka_bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(s.deltas_topic, p) for p in range(s.topic_partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        deltas: list[Delta] = []
+        done = {tp for tp in tps if ends[tp] == 0}
+        while len(done) < len(tps):
+            batches = await consumer.getmany(timeout_ms=500)
+            for tp, records in batches.items():
+                deltas.extend(Delta.from_bytes(r.value) for r in records)
+                if records and records[-1].offset + 1 >= ends[tp]:
+                    done.add(tp)
+        return replay(deltas)
+    finally:
+        await consumer.stop()
+
+
+def visible_from_postgres(stack: Stack) -> dict[tuple[str, str], dict[str, dict]]:
+    s = stack.settings
+    with psycopg.connect(s.pg_dsn) as conn:
+        return {key: parts for key, parts in visible_partitions(conn, s.catalog_schema).items() if parts}

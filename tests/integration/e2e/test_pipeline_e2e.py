@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import asyncio
 
-from support.truth import assert_sql_matches_truth, run_verify, truth_from_postgres
+from support.truth import (
+    assert_sql_matches_truth,
+    deltas_replayed,
+    run_verify,
+    truth_from_postgres,
+    visible_from_postgres,
+)
 from walduck.workload.generator import Workload
 
 ALL_SHAPES = {
@@ -48,6 +54,16 @@ async def test_snapshot_then_stream_every_shape_zero_drift(make_stack) -> None:
     assert rows > 0
     verify = await asyncio.to_thread(run_verify, stack)
     assert verify.returncode == 0, verify.stdout + verify.stderr
+    # the deltas themselves, replayed into a plain dict, equal PostgreSQL's visible partition sets
+    replayed = await deltas_replayed(stack)
+    expected = await asyncio.to_thread(visible_from_postgres, stack)
+    assert set(replayed) == set(expected), "shards differ between deltas and PostgreSQL"
+    for key, parts in expected.items():
+        got = replayed[key]
+        assert set(got) == set(parts), f"{key}: partition ids differ"
+        for pid, row in parts.items():
+            for field in ("file_path", "row_count", "start_time", "end_time", "manifest_id"):
+                assert got[pid][field] == row[field], f"{key} {pid} {field}"
 
 
 async def test_read_your_writes_min_lsn_50_of_50(make_stack) -> None:
