@@ -405,6 +405,17 @@ async def saved_delete(request: Request, query_id: str) -> Response:
 
 # --- /sql/exec (PostgreSQL) ----------------------------------------------------------------------
 
+# SQLSTATE classes that are the caller's fault: data exception, integrity constraint violation, invalid
+# transaction state, syntax error or access rule violation, insufficient resources are not among them
+_CLIENT_SQLSTATE_CLASSES = {"22", "23", "25", "42"}
+
+
+def _exec_error_status(exc: BaseException) -> int:
+    """400 for statements PostgreSQL rejects as wrong (syntax, unknown column, constraint); anything else,
+    the statement timeout included, stays 500 as in Timestore."""
+    sqlstate = getattr(exc, "sqlstate", None) or ""
+    return 400 if sqlstate[:2] in _CLIENT_SQLSTATE_CLASSES else 500
+
 
 @router.post("/sql/exec", summary="Execute a SQL statement on the PostgreSQL catalog (streamed)")
 async def sql_exec(
@@ -429,7 +440,7 @@ async def sql_exec(
         cur = await exec_statement(conn, body.sql, body.params or [], s.settings.exec_statement_timeout_ms)
     except Exception as exc:
         await conn_cm.__aexit__(type(exc), exc, exc.__traceback__)
-        raise ApiError(500, str(exc).strip()) from exc
+        raise ApiError(_exec_error_status(exc), str(exc).strip()) from exc
     columns = [d.name for d in (cur.description or [])]
     if not columns:
         command, count = command_of(cur.statusmessage), max(cur.rowcount, 0)

@@ -278,6 +278,11 @@ async def test_exec_on_postgres(env: dict[str, Any]) -> None:
     assert r.status_code == 500 and "statement timeout" in r.json()["message"]
     r = await client.post("/sql/exec", json={"sql": "SELECT 1"}, headers=READ)
     assert r.status_code == 403 and r.json()["message"] == "Missing required SQL exec scope"
+    # bad SQL is the caller's fault: 400 with PostgreSQL's message, not a 500
+    r = await client.post("/sql/exec", json={"sql": "0"}, headers=EXEC)
+    assert r.status_code == 400 and "syntax error" in r.json()["message"]
+    r = await client.post("/sql/exec", json={"sql": "SELECT no_such_column FROM sql_samples"}, headers=EXEC)
+    assert r.status_code == 400 and "no_such_column" in r.json()["message"]
 
 
 async def test_manifest_endpoint(env: dict[str, Any]) -> None:
