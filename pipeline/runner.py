@@ -25,7 +25,7 @@ from aiokafka.structs import OffsetAndMetadata
 
 from pipeline.compaction import Compactor, InvalidChange, OffsetRegression, Rejected, restore_from_deltas
 from pipeline.settings import CompactorSettings
-from walduck.config import WalduckSettings
+from walduck.config import DEFAULT_MAX_MESSAGE_BYTES, WalduckSettings
 from walduck.deltas import Delta
 from walduck.metrics import (
     COMPACTOR_DELTA_ENTRIES,
@@ -60,9 +60,16 @@ class PartitionWork:
     dlq: list[asyncio.Future] = field(default_factory=list)
 
 
-async def read_deltas(bootstrap: str, topic: str, partition: int) -> list[Delta]:
+async def read_deltas(
+    bootstrap: str, topic: str, partition: int, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+) -> list[Delta]:
     """Every delta in deltas partition ``partition``, from the beginning to the current end."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        group_id=None,
+        max_partition_fetch_bytes=max_message_bytes,
+    )
     await consumer.start()
     try:
         tp = TopicPartition(topic, partition)
@@ -98,7 +105,9 @@ class CompactorRunner:
         for tp in partitions:
             if tp.topic != self.settings.changes_topic:
                 continue
-            deltas = await read_deltas(self.bootstrap, self.settings.deltas_topic, tp.partition)
+            deltas = await read_deltas(
+                self.bootstrap, self.settings.deltas_topic, tp.partition, self.settings.max_message_bytes
+            )
             restored = restore_from_deltas(tp.partition, deltas)
             committed = await self.consumer.committed(tp)
             if restored.resume_offset is None:
@@ -137,7 +146,11 @@ class CompactorRunner:
                 await runner.assign(list(assigned))
 
         self.producer = AIOKafkaProducer(
-            bootstrap_servers=self.bootstrap, enable_idempotence=True, acks="all", linger_ms=5
+            bootstrap_servers=self.bootstrap,
+            enable_idempotence=True,
+            acks="all",
+            linger_ms=5,
+            max_request_size=self.settings.max_message_bytes,
         )
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap,
@@ -145,6 +158,7 @@ class CompactorRunner:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_poll_records=knobs.max_poll_records,
+            max_partition_fetch_bytes=self.settings.max_message_bytes,
             session_timeout_ms=knobs.session_timeout_ms,
             heartbeat_interval_ms=max(knobs.session_timeout_ms // 4, 500),
         )

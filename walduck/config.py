@@ -13,6 +13,8 @@ from pathlib import Path
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
 
 class ContextMode(StrEnum):
     INCREMENTAL = "incremental"
@@ -37,6 +39,9 @@ class WalduckSettings(BaseSettings):
     deltas_topic: str = "walduck.deltas"
     dlq_topic: str = "walduck.dlq"
     topic_partitions: int = 4
+    # largest record on the changes/deltas topics (topic max.message.bytes, producer max_request_size,
+    # consumer max_partition_fetch_bytes): a delta of a few thousand partition entries is a few MB
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
 
     # logical decoding
     slot_name: str = "walduck"

@@ -80,6 +80,7 @@ class DeltaConsumer:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_poll_records=settings.consumer_max_records,
+            max_partition_fetch_bytes=self.store.walduck.max_message_bytes,
         )
         self._consumer = consumer
         await consumer.start()

@@ -127,6 +127,17 @@ def _as_dict(value: Any) -> dict[str, Any]:
     return dict(value) if isinstance(value, dict) else {}
 
 
+def covered_lsn(delta: Delta) -> int:
+    """The LSN through which everything is applied once ``delta`` is.
+
+    Every piece of the initial snapshot carries the slot's consistent point as its LSN, but the
+    snapshot is spread over many deltas: only the first delta after it (a heartbeat or a streamed
+    change, which the connector emits after ``snapshot_done``) proves that everything committed at
+    the consistent point is applied. Until then a snapshot piece covers the LSN just before it.
+    """
+    return delta.lsn_to - 1 if delta.snapshot else delta.lsn_to
+
+
 def _stream_key(delta: Delta) -> tuple[int, str]:
     """Idempotence key of a delta: its changes-topic partition and its dataset (or the global stream)."""
     return (delta.src_partition, delta.dataset_id or "__global__")
@@ -348,13 +359,21 @@ class ContextStore:
     def _after_commit(
         self, delta: Delta, partition: int, offset: int, elapsed: float, touched: set[str]
     ) -> None:
+        # invalidate the dataset cache BEFORE publishing the new applied LSN: a reader that waits for this
+        # LSN (read-your-writes) must not then plan against a dataset list that predates the apply
+        if touched:
+            self._version += 1
+            with self._ds_lock:
+                self._ds_dirty |= touched
+            self._views_dirty |= touched
         prog = self._progress[partition]
         prog.deltas_offset = offset
-        prog.applied_lsn = max(prog.applied_lsn, delta.lsn_to)
+        prog.applied_lsn = max(prog.applied_lsn, covered_lsn(delta))
         prog.src_offset = max(prog.src_offset, delta.src_offset_to)
         key = _stream_key(delta)
         self._src_offsets[key] = max(self._src_offsets.get(key, -1), delta.src_offset_to)
-        prog.newest_commit_ts = delta.commit_ts_max
+        if not delta.snapshot:
+            prog.newest_commit_ts = delta.commit_ts_max
         prog.applied_at = iso(utcnow())
         prog.last_apply_ms = round(elapsed * 1000, 3)
         prog.last_error = None
@@ -362,22 +381,19 @@ class ContextStore:
         metrics.DELTAS_APPLIED.labels(result="applied").inc()
         metrics.SHARD_APPLIED_LSN.labels(shard=str(partition)).set(prog.applied_lsn)
         with contextlib.suppress(ValueError, TypeError):
+            if delta.snapshot:
+                return  # a snapshot piece says nothing about freshness until the snapshot is complete
             lag = (utcnow() - parse_iso(delta.commit_ts_max)).total_seconds()
             metrics.SHARD_STALENESS.labels(shard=str(partition)).set(max(lag, 0.0))
             if delta.kind == DeltaKind.DELTA and not delta.snapshot:
                 metrics.END_TO_END_LATENCY.observe(max(lag, 0.0))
-        if touched:
-            self._version += 1
-            with self._ds_lock:
-                self._ds_dirty |= touched
-            self._views_dirty |= touched
 
     def _write_progress(
         self, cur: duckdb.DuckDBPyConnection, delta: Delta, partition: int, offset: int
     ) -> None:
         prog = self._progress[partition]
-        lsn = max(prog.applied_lsn, delta.lsn_to)
-        commit_ts = _naive_utc(delta.commit_ts_max)
+        lsn = max(prog.applied_lsn, covered_lsn(delta))
+        commit_ts = _naive_utc(prog.newest_commit_ts if delta.snapshot else delta.commit_ts_max)
         cur.execute(f"DELETE FROM {WD}.shard_progress WHERE shard = ?", [partition])
         cur.execute(
             f"INSERT INTO {WD}.shard_progress VALUES (?, ?, ?, ?, ?, ?)",
@@ -776,6 +792,8 @@ class ContextStore:
         return self._version
 
     def datasets(self) -> list[DatasetView]:
+        # one loader at a time, holding the lock: a concurrent caller must not read the cache between
+        # another caller taking the dirty set and storing what it loaded (it would miss those datasets)
         with self._ds_lock:
             if self._ds_all_dirty:
                 self._ds_cache.clear()
@@ -784,13 +802,12 @@ class ContextStore:
                 dirty = set(self._ds_dirty)
             self._ds_dirty.clear()
             self._ds_all_dirty = False
-        if dirty is None or dirty:
-            fresh = self._load_datasets(dirty)
-            with self._ds_lock:
+            if dirty is None or dirty:
+                fresh = self._load_datasets(dirty)
                 for did in dirty or set():
                     self._ds_cache.pop(did, None)
                 self._ds_cache.update(fresh)
-        views = [self._copy_view(v) for v in self._ds_cache.values()]
+            views = [self._copy_view(v) for v in self._ds_cache.values()]
         by_name: dict[str, list[DatasetView]] = {}
         for v in views:
             by_name.setdefault(v.view_name, []).append(v)

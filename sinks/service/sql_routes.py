@@ -224,21 +224,7 @@ async def sql_read(
     request_id = f"sql-{uuid.uuid4()}"
     audit_meta = {"requestId": request_id, "fingerprint": fingerprint(sql)}
 
-    # IAM: every referenced dataset must be readable (the planner re-checks and filters runtime rows)
-    datasets = await asyncio.to_thread(s.store.datasets)
-    allowed = s.readable(p, datasets)
-    referenced = _referenced(s, datasets, checked.views)
-    audit_targets: list[tuple[str | None, str]] = []
-    for _name, candidates in sorted(referenced.items()):
-        permitted = [d for d in candidates if d.id in allowed]
-        if candidates and not permitted:
-            slug = candidates[0].slug
-            _audit(s, p, [(candidates[0].id, slug)], False, {**audit_meta, "reason": "forbidden"})
-            raise ApiError(403, f"Missing required scope for dataset {slug}", extra={"dataset": slug})
-        if permitted:
-            audit_targets.append((permitted[0].id, permitted[0].slug))
-
-    # read-your-writes
+    # read-your-writes first: the dataset list used for IAM and planning must include what min_lsn covers
     deadline = received + s.settings.request_timeout_s
     min_lsn_text = body.min_lsn or x_min_lsn
     if min_lsn_text:
@@ -255,6 +241,20 @@ async def sql_read(
                 appliedLsn=applied,
                 minLsn=format_lsn(min_lsn),
             )
+
+    # IAM: every referenced dataset must be readable (the planner re-checks and filters runtime rows)
+    datasets = await asyncio.to_thread(s.store.datasets)
+    allowed = s.readable(p, datasets)
+    referenced = _referenced(s, datasets, checked.views)
+    audit_targets: list[tuple[str | None, str]] = []
+    for _name, candidates in sorted(referenced.items()):
+        permitted = [d for d in candidates if d.id in allowed]
+        if candidates and not permitted:
+            slug = candidates[0].slug
+            _audit(s, p, [(candidates[0].id, slug)], False, {**audit_meta, "reason": "forbidden"})
+            raise ApiError(403, f"Missing required scope for dataset {slug}", extra={"dataset": slug})
+        if permitted:
+            audit_targets.append((permitted[0].id, permitted[0].slug))
 
     try:
         await s.runner.acquire()

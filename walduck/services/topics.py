@@ -29,9 +29,10 @@ class TopicSpec:
 def topic_specs(settings: WalduckSettings) -> list[TopicSpec]:
     """Changes and deltas are kept forever (they are the replayable history); the DLQ uses broker defaults."""
     parts = settings.topic_partitions
+    big = {**INFINITE, "max.message.bytes": str(settings.max_message_bytes)}
     return [
-        TopicSpec(settings.changes_topic, parts, dict(INFINITE)),
-        TopicSpec(settings.deltas_topic, parts, dict(INFINITE)),
+        TopicSpec(settings.changes_topic, parts, dict(big)),
+        TopicSpec(settings.deltas_topic, parts, dict(big)),
         TopicSpec(settings.dlq_topic, parts, {}),
     ]
 

@@ -89,3 +89,16 @@ async def test_read_your_writes_min_lsn_50_of_50(make_stack) -> None:
             )
             assert resp.status_code == 200, resp.text
             assert resp.json()["rows"][0]["n"] == expected, f"write {i} not visible at its LSN"
+        # a dataset created and written just now is readable at the writer's LSN (IAM and planning must
+        # see the dataset list as of min_lsn, not as of the request's arrival)
+        for j in range(5):
+            fresh = wl.create_dataset(f"ryw-new-{j}", read_scopes=["timestore:read"]).dataset_id
+            result = await asyncio.to_thread(wl.ingest, fresh, 0)
+            resp = await asyncio.to_thread(
+                stack.read,
+                f'SELECT count(*) AS n FROM timestore."{sanitize_view_name(f"ryw-new-{j}")}"',
+                min_lsn=result.lsn,
+                scopes="timestore:read,timestore:sql:read",
+            )
+            assert resp.status_code == 200, resp.text
+            assert resp.json()["rows"][0]["n"] == result.rows
