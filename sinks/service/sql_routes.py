@@ -261,50 +261,88 @@ async def sql_read(
     except Saturated as exc:
         raise ApiError(429, str(exc), headers={"Retry-After": str(exc.retry_after_s)}) from exc
     try:
-        try:
-            planned = await s.runner.in_pool(s.planner, checked.expression, s.store, allowed)
-        except Exception as exc:
-            slug = _forbidden_slug(exc)
-            if slug is not None:
-                _audit(s, p, [(None, slug)], False, {**audit_meta, "reason": "forbidden"})
-                raise ApiError(
-                    403, f"Missing required scope for dataset {slug}", extra={"dataset": slug}
-                ) from exc
-            if type(exc).__name__ in {
-                "UnknownRelation",
-                "AmbiguousRelation",
-                "ForbiddenFunction",
-                "UnsupportedStatement",
-            }:
-                raise ApiError(400, str(exc)) from exc
-            raise
-        by_id = {d.id: d for d in datasets}
-        for did in planned.dataset_ids:
-            if did in by_id and all(did != t[0] for t in audit_targets):
-                audit_targets.append((did, by_id[did].slug))
-        QUERY_PLANNING.observe(time.perf_counter() - received)
-        # hit: answered from the live context; miss: a rebuild from PostgreSQL was running meanwhile
-        CACHE_EVENTS.labels(event="miss" if s.store.rebuilding() else "hit").inc()
-        warnings = dedupe(list(planned.warnings))
-        try:
-            result = await s.runner.run(
-                planned.sql, body.params or [], max(deadline - time.perf_counter(), 0.001)
-            )
-        except QueryTimeout as exc:
-            _audit(s, p, audit_targets, False, {**audit_meta, "reason": "timeout"})
-            raise ApiError(504, str(exc)) from exc
-        except duckdb.Error as exc:
-            message = str(exc)
-            if "no files found" not in message.lower():
-                _audit(s, p, audit_targets, False, {**audit_meta, "reason": "error"})
-                raise ApiError(500, message) from exc
-            CACHE_EVENTS.labels(event="miss").inc()
-            asyncio.get_running_loop().run_in_executor(None, s.store.rebuild, None, "missing-files")
-            return _read_response(s, fmt, request_id, None, [NO_FILES_WARNING], received, empty=True)
-        _audit(s, p, audit_targets, True, audit_meta)
-        return _read_response(s, fmt, request_id, result, warnings, received)
+        # a file can disappear between planning and execution (retention/compaction delete files right
+        # after their catalog commit): re-plan against the context, which by then no longer lists it
+        for attempt in range(MISSING_FILE_RETRIES + 1):
+            planned = await _plan(s, p, checked, allowed, audit_meta)
+            by_id = {d.id: d for d in datasets}
+            for did in planned.dataset_ids:
+                if did in by_id and all(did != t[0] for t in audit_targets):
+                    audit_targets.append((did, by_id[did].slug))
+            QUERY_PLANNING.observe(time.perf_counter() - received)
+            # hit: answered from the live context; miss: a rebuild from PostgreSQL was running meanwhile
+            CACHE_EVENTS.labels(event="miss" if s.store.rebuilding() else "hit").inc()
+            warnings = dedupe(list(planned.warnings))
+            try:
+                result = await s.runner.run(
+                    planned.sql, body.params or [], max(deadline - time.perf_counter(), 0.001)
+                )
+            except QueryTimeout as exc:
+                _audit(s, p, audit_targets, False, {**audit_meta, "reason": "timeout"})
+                raise ApiError(504, str(exc)) from exc
+            except duckdb.Error as exc:
+                message = str(exc)
+                if not _missing_file(message):
+                    _audit(s, p, audit_targets, False, {**audit_meta, "reason": "error"})
+                    raise ApiError(_duckdb_error_status(exc), message) from exc
+                if attempt < MISSING_FILE_RETRIES and time.perf_counter() < deadline:
+                    await asyncio.sleep(0.05 * (attempt + 1))
+                    continue
+                CACHE_EVENTS.labels(event="miss").inc()
+                asyncio.get_running_loop().run_in_executor(None, s.store.rebuild, None, "missing-files")
+                return _read_response(s, fmt, request_id, None, [NO_FILES_WARNING], received, empty=True)
+            _audit(s, p, audit_targets, True, audit_meta)
+            return _read_response(s, fmt, request_id, result, warnings, received)
+        raise AssertionError("unreachable")
     finally:
         s.runner.release()
+
+
+MISSING_FILE_RETRIES = 2
+_MISSING_FILE_MARKERS = ("no files found", "cannot open file", "no such file", "could not open file")
+# DuckDB errors that are the caller's fault (bad SQL, bad parameter), answered 400 like Timestore's check
+_CLIENT_DUCKDB_ERRORS = (
+    "BinderException",
+    "ParserException",
+    "CatalogException",
+    "ConversionException",
+    "InvalidInputException",
+    "OutOfRangeException",
+    "TypeMismatchException",
+    "SyntaxException",
+    "NotImplementedException",
+    "InvalidTypeException",
+)
+
+
+def _missing_file(message: str) -> bool:
+    lowered = message.lower()
+    return any(marker in lowered for marker in _MISSING_FILE_MARKERS)
+
+
+def _duckdb_error_status(exc: BaseException) -> int:
+    return 400 if type(exc).__name__ in _CLIENT_DUCKDB_ERRORS else 500
+
+
+async def _plan(s: ServiceState, p: Any, checked: Any, allowed: set[str], audit_meta: dict[str, Any]) -> Any:
+    """The planner's rewrite, with its named errors mapped to 403/400."""
+    try:
+        return await s.runner.in_pool(s.planner, checked.expression, s.store, allowed)
+    except Exception as exc:
+        slug = _forbidden_slug(exc)
+        if slug is not None:
+            _audit(s, p, [(None, slug)], False, {**audit_meta, "reason": "forbidden"})
+            raise ApiError(
+                403, f"Missing required scope for dataset {slug}", extra={"dataset": slug}
+            ) from exc
+        if type(exc).__name__ in {
+            "UnknownRelation",
+            "AmbiguousRelation",
+            "ForbiddenFunction",
+            "UnsupportedStatement",
+        }:
+            raise ApiError(400, str(exc)) from exc
+        raise
 
 
 def _read_response(

@@ -202,6 +202,38 @@ async def test_missing_file_gives_zero_rows(env: dict[str, Any]) -> None:
     assert any("Skipped partition" in w for w in r.json()["warnings"])
 
 
+async def test_file_deleted_between_planning_and_execution_is_replanned(env: dict[str, Any]) -> None:
+    """Retention/compaction delete files right after their catalog commit; a read planned just before
+    must not fail with 500 (regression: the fault suite's load test saw 'IO Error: Cannot open file')."""
+    svc = env["client"]._transport.app.state.svc  # type: ignore[attr-defined]
+    real_planner, calls = svc.planner, []
+
+    def planner_then_delete(*args: Any, **kwargs: Any) -> Any:
+        planned = real_planner(*args, **kwargs)
+        calls.append(planned)
+        if len(calls) == 1:  # the file goes away after the first plan, before it runs
+            for f in (env["storage"] / "observatory_timeseries").rglob("*.parquet"):
+                f.unlink()
+        return planned
+
+    svc.planner = planner_then_delete
+    r = await env["client"].post(
+        "/sql/read", json={"sql": "SELECT count(*) AS n FROM timestore.observatory_timeseries"}, headers=READ
+    )
+    assert r.status_code == 200, r.text
+    assert len(calls) == 2  # planned again after the missing file
+    assert r.json()["rows"] == [{"n": 0}]
+    assert any("Skipped partition" in w for w in r.json()["warnings"])
+
+
+async def test_bad_sql_is_a_4xx_with_duckdbs_message(env: dict[str, Any]) -> None:
+    r = await env["client"].post(
+        "/sql/read", json={"sql": "SELECT no_such_column FROM timestore.observatory_timeseries"}, headers=READ
+    )
+    assert r.status_code == 400, r.text
+    assert "no_such_column" in r.json()["message"]
+
+
 async def test_schema_and_iam(env: dict[str, Any]) -> None:
     client: httpx.AsyncClient = env["client"]
     r = await client.get("/sql/schema", headers=READ)
