@@ -18,10 +18,14 @@ from sinks.context.naming import quote_ident, quote_literal
 
 @dataclass(slots=True)
 class FileGroup:
-    """Files written with one schema version; ``columns`` None = the version is unknown (read as newest)."""
+    """Files written with one schema version; ``columns`` None = the version is unknown (read as newest).
+
+    ``quoted``: ``locations`` are already SQL string literals (the store caches them per file).
+    """
 
     columns: dict[str, str] | None
     locations: list[str]
+    quoted: bool = False
 
 
 def empty_relation_sql(columns: Sequence[tuple[str, str]]) -> str:
@@ -31,31 +35,57 @@ def empty_relation_sql(columns: Sequence[tuple[str, str]]) -> str:
     return f"SELECT {select} WHERE false"
 
 
-def file_list_sql(locations: Sequence[str]) -> str:
-    return "[" + ", ".join(quote_literal(loc) for loc in locations) + "]"
+def file_list_sql(locations: Sequence[str], quoted: bool = False) -> str:
+    return "[" + ", ".join(locations if quoted else (quote_literal(loc) for loc in locations)) + "]"
 
 
-def group_select_sql(columns: Sequence[tuple[str, str]], group: FileGroup) -> str:
-    files = file_list_sql(group.locations)
-    if not columns:
-        return f"SELECT * FROM read_parquet({files}, union_by_name = true)"
+def select_list_sql(columns: Sequence[tuple[str, str]], group_columns: dict[str, str] | None) -> str:
+    """The newest schema's columns as a file group written with ``group_columns`` provides them."""
+    if group_columns is None:
+        return ", ".join(quote_ident(name) for name, _ in columns)
     items: list[str] = []
     for name, typ in columns:
         q = quote_ident(name)
-        if group.columns is None:
-            items.append(q)
-        elif name not in group.columns:
+        if name not in group_columns:
             items.append(f"CAST(NULL AS {typ}) AS {q}")
-        elif group.columns[name] != typ:
+        elif group_columns[name] != typ:
             items.append(f"CAST({q} AS {typ}) AS {q}")
         else:
             items.append(q)
-    return f"SELECT {', '.join(items)} FROM read_parquet({files})"
+    return ", ".join(items)
+
+
+def group_select_sql(columns: Sequence[tuple[str, str]], group: FileGroup) -> str:
+    files = file_list_sql(group.locations, group.quoted)
+    if not columns:
+        return f"SELECT * FROM read_parquet({files}, union_by_name = true)"
+    return f"SELECT {select_list_sql(columns, group.columns)} FROM read_parquet({files})"
+
+
+def merge_groups(columns: Sequence[tuple[str, str]], groups: Sequence[FileGroup]) -> list[FileGroup]:
+    """Groups whose files need the same select list become one ``read_parquet`` (one scan, no UNION)."""
+    if not columns:
+        return [g for g in groups if g.locations]
+    merged: dict[tuple[str, bool], FileGroup] = {}
+    for g in groups:
+        if not g.locations:
+            continue
+        key = (select_list_sql(columns, g.columns), g.quoted)
+        into = merged.get(key)
+        if into is None:
+            merged[key] = FileGroup(g.columns, list(g.locations), g.quoted)
+        else:
+            into.locations.extend(g.locations)
+    return list(merged.values())
 
 
 def relation_sql(columns: Sequence[tuple[str, str]], groups: Sequence[FileGroup]) -> str:
-    """One SELECT per non-empty group joined by UNION ALL; an empty typed relation when none is left."""
-    parts = [group_select_sql(columns, g) for g in groups if g.locations]
+    """One SELECT per distinct select list joined by UNION ALL; an empty typed relation when none is left.
+
+    When every file's schema version matches the newest schema this is a single
+    ``SELECT <columns> FROM read_parquet([...])`` without casts.
+    """
+    parts = [group_select_sql(columns, g) for g in merge_groups(columns, groups)]
     if not parts:
         return empty_relation_sql(columns)
     if not columns and len(parts) > 1:

@@ -15,9 +15,10 @@ import dataclasses
 import hashlib
 import logging
 import queue
+import re
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,7 +30,8 @@ import pyarrow as pa
 
 from sinks.context import ddl
 from sinks.context.ddl import INDEX_SCHEMA as WD
-from sinks.context.locations import file_missing, partition_location
+from sinks.context.file_presence import FilePresence
+from sinks.context.locations import partition_location
 from sinks.context.naming import (
     alias_warning,
     quote_ident,
@@ -50,6 +52,9 @@ log = logging.getLogger(__name__)
 
 FAR_PAST = datetime(1, 1, 1)
 FAR_FUTURE = datetime(9999, 12, 31)
+# DuckDB's messages for a file it cannot open (a partition file deleted before its catalog row)
+MISSING_FILE_MARKERS = ("no files found", "cannot open file", "no such file", "could not open file")
+_QUOTED_PATH = re.compile(r'"([^"]+)"')
 
 
 class ContextError(RuntimeError):
@@ -170,6 +175,12 @@ class ContextStore:
         self._ds_dirty: set[str] = set()
         self._ds_all_dirty = True
         self._ds_lock = threading.Lock()
+        # read-path caches (rebuilt from _ds_cache when a dataset is marked dirty; see _sync_datasets)
+        self._ds_snapshot: tuple[tuple[DatasetView, ...], dict[str, DatasetView]] | None = None
+        self._sv_cache: dict[str, dict[str, dict[str, str]]] = {}
+        # local file existence from directory listings cached per directory mtime (no stat per file per
+        # query); a directory's listing is dropped when DuckDB reports a missing file in it (reader())
+        self._presence = FilePresence()
         self._views_dirty: set[str] = set()
         self._rebuilds_running = 0
         self._view_owner: dict[str, str] = {}
@@ -278,6 +289,9 @@ class ContextStore:
         try:
             yield cur
             ok = True
+        except duckdb.Error as exc:
+            self.forget_missing_files(str(exc))
+            raise
         finally:
             if not ok:
                 # a failed or interrupted read may leave a transaction or a half-read result: replace it
@@ -792,11 +806,21 @@ class ContextStore:
         return self._version
 
     def datasets(self) -> list[DatasetView]:
-        # one loader at a time, holding the lock: a concurrent caller must not read the cache between
-        # another caller taking the dirty set and storing what it loaded (it would miss those datasets)
+        """Every dataset the context holds (copies: callers may change them), newest update first."""
+        views, _ = self._sync_datasets()
+        return [self._copy_view(v) for v in views]
+
+    def _sync_datasets(self) -> tuple[tuple[DatasetView, ...], dict[str, DatasetView]]:
+        """The dataset cache, brought up to date: (views sorted newest first, by id). Read-only for callers.
+
+        Only datasets marked dirty since the last call are re-read. One loader at a time, holding the
+        lock: a concurrent caller must not read the cache between another caller taking the dirty set and
+        storing what it loaded (it would miss those datasets).
+        """
         with self._ds_lock:
             if self._ds_all_dirty:
                 self._ds_cache.clear()
+                self._sv_cache.clear()
                 dirty: set[str] | None = None
             else:
                 dirty = set(self._ds_dirty)
@@ -806,8 +830,17 @@ class ContextStore:
                 fresh = self._load_datasets(dirty)
                 for did in dirty or set():
                     self._ds_cache.pop(did, None)
+                    self._sv_cache.pop(did, None)
                 self._ds_cache.update(fresh)
-            views = [self._copy_view(v) for v in self._ds_cache.values()]
+                self._ds_snapshot = None
+            if self._ds_snapshot is None:
+                self._ds_snapshot = self._build_snapshot(self._ds_cache.values())
+            return self._ds_snapshot
+
+    def _build_snapshot(
+        self, cached: Iterable[DatasetView]
+    ) -> tuple[tuple[DatasetView, ...], dict[str, DatasetView]]:
+        views = [self._copy_view(v) for v in cached]
         by_name: dict[str, list[DatasetView]] = {}
         for v in views:
             by_name.setdefault(v.view_name, []).append(v)
@@ -816,7 +849,7 @@ class ContextStore:
                 for v in group:
                     v.collision = True
         views.sort(key=lambda v: (v.updated_at or "", v.id), reverse=True)
-        return views
+        return tuple(views), {v.id: v for v in views}
 
     @staticmethod
     def _copy_view(v: DatasetView) -> DatasetView:
@@ -835,36 +868,40 @@ class ContextStore:
         ]
 
     def _load_datasets(self, only: set[str] | None) -> dict[str, DatasetView]:
+        # ONE query (dataset rows, partition aggregates, columns): it runs after every apply that touched a
+        # dataset, on the request path; the filters sit inside the aggregates so re-reading one dataset
+        # never scans the other datasets' partitions
+        # `col IN (?, …)`, not list_contains(): DuckDB pushes an IN list into the scan (2× faster here)
+        if only is not None and not only:
+            return {}
+        ids = sorted(only) if only is not None else []
+        flt = f"WHERE {{col}} IN ({', '.join('?' * len(ids))})" if only is not None else ""
+        params = ids * 3
         cur = self._cursor()
         try:
-            where = "WHERE list_contains(?, d.id)" if only is not None else ""
-            params = [sorted(only)] if only is not None else []
             rows = cur.execute(
-                f"""SELECT d.id, d.slug, d.name, d.description, d.status, d.metadata, d.updated_at, d.shard,
-                           d.write_format, d.created_at,
-                           coalesce(p.n, 0), coalesce(p.r, 0), coalesce(p.b, 0), p.keys
-                    FROM {WD}.datasets d
-                    LEFT JOIN (SELECT dataset_id, count(*) AS n, sum(row_count) AS r, sum(file_size_bytes) AS b,
+                f"""WITH p AS (SELECT dataset_id, count(*) AS n, sum(row_count) AS r, sum(file_size_bytes) AS b,
                                       list(DISTINCT partition_key) AS keys
-                               FROM {WD}.partitions GROUP BY dataset_id) p ON p.dataset_id = d.id
-                    {where}""",
-                params,
-            ).fetchall()
-            col_rows = cur.execute(
-                f"SELECT dataset_id, column_name, data_type, nullable, description FROM {WD}.columns"
-                + (" WHERE list_contains(?, dataset_id)" if only is not None else "")
-                + " ORDER BY dataset_id, ordinal",
+                               FROM {WD}.partitions {flt.format(col="dataset_id")} GROUP BY dataset_id),
+                         c AS (SELECT dataset_id,
+                                      list([column_name, data_type, nullable::VARCHAR, description]
+                                           ORDER BY ordinal) AS cols
+                               FROM {WD}.columns {flt.format(col="dataset_id")} GROUP BY dataset_id)
+                    SELECT d.id, d.slug, d.name, d.description, d.status, d.metadata, d.updated_at, d.shard,
+                           d.write_format, d.created_at,
+                           coalesce(p.n, 0), coalesce(p.r, 0), coalesce(p.b, 0), p.keys, c.cols
+                    FROM {WD}.datasets d
+                    LEFT JOIN p ON p.dataset_id = d.id
+                    LEFT JOIN c ON c.dataset_id = d.id
+                    {flt.format(col="d.id")}""",
                 params,
             ).fetchall()
         finally:
             cur.close()
-        cols: dict[str, list[tuple[str, str, bool, str | None]]] = {}
-        for did, name, typ, nullable, desc in col_rows:
-            cols.setdefault(did, []).append((name, typ, bool(nullable), desc))
         out: dict[str, DatasetView] = {}
-        for did, slug, name, desc, status, meta, updated, shard, wf, created, n, r, b, keys in rows:
+        for did, slug, name, desc, status, meta, updated, shard, wf, created, n, r, b, keys, cols in rows:
             metadata = _as_dict(meta)
-            details = cols.get(did, [])
+            details = [(c[0], c[1], c[2] == "true", c[3]) for c in cols or []]
             columns = [(c[0], c[1]) for c in details]
             key_names: set[str] = set()
             for k in keys or []:
@@ -894,20 +931,23 @@ class ContextStore:
         return out
 
     def dataset(self, dataset_id: str) -> DatasetView:
-        for v in self.datasets():
-            if v.id == dataset_id:
-                return v
-        raise UnknownDataset(dataset_id)
+        _, by_id = self._sync_datasets()
+        view = by_id.get(dataset_id)
+        if view is None:
+            raise UnknownDataset(dataset_id)
+        return self._copy_view(view)
 
     def resolve_relation(self, name: str) -> list[DatasetView]:
         """Datasets a ``timestore.<name>`` reference may mean: exact slug matches first, then view-name matches."""
-        views = self.datasets()
+        views, _ = self._sync_datasets()
         exact = [v for v in views if v.slug == name]
         if exact:
-            return exact + [v for v in views if v.view_name == name and v.slug != name]
-        # DuckDB identifiers are case-insensitive: `timestore.OBSERVATORY` reaches view `observatory`
-        folded = name.lower()
-        return [v for v in views if v.slug.lower() == folded or v.view_name.lower() == folded]
+            found = exact + [v for v in views if v.view_name == name and v.slug != name]
+        else:
+            # DuckDB identifiers are case-insensitive: `timestore.OBSERVATORY` reaches view `observatory`
+            folded = name.lower()
+            found = [v for v in views if v.slug.lower() == folded or v.view_name.lower() == folded]
+        return [self._copy_view(v) for v in found]
 
     # ------------------------------------------------------------------ relation SQL
     def relation_sql(
@@ -918,31 +958,23 @@ class ContextStore:
         *,
         count_skips: bool = True,
     ) -> tuple[str, list[str]]:
-        """SQL of a subquery over the dataset's visible partitions overlapping [start, end]."""
+        """SQL of a subquery over the dataset's visible partitions overlapping [start, end].
+
+        Per call: one indexed DuckDB query for the overlapping partitions (MVCC-consistent, so an apply
+        never has to patch a Python copy of the index); the dataset's columns and schema versions come
+        from caches re-read only when an apply marks the dataset dirty; files already seen to exist are
+        not stat'ed one by one (``file_presence``: directory listings cached per directory mtime).
+        """
         lo = _naive_utc(start) or FAR_PAST
         hi = _naive_utc(end) or FAR_FUTURE
+        view = self._sync_datasets()[1].get(dataset_id)
+        if view is None:
+            raise UnknownDataset(dataset_id)
+        versions = self._schema_versions(dataset_id)
         cur = self._cursor()
         try:
-            ds = cur.execute(f"SELECT slug FROM {WD}.datasets WHERE id = ?", [dataset_id]).fetchone()
-            if ds is None:
-                raise UnknownDataset(dataset_id)
-            slug = ds[0]
-            columns = [
-                (n, t)
-                for n, t in cur.execute(
-                    f"SELECT column_name, data_type FROM {WD}.columns WHERE dataset_id = ? ORDER BY ordinal",
-                    [dataset_id],
-                ).fetchall()
-            ]
-            versions = {
-                svid: {n: t for n, t, _, _ in schema_columns(_as_dict(schema))}
-                for svid, schema in cur.execute(
-                    f"SELECT id, schema FROM {WD}.schema_versions WHERE dataset_id = ?", [dataset_id]
-                ).fetchall()
-            }
             parts = cur.execute(
-                f"""SELECT id, location, schema_version_id, start_time, end_time, storage_target_id
-                    FROM {WD}.partitions
+                f"""SELECT id, location, schema_version_id FROM {WD}.partitions
                     WHERE dataset_id = ? AND end_time >= ? AND start_time <= ?
                       AND coalesce(file_format, 'parquet') = 'parquet'
                     ORDER BY start_time, id""",
@@ -950,27 +982,84 @@ class ContextStore:
             ).fetchall()
         finally:
             cur.close()
-        warnings: list[str] = []
+        probe = self._presence.probe()
+        missing: list[str] = []
         groups: dict[str | None, FileGroup] = {}
-        for pid, loc, svid, st, et, target in parts:
-            if file_missing(loc):
-                warnings.append(
-                    f"Skipped partition {pid} from dataset {slug}; storage target {target}; "
-                    f"window {iso(st)} – {iso(et)}; object not found at {loc}."
-                )
-                if count_skips:
-                    metrics.SKIPPED_PARTITIONS.inc()
+        for pid, loc, svid in parts:
+            if probe.missing(loc):
+                missing.append(pid)
                 continue
             key = svid if svid in versions else None
             group = groups.get(key)
             if group is None:
                 group = groups[key] = FileGroup(versions.get(key) if key else None, [])
             group.locations.append(loc)
+        warnings = self._skip_warnings(view.slug, missing, count_skips) if missing else []
         if not groups:
             if parts:
-                warnings.append(f"No readable partitions found for dataset {slug}; returning empty view.")
-            return empty_relation_sql(columns), warnings
-        return relation_sql(columns, list(groups.values())), warnings
+                warnings.append(
+                    f"No readable partitions found for dataset {view.slug}; returning empty view."
+                )
+            return empty_relation_sql(view.columns), warnings
+        return relation_sql(view.columns, list(groups.values())), warnings
+
+    def _schema_versions(self, dataset_id: str) -> dict[str, dict[str, str]]:
+        """Column name -> type per schema version id of the dataset (cached until the dataset changes)."""
+        cached = self._sv_cache.get(dataset_id)
+        if cached is not None:
+            return cached
+        with self._ds_lock:  # loaded and stored under the lock that invalidates it (_sync_datasets)
+            if dataset_id in self._ds_dirty or self._ds_all_dirty:
+                return self._read_schema_versions(dataset_id)  # stale in a moment: do not cache
+            cached = self._sv_cache.get(dataset_id)
+            if cached is None:
+                cached = self._sv_cache[dataset_id] = self._read_schema_versions(dataset_id)
+            return cached
+
+    def _read_schema_versions(self, dataset_id: str) -> dict[str, dict[str, str]]:
+        cur = self._cursor()
+        try:
+            rows = cur.execute(
+                f"SELECT id, schema FROM {WD}.schema_versions WHERE dataset_id = ?", [dataset_id]
+            ).fetchall()
+        finally:
+            cur.close()
+        return {svid: {n: t for n, t, _, _ in schema_columns(_as_dict(schema))} for svid, schema in rows}
+
+    def _skip_warnings(self, slug: str, missing: list[str], count_skips: bool) -> list[str]:
+        """Timestore's "Skipped partition …" text per missing file (built only when a file is missing)."""
+        if count_skips:
+            metrics.SKIPPED_PARTITIONS.inc(len(missing))
+        cur = self._cursor()
+        try:
+            rows = cur.execute(
+                f"""SELECT id, start_time, end_time, storage_target_id, location FROM {WD}.partitions
+                    WHERE list_contains(?, id) ORDER BY start_time, id""",
+                [missing],
+            ).fetchall()
+        finally:
+            cur.close()
+        return [
+            f"Skipped partition {pid} from dataset {slug}; storage target {target}; "
+            f"window {iso(st)} – {iso(et)}; object not found at {loc}."
+            for pid, st, et, target, loc in rows
+        ]
+
+    def forget_missing_files(self, error: str) -> None:
+        """DuckDB could not open a file: drop the cached listing of its directory, so the next plan re-reads
+        it (and skips the file with a warning).
+
+        Called by :meth:`reader` for every failed read; only "file not found" errors matter. The paths are
+        taken from the message; when none can be named, every cached listing is dropped.
+        """
+        lowered = error.lower()
+        if not any(marker in lowered for marker in MISSING_FILE_MARKERS):
+            return
+        paths = _QUOTED_PATH.findall(error)
+        if not paths:
+            self._presence.forget_all()
+        for path in paths:
+            self._presence.forget(path)
 
     # ------------------------------------------------------------------ snapshot
     def partition_index(self, dataset_id: str | None = None) -> list[dict[str, Any]]:
