@@ -35,6 +35,10 @@ CREATE TABLE IF NOT EXISTS {INDEX_SCHEMA}.shard_progress (
     bootstrapped BOOLEAN, applied_at TIMESTAMP
 );
 CREATE TABLE IF NOT EXISTS {INDEX_SCHEMA}.src_offsets (src_partition INTEGER, stream VARCHAR, src_offset BIGINT);
+-- context files written before source offsets were kept per (partition, dataset stream): add the column and
+-- drop the old per-partition rows (the deltas offset in shard_progress still drops re-delivered deltas)
+ALTER TABLE {INDEX_SCHEMA}.src_offsets ADD COLUMN IF NOT EXISTS stream VARCHAR;
+DELETE FROM {INDEX_SCHEMA}.src_offsets WHERE stream IS NULL;
 """
 
 RUNTIME_VIEWS = f"""

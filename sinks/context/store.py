@@ -416,7 +416,9 @@ class ContextStore:
         key = _stream_key(delta)
         src = max(self._src_offsets.get(key, -1), delta.src_offset_to)
         cur.execute(f"DELETE FROM {WD}.src_offsets WHERE src_partition = ? AND stream = ?", list(key))
-        cur.execute(f"INSERT INTO {WD}.src_offsets VALUES (?, ?, ?)", [*key, src])
+        cur.execute(
+            f"INSERT INTO {WD}.src_offsets (src_partition, stream, src_offset) VALUES (?, ?, ?)", [*key, src]
+        )
 
     def _apply_content(self, cur: duckdb.DuckDBPyConnection, delta: Delta, shard: int) -> set[str]:
         touched: set[str] = set()
