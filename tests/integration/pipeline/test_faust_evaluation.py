@@ -210,6 +210,13 @@ async def test_faust_kill_9_and_restart_has_no_gap(fresh_topics, tmp_path: Path)
 
 
 # (3) ---------------------------------------------------------------------------------------------------------
+@pytest.mark.xfail(
+    strict=False,
+    reason="faust-streaming 0.15.3: intermittent. Passed in the evaluation runs, but in a later full-suite run "
+    "one of two workers stopped committing after the rebalance (committed offsets stuck below the partition "
+    "ends: partition 3 at 257 of 478) while the other stayed idle; the same rebalance fragility as the strict "
+    "xfail below. Non-strict because it is a race, not a deterministic failure.",
+)
 async def test_faust_two_workers_share_partitions_and_agree(fresh_topics, tmp_path: Path) -> None:
     """Worker A runs, B joins the group, the rest of the records are shared by both: the same result."""
     settings = await fresh_topics(partitions=PARTITIONS)
