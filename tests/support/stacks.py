@@ -1,0 +1,50 @@
+"""Whole walduck stacks (connector, compactor, query service as real processes) for end-to-end tests.
+
+``make_stack`` gives each test a fresh database, fresh topics, a unique slot/publication and its own data
+dirs, on the session's PostgreSQL + Kafka; the query service's IAM is configured as a gateway would (the admin
+scope bypasses dataset read scopes), so truth checks can read every dataset.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+
+from walduck.config import WalduckSettings
+from walduck.stack import Stack
+
+# the admin scope bypasses dataset read scopes (the workload's metadata changes rewrite them); SQL read stays
+# open so Stack.wait_caught_up's unscoped probe works
+IAM_ENV = {"WALDUCK_ADMIN_SCOPE": "timestore:admin"}
+
+
+def new_stack(settings: WalduckSettings, tmp_path: Path, env: dict[str, str]) -> Stack:
+    suffix = uuid.uuid4().hex[:8]
+    settings.slot_name = f"walduck_{suffix}"
+    settings.publication_name = f"walduck_pub_{suffix}"
+    settings.data_dir = tmp_path / f"data-{suffix}"
+    settings.storage_root = tmp_path / f"storage-{suffix}"
+    return Stack(settings, tmp_path / f"work-{suffix}", extra_env=dict(env))
+
+
+@pytest.fixture
+async def make_stack(
+    fresh_db: Callable[[], str], fresh_topics, tmp_path: Path
+) -> AsyncIterator[Callable[..., object]]:
+    stacks: list[Stack] = []
+
+    async def factory(partitions: int = 4, **env: str) -> Stack:
+        dsn = fresh_db()
+        settings = await fresh_topics(partitions=partitions, pg_dsn=dsn)
+        stack = new_stack(settings, tmp_path, {**IAM_ENV, **env})
+        await asyncio.to_thread(stack.prepare)
+        stacks.append(stack)
+        return stack
+
+    yield factory
+    for stack in stacks:
+        stack.stop()
