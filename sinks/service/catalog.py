@@ -35,6 +35,15 @@ class Catalog:
     # --- saved queries (reference §3) ----------------------------------------------------------
     _SAVED_COLUMNS = "id, statement, label, created_by, stats, created_at, updated_at"
 
+    async def current_wal_lsn(self) -> int:
+        """PostgreSQL's current WAL position (what a context must apply to be as new as the catalog)."""
+        async with self.connect() as conn:
+            row = await (await conn.execute("SELECT pg_current_wal_lsn()::text")).fetchone()
+        from walduck.lsn import parse_lsn
+
+        assert row is not None
+        return parse_lsn(row[0])
+
     async def list_saved(self) -> list[dict[str, Any]]:
         async with self.connect() as conn, conn.cursor(row_factory=dict_row) as cur:
             await cur.execute(

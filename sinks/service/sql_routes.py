@@ -265,6 +265,12 @@ async def sql_read(
         # after their catalog commit): re-plan against the context, which by then no longer lists it
         for attempt in range(MISSING_FILE_RETRIES + 1):
             planned = await _plan(s, p, checked, allowed, audit_meta)
+            if attempt < MISSING_FILE_RETRIES and _skipped_files(planned.warnings):
+                # a file the context still lists is gone: retention/compaction deleted it after a commit the
+                # context has not applied yet. Catch up with the catalog, then plan again; only a file still
+                # missing after that (deleted outside the catalog) is skipped with the warning, as Timestore did
+                if await _catch_up_with_catalog(s, deadline):
+                    continue
             by_id = {d.id: d for d in datasets}
             for did in planned.dataset_ids:
                 if did in by_id and all(did != t[0] for t in audit_targets):
@@ -298,7 +304,9 @@ async def sql_read(
         s.runner.release()
 
 
-MISSING_FILE_RETRIES = 2
+MISSING_FILE_RETRIES = 4
+# how long one re-plan waits for the contexts to apply the catalog's current LSN
+CATCH_UP_WAIT_S = 2.0
 _MISSING_FILE_MARKERS = ("no files found", "cannot open file", "no such file", "could not open file")
 # DuckDB errors that are the caller's fault (bad SQL, bad parameter), answered 400 like Timestore's check
 _CLIENT_DUCKDB_ERRORS = (
@@ -313,6 +321,23 @@ _CLIENT_DUCKDB_ERRORS = (
     "NotImplementedException",
     "InvalidTypeException",
 )
+
+
+def _skipped_files(warnings: Any) -> bool:
+    return any(str(w).startswith("Skipped partition") for w in warnings)
+
+
+async def _catch_up_with_catalog(s: ServiceState, deadline: float) -> bool:
+    """Wait until the contexts applied PostgreSQL's current LSN; False when that cannot be done in time."""
+    if s.catalog is None:
+        return False
+    try:
+        lsn = await s.catalog.current_wal_lsn()
+    except Exception:  # the catalog being unreachable must not fail a read that can still be answered
+        return False
+    if lsn <= s.store.applied_lsn():
+        return False  # already as new as the catalog: the files are really gone
+    return await s.store.wait_for_lsn(lsn, min(CATCH_UP_WAIT_S, max(deadline - time.perf_counter(), 0.0)))
 
 
 def _missing_file(message: str) -> bool:

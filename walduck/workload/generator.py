@@ -9,6 +9,7 @@ populated catalog cannot collide with earlier ids.
 from __future__ import annotations
 
 import random
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -84,6 +85,11 @@ class RunSummary:
         return self.commits / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
 
+def _unlink_all(paths: list[Path]) -> None:
+    for path in paths:
+        path.unlink(missing_ok=True)
+
+
 class Workload:
     def __init__(
         self,
@@ -93,8 +99,13 @@ class Workload:
         seed: int = 0,
         base_day: date = date(2024, 1, 1),
         storage_target_id: str = DEFAULT_STORAGE_TARGET_ID,
+        file_delete_grace_s: float = 0.0,
     ) -> None:
         self.dsn = dsn
+        # Timestore deletes retention/compaction files after the commit (compaction: after the whole job);
+        # a grace > 0 models a lifecycle that keeps them that long for readers still on the previous state
+        self.file_delete_grace_s = file_delete_grace_s
+        self._pending_deletes: list[threading.Timer] = []
         self.schema = schema
         self.storage_root = Path(storage_root).resolve()
         self.seed = seed
@@ -111,6 +122,10 @@ class Workload:
 
     # ------------------------------------------------------------------ lifecycle
     def close(self) -> None:
+        for timer in self._pending_deletes:
+            timer.cancel()
+            timer.function(*timer.args)  # delete now: nothing is left behind
+        self._pending_deletes.clear()
         self.conn.close()
 
     def __enter__(self) -> Workload:
@@ -243,8 +258,15 @@ class Workload:
         }
 
     def _delete_files(self, rows: list[dict[str, Any]]) -> None:
-        for row in rows:
-            (self.storage_root / row["file_path"]).unlink(missing_ok=True)
+        paths = [self.storage_root / row["file_path"] for row in rows]
+        if self.file_delete_grace_s <= 0:
+            _unlink_all(paths)
+            return
+        self._pending_deletes = [t for t in self._pending_deletes if t.is_alive()]
+        timer = threading.Timer(self.file_delete_grace_s, _unlink_all, args=(paths,))
+        timer.daemon = True
+        timer.start()
+        self._pending_deletes.append(timer)
 
     # ------------------------------------------------------------------ shapes
     def create_dataset(
