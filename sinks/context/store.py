@@ -319,7 +319,10 @@ class ContextStore:
             started = time.perf_counter()
             touched: set[str] = set()
             snap: CatalogSnapshot | None = None
-            if self.full_scan and delta.kind == DeltaKind.DELTA:
+            # full-scan mode rebuilds the dataset a delta names straight from PostgreSQL; a global delta
+            # (storage targets) names no dataset and is applied as it is: replacing "all datasets named"
+            # with an empty read would wipe every dataset of the context
+            if self.full_scan and delta.kind == DeltaKind.DELTA and delta.dataset_id is not None:
                 snap = self._full_scan_snapshot(delta)
             cur = self._writer
             assert cur is not None

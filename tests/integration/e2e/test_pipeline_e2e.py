@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from support.truth import (
     assert_sql_matches_truth,
     deltas_replayed,
@@ -24,8 +26,10 @@ ALL_SHAPES = {
 }
 
 
-async def test_snapshot_then_stream_every_shape_zero_drift(make_stack) -> None:
-    stack = await make_stack()
+@pytest.mark.parametrize("mode", ["incremental", "full-scan"])
+async def test_snapshot_then_stream_every_shape_zero_drift(make_stack, mode: str) -> None:
+    """Full-scan mode (the emergency rollback) must pass the same correctness checks as incremental mode."""
+    stack = await make_stack(WALDUCK_CONTEXT_MODE=mode)
     s = stack.settings
     # a catalog that already holds data before walduck starts (initial snapshot)
     with Workload(s.pg_dsn, s.catalog_schema, s.storage_root, seed=7) as wl:
