@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Awaitable
 from dataclasses import dataclass
 
@@ -215,7 +215,7 @@ class Connector:
         assembler = TransactionAssembler(cs.heartbeat_prefix)
         queue: asyncio.Queue[_InFlight] = asyncio.Queue(maxsize=10_000)
         inflight_records = [0]
-        acker = asyncio.create_task(self._acker(queue, inflight_records), name="walduck-acker")
+        acker = asyncio.create_task(self._acker(queue, inflight_records, repl), name="walduck-acker")
         heart = asyncio.create_task(self._heartbeats(), name="walduck-heartbeat")
         last_status = 0.0
         try:
@@ -224,20 +224,25 @@ class Connector:
                     if task.done():
                         task.result()  # re-raise its error (Kafka, PostgreSQL)
                 if self.stop_event.is_set():
+                    await publisher.flush()
                     await self._drain(queue, acker)
                     await repl.send_status(
                         self.tracker.received, self.tracker.confirmed, self.tracker.confirmed
                     )
                     return True
-                wait = max(0.0, cs.status_interval - (time.monotonic() - last_status))
-                msg = await repl.read_message(min(wait, 0.5))
+                msg = repl.read_buffered()
+                if msg is None:
+                    # (2) nothing more buffered: hand the open record batches to Kafka before waiting
+                    await publisher.flush()
+                    wait = max(0.0, cs.status_interval - (time.monotonic() - last_status))
+                    msg = await repl.read_message(min(wait, 0.5))
                 reply_now = False
                 if isinstance(msg, XLogData):
                     self.tracker.received = max(self.tracker.received, msg.wal_end)
                     # (1) receive a whole transaction: the assembler returns it at its Commit
                     item = assembler.feed(msg.start_lsn, msg.payload)
                     if isinstance(item, Transaction):
-                        await self._backpressure(inflight_records, acker)
+                        await self._backpressure(inflight_records, acker, publisher)
                         await self._publish_tx(item, publisher, dlq, queue, inflight_records)
                     elif isinstance(item, Heartbeat):
                         await self._publish_heartbeat(item, publisher, queue, inflight_records)
@@ -257,14 +262,19 @@ class Connector:
                         m.CONNECTOR_LAG_SECONDS.set(0)
                     last_status = time.monotonic()
         finally:
+            publisher.abort(ReplicationEnded("session ended before the batch was sent"))
             for task in (acker, heart):
                 task.cancel()
             for task in (acker, heart):
                 with contextlib.suppress(BaseException):
                     await task
 
-    async def _backpressure(self, inflight_records: list[int], acker: asyncio.Task[None]) -> None:
+    async def _backpressure(
+        self, inflight_records: list[int], acker: asyncio.Task[None], publisher: ChangePublisher
+    ) -> None:
         """Wait while too many records are unacknowledged (re-raising the acker's error, if any)."""
+        if inflight_records[0] > self.csettings.max_inflight_records:
+            await publisher.flush()
         while inflight_records[0] > self.csettings.max_inflight_records:
             if acker.done():
                 acker.result()
@@ -284,13 +294,13 @@ class Connector:
         started = time.monotonic()
         self.tracker.enqueue(tx.end_lsn)
         # (2) publish its records (in order; per-partition order is kept by the idempotent producer)
-        ack = await publisher.publish(tx.records)
+        ack = await publisher.publish(tx.records, flush=False)
         if tx.rejected:
             m.CONNECTOR_ERRORS.labels(kind="decode").inc(len(tx.rejected))
             dlq_ack = asyncio.ensure_future(dlq.publish(tx.rejected))
             ack = _both(ack, dlq_ack)
-        for r in tx.records:
-            m.CONNECTOR_RECORDS.labels(table=r.table or "", op=str(r.op)).inc()
+        for (table, op), n in Counter((r.table or "", r.op) for r in tx.records).items():
+            m.CONNECTOR_RECORDS.labels(table=table, op=str(op)).inc(n)
         inflight_records[0] += len(tx.records)
         await queue.put(_InFlight(tx.end_lsn, ack, len(tx.records), tx.commit_ts, started, True))
 
@@ -304,10 +314,12 @@ class Connector:
         if hb.lsn <= self.tracker.confirmed:
             return  # already confirmed past it (re-sent after a restart)
         self.tracker.enqueue(hb.lsn)
-        ack = await publisher.publish([hb.record])
+        ack = await publisher.publish([hb.record], flush=False)
         await queue.put(_InFlight(hb.lsn, ack, 0, None, time.monotonic(), False))
 
-    async def _acker(self, queue: asyncio.Queue[_InFlight], inflight_records: list[int]) -> None:
+    async def _acker(
+        self, queue: asyncio.Queue[_InFlight], inflight_records: list[int], repl: ReplicationConnection
+    ) -> None:
         while True:
             item = await queue.get()
             # (3) await Kafka's acknowledgement of all of the transaction's records
@@ -316,6 +328,11 @@ class Connector:
             self.tracker.acked(item.end_lsn)
             inflight_records[0] -= item.records
             self._room.set()
+            if queue.empty():
+                # (5) the last transaction in flight is acknowledged: confirm it now rather than at the
+                # next status interval, so the slot releases WAL (and read-your-writes waits) sooner
+                await repl.send_status(self.tracker.received, self.tracker.confirmed, self.tracker.confirmed)
+                m.CONNECTOR_CONFIRMED_LSN.set(self.tracker.confirmed)
             if item.is_tx:
                 m.CONNECTOR_TRANSACTIONS.inc()
                 m.CONNECTOR_PRODUCE_LATENCY.observe(time.monotonic() - item.started)

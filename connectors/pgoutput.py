@@ -181,18 +181,42 @@ class _Reader:
         return value
 
     def tuple_data(self) -> TupleData:
-        values: TupleData = []
-        for _ in range(self.int16()):
-            kind = self.byte()
-            if kind == "n":
-                values.append(None)
-            elif kind == "u":
-                values.append(UNCHANGED)
-            elif kind in ("t", "b"):
-                values.append(self.raw(self.int32()))
-            else:
-                raise DecodeError("unknown tuple data kind", repr(kind))
+        values, self.pos = _tuple_data(self.buf, self.pos)
         return values
+
+
+def _tuple_data(buf: bytes, pos: int) -> tuple[TupleData, int]:
+    """TupleData at ``pos``: the hot loop of the decoder (one call per row), kept free of method calls."""
+    size = len(buf)
+    if pos + 2 > size:
+        raise DecodeError("truncated message", f"need 2 bytes at {pos}")
+    (count,) = _I16.unpack_from(buf, pos)
+    pos += 2
+    values: TupleData = []
+    append = values.append
+    unpack_len = _I32.unpack_from
+    for _ in range(count):
+        if pos >= size:
+            raise DecodeError("truncated message", f"need 1 byte at {pos}")
+        kind = buf[pos]
+        if kind == 116 or kind == 98:  # 't' text, 'b' binary
+            if pos + 5 > size:
+                raise DecodeError("truncated message", f"need 4 bytes at {pos + 1}")
+            (length,) = unpack_len(buf, pos + 1)
+            start = pos + 5
+            pos = start + length
+            if length < 0 or pos > size:
+                raise DecodeError("truncated message", f"need {length} bytes at {start}")
+            append(buf[start:pos])
+        elif kind == 110:  # 'n' NULL
+            append(None)
+            pos += 1
+        elif kind == 117:  # 'u' unchanged TOAST
+            append(UNCHANGED)
+            pos += 1
+        else:
+            raise DecodeError("unknown tuple data kind", repr(chr(kind)))
+    return values, pos
 
 
 _I8 = struct.Struct("!b")
@@ -274,6 +298,14 @@ TIMESTAMP, TIMESTAMPTZ, NUMERIC, JSONB, TEXT_ARRAY, VARCHAR_ARRAY = 1114, 1184, 
 
 
 def _timestamptz(text: str) -> str:
+    # fast path: what the walsender prints with TimeZone=UTC and DateStyle ISO,
+    # '2024-01-01 00:00:00[.5]+00' -> '2024-01-01T00:00:00[.500000]+00:00' (same as iso(datetime))
+    if len(text) >= 22 and text[-3:] == "+00" and text[4] == "-" and text[10] == " " and text[13] == ":":
+        clock = text[11:-3]
+        if len(clock) == 8:
+            return f"{text[:10]}T{clock}+00:00"
+        if clock[8] == "." and 9 < len(clock) <= 15 and clock[9:].isdigit():
+            return f"{text[:10]}T{clock[:8]}.{clock[9:]:0<6}+00:00"
     if text in ("infinity", "-infinity"):
         raise DecodeError("timestamp out of range", f"{text!r} has no ISO 8601 form")
     # PostgreSQL's ISO output: '2024-01-01 00:00:00.5+00' / '+05:30' / BC years
@@ -377,14 +409,105 @@ def convert(type_oid: int, raw: bytes) -> Any:
         raise DecodeError("bad value", f"type {type_oid}: {text[:80]!r}") from exc
 
 
+_BOOLS = {b"t": True, b"f": False}
+
+_FAST: dict[int, Callable[[bytes], Any]] = {
+    TEXT: bytes.decode,
+    VARCHAR: bytes.decode,
+    BPCHAR: bytes.decode,
+    INT2: int,
+    INT4: int,
+    INT8: int,
+    OID: int,
+    BOOL: _BOOLS.__getitem__,
+    FLOAT4: float,
+    FLOAT8: float,
+    JSON: orjson.loads,
+    JSONB: orjson.loads,
+}
+"""Converters that take the raw bytes directly, mostly C callables (no Python frame per value). Any error
+of these sends the row to the careful path (:func:`convert`), which raises the :class:`DecodeError`."""
+
+
+_TIMESTAMPS: dict[bytes, str] = {}
+"""Recently converted timestamps: a transaction's rows share ``created_at`` and bucket-aligned times."""
+
+
+def _timestamptz_bytes(raw: bytes) -> str:
+    value = _TIMESTAMPS.get(raw)
+    if value is None:
+        value = _timestamptz(raw.decode())
+        if len(_TIMESTAMPS) >= 4096:
+            _TIMESTAMPS.clear()
+        _TIMESTAMPS[raw] = value
+    return value
+
+
+def _fast_converter(type_oid: int) -> Callable[[bytes], Any]:
+    fast = _FAST.get(type_oid)
+    if fast is not None:
+        return fast
+    if type_oid in (TIMESTAMPTZ, TIMESTAMP):
+        return _timestamptz_bytes
+    slow = _CONVERTERS.get(type_oid, str)
+    return lambda raw: slow(raw.decode())
+
+
+@dataclass(frozen=True, slots=True)
+class RowPlan:
+    """How to turn one relation's TupleData into a typed row in one pass."""
+
+    relation: Relation
+    names: tuple[str, ...]
+    converters: tuple[Callable[[bytes], Any], ...]
+
+    @classmethod
+    def of(cls, rel: Relation) -> RowPlan:
+        return cls(
+            rel, tuple(c.name for c in rel.columns), tuple(_fast_converter(c.type_oid) for c in rel.columns)
+        )
+
+    def decode(self, buf: bytes, pos: int) -> dict[str, Any] | None:
+        """Parse and convert the TupleData at ``pos`` in one loop: the decoder's hot path (one call per
+        inserted row). ``None`` when the row needs the careful path: unchanged TOAST, a value a fast
+        converter refuses, a column count mismatch or a truncated message."""
+        size = len(buf)
+        try:
+            (count,) = _I16.unpack_from(buf, pos)
+            if count != len(self.names):
+                return None
+            pos += 2
+            unpack_len = _I32.unpack_from
+            row: dict[str, Any] = {}
+            for name, conv in zip(self.names, self.converters, strict=True):
+                kind = buf[pos]
+                if kind == 116:  # 't'
+                    (length,) = unpack_len(buf, pos + 1)
+                    start = pos + 5
+                    pos = start + length
+                    if length < 0 or pos > size:
+                        return None
+                    row[name] = conv(buf[start:pos])
+                elif kind == 110:  # 'n'
+                    row[name] = None
+                    pos += 1
+                else:
+                    return None
+        except (ValueError, KeyError, IndexError, struct.error, DecodeError):
+            return None
+        return row if pos == size else None
+
+
 class RelationCache:
     """Relation messages by oid (they precede a relation's first use and every schema change)."""
 
     def __init__(self) -> None:
         self._by_oid: dict[int, Relation] = {}
+        self._plans: dict[int, RowPlan] = {}
 
     def add(self, rel: Relation) -> None:
         self._by_oid[rel.oid] = rel
+        self._plans[rel.oid] = RowPlan.of(rel)
 
     def get(self, oid: int) -> Relation:
         rel = self._by_oid.get(oid)
@@ -392,26 +515,61 @@ class RelationCache:
             raise DecodeError("unknown relation", f"oid {oid} before its Relation message")
         return rel
 
+    def plan(self, oid: int) -> RowPlan | None:
+        return self._plans.get(oid)
+
     def __contains__(self, oid: int) -> bool:
         return oid in self._by_oid
 
-    @staticmethod
-    def row(rel: Relation, values: TupleData, fallback: dict[str, Any] | None = None) -> dict[str, Any]:
+    def row(self, rel: Relation, values: TupleData, fallback: dict[str, Any] | None = None) -> dict[str, Any]:
         """Typed row. Unchanged TOAST values are taken from ``fallback`` (the old row) when it has
         them; otherwise the row cannot be completed and :class:`DecodeError` is raised."""
-        if len(values) != len(rel.columns):
-            raise DecodeError(
-                "column count mismatch", f"{rel.name}: {len(values)} values for {len(rel.columns)} columns"
-            )
-        row: dict[str, Any] = {}
-        for col, raw in zip(rel.columns, values, strict=True):
-            if raw is None:
-                row[col.name] = None
-            elif raw is UNCHANGED:
-                if fallback is None or col.name not in fallback:
-                    raise DecodeError("unchanged toast without old value", f"{rel.name}.{col.name}")
-                row[col.name] = fallback[col.name]
-            else:
-                assert isinstance(raw, bytes)
-                row[col.name] = convert(col.type_oid, raw)
-        return row
+        plan = self._plans.get(rel.oid)
+        if plan is not None and plan.relation is rel and len(values) == len(plan.names):
+            row: dict[str, Any] = {}
+            try:
+                for name, conv, raw in zip(plan.names, plan.converters, values, strict=True):
+                    if raw is None:
+                        row[name] = None
+                    elif raw is UNCHANGED:
+                        break
+                    else:
+                        row[name] = conv(raw)  # type: ignore[arg-type]
+                else:
+                    return row
+            except (ValueError, KeyError, DecodeError):
+                pass  # the careful path below says why
+        return _row_checked(rel, values, fallback)
+
+
+def decode_insert(payload: bytes, relations: RelationCache) -> tuple[Relation, dict[str, Any]] | None:
+    """Fast path for the commonest message, an Insert of a known relation: ``(relation, typed row)``
+    straight from the payload, or ``None`` when :func:`decode` and :meth:`RelationCache.row` must handle
+    it (and report what is wrong with it)."""
+    if len(payload) < 8 or payload[0] != 73 or payload[5] != 78:  # 'I' … 'N'
+        return None
+    (oid,) = _U32.unpack_from(payload, 1)
+    plan = relations.plan(oid)
+    if plan is None:
+        return None
+    row = plan.decode(payload, 6)
+    return None if row is None else (plan.relation, row)
+
+
+def _row_checked(rel: Relation, values: TupleData, fallback: dict[str, Any] | None) -> dict[str, Any]:
+    if len(values) != len(rel.columns):
+        raise DecodeError(
+            "column count mismatch", f"{rel.name}: {len(values)} values for {len(rel.columns)} columns"
+        )
+    row: dict[str, Any] = {}
+    for col, raw in zip(rel.columns, values, strict=True):
+        if raw is None:
+            row[col.name] = None
+        elif raw is UNCHANGED:
+            if fallback is None or col.name not in fallback:
+                raise DecodeError("unchanged toast without old value", f"{rel.name}.{col.name}")
+            row[col.name] = fallback[col.name]
+        else:
+            assert isinstance(raw, bytes)
+            row[col.name] = convert(col.type_oid, raw)
+    return row

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import psycopg
 from psycopg import pq
+from psycopg.conninfo import conninfo_to_dict
 
 from walduck.lsn import format_lsn, parse_lsn
 from walduck.timeutil import datetime_to_pg_micros, utcnow
@@ -98,8 +99,15 @@ class ReplicationConnection:
 
     @classmethod
     async def open(cls, dsn: str, application_name: str = "walduck-connector") -> ReplicationConnection:
+        # pgoutput prints values with the walsender session's settings: UTC and ISO dates make every
+        # timestamptz '…+00', which the decoder turns into ISO 8601 without a datetime round trip
+        options = conninfo_to_dict(dsn).get("options") or ""
         conn = await psycopg.AsyncConnection.connect(
-            dsn, replication="database", autocommit=True, application_name=application_name
+            dsn,
+            replication="database",
+            autocommit=True,
+            application_name=application_name,
+            options=f"{options} -c TimeZone=UTC -c DateStyle=ISO".strip(),
         )
         return cls(conn)
 
@@ -164,19 +172,27 @@ class ReplicationConnection:
             else:
                 loop.remove_reader(fd)
 
+    def read_buffered(self) -> XLogData | Keepalive | None:
+        """The next walsender message if libpq already holds it, else ``None`` (never waits)."""
+        pgconn = self.pgconn
+        nbytes, data = pgconn.get_copy_data(1)
+        if nbytes > 0:
+            return parse_copy_data(data)
+        if nbytes == -1:
+            res = pgconn.get_result()
+            msg = res.error_message.decode(errors="replace") if res else ""
+            raise ReplicationEnded(f"replication stream ended {msg}".strip())
+        if nbytes == -2:
+            raise ReplicationEnded(pgconn.get_error_message())
+        return None
+
     async def read_message(self, wait_seconds: float | None) -> XLogData | Keepalive | None:
-        """The next walsender message, or ``None`` when ``wait_seconds`` pass pass without one."""
+        """The next walsender message, or ``None`` when ``wait_seconds`` pass without one."""
         pgconn = self.pgconn
         while True:
-            nbytes, data = pgconn.get_copy_data(1)
-            if nbytes > 0:
-                return parse_copy_data(bytes(data))
-            if nbytes == -1:
-                res = pgconn.get_result()
-                msg = res.error_message.decode(errors="replace") if res else ""
-                raise ReplicationEnded(f"replication stream ended {msg}".strip())
-            if nbytes == -2:
-                raise ReplicationEnded(pgconn.get_error_message())
+            msg = self.read_buffered()
+            if msg is not None:
+                return msg
             if not await self._wait(False, wait_seconds):
                 return None
             try:

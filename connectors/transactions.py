@@ -1,7 +1,7 @@
 """Decoded pgoutput messages -> whole transactions of :class:`walduck.records.ChangeRecord`.
 
 A transaction is emitted only at its Commit, with every record's ``tx_index``/``tx_size`` counted
-per Kafka key (``dataset_id``, or :data:`GLOBAL_KEY` for rows without a dataset) and ``tx_total``
+per Kafka key (``dataset_id``, or :data:`walduck.records.GLOBAL_KEY` for rows without a dataset) and ``tx_total``
 over the whole transaction. A row the decoder cannot turn into a record becomes a
 :class:`Rejected` (reason + raw pgoutput bytes) and the rest of the transaction goes on.
 Non-transactional logical messages with the heartbeat prefix become ``Kind.HEARTBEAT`` records.
@@ -10,11 +10,11 @@ Non-transactional logical messages with the heartbeat prefix become ``Kind.HEART
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from connectors import pgoutput as po
-from walduck.records import GLOBAL_KEY, ChangeRecord, Kind, Op, Source
+from walduck.records import ChangeRecord, Kind, Op, Source
 from walduck.timeutil import iso, utcnow
 
 PRIMARY_KEYS: dict[str, tuple[str, ...]] = {}
@@ -61,7 +61,7 @@ def dataset_of(table: str, row: dict[str, Any]) -> str | None:
     return None if value is None else str(value)
 
 
-def key_of(rel: po.Relation, row: dict[str, Any]) -> dict[str, Any]:
+def key_columns(rel: po.Relation) -> tuple[str, ...]:
     names = PRIMARY_KEYS.get(rel.name)
     if names is None:
         names = (
@@ -69,38 +69,32 @@ def key_of(rel: po.Relation, row: dict[str, Any]) -> dict[str, Any]:
             if any(c.name == "id" for c in rel.columns)
             else tuple(c.name for c in rel.columns if c.is_key)
         )
-    return {n: row.get(n) for n in names}
+    return names
+
+
+def key_of(rel: po.Relation, row: dict[str, Any]) -> dict[str, Any]:
+    return {n: row.get(n) for n in key_columns(rel)}
+
+
+def positions(keys: list[str | None]) -> list[tuple[int, int]]:
+    """``(tx_index, tx_size)`` of each record of a transaction, counted per Kafka key (``None`` = global)."""
+    sizes = Counter(keys)
+    seen: dict[str | None, int] = {}
+    out = []
+    for key in keys:
+        index = seen.get(key, 0)
+        seen[key] = index + 1
+        out.append((index, sizes[key]))
+    return out
 
 
 def number(records: list[ChangeRecord]) -> list[ChangeRecord]:
     """Fill ``tx_index``/``tx_size`` (per Kafka key) and ``tx_total`` in place order."""
-    sizes = Counter(r.dataset_id or GLOBAL_KEY for r in records)
-    seen: Counter[str] = Counter()
     total = len(records)
-    out = []
-    for r in records:
-        key = r.dataset_id or GLOBAL_KEY
-        out.append(
-            ChangeRecord(
-                kind=r.kind,
-                source=r.source,
-                lsn=r.lsn,
-                commit_lsn=r.commit_lsn,
-                commit_ts=r.commit_ts,
-                table=r.table,
-                op=r.op,
-                key=r.key,
-                new=r.new,
-                old=r.old,
-                dataset_id=r.dataset_id,
-                xid=r.xid,
-                tx_index=seen[key],
-                tx_size=sizes[key],
-                tx_total=total,
-            )
-        )
-        seen[key] += 1
-    return out
+    return [
+        replace(r, tx_index=index, tx_size=size, tx_total=total)
+        for r, (index, size) in zip(records, positions([r.dataset_id for r in records]), strict=True)
+    ]
 
 
 @dataclass(slots=True)
@@ -119,6 +113,7 @@ class TransactionAssembler:
 
     def __init__(self, heartbeat_prefix: str = "walduck.heartbeat") -> None:
         self.relations = po.RelationCache()
+        self._keys: dict[int, tuple[po.Relation, tuple[str, ...]]] = {}
         self.heartbeat_prefix = heartbeat_prefix
         self._begin: po.Begin | None = None
         self._changes: list[_Change] = []
@@ -136,6 +131,25 @@ class TransactionAssembler:
         self._rejected = []
 
     def feed(self, wal_start: int, payload: bytes) -> Transaction | Heartbeat | None:
+        if self._begin is not None:
+            fast = po.decode_insert(payload, self.relations)
+            if fast is not None:  # the hot path: an insert of a known relation, decoded in one pass
+                rel, new = fast
+                keys = self._keys.get(rel.oid)
+                if keys is None or keys[0] is not rel:
+                    keys = self._keys[rel.oid] = (rel, key_columns(rel))
+                self._changes.append(
+                    _Change(
+                        rel.name,
+                        Op.INSERT,
+                        {n: new.get(n) for n in keys[1]},
+                        new,
+                        None,
+                        dataset_of(rel.name, new),
+                        wal_start,
+                    )
+                )
+                return None
         try:
             msg = po.decode(payload)
         except po.DecodeError as exc:
@@ -234,25 +248,32 @@ class TransactionAssembler:
         if begin is None:
             raise TransactionOrderError(f"Commit at {msg.commit_lsn} outside a transaction")
         commit_ts = iso(msg.commit_ts)
-        records = number(
-            [
-                ChangeRecord(
-                    kind=Kind.CHANGE,
-                    source=Source.STREAM,
-                    lsn=c.lsn,
-                    commit_lsn=msg.commit_lsn,
-                    commit_ts=commit_ts,
-                    table=c.table,
-                    op=c.op,
-                    key=c.key,
-                    new=c.new,
-                    old=c.old,
-                    dataset_id=c.dataset_id,
-                    xid=begin.xid,
-                )
-                for c in self._changes
-            ]
-        )
+        changes = self._changes
+        total = len(changes)
+        xid = begin.xid
+        commit_lsn = msg.commit_lsn
+        change, stream = Kind.CHANGE, Source.STREAM
+        # each record is built once, already numbered (this runs for every row of the stream)
+        records = [
+            ChangeRecord(
+                change,
+                stream,
+                c.lsn,
+                commit_lsn,
+                commit_ts,
+                c.table,
+                c.op,
+                c.key,
+                c.new,
+                c.old,
+                c.dataset_id,
+                xid,
+                index,
+                size,
+                total,
+            )
+            for c, (index, size) in zip(changes, positions([c.dataset_id for c in changes]), strict=True)
+        ]
         rejected = [
             Rejected(r.reason, r.detail, r.raw, r.lsn, r.table, r.xid, msg.commit_lsn) for r in self._rejected
         ]
