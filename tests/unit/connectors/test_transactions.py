@@ -6,6 +6,7 @@ import json
 import struct
 from pathlib import Path
 
+import orjson
 import pytest
 
 from connectors import pgoutput as po
@@ -22,6 +23,11 @@ from walduck.records import GLOBAL_KEY, ChangeRecord, Kind, Op, Source
 
 FIXTURE = json.loads((Path(__file__).parent / "fixtures" / "pgoutput_v1.json").read_text())
 MESSAGES = [(parse_lsn(m["lsn"]), bytes.fromhex(m["hex"])) for m in FIXTURE["messages"]]
+
+
+def same_record(a: ChangeRecord, b: ChangeRecord) -> bool:
+    """Equal as the consumer sees them (JSON columns may be parsed values or the connector's Fragments)."""
+    return orjson.loads(a.to_bytes()) == orjson.loads(b.to_bytes())
 
 
 def assemble() -> list[Transaction | Heartbeat]:
@@ -51,7 +57,7 @@ def test_whole_transactions_with_per_key_numbering() -> None:
     assert a.lsn < b.lsn <= two_parts.commit_lsn < two_parts.end_lsn
     assert a.xid == two_parts.xid and a.source is Source.STREAM
     for r in (a, b):  # every record survives the schema's own validation
-        assert ChangeRecord.from_bytes(r.to_bytes()) == r
+        assert same_record(ChangeRecord.from_bytes(r.to_bytes()), r)
 
 
 def test_update_fills_unchanged_toast_from_old_row_and_delete_routes_by_old_row() -> None:
@@ -145,4 +151,48 @@ def test_publisher_encoding_is_the_schema_encoding() -> None:
     assert len(records) >= 6
     for r in records:
         assert encode_record(r) == r.to_bytes()
-        assert ChangeRecord.from_bytes(encode_record(r)) == r
+        assert same_record(ChangeRecord.from_bytes(encode_record(r)), r)
+
+
+def test_insert_fast_path_carries_postgres_json_verbatim() -> None:
+    """Inserts decode in one pass with JSON columns as orjson.Fragment; the record's JSON equals what the
+    careful path (parsed values) gives."""
+    items = assemble()
+    inserts = [r for i in items if isinstance(i, Transaction) for r in i.records if r.op is Op.INSERT]
+    fragments = [r for r in inserts if r.new and any(isinstance(v, orjson.Fragment) for v in r.new.values())]
+    assert fragments, "no insert took the fast path"
+    asm = TransactionAssembler()
+    for _lsn, payload in MESSAGES:
+        msg = po.decode(payload)
+        if isinstance(msg, po.Relation):
+            asm.relations.add(msg)
+        if isinstance(msg, po.Insert) and msg.relation_oid in asm.relations:
+            fast = po.decode_insert(payload, asm.relations)
+            careful = asm.relations.row(asm.relations.get(msg.relation_oid), msg.new)
+            assert fast is not None
+            assert orjson.loads(orjson.dumps(fast[1])) == careful
+
+
+@pytest.mark.parametrize(
+    ("mangle", "reason"),
+    [
+        (lambda p: p[:-3], "truncated message"),  # last value cut short
+        (lambda p: p[:9] + struct.pack("!I", 10**6) + p[13:], "truncated message"),  # 1st length past the end
+        (lambda p: p + b"x", None),  # trailing garbage: decode() ignores it, the fast path must not accept it
+    ],
+)
+def test_insert_fast_path_refuses_malformed_payloads(mangle: object, reason: str | None) -> None:
+    asm = TransactionAssembler()
+    asm.feed(*MESSAGES[4])  # Begin
+    asm.feed(0, MESSAGES[5][1])  # Relation
+    good = MESSAGES[6][1]
+    assert po.decode_insert(good, asm.relations) is not None
+    bad = mangle(good)  # type: ignore[operator]
+    assert po.decode_insert(bad, asm.relations) is None
+    asm.feed(MESSAGES[6][0], bad)
+    tx = asm.feed(*MESSAGES[8])  # Commit
+    assert isinstance(tx, Transaction)
+    if reason is None:  # the careful path decides (here: it accepts the row, as before the fast path)
+        assert len(tx.records) + len(tx.rejected) == 1
+    else:
+        assert tx.records == [] and [r.reason for r in tx.rejected] == [reason]
