@@ -27,11 +27,11 @@ from typing import Any
 from walduck.services.errors import BinariesMissing, ServiceError
 from walduck.services.proc import (
     LOOPBACK,
+    RecordedState,
     choose_port,
     pid_alive,
     pid_cmdline,
     pids_mentioning,
-    read_state,
     tail,
     terminate,
     write_state,
@@ -214,7 +214,7 @@ def resolve_kafka_libs(cache_dir: Path | None = None, version: str = KAFKA_VERSI
     return libs
 
 
-class LocalKafka:
+class LocalKafka(RecordedState):
     """One local Kafka 4.x KRaft node (broker + controller) whose data lives in ``data_dir``."""
 
     def __init__(self, data_dir: Path, port: int | None = None, controller_port: int | None = None) -> None:
@@ -229,15 +229,7 @@ class LocalKafka:
         self._popen: subprocess.Popen[bytes] | None = None
         self._log_offset = 0
 
-    # -- state -----------------------------------------------------------------------------------------
-    def _state(self) -> dict[str, Any]:
-        return read_state(self.state_file)
-
-    @property
-    def port(self) -> int | None:
-        port = self._state().get("port")
-        return int(port) if port else None
-
+    # -- state (RecordedState: _state(), port) ----------------------------------------------------------
     @property
     def bootstrap(self) -> str:
         port = self.port

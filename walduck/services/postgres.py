@@ -32,11 +32,11 @@ from psycopg import sql
 from walduck.services.errors import BinariesMissing, PortInUse, ServiceError
 from walduck.services.proc import (
     LOOPBACK,
+    RecordedState,
     choose_port,
     pid_alive,
     pid_cmdline,
     pids_mentioning,
-    read_state,
     terminate,
     wait_for,
     write_state,
@@ -156,7 +156,7 @@ def drop_database(dsn: str, dbname: str) -> None:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname)))
 
 
-class LocalPostgres:
+class LocalPostgres(RecordedState):
     """One local PostgreSQL cluster in ``data_dir`` (run as the ``postgres`` OS user when we are root)."""
 
     def __init__(self, data_dir: Path, port: int | None = None) -> None:
@@ -167,15 +167,7 @@ class LocalPostgres:
         self.log_file = self.data_dir / "postgres.log"
         self.as_root = os.geteuid() == 0
 
-    # -- state -----------------------------------------------------------------------------------------
-    def _state(self) -> dict[str, Any]:
-        return read_state(self.state_file)
-
-    @property
-    def port(self) -> int | None:
-        port = self._state().get("port")
-        return int(port) if port else None
-
+    # -- state (RecordedState: _state(), port) ----------------------------------------------------------
     @property
     def dsn(self) -> str:
         """Superuser ``postgres``, database ``postgres``, over TCP on 127.0.0.1."""
@@ -378,42 +370,14 @@ class LocalPostgres:
                 log.info("made %s traversable for the %s user (o+x)", parent, PG_USER)
 
     def _initdb(self, bin_dir: Path) -> None:
-        run = self._run(
-            [
-                str(bin_dir / "initdb"),
-                "-D",
-                str(self.pgdata),
-                "-U",
-                PG_USER,
-                "-A",
-                "trust",
-                "-E",
-                "UTF8",
-                "--locale=C.UTF-8",
-                "--no-sync",
-            ],
-            timeout=300,
-        )
-        if run.returncode != 0:
-            # older clusters or images without the C.UTF-8 locale
+        base = [str(bin_dir / "initdb"), "-D", str(self.pgdata), "-U", PG_USER, "-A", "trust", "-E", "UTF8"]
+        # C.UTF-8 first; older clusters or images without that locale get --no-locale
+        for locale in ("--locale=C.UTF-8", "--no-locale"):
             with contextlib.suppress(FileNotFoundError):
                 shutil.rmtree(self.pgdata)
-            run = self._run(
-                [
-                    str(bin_dir / "initdb"),
-                    "-D",
-                    str(self.pgdata),
-                    "-U",
-                    PG_USER,
-                    "-A",
-                    "trust",
-                    "-E",
-                    "UTF8",
-                    "--no-locale",
-                    "--no-sync",
-                ],
-                timeout=300,
-            )
+            run = self._run([*base, locale, "--no-sync"], timeout=300)
+            if run.returncode == 0:
+                break
         if run.returncode != 0:
             raise ServiceError(f"initdb failed in {self.pgdata}:\n{run.stdout}{run.stderr}")
         (self.pgdata / "pg_hba.conf").write_text(_HBA)

@@ -133,3 +133,17 @@ def tail(path: Path, lines: int = 30) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return ""
+
+
+class RecordedState:
+    """What a local service remembers in its ``state_file`` (port, pid …) between runs."""
+
+    state_file: Path
+
+    def _state(self) -> dict[str, Any]:
+        return read_state(self.state_file)
+
+    @property
+    def port(self) -> int | None:
+        port = self._state().get("port")
+        return int(port) if port else None
