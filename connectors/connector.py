@@ -237,21 +237,33 @@ class Connector:
                     wait = max(0.0, cs.status_interval - (time.monotonic() - last_status))
                     msg = await repl.read_message(min(wait, 0.5))
                 reply_now = False
-                if isinstance(msg, XLogData):
-                    self.tracker.received = max(self.tracker.received, msg.wal_end)
-                    # (1) receive a whole transaction: the assembler returns it at its Commit
-                    item = assembler.feed(msg.start_lsn, msg.payload)
-                    if isinstance(item, Transaction):
-                        await self._backpressure(inflight_records, acker, publisher)
-                        await self._publish_tx(item, publisher, dlq, queue, inflight_records)
-                    elif isinstance(item, Heartbeat):
-                        await self._publish_heartbeat(item, publisher, queue, inflight_records)
-                elif isinstance(msg, Keepalive):
-                    self.tracker.received = max(self.tracker.received, msg.wal_end)
-                    m.CONNECTOR_LAG_BYTES.set(max(0, msg.wal_end - self.tracker.confirmed))
-                    # (5) nothing in flight: the keepalive's WAL end is confirmable
-                    self.tracker.advance_idle(msg.wal_end, assembler.in_transaction)
-                    reply_now = msg.reply_requested
+                handled = 0
+                # everything libpq holds, without the per-message checks above (the hot loop)
+                while msg is not None:
+                    if type(msg) is XLogData:
+                        if msg.wal_end > self.tracker.received:
+                            self.tracker.received = msg.wal_end
+                        # (1) receive a whole transaction: the assembler returns it at its Commit
+                        item = assembler.feed(msg.start_lsn, msg.payload)
+                        if item is not None:
+                            if type(item) is Transaction:
+                                await self._backpressure(inflight_records, acker, publisher)
+                                await self._publish_tx(item, publisher, dlq, queue, inflight_records)
+                            elif type(item) is Heartbeat:
+                                await self._publish_heartbeat(item, publisher, queue, inflight_records)
+                    elif type(msg) is Keepalive:
+                        self.tracker.received = max(self.tracker.received, msg.wal_end)
+                        m.CONNECTOR_LAG_BYTES.set(max(0, msg.wal_end - self.tracker.confirmed))
+                        # (5) nothing in flight: the keepalive's WAL end is confirmable
+                        self.tracker.advance_idle(msg.wal_end, assembler.in_transaction)
+                        if msg.reply_requested:
+                            reply_now = True  # answered below, at once
+                            break
+                    handled += 1
+                    if handled >= 2_000:
+                        await asyncio.sleep(0)  # let the acker and aiokafka's sender run
+                        break
+                    msg = repl.read_buffered()
                 if reply_now or time.monotonic() - last_status >= cs.status_interval:
                     # (5) standby status with the flush LSN Kafka has acknowledged
                     await repl.send_status(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import struct
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import psycopg
 from psycopg import pq
@@ -33,16 +34,14 @@ class ReplicationEnded(RuntimeError):
     """The server ended the COPY_BOTH stream (or the connection broke)."""
 
 
-@dataclass(frozen=True, slots=True)
-class XLogData:
+class XLogData(NamedTuple):  # a tuple: one per WAL message, the cheapest immutable record to build
     start_lsn: int
     wal_end: int
     server_clock: int  # µs since 2000-01-01 UTC
     payload: bytes
 
 
-@dataclass(frozen=True, slots=True)
-class Keepalive:
+class Keepalive(NamedTuple):
     wal_end: int
     server_clock: int
     reply_requested: bool

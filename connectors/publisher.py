@@ -96,16 +96,24 @@ class ChangePublisher:
             p = self._partition_of[key] = self._partitioner(key, parts, parts)
         return p
 
-    async def _append(self, partition: int, key: bytes, value: bytes) -> asyncio.Future[None]:
+    def _append_now(self, partition: int, key: bytes, value: bytes) -> asyncio.Future[None] | None:
+        """Append to the partition's open batch (opening one if needed); ``None`` when it is full."""
         batch = self._open.get(partition)
         if batch is None:
             batch = self._open[partition] = _OpenBatch(
                 self.producer.create_batch(), asyncio.get_running_loop().create_future()
             )
         if batch.builder.append(timestamp=None, key=key, value=value) is None:
-            await self._submit(partition)
-            return await self._append(partition, key, value)
+            return None
         return batch.acked
+
+    async def _append(self, partition: int, key: bytes, value: bytes) -> asyncio.Future[None]:
+        acked = self._append_now(partition, key, value)
+        if acked is None:  # full: hand it over; a fresh batch always takes one record
+            await self._submit(partition)
+            acked = self._append_now(partition, key, value)
+            assert acked is not None
+        return acked
 
     async def _submit(self, partition: int) -> None:
         batch = self._open.pop(partition)
@@ -137,7 +145,9 @@ class ChangePublisher:
                     pending.add(await self._append(p, key, value))
                 messages += len(parts)
             else:
-                pending.add(await self._append(self._partition(key, parts), key, value))
+                partition = self._partition(key, parts)
+                acked = self._append_now(partition, key, value)  # no coroutine per record
+                pending.add(acked if acked is not None else await self._append(partition, key, value))
                 messages += 1
         if flush:
             await self.flush()
