@@ -253,9 +253,9 @@ class Connector:
                                 await self._publish_heartbeat(item, publisher, queue, inflight_records)
                     elif type(msg) is Keepalive:
                         self.tracker.received = max(self.tracker.received, msg.wal_end)
-                        m.CONNECTOR_LAG_BYTES.set(max(0, msg.wal_end - self.tracker.confirmed))
                         # (5) nothing in flight: the keepalive's WAL end is confirmable
                         self.tracker.advance_idle(msg.wal_end, assembler.in_transaction)
+                        m.CONNECTOR_LAG_BYTES.set(max(0, msg.wal_end - self.tracker.confirmed))
                         if msg.reply_requested:
                             reply_now = True  # answered below, at once
                             break
@@ -338,6 +338,7 @@ class Connector:
             await item.ack
             # (4) only then advance the confirmable flush LSN to the commit's end LSN
             self.tracker.acked(item.end_lsn)
+            m.CONNECTOR_LAG_BYTES.set(max(0, self.tracker.received - self.tracker.confirmed))
             inflight_records[0] -= item.records
             self._room.set()
             if queue.empty():
