@@ -229,68 +229,92 @@ class CompactorRunner:
 
     async def _flush_due(self) -> None:
         now = time.monotonic()
-        for partition, work in list(self.work.items()):
-            if work.window_started is None:
-                continue
-            age_ms = (now - work.window_started) * 1000
-            if (
-                age_ms >= self.knobs.flush_interval_ms
+        due = [
+            (partition, work)
+            for partition, work in list(self.work.items())
+            if work.window_started is not None
+            and (
+                (now - work.window_started) * 1000 >= self.knobs.flush_interval_ms
                 or work.compactor.window_records >= self.knobs.flush_max_changes
-            ):
-                await self.flush_partition(partition, work)
+            )
+        ]
+        if due:
+            await self.flush_partitions(due)
 
     async def flush_partition(self, partition: int, work: PartitionWork) -> None:
         """The commit protocol for one changes partition (called with ``self.lock`` held)."""
+        await self.flush_partitions([(partition, work)])
+
+    async def flush_partitions(self, due: list[tuple[int, PartitionWork]]) -> None:
+        """The commit protocol for the changes partitions whose window is due (called with ``self.lock``
+        held). Every partition's deltas are produced before any acknowledgement is awaited, and the input
+        offsets of all of them go to Kafka in ONE commit once every delta and DLQ record of all of them is
+        acknowledged: a partition's deltas never wait for another partition's produce-ack-commit cycle."""
         assert self.producer is not None and self.consumer is not None
-        compactor = work.compactor
-        # 1. Seal: take the deltas of every window that holds only whole transaction shares. A share still
-        #    missing records stays buffered, and so does every offset from its first record on.
-        deltas = compactor.flush()
-        # 2. Produce each delta to deltas partition == changes partition (co-partitioned, explicit partition),
-        #    key <dataset>/<shard>, in the compactor's deterministic order. The idempotent producer
-        #    (acks=all) keeps them in order and writes each once even when it retries.
-        sends = [
-            await self.producer.send(
-                self.settings.deltas_topic, value=d.to_bytes(), key=d.kafka_key(), partition=partition
-            )
-            for d in deltas
-        ]
-        # 3. Await the acknowledgement of every delta and every DLQ record of the window. Anything else
+        sealed: list[tuple[int, PartitionWork, list[Delta], list[asyncio.Future]]] = []
+        for partition, work in due:
+            # 1. Seal: take the deltas of every window that holds only whole transaction shares. A share
+            #    still missing records stays buffered, and so does every offset from its first record on.
+            deltas = work.compactor.flush()
+            # 2. Produce each delta to deltas partition == changes partition (co-partitioned, explicit
+            #    partition), key <dataset>/<shard>, in the compactor's deterministic order. The idempotent
+            #    producer (acks=all) keeps them in order and writes each once even when it retries.
+            sends = [
+                await self.producer.send(
+                    self.settings.deltas_topic, value=d.to_bytes(), key=d.kafka_key(), partition=partition
+                )
+                for d in deltas
+            ]
+            sealed.append((partition, work, deltas, sends))
+        # 3. Await the acknowledgement of every delta and every DLQ record of the windows. Anything else
         #    is a broken invariant: raise UnackedDelta and commit nothing (a restart restores from the
         #    deltas topic and re-processes from the last window, so nothing is lost).
-        try:
-            await asyncio.gather(*sends, *work.dlq)
-            await asyncio.gather(*(f.result() for f in work.dlq))
-        except Exception as exc:
-            raise UnackedDelta(f"partition {partition}: {exc!r}") from exc
-        work.dlq.clear()
-        # 4. Only now commit the input offset after the last sealed window. It never goes backwards: a
+        for partition, work, _deltas, sends in sealed:
+            try:
+                await asyncio.gather(*sends, *work.dlq)
+                await asyncio.gather(*(f.result() for f in work.dlq))
+            except Exception as exc:
+                raise UnackedDelta(f"partition {partition}: {exc!r}") from exc
+            work.dlq.clear()
+        # 4. Only now commit the input offsets after the last sealed windows. They never go backwards: a
         #    regression means the compactor and the group disagree about what was processed.
-        next_offset = compactor.covered_to + 1
-        if next_offset > work.committed:
-            if partition not in self.work or self.work[partition] is not work:
-                raise OffsetRegression(f"partition {partition} was revoked during its flush")
-            tp = TopicPartition(self.settings.changes_topic, partition)
-            await self.consumer.commit({tp: OffsetAndMetadata(next_offset, "")})
-            work.committed = next_offset
-        elif next_offset < work.committed and deltas:
-            raise OffsetRegression(
-                f"partition {partition}: sealed through {next_offset - 1} < {work.committed}"
+        offsets: dict[int, int] = {}
+        for partition, work, deltas, _sends in sealed:
+            next_offset = work.compactor.covered_to + 1
+            if next_offset > work.committed:
+                if partition not in self.work or self.work[partition] is not work:
+                    raise OffsetRegression(f"partition {partition} was revoked during its flush")
+                offsets[partition] = next_offset
+            elif next_offset < work.committed and deltas:
+                raise OffsetRegression(
+                    f"partition {partition}: sealed through {next_offset - 1} < {work.committed}"
+                )
+        if offsets:
+            topic = self.settings.changes_topic
+            await self.consumer.commit(
+                {TopicPartition(topic, p): OffsetAndMetadata(o, "") for p, o in offsets.items()}
             )
+            for partition, work, _deltas, _sends in sealed:
+                if partition in offsets:
+                    work.committed = offsets[partition]
         # 5. Metrics: deltas out, compaction ratio counters, latency from the window's first record.
-        for d in deltas:
-            COMPACTOR_DELTAS_OUT.labels(d.kind.value).inc()
-            COMPACTOR_RAW_CHANGES.inc(d.raw_changes)
-            COMPACTOR_DELTA_ENTRIES.inc(d.entry_count)
-        if work.window_started is not None and compactor.clean:
-            COMPACTOR_FLUSH_LATENCY.observe(time.monotonic() - work.window_started)
-            work.window_started = None
+        for partition, work, deltas, _sends in sealed:
+            for d in deltas:
+                COMPACTOR_DELTAS_OUT.labels(d.kind.value).inc()
+                COMPACTOR_RAW_CHANGES.inc(d.raw_changes)
+                COMPACTOR_DELTA_ENTRIES.inc(d.entry_count)
+            if work.window_started is not None and work.compactor.clean:
+                COMPACTOR_FLUSH_LATENCY.observe(time.monotonic() - work.window_started)
+                work.window_started = None
+            with contextlib.suppress(Exception):
+                tp = TopicPartition(self.settings.changes_topic, partition)
+                high = self.consumer.highwater(tp)
+                if high is not None:
+                    next_offset = work.compactor.covered_to + 1
+                    KAFKA_CONSUMER_LAG.labels(COMPONENT, tp.topic, str(partition)).set(
+                        max(high - next_offset, 0)
+                    )
         self._state_gauges()
-        with contextlib.suppress(Exception):
-            tp = TopicPartition(self.settings.changes_topic, partition)
-            high = self.consumer.highwater(tp)
-            if high is not None:
-                KAFKA_CONSUMER_LAG.labels(COMPONENT, tp.topic, str(partition)).set(max(high - next_offset, 0))
 
     def _state_gauges(self) -> None:
         COMPACTOR_STATE_SHARDS.set(sum(len(w.compactor.shards) for w in self.work.values()))

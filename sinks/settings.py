@@ -24,6 +24,9 @@ class SinkSettings(BaseSettings):
     allowed_directories: list[str] = []
     # plain DuckDB views `timestore.<view>` are refreshed at most this often (the planner path is exact)
     view_refresh_interval_s: float = 1.0
+    # ... and a refresh (which holds the writer) may take at most this share of the writer's time: under a
+    # steady write load the interval stretches to (last refresh duration / share); 0 = no such limit
+    view_refresh_max_share: float = 0.1
     # the deltas consumer
     consumer_max_records: int = 500
     consumer_poll_ms: int = 100

@@ -92,7 +92,7 @@ END_TO_END_LATENCY = Histogram(
 )
 DELTA_APPLY_DURATION = Histogram(
     "walduck_delta_apply_duration_seconds",
-    "Duration of one delta apply transaction.",
+    "Duration of one apply transaction (one delta, or a batch of partition-only deltas and heartbeats).",
     buckets=LATENCY_BUCKETS,
 )
 DELTAS_APPLIED = Counter(

@@ -6,7 +6,10 @@
 3. Each record is decoded (:meth:`Delta.from_bytes`); malformed ones go to the DLQ with the reason,
    counted in ``walduck_dlq_records_total{component="context"}``; the stream continues.
 4. Deltas are applied in ONE writer thread (a dedicated single-thread executor), in partition order;
-   the store writes offsets/LSN in the same DuckDB transaction as the change.
+   the store writes offsets/LSN in the same DuckDB transaction as the change. The deltas of one poll
+   (every partition) go to :meth:`ContextStore.apply_batch` together (partition-only deltas and heartbeats
+   share a transaction), so a consumer that fell behind catches up in few transactions; if that batch
+   fails, its deltas are applied one by one, so only the failing delta goes to the DLQ.
 5. A shard counts as bootstrapped once it reached the partition's end offset seen at start.
 Offsets are never committed to Kafka: the context file is the source of truth for where to resume.
 """
@@ -17,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
@@ -106,27 +110,50 @@ class DeltaConsumer:
         loop = asyncio.get_running_loop()
         while not self._stop.is_set():
             batches = await consumer.getmany(timeout_ms=settings.consumer_poll_ms)
+            await self._handle_batch(loop, [(tp.partition, records) for tp, records in batches.items()])
             for tp, records in batches.items():
-                for rec in records:
-                    await self._handle(loop, tp.partition, rec.offset, rec.value, rec.key)
                 if records and self._check_bootstrapped(tp.partition, records[-1].offset + 1):
                     await loop.run_in_executor(self._executor, self.store.mark_bootstrapped, tp.partition)
             await loop.run_in_executor(self._executor, self.store.refresh_views)
             self._update_lag(consumer, tps)
 
-    async def _handle(
+    async def _handle_batch(
+        self, loop: asyncio.AbstractEventLoop, polled: list[tuple[int, list[Any]]]
+    ) -> None:
+        """The records of one poll (per partition, in offset order): malformed ones to the DLQ, the rest
+        applied in one :meth:`ContextStore.apply_batch` call (one by one if that fails)."""
+        decoded: list[tuple[Delta, int, int, bytes | None, bytes | None]] = []
+        for partition, records in polled:
+            for rec in records:
+                try:
+                    decoded.append((Delta.from_bytes(rec.value), partition, rec.offset, rec.value, rec.key))
+                except MalformedRecord as exc:
+                    await self._dead_letter(partition, rec.offset, rec.value, rec.key, "malformed", str(exc))
+        if not decoded:
+            return
+        items = [(delta, partition, offset) for delta, partition, offset, _, _ in decoded]
+        try:
+            results = await loop.run_in_executor(self._executor, self.store.apply_batch, items)
+        except Exception:
+            log.warning(
+                "batched apply of %d deltas failed; applying them one by one", len(items), exc_info=True
+            )
+            for item in decoded:
+                await self._apply_one(loop, *item)
+            return
+        applied = sum(results)
+        self.applied += applied
+        self.duplicates += len(results) - applied
+
+    async def _apply_one(
         self,
         loop: asyncio.AbstractEventLoop,
+        delta: Delta,
         partition: int,
         offset: int,
         value: bytes | None,
         key: bytes | None,
     ) -> None:
-        try:
-            delta = Delta.from_bytes(value)
-        except MalformedRecord as exc:
-            await self._dead_letter(partition, offset, value, key, "malformed", str(exc))
-            return
         try:
             applied = await loop.run_in_executor(self._executor, self.store.apply, delta, partition, offset)
         except Exception as exc:  # an apply that fails never stops the stream; the shard shows last_error

@@ -18,7 +18,7 @@ import queue
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -132,6 +132,15 @@ def _as_dict(value: Any) -> dict[str, Any]:
     return dict(value) if isinstance(value, dict) else {}
 
 
+# a reader waiting for an LSN re-checks this often even without a wake-up from the writer
+LSN_RECHECK_S = 0.05
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
 def covered_lsn(delta: Delta) -> int:
     """The LSN through which everything is applied once ``delta`` is.
 
@@ -185,10 +194,14 @@ class ContextStore:
         self._rebuilds_running = 0
         self._view_owner: dict[str, str] = {}
         self._views_refreshed_at = 0.0
+        self._views_refresh_s = 0.0  # duration of the last plain-view refresh
         self._version = 0
         self._opened_at: datetime | None = None
         self._rebuild_info: dict[str, dict[str, Any]] = {}
         self.pg_connect: Callable[[], Any] | None = None
+        # readers blocked in wait_for_lsn: (lsn, their event loop, future the writer resolves)
+        self._lsn_waiters: list[tuple[int, asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+        self._lsn_lock = threading.Lock()
 
     # ------------------------------------------------------------------ lifecycle
     def open(self) -> None:
@@ -342,8 +355,171 @@ class ContextStore:
                 raise
             elapsed = time.perf_counter() - started
             self._after_commit(delta, partition, offset, elapsed, touched)
+        self._wake_lsn_waiters()
         # plain views are refreshed by the consumer between batches (refresh_views), never inside an apply
         return True
+
+    def apply_batch(self, items: Sequence[tuple[Delta, int, int]]) -> list[bool]:
+        """Apply ``(delta, deltas partition, deltas offset)`` items in order, with the effect of :meth:`apply`
+        on each (False = duplicate, dropped).
+
+        Consecutive deltas that only change partitions (and heartbeats) share ONE DuckDB transaction: their
+        net partition changes (one DELETE, one INSERT), one progress row per shard and one source-offset row
+        per stream. A delta with dataset, schema-version or storage-target rows (or any delta in full-scan
+        mode) is applied alone, in its place. Per-delta statements, not the commit, are most of an apply's
+        cost, so a consumer that fell behind catches up in a few transactions instead of one per delta.
+        On an error nothing of the failing run is applied (the caller may retry delta by delta).
+        """
+        self._require()
+        results: list[bool] = []
+        run: list[tuple[Delta, int, int]] = []
+        with self._write_lock:
+            for item in items:
+                if self._batchable(item[0]):
+                    run.append(item)
+                    continue
+                results.extend(self._apply_run(run))
+                run = []
+                results.append(self.apply(*item))
+            results.extend(self._apply_run(run))
+        return results
+
+    def _batchable(self, delta: Delta) -> bool:
+        if delta.kind == DeltaKind.HEARTBEAT:
+            return True
+        return (
+            delta.kind == DeltaKind.DELTA
+            and not self.full_scan
+            and delta.dataset is None
+            and not delta.schema_versions
+            and not delta.storage_targets
+        )
+
+    def _apply_run(self, run: list[tuple[Delta, int, int]]) -> list[bool]:
+        """One transaction for partition-only deltas and heartbeats (see :meth:`apply_batch`)."""
+        if not run:
+            return []
+        results: list[bool] = []
+        accepted: list[tuple[Delta, int, int]] = []
+        last_offset: dict[int, int] = {}  # deltas offset per shard after the run (duplicates included)
+        src: dict[tuple[int, str], int] = {}
+        row_ts: dict[
+            int, str | None
+        ] = {}  # commit_ts of each shard's progress row, as apply() would write it
+        newest: dict[int, str | None] = {}
+        for delta, partition, offset in run:
+            prog = self._progress.setdefault(partition, ShardProgress(partition))
+            prev = last_offset.get(partition, prog.deltas_offset)
+            key = _stream_key(delta)
+            newest.setdefault(partition, prog.newest_commit_ts)
+            if offset <= prev or delta.src_offset_to <= src.get(key, self._src_offsets.get(key, -1)):
+                metrics.DELTAS_APPLIED.labels(result="duplicate").inc()
+                if offset > prev:
+                    last_offset[partition] = offset
+                    row_ts[partition] = newest[partition]
+                results.append(False)
+                continue
+            last_offset[partition] = offset
+            src[key] = delta.src_offset_to
+            row_ts[partition] = newest[partition] if delta.snapshot else delta.commit_ts_max
+            if not delta.snapshot:
+                newest[partition] = delta.commit_ts_max
+            accepted.append((delta, partition, offset))
+            results.append(True)
+        if not last_offset:
+            return results
+        started = time.perf_counter()
+        # net partition changes in delta order: within one delta upserts win over deletes (apply() deletes
+        # every named id, then inserts the upserts); a later delta overrides an earlier one
+        net: dict[str, tuple[dict[str, Any] | None, int, str | None]] = {}
+        touched: dict[int, set[str]] = {}
+        for i, (delta, partition, _) in enumerate(accepted):
+            if delta.kind != DeltaKind.DELTA:
+                continue
+            ds_id = delta.dataset_id
+            changes = list(delta.shards.values())
+            for change in changes:
+                for pid in change.deletes:
+                    net[str(pid)] = (None, partition, ds_id)
+            for change in changes:
+                for u in change.upserts:
+                    net[str(u["id"])] = (u, partition, ds_id)
+            if any(c.upserts or c.deletes for c in changes):
+                names = {str(u.get("dataset_id") or ds_id) for c in changes for u in c.upserts}
+                if ds_id:
+                    names.add(ds_id)
+                names.discard("None")
+                touched[i] = names
+        cur = self._writer
+        assert cur is not None
+        cur.begin()
+        try:
+            if net:
+                cur.execute(f"DELETE FROM {WD}.partitions WHERE list_contains(?, id)", [list(net)])
+                by_shard: dict[int, list[dict[str, Any]]] = {}
+                for row, partition, ds_id in net.values():
+                    if row is not None:
+                        if not row.get("dataset_id"):
+                            row = {**row, "dataset_id": ds_id}
+                        by_shard.setdefault(partition, []).append(row)
+                for partition, rows in by_shard.items():
+                    self._insert_partitions(cur, rows, partition, None)
+            shards = sorted(last_offset)
+            now = _naive_utc(utcnow())
+            progress_rows = [
+                [
+                    shard,
+                    last_offset[shard],
+                    max(
+                        [self._progress[shard].applied_lsn]
+                        + [covered_lsn(d) for d, p, _ in accepted if p == shard]
+                    ),
+                    _naive_utc(row_ts.get(shard)),
+                    self._progress[shard].bootstrapped,
+                    now
+                    if any(p == shard for _, p, _ in accepted)
+                    else _naive_utc(self._progress[shard].applied_at),
+                ]
+                for shard in shards
+            ]
+            cur.execute(f"DELETE FROM {WD}.shard_progress WHERE list_contains(?, shard)", [shards])
+            cur.execute(
+                f"INSERT INTO {WD}.shard_progress VALUES " + ", ".join(["(?, ?, ?, ?, ?, ?)"] * len(shards)),
+                [v for row in progress_rows for v in row],
+            )
+            if src:
+                # one DELETE + one INSERT for every (changes partition, stream) the run advanced
+                keys = [f"{part}/{stream}" for part, stream in src]
+                cur.execute(
+                    f"DELETE FROM {WD}.src_offsets WHERE list_contains(?, src_partition::VARCHAR || '/' || stream)",
+                    [keys],
+                )
+                cur.execute(
+                    f"INSERT INTO {WD}.src_offsets (src_partition, stream, src_offset) VALUES "
+                    + ", ".join(["(?, ?, ?)"] * len(src)),
+                    [
+                        v
+                        for key, value in src.items()
+                        for v in (*key, max(self._src_offsets.get(key, -1), value))
+                    ],
+                )
+            cur.commit()
+        except Exception as exc:
+            with contextlib.suppress(Exception):
+                cur.rollback()
+            for _, partition, _ in accepted:
+                self._progress[partition].last_error = f"{type(exc).__name__}: {exc}"[:500]
+            raise
+        elapsed = time.perf_counter() - started
+        # every touched dataset is marked before any LSN of the run is published (see _after_commit)
+        self._mark_touched(set().union(*touched.values()) if touched else set())
+        for delta, partition, offset in accepted:
+            self._after_commit(delta, partition, offset, elapsed, set(), observe=False)
+        for shard, offset in last_offset.items():
+            self._progress[shard].deltas_offset = max(self._progress[shard].deltas_offset, offset)
+        metrics.DELTA_APPLY_DURATION.observe(elapsed)
+        self._wake_lsn_waiters()
+        return results
 
     def _record_offset_only(self, partition: int, offset: int) -> None:
         """A re-produced delta at a new deltas offset: remember the offset so a restart does not re-read it."""
@@ -373,16 +549,25 @@ class ContextStore:
         metrics.REBUILDS.labels(scope="dataset").inc()
         return snap
 
-    def _after_commit(
-        self, delta: Delta, partition: int, offset: int, elapsed: float, touched: set[str]
-    ) -> None:
-        # invalidate the dataset cache BEFORE publishing the new applied LSN: a reader that waits for this
-        # LSN (read-your-writes) must not then plan against a dataset list that predates the apply
+    def _mark_touched(self, touched: set[str]) -> None:
         if touched:
             self._version += 1
             with self._ds_lock:
                 self._ds_dirty |= touched
             self._views_dirty |= touched
+
+    def _after_commit(
+        self,
+        delta: Delta,
+        partition: int,
+        offset: int,
+        elapsed: float,
+        touched: set[str],
+        observe: bool = True,
+    ) -> None:
+        # invalidate the dataset cache BEFORE publishing the new applied LSN: a reader that waits for this
+        # LSN (read-your-writes) must not then plan against a dataset list that predates the apply
+        self._mark_touched(touched)
         prog = self._progress[partition]
         prog.deltas_offset = offset
         prog.applied_lsn = max(prog.applied_lsn, covered_lsn(delta))
@@ -394,7 +579,8 @@ class ContextStore:
         prog.applied_at = iso(utcnow())
         prog.last_apply_ms = round(elapsed * 1000, 3)
         prog.last_error = None
-        metrics.DELTA_APPLY_DURATION.observe(elapsed)
+        if observe:
+            metrics.DELTA_APPLY_DURATION.observe(elapsed)
         metrics.DELTAS_APPLIED.labels(result="applied").inc()
         metrics.SHARD_APPLIED_LSN.labels(shard=str(partition)).set(prog.applied_lsn)
         with contextlib.suppress(ValueError, TypeError):
@@ -729,16 +915,29 @@ class ContextStore:
         """(Re)create the plain DuckDB views ``timestore.<view>`` of datasets changed since the last refresh.
 
         Done after applies (at most every ``view_refresh_interval_s``), not inside them: binding a view
-        over N files costs ~20 µs per file. The planner's rewrite is the exact, pruned path.
+        over N files costs ~20 µs per file. The planner's rewrite is the exact, pruned path. A refresh holds
+        the writer, so under a steady write load the interval also stretches to keep refreshes within
+        ``view_refresh_max_share`` of the writer's time (the last refresh's duration / that share).
         """
         if self._db is None:
             return
         now = time.monotonic()
-        if not force and now - self._views_refreshed_at < self.settings.view_refresh_interval_s:
+        interval = self.settings.view_refresh_interval_s
+        if self.settings.view_refresh_max_share > 0:
+            interval = max(interval, self._views_refresh_s / self.settings.view_refresh_max_share)
+        if not force and now - self._views_refreshed_at < interval:
             return
         with self._write_lock:
             if not self._views_dirty and not force:
                 return
+            started = time.perf_counter()
+            try:
+                self._refresh_views(now)
+            finally:
+                self._views_refresh_s = time.perf_counter() - started
+
+    def _refresh_views(self, now: float) -> None:
+        with self._write_lock:
             dirty, self._views_dirty = self._views_dirty, set()
             self._views_refreshed_at = now
             views = self.datasets()
@@ -795,15 +994,46 @@ class ContextStore:
         return min(p.applied_lsn for p in self._progress.values())
 
     async def wait_for_lsn(self, lsn: int, timeout_s: float) -> bool:
+        """True once every shard applied ``lsn``, False after ``timeout_s``.
+
+        Woken by the writer right after an apply that reaches ``lsn`` (no polling delay on the
+        read-your-writes path); it also re-checks every ``LSN_RECHECK_S`` in case progress moved some other
+        way."""
+        if self.applied_lsn() >= lsn:
+            return True
+        loop = asyncio.get_running_loop()
         deadline = time.monotonic() + timeout_s
-        delay = 0.001
-        while self.applied_lsn() < lsn:
+        while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return False
-            await asyncio.sleep(min(delay, remaining))
-            delay = min(delay * 2, 0.02)
-        return True
+            waiter = (lsn, loop, loop.create_future())
+            with self._lsn_lock:
+                self._lsn_waiters.append(waiter)
+            try:
+                if self.applied_lsn() >= lsn:  # applied between the check and the registration
+                    return True
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(waiter[2], min(remaining, LSN_RECHECK_S))
+            finally:
+                with self._lsn_lock, contextlib.suppress(ValueError):
+                    self._lsn_waiters.remove(waiter)
+            if self.applied_lsn() >= lsn:
+                return True
+
+    def _wake_lsn_waiters(self) -> None:
+        """Wake the readers waiting for an LSN every shard has now applied (called after applies)."""
+        if not self._lsn_waiters:
+            return
+        applied = self.applied_lsn()
+        with self._lsn_lock:
+            ready = [w for w in self._lsn_waiters if w[0] <= applied]
+            if not ready:
+                return
+            self._lsn_waiters = [w for w in self._lsn_waiters if w[0] > applied]
+        for _, loop, fut in ready:
+            with contextlib.suppress(RuntimeError):  # loop closed: nobody is waiting any more
+                loop.call_soon_threadsafe(_resolve, fut)
 
     # ------------------------------------------------------------------ catalog views
     def version(self) -> int:

@@ -198,7 +198,13 @@ for _name, _doc in (
 
 
 def freshness_body(
-    quick: bool, rate: float | None = None, duration: float | None = None
+    quick: bool,
+    rate: float | None = None,
+    duration: float | None = None,
+    writers: int | None = None,
+    datasets: int = 16,
+    files: str = "linked",
+    heartbeat_interval: float | None = None,
 ) -> Callable[..., Result]:
     from walduck.bench.freshness import run_freshness
 
@@ -207,6 +213,10 @@ def freshness_body(
         rate=float(_pick(quick, rate, 1000.0, 50.0)),
         duration=float(_pick(quick, duration, 300.0, 30.0)),
         samples_per_s=20.0,
+        writers=writers,
+        datasets=datasets,
+        files=files,
+        heartbeat_interval=heartbeat_interval,
     )
 
 
@@ -214,12 +224,26 @@ def freshness_body(
 def freshness_cmd(
     rate: float = typer.Option(None, help="Catalog commits/s offered [1,000; quick 50]."),
     duration: float = typer.Option(None, help="Seconds [300; quick 30]."),
+    writers: int = typer.Option(None, help="Workload writer processes [one per 150 commits/s, 1..8]."),
+    datasets: int = typer.Option(16, help="Datasets written to, spread over the writers."),
+    files: str = typer.Option(
+        "linked", help="linked (hard links to template Parquet files) | real (a new file per partition)."
+    ),
+    heartbeat_interval: float = typer.Option(
+        None,
+        help="Connector heartbeat seconds for this run [the connector's default, WALDUCK_HEARTBEAT_INTERVAL].",
+    ),
     quick: bool = Quick,
     data_dir: Path = DataDir,
     out: Path = OutDir,
 ) -> None:
     """Source commit -> visible through /sql/read at a sustained commit rate (p50/p99/max + plot)."""
-    _run("freshness", data_dir, out, freshness_body(quick, rate, duration))
+    _run(
+        "freshness",
+        data_dir,
+        out,
+        freshness_body(quick, rate, duration, writers, datasets, files, heartbeat_interval),
+    )
 
 
 SCENARIOS: dict[str, Callable[[bool], Callable[..., Result]]] = {

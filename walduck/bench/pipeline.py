@@ -76,8 +76,12 @@ def component_pid(stack: Stack, name: str) -> int:
 
 
 def scrape(url: str) -> dict[str, float]:
+    """Prometheus text at ``url`` -> {'name{labels}': value}."""
+    return parse_prometheus(httpx.get(url, timeout=10).text)
+
+
+def parse_prometheus(text: str) -> dict[str, float]:
     """Prometheus text -> {'name{labels}': value}."""
-    text = httpx.get(url, timeout=10).text
     out: dict[str, float] = {}
     for line in text.splitlines():
         if not line or line.startswith("#"):

@@ -91,6 +91,7 @@ class Result:
     series: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     plots: list[str] = field(default_factory=list)
+    _draws: list[tuple[str, Any]] = field(default_factory=list, repr=False)
 
     def add(self, *args: Any, **kwargs: Any) -> Row:
         row = Row(*args, **kwargs)
@@ -99,6 +100,9 @@ class Result:
 
     def write(self, out_dir: Path = RESULTS_DIR) -> Path:
         out_dir.mkdir(parents=True, exist_ok=True)
+        for name, draw in self._draws:
+            self._render(name, draw, out_dir)
+        self._draws.clear()
         path = out_dir / f"{self.scenario}.json"
         doc = {
             "scenario": self.scenario,
@@ -134,8 +138,12 @@ class Result:
         for note in self.notes:
             console.print(f"  • {note}")
 
-    def plot(self, name: str, draw: Any, out_dir: Path = RESULTS_DIR) -> None:
-        """``draw(ax)`` fills a matplotlib axis; saved as ``bench-results/<scenario>-<name>.png``."""
+    def plot(self, name: str, draw: Any) -> None:
+        """``draw(ax)`` fills a matplotlib axis; saved as ``<out dir>/<scenario>-<name>.png`` by :meth:`write`
+        (next to the JSON, so ``--out`` keeps a run's plot with its figures)."""
+        self._draws.append((name, draw))
+
+    def _render(self, name: str, draw: Any, out_dir: Path) -> None:
         import matplotlib
 
         matplotlib.use("Agg")

@@ -4,10 +4,26 @@ Determinism: the choice RNG is seeded with ``seed`` (``run(seed=…)`` reseeds i
 :class:`~walduck.workload.naming.IdFactory` seeded with ``seed`` and salted with the catalog's
 current manifest/partition count, so a fresh catalog always gets the same ids and a re-run on a
 populated catalog cannot collide with earlier ids.
+
+Two file modes (``Workload(files=…)``); the catalog transactions are the same in both:
+
+* ``real`` (default): every new partition gets a freshly written Parquet file with its own rows.
+* ``linked``: for high commit rates (``walduck bench freshness``). Each (schema, day) gets a few template
+  files written once under ``_templates/``; a new partition's Timestore-style path is a **hard link** to one
+  of them, and its catalog row (rows, size, checksum, time range, column statistics) describes that real
+  file. A compaction's merged file is written once per distinct group of source files (keyed by their
+  inodes) and linked after that, so it always holds exactly the sources' rows. The ingestion signature is
+  salted with the partition id (partitions linked to one template would otherwise share it).
+
+``owns_datasets=True`` lets a workload that is the only writer of its datasets keep the dataset and
+schema-version rows it read in memory, and the published manifest of a shard until it next writes to
+that dataset (fewer reads per commit; the transactions are unchanged).
 """
 
 from __future__ import annotations
 
+import errno
+import os
 import random
 import threading
 import time
@@ -28,7 +44,7 @@ from walduck.workload.naming import (
     partition_file_path,
     schema_checksum,
 )
-from walduck.workload.parquet_files import merge_files, synthetic_table, write_table
+from walduck.workload.parquet_files import WrittenFile, merge_files, synthetic_table, write_table
 
 DEFAULT_STORAGE_TARGET_ID = "st-timestore-default-local"
 DEFAULT_STORAGE_TARGET_NAME = "timestore-default-local"
@@ -49,6 +65,10 @@ DEFAULT_MIX: dict[str, float] = {
     "archive": 0.02,
 }
 WORKLOAD_CREATED_BY = "walduck-workload"
+FILE_MODES = ("real", "linked")
+# linked mode: template files per (schema, day), rows per template
+LINKED_TEMPLATES_PER_DAY = 4
+LINKED_TEMPLATE_ROWS = 100
 
 
 @dataclass(slots=True)
@@ -90,6 +110,20 @@ def _unlink_all(paths: list[Path]) -> None:
         path.unlink(missing_ok=True)
 
 
+@dataclass(slots=True, frozen=True)
+class _Template:
+    """A real Parquet file partitions are hard-linked to (linked mode), with the time range of its rows."""
+
+    written: WrittenFile
+    start: datetime
+    end: datetime
+
+
+def _link(src: Path, dest: Path) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    os.link(src, dest)
+
+
 class Workload:
     def __init__(
         self,
@@ -100,8 +134,22 @@ class Workload:
         base_day: date = date(2024, 1, 1),
         storage_target_id: str = DEFAULT_STORAGE_TARGET_ID,
         file_delete_grace_s: float = 0.0,
+        files: str = "real",
+        owns_datasets: bool = False,
     ) -> None:
+        if files not in FILE_MODES:
+            raise ValueError(f"files must be one of {FILE_MODES}")
         self.dsn = dsn
+        self.files = files
+        self.owns_datasets = owns_datasets
+        self._templates: dict[tuple[str, date], list[_Template]] = {}
+        self._merged: dict[tuple[str, tuple[int, ...]], WrittenFile] = {}
+        self._template_generation = 0
+        self.links_made = 0
+        self.files_written = 0
+        self._ds_cache: dict[str, dict[str, Any]] = {}
+        self._schema_cache: dict[str, dict[str, Any]] = {}
+        self._manifest_cache: dict[tuple[str, str], dict[str, Any] | None] = {}
         # Timestore deletes retention/compaction files after the commit (compaction: after the whole job);
         # a grace > 0 models a lifecycle that keeps them that long for readers still on the previous state
         self.file_delete_grace_s = file_delete_grace_s
@@ -146,12 +194,20 @@ class Workload:
             return cur.fetchall()
 
     def dataset(self, dataset_id: str) -> dict[str, Any]:
+        cached = self._ds_cache.get(dataset_id)
+        if cached is not None:
+            return cached
         row = self._one("SELECT id, slug, status, metadata FROM datasets WHERE id = %s", [dataset_id])
         if row is None:
             raise LookupError(f"dataset {dataset_id} not found")
+        if self.owns_datasets:
+            self._ds_cache[dataset_id] = row
         return row
 
     def current_schema(self, dataset_id: str) -> dict[str, Any]:
+        cached = self._schema_cache.get(dataset_id)
+        if cached is not None:
+            return cached
         row = self._one(
             """SELECT id, version, schema, checksum FROM dataset_schema_versions
                 WHERE dataset_id = %s ORDER BY version DESC LIMIT 1""",
@@ -159,15 +215,34 @@ class Workload:
         )
         if row is None:
             raise LookupError(f"dataset {dataset_id} has no schema version")
+        if self.owns_datasets:
+            self._schema_cache[dataset_id] = row
         return row
 
     def published_manifest(self, dataset_id: str, shard: str) -> dict[str, Any] | None:
-        return self._one(
+        key = (dataset_id, shard)
+        if key in self._manifest_cache:
+            return self._manifest_cache[key]
+        row = self._one(
             """SELECT m.id, m.version, m.schema_version_id, m.partition_count, s.schema AS schema
                  FROM dataset_manifests m LEFT JOIN dataset_schema_versions s ON s.id = m.schema_version_id
                 WHERE m.dataset_id = %s AND m.manifest_shard = %s AND m.status = 'published'""",
             [dataset_id, shard],
         )
+        if self.owns_datasets:
+            self._manifest_cache[key] = row
+        return row
+
+    def _wrote(self, dataset_id: str, dataset_row: bool = False, schema: bool = False) -> None:
+        """Forget what ``owns_datasets`` kept of a dataset this workload just changed."""
+        if not self.owns_datasets:
+            return
+        for key in [k for k in self._manifest_cache if k[0] == dataset_id]:
+            del self._manifest_cache[key]
+        if dataset_row:
+            self._ds_cache.pop(dataset_id, None)
+        if schema:
+            self._schema_cache.pop(dataset_id, None)
 
     def manifest_partitions(self, manifest_id: str) -> list[dict[str, Any]]:
         return self._all(
@@ -209,14 +284,21 @@ class Workload:
         self, dataset: Mapping[str, Any], schema_row: Mapping[str, Any], day: date, rows: int | None
     ) -> tx.PartitionSpec:
         fields = schema_row["schema"]["fields"]
-        start, end = self._window(day)
-        n = rows if rows is not None else self.rng.randint(20, 200)
         partition_id = self.ids.new("partition")
         key = {"dataset": dataset["slug"], "window": day.isoformat()}
         file_path = partition_file_path(dataset["slug"], key, partition_id)
-        written = write_table(
-            synthetic_table(fields, n, start, end, self.rng), self.storage_root / file_path, fields
-        )
+        if self.files == "linked":
+            template = self._link_template(schema_row, day, self.storage_root / file_path)
+            written, start, end = template.written, template.start, template.end
+            row_hash = f"{written.row_hash}:{partition_id}"  # one ingestion request per partition
+        else:
+            start, end = self._window(day)
+            n = rows if rows is not None else self.rng.randint(20, 200)
+            written = write_table(
+                synthetic_table(fields, n, start, end, self.rng), self.storage_root / file_path, fields
+            )
+            self.files_written += 1
+            row_hash = written.row_hash
         return tx.PartitionSpec(
             id=partition_id,
             dataset_id=dataset["id"],
@@ -237,9 +319,75 @@ class Workload:
                 key,
                 iso(start),
                 iso(end),
-                written.row_hash,
+                row_hash,
             ),
         )
+
+    def _template_dir(self) -> Path:
+        return self.storage_root / "_templates" / str(self.seed)
+
+    def _write_templates(self, schema_row: Mapping[str, Any], day: date) -> list[_Template]:
+        fields = schema_row["schema"]["fields"]
+        day_start = datetime(day.year, day.month, day.day, tzinfo=UTC)
+        step = 24 // LINKED_TEMPLATES_PER_DAY
+        out = []
+        for j in range(LINKED_TEMPLATES_PER_DAY):
+            start = day_start + timedelta(hours=j * step)
+            end = start + timedelta(minutes=59)
+            path = (
+                self._template_dir()
+                / f"{schema_row['checksum'][:16]}"
+                / f"window={day.isoformat()}"
+                / f"t{j}-g{self._template_generation}.parquet"
+            )
+            written = write_table(
+                synthetic_table(fields, LINKED_TEMPLATE_ROWS, start, end, self.rng), path, fields
+            )
+            self.files_written += 1
+            out.append(_Template(written, start, end))
+        return out
+
+    def _link_template(self, schema_row: Mapping[str, Any], day: date, dest: Path) -> _Template:
+        key = (str(schema_row["checksum"]), day)
+        templates = self._templates.get(key)
+        if templates is None:
+            templates = self._templates[key] = self._write_templates(schema_row, day)
+        index = self.rng.randrange(len(templates))
+        try:
+            _link(templates[index].written.path, dest)
+        except OSError as exc:
+            if exc.errno != errno.EMLINK:
+                raise
+            # the file system's link limit per file: fresh templates for this (schema, day)
+            self._template_generation += 1
+            templates = self._templates[key] = self._write_templates(schema_row, day)
+            _link(templates[index].written.path, dest)
+        self.links_made += 1
+        return templates[index]
+
+    def _merged_file(self, sources: list[Path], fields: list[dict[str, Any]], dest: Path) -> WrittenFile:
+        """The compaction of ``sources`` at ``dest``: written (real mode), or linked to the one merged
+        file of that exact group of source files, written the first time the group is seen (linked mode)."""
+        if self.files != "linked":
+            self.files_written += 1
+            return write_table(merge_files(sources, fields), dest, fields, row_hash=False)
+        key = (schema_checksum(fields), tuple(src.stat().st_ino for src in sources))
+        cached = self._merged.get(key)
+        if cached is not None:
+            try:
+                _link(cached.path, dest)
+                self.links_made += 1
+                return cached
+            except OSError as exc:
+                if exc.errno not in (errno.EMLINK, errno.ENOENT):
+                    raise
+        path = self._template_dir() / "merged" / f"{self.ids.uuid()}.parquet"
+        written = write_table(merge_files(sources, fields), path, fields, row_hash=False)
+        self.files_written += 1
+        self._merged[key] = written
+        _link(path, dest)
+        self.links_made += 1
+        return written
 
     def _summary_patch(self, part: tx.PartitionSpec, schema_version_id: str) -> dict[str, Any]:
         return {
@@ -299,6 +447,7 @@ class Workload:
         tx.insert_schema_version(
             self.conn, schema_version_id, dataset_id, version, fields, schema_checksum(fields)
         )
+        self._wrote(dataset_id, schema=True)
         return OpResult("schema_version", dataset_id, schema_version_id=schema_version_id, lsn=self._lsn())
 
     def ingest(self, dataset_id: str, day: date | int | None = None, rows: int | None = None) -> OpResult:
@@ -331,6 +480,7 @@ class Workload:
             metadata_patch=metadata,
             schema_version_id=schema_row["id"],
         )
+        self._wrote(dataset_id)
         return OpResult(
             "append",
             dataset_id,
@@ -384,6 +534,7 @@ class Workload:
             summary=self._summary_patch(part, schema_row["id"]),
             metadata=self._metadata_base(schema_row["id"]),
         )
+        self._wrote(dataset["id"])
         return OpResult(
             shape,
             dataset["id"],
@@ -426,6 +577,7 @@ class Workload:
                 }
             },
         )
+        self._wrote(dataset_id)
         lsn = self._lsn()
         self._delete_files(parts)
         return OpResult(
@@ -450,12 +602,13 @@ class Workload:
         first = self.rng.randint(0, len(sources) - size)
         group = sources[first : first + size]
         fields = schema_row["schema"]["fields"]
-        merged = merge_files([self.storage_root / p["file_path"] for p in group], fields)
         start, end = min(p["start_time"] for p in group), max(p["end_time"] for p in group)
         partition_id = self.ids.new("partition")
         key = {"compacted_range": f"{iso(start)}__{iso(end)}", "partition_count": str(len(group))}
         file_path = partition_file_path(dataset["slug"], key, partition_id)
-        written = write_table(merged, self.storage_root / file_path, fields)
+        written = self._merged_file(
+            [self.storage_root / p["file_path"] for p in group], fields, self.storage_root / file_path
+        )
         chunk_id = f"chunk-{self.ids.uuid()}"
         part = tx.PartitionSpec(
             id=partition_id,
@@ -494,6 +647,7 @@ class Workload:
             },
             metadata_patch={"lifecycle": {"compaction": {"appliedAt": now, "chunkId": chunk_id}}},
         )
+        self._wrote(dataset_id)
         lsn = self._lsn()
         self._delete_files(group)
         return OpResult(
@@ -522,12 +676,14 @@ class Workload:
     def archive_dataset(self, dataset_id: str) -> OpResult:
         """``UPDATE datasets SET status='inactive'`` (autocommit)."""
         tx.set_dataset_status(self.conn, dataset_id, "inactive")
+        self._wrote(dataset_id, dataset_row=True)
         return OpResult("archive", dataset_id, lsn=self._lsn())
 
     def change_metadata(self, dataset_id: str, read_scopes: list[str] | None = None) -> OpResult:
         """Admin metadata PATCH (``iam.readScopes``): ``UPDATE datasets`` (autocommit)."""
         scopes = read_scopes if read_scopes is not None else [f"timestore:read:team-{self.rng.randint(1, 5)}"]
         tx.merge_dataset_metadata(self.conn, dataset_id, {"iam": {"readScopes": scopes}})
+        self._wrote(dataset_id, dataset_row=True)
         return OpResult("metadata_change", dataset_id, lsn=self._lsn())
 
     # ------------------------------------------------------------------ selection

@@ -82,20 +82,25 @@ def column_statistics(table: pa.Table, fields: list[dict[str, Any]]) -> dict[str
     return stats
 
 
-def write_table(table: pa.Table, path: Path, fields: list[dict[str, Any]]) -> WrittenFile:
-    """Write ``table`` to ``path`` (parents created, atomic rename) and describe the file."""
+def write_table(
+    table: pa.Table, path: Path, fields: list[dict[str, Any]], row_hash: bool = True
+) -> WrittenFile:
+    """Write ``table`` to ``path`` (parents created, atomic rename) and describe the file.
+
+    ``row_hash=False`` skips the hash of the rows (``WrittenFile.row_hash`` is then empty): only ingestion
+    signatures use it, and it costs more than writing the file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     pq.write_table(table, tmp, compression="snappy")
     tmp.replace(path)
     data = path.read_bytes()
-    row_hash = hashlib.sha256(repr(table.to_pydict()).encode()).hexdigest()
+    rows_digest = hashlib.sha256(repr(table.to_pydict()).encode()).hexdigest() if row_hash else ""
     return WrittenFile(
         path=path,
         row_count=table.num_rows,
         file_size_bytes=len(data),
         checksum=hashlib.sha256(data).hexdigest(),
-        row_hash=row_hash,
+        row_hash=rows_digest,
         column_statistics=column_statistics(table, fields),
     )
 
