@@ -36,6 +36,7 @@ from connectors.transactions import Heartbeat, Transaction, TransactionAssembler
 from walduck import metrics as m
 from walduck.config import WalduckSettings
 from walduck.lsn import format_lsn
+from walduck.records import ChangeRecord, Kind, Source
 from walduck.timeutil import parse_iso, utcnow
 
 log = logging.getLogger(__name__)
@@ -104,6 +105,7 @@ class Connector:
         self.tracker = FlushTracker()
         self.sessions = 0
         self._room = asyncio.Event()
+        self._watermark_due: tuple[int, str] | None = None
 
     # --- outer loop: reconnect with exponential backoff ------------------------------------
     async def run(self) -> None:
@@ -232,7 +234,9 @@ class Connector:
                     return True
                 msg = repl.read_buffered()
                 if msg is None:
-                    # (2) nothing more buffered: hand the open record batches to Kafka before waiting
+                    # (2) nothing more buffered: a watermark behind what was published, then hand the open
+                    # record batches to Kafka before waiting
+                    await self._publish_watermark(publisher)
                     await publisher.flush()
                     wait = max(0.0, cs.status_interval - (time.monotonic() - last_status))
                     msg = await repl.read_message(min(wait, 0.5))
@@ -305,6 +309,8 @@ class Connector:
     ) -> None:
         started = time.monotonic()
         self.tracker.enqueue(tx.end_lsn)
+        if tx.records:
+            self._watermark_due = (tx.end_lsn, tx.commit_ts)
         # (2) publish its records (in order; per-partition order is kept by the idempotent producer)
         ack = await publisher.publish(tx.records, flush=False)
         if tx.rejected:
@@ -315,6 +321,22 @@ class Connector:
             m.CONNECTOR_RECORDS.labels(table=table, op=str(op)).inc(n)
         inflight_records[0] += len(tx.records)
         await queue.put(_InFlight(tx.end_lsn, ack, len(tx.records), tx.commit_ts, started, True))
+
+    async def _publish_watermark(self, publisher: ChangePublisher) -> None:
+        """A heartbeat record at the end LSN of the last transaction published, to every partition, when the
+        connector has caught up with what the server sent. Each partition then knows that every transaction
+        ending at or before it has been delivered, so every context shard (also those the transaction did not
+        touch) can claim that LSN at once: read-your-writes (``min_lsn`` = the writer's commit end) need not
+        wait for the next periodic heartbeat. Not an LSN to confirm: the transaction itself is tracked."""
+        due = self._watermark_due
+        if due is None or not self.csettings.watermarks:
+            return
+        self._watermark_due = None
+        end_lsn, commit_ts = due
+        record = ChangeRecord(
+            kind=Kind.HEARTBEAT, source=Source.STREAM, lsn=end_lsn, commit_lsn=end_lsn, commit_ts=commit_ts
+        )
+        await publisher.publish([record], flush=False)  # acked with the batch that carries the transaction
 
     async def _publish_heartbeat(
         self,

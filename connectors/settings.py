@@ -29,6 +29,9 @@ class ConnectorSettings(BaseSettings):
     # seconds between pg_logical_emit_message heartbeats (0 = off)
     heartbeat_interval: float = 1.0
     heartbeat_prefix: str = "walduck.heartbeat"
+    # after draining what the server sent, publish a heartbeat at the last published commit's end LSN to
+    # every partition (so idle shards claim that LSN at once; read-your-writes does not wait for a heartbeat)
+    watermarks: bool = True
     # seconds between unsolicited standby status updates
     status_interval: float = 1.0
     # Prometheus /metrics port (0 = not served)

@@ -130,6 +130,10 @@ class _Window:
         self.last = offset
 
 
+HEARTBEAT_KEY = "__heartbeat__"
+"""``last_applied`` entry for heartbeat/watermark progress (never used to drop change records)."""
+
+
 def _key_of(rec: ChangeRecord) -> str:
     return rec.dataset_id or GLOBAL_KEY
 
@@ -234,8 +238,11 @@ class Compactor:
     def _accept(self, rec: ChangeRecord, offset: int) -> None:
         key = _key_of(rec)
         if rec.kind is Kind.HEARTBEAT:
-            if rec.commit_lsn >= self.last_applied.get(GLOBAL_KEY, -1):
-                self.last_applied[GLOBAL_KEY] = rec.commit_lsn
+            # progress of heartbeats/watermarks is kept apart from GLOBAL_KEY: a watermark sits at a commit's
+            # end LSN, where the next transaction's commit record may start, and must not make that
+            # transaction look like a re-send
+            if rec.commit_lsn >= self.last_applied.get(HEARTBEAT_KEY, -1):
+                self.last_applied[HEARTBEAT_KEY] = rec.commit_lsn
                 if self.clean:  # a heartbeat inside a half-received window would claim too much
                     self._window.heartbeat = rec
             return
@@ -561,7 +568,9 @@ class Compactor:
     def apply_delta(self, delta: Delta) -> None:
         """Bring the state forward by a delta this compactor (or a predecessor) produced."""
         key = delta.dataset_id or GLOBAL_KEY
-        if delta.kind is DeltaKind.HEARTBEAT or delta.dataset_id is None:
+        if delta.kind is DeltaKind.HEARTBEAT:
+            self.last_applied[HEARTBEAT_KEY] = max(self.last_applied.get(HEARTBEAT_KEY, -1), delta.lsn_to)
+        elif delta.dataset_id is None:
             self.last_applied[GLOBAL_KEY] = max(self.last_applied.get(GLOBAL_KEY, -1), delta.lsn_to)
         elif not delta.snapshot:
             self.last_applied[key] = max(self.last_applied.get(key, -1), delta.lsn_to)

@@ -234,3 +234,22 @@ def test_restore_after_a_window_cut_between_its_deltas() -> None:
     assert [d.dataset_id for d in rest] == sorted(datasets)[1:]
     assert [d.to_bytes() for d in rest] == [d.to_bytes() for d in window[1:]]
     assert replay(topic + rest) == model.visible()
+
+
+def test_global_change_at_a_watermark_lsn_is_not_taken_for_a_resend() -> None:
+    """The connector's watermark sits at a commit's end LSN, where the next transaction's commit record may
+    start: a storage-target change committed exactly there must still reach the contexts."""
+    from dataclasses import replace
+
+    model = CatalogModel(seed=5)
+    model.heartbeat()
+    model.storage_target()
+    heartbeat, change = model.records[-2], model.records[-1]
+    at = change.commit_lsn
+    heartbeat = replace(heartbeat, lsn=at, commit_lsn=at)
+    compactor = Compactor(0)
+    compactor.feed(heartbeat, 0)
+    compactor.feed(change, 1)
+    deltas = compactor.flush()
+    assert [(d.kind, d.dataset_id) for d in deltas] == [(DeltaKind.HEARTBEAT, None), (DeltaKind.DELTA, None)]
+    assert deltas[1].storage_targets, "the storage-target change was dropped as a re-send"
