@@ -15,9 +15,12 @@ State (per input partition, which is exactly the datasets whose key hashes there
 Windows. A window is a run of consecutive input offsets ``a..b`` holding only whole transaction shares.
 Every delta sealed from a window carries ``src_offset_from=a, src_offset_to=b`` (one delta per dataset,
 plus one global delta for storage targets, plus a heartbeat delta), emitted in a deterministic order
-(dataset id ascending, global last). Global records (heartbeats, storage targets, truncates,
-snapshot-done) are window boundaries: the window before them is sealed first when it is clean, so a
-heartbeat's LSN never claims progress for changes not yet sealed. :func:`restore_from_deltas` rebuilds
+(dataset id ascending, global last, heartbeat after everything). Global change records (storage targets,
+truncates) and snapshot-done markers are window boundaries: the window before them is sealed first when it
+is clean. A heartbeat (periodic, or the connector's watermark after each drained burst) joins the current
+window when that window is clean at that point and is emitted after the window's other deltas, so its LSN
+never claims progress for changes not yet sealed, and a stream of watermarks costs one heartbeat delta per
+window rather than a window each. :func:`restore_from_deltas` rebuilds
 the state by replaying the deltas this compactor produced, dropping the last window group (which a crash
 may have cut), and tells the runner where to resume.
 """
@@ -209,7 +212,7 @@ class Compactor:
         """Take one record. Raises :class:`InvalidChange` for a record to send to the DLQ (its slot is
         accounted, the stream continues)."""
         self._advance(offset)
-        is_global = _is_global(rec)
+        is_global = _is_global(rec) and rec.kind is not Kind.HEARTBEAT
         try:
             if is_global and self.clean and self.force_boundary is None:
                 self._seal()  # global records get a window of their own

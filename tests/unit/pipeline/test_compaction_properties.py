@@ -133,7 +133,7 @@ def test_touch_only_and_invisible_inserts_produce_no_delta() -> None:
     assert compactor.flush() == []
 
 
-def test_dataset_changes_travel_and_heartbeat_is_its_own_window() -> None:
+def test_dataset_changes_travel_and_heartbeat_closes_its_window() -> None:
     model = CatalogModel(seed=3)
     ds = model.create_dataset()
     model.archive(ds)
@@ -151,13 +151,40 @@ def test_dataset_changes_travel_and_heartbeat_is_its_own_window() -> None:
     assert len(deltas[0].schema_versions) == 1
     assert deltas[1].lsn_to == model.records[-2].lsn
     assert deltas[2].storage_targets[0]["config"]["root"].startswith("/data/")
-    # windows never overlap: each window's range follows the previous one
-    assert (
-        deltas[0].src_offset_to
-        < deltas[1].src_offset_from
-        <= deltas[1].src_offset_to
-        < deltas[2].src_offset_from
+    # the heartbeat rides in the dataset changes' window (after its deltas); the storage target is a window
+    # of its own, and windows never overlap
+    assert (deltas[0].src_offset_from, deltas[0].src_offset_to) == (
+        deltas[1].src_offset_from,
+        deltas[1].src_offset_to,
     )
+    assert deltas[1].src_offset_to < deltas[2].src_offset_from
+
+
+def test_watermarks_cost_one_heartbeat_delta_per_window() -> None:
+    """One watermark after every transaction (what the connector sends at low rates) must not cut the window
+    into one per transaction: the window holds the transactions and ends with ONE heartbeat delta at the
+    newest watermark."""
+    from dataclasses import replace
+
+    model = CatalogModel(seed=11)
+    ds = model.create_dataset()
+    model.heartbeat()
+    template = model.records[-1]
+    for _ in range(5):
+        model.append(ds)
+    records = []
+    for rec in model.records:
+        records.append(rec)
+        if rec.kind.value == "change" and rec.tx_index == rec.tx_size - 1:  # end of a transaction share
+            records.append(replace(template, lsn=rec.commit_lsn + 1, commit_lsn=rec.commit_lsn + 1))
+    compactor = Compactor(0)
+    for offset, rec in enumerate(records):
+        compactor.feed(rec, offset)
+    deltas = compactor.flush()
+    heartbeats = [d for d in deltas if d.kind is DeltaKind.HEARTBEAT]
+    assert len(heartbeats) == 1 and deltas[-1] is heartbeats[0]
+    assert heartbeats[0].lsn_to == records[-1].commit_lsn
+    assert len({(d.src_offset_from, d.src_offset_to) for d in deltas}) == 1
 
 
 def test_split_transaction_is_not_flushed_half() -> None:
