@@ -6,6 +6,12 @@ schema version they were written with; each group is one ``read_parquet([...])``
 names the newest schema's columns, with ``NULL::T AS col`` for columns that version lacks and a cast
 where a column's type changed. No footer is opened to find this out (``union_by_name`` opens every
 footer at bind time, reference facts §5).
+
+Scans with a known select list pass ``hive_partitioning = false``: Timestore writes partition keys as
+``<key>=<value>`` path segments, and DuckDB's hive auto-detection would otherwise parse every path at bind
+time and, for a schema column named like a key (``window``, ``dataset``), return the path's value instead
+of the file's, and only when every file of the scan has the same keys. The select list never asks for a
+path-only column, so the scan reads the files' own values and skips the per-file path parsing.
 """
 
 from __future__ import annotations
@@ -59,7 +65,7 @@ def group_select_sql(columns: Sequence[tuple[str, str]], group: FileGroup) -> st
     files = file_list_sql(group.locations, group.quoted)
     if not columns:
         return f"SELECT * FROM read_parquet({files}, union_by_name = true)"
-    return f"SELECT {select_list_sql(columns, group.columns)} FROM read_parquet({files})"
+    return f"SELECT {select_list_sql(columns, group.columns)} FROM read_parquet({files}, hive_partitioning = false)"
 
 
 def merge_groups(columns: Sequence[tuple[str, str]], groups: Sequence[FileGroup]) -> list[FileGroup]:
@@ -83,7 +89,7 @@ def relation_sql(columns: Sequence[tuple[str, str]], groups: Sequence[FileGroup]
     """One SELECT per distinct select list joined by UNION ALL; an empty typed relation when none is left.
 
     When every file's schema version matches the newest schema this is a single
-    ``SELECT <columns> FROM read_parquet([...])`` without casts.
+    ``SELECT <columns> FROM read_parquet([...], hive_partitioning = false)`` without casts.
     """
     parts = [group_select_sql(columns, g) for g in merge_groups(columns, groups)]
     if not parts:

@@ -216,6 +216,13 @@ class ContextStore:
         )
         db.execute(ddl.TABLES)
         db.execute(ddl.RUNTIME_VIEWS)
+        if self.settings.duckdb_parquet_metadata_cache:
+            # GLOBAL: the setting is per connection by default, and the readers are other connections (cursors)
+            # of this instance; a plain SET here never reached them. Parsed footers are kept in DuckDB's object
+            # cache (counted in memory_limit, evicted under pressure) and re-validated against the file on every
+            # open, so a rewritten file is re-read. Without it every scan reads and parses every file's footer
+            # again: ~20–30% of the CPU of a scan of many small partition files (docs/performance.md, "query").
+            db.execute("SET GLOBAL parquet_metadata_cache = true")
         self._sandbox(db)
         self._db = db
         self._writer = db.cursor()

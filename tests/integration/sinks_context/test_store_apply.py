@@ -251,6 +251,24 @@ def test_reader_is_sandboxed(store):
         cur.execute("SET enable_external_access = true")
 
 
+def test_readers_share_the_parquet_footer_cache_and_see_rewritten_files(store, factory, apply):
+    """The footer cache is on for every reader cursor (a per-connection SET on the instance would not reach
+    them), and a file rewritten in place is read again, not served from stale cached metadata."""
+    import pyarrow as pa
+
+    apply(factory.create_dataset(0, "obs"))
+    f = factory.write_file("obs", 0, 10)
+    apply(factory.delta(0, "ds-obs", upserts=[f]))
+    for _ in range(2):
+        with store.reader() as cur:
+            assert cur.execute("SELECT current_setting('parquet_metadata_cache')").fetchone() == (True,)
+        assert _count_sum(store, "ds-obs")[:2] == (10, sum(float(i) for i in range(10)))
+    path = factory.root / f["file_path"]
+    table = pq.read_table(path)
+    pq.write_table(pa.concat_tables([table, table, table]), path)
+    assert _count_sum(store, "ds-obs")[:2] == (30, 3 * sum(float(i) for i in range(10)))
+
+
 def test_readers_never_see_a_half_applied_compaction(store, factory, apply):
     """20 reader threads query while compaction deltas (delete N, insert 1) stream in: totals never change."""
     import threading

@@ -72,7 +72,10 @@ def test_groups_with_the_same_select_list_become_one_scan() -> None:
             FileGroup(None, ["/c.parquet"]),
         ],
     )
-    assert sql == ("SELECT \"ts\", \"value\" FROM read_parquet(['/a.parquet', '/b.parquet', '/c.parquet'])")
+    assert sql == (
+        "SELECT \"ts\", \"value\" FROM read_parquet(['/a.parquet', '/b.parquet', '/c.parquet'], "
+        "hive_partitioning = false)"
+    )
     older = relation_sql(
         cols, [FileGroup(same, ["/a.parquet"]), FileGroup({"ts": "TIMESTAMP"}, ["/b.parquet"])]
     )

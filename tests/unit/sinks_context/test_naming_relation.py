@@ -61,9 +61,24 @@ def test_null_fill_sql_groups_by_schema_version():
     )
     assert sql == (
         'SELECT "ts", CAST("v" AS DOUBLE) AS "v", CAST(NULL AS VARCHAR) AS "site" '
-        "FROM read_parquet(['/d/a.parquet', '/d/b''q.parquet']) "
-        'UNION ALL SELECT "ts", "v", "site" FROM read_parquet([\'/d/c.parquet\'])'
+        "FROM read_parquet(['/d/a.parquet', '/d/b''q.parquet'], hive_partitioning = false) "
+        'UNION ALL SELECT "ts", "v", "site" FROM read_parquet([\'/d/c.parquet\'], hive_partitioning = false)'
     )
+
+
+def test_column_named_like_a_path_key_reads_the_file(tmp_path):
+    """Timestore writes partition keys as ``key=value`` path segments; a schema column with a key's name
+    must come from the file, not from DuckDB's hive auto-detection (which would return the path's DATE)."""
+    path = tmp_path / "obs" / "dataset=obs" / "window=2024-01-01" / "p-1.parquet"
+    path.parent.mkdir(parents=True)
+    con = duckdb.connect()
+    con.execute(f"COPY (SELECT 7 AS \"window\", 1.5::DOUBLE AS v) TO '{path}' (FORMAT parquet)")
+    cols = [("window", "INTEGER"), ("v", "DOUBLE")]
+    sql = relation_sql(cols, [FileGroup(dict(cols), [str(path)])])
+    assert con.execute(f'SELECT "window", v FROM ({sql})').fetchall() == [(7, 1.5)]
+    # what a scan with hive auto-detection returns for the same file (the value this guards against)
+    auto = con.execute(f"SELECT \"window\" FROM read_parquet(['{path}'])").fetchone()[0]
+    assert str(auto) == "2024-01-01"
 
 
 def test_empty_relation_is_typed():
