@@ -13,6 +13,8 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import orjson
+
 from connectors import pgoutput as po
 from walduck.records import ChangeRecord, Kind, Op, Source
 from walduck.timeutil import iso, utcnow
@@ -102,7 +104,7 @@ class _Change:
     table: str
     op: Op
     key: dict[str, Any] | None
-    new: dict[str, Any] | None
+    new: dict[str, Any] | orjson.Fragment | None
     old: dict[str, Any] | None
     dataset_id: str | None
     lsn: int
@@ -138,12 +140,14 @@ class TransactionAssembler:
                 keys = self._keys.get(rel.oid)
                 if keys is None or keys[0] is not rel:
                     keys = self._keys[rel.oid] = (rel, key_columns(rel))
+                # the row is serialised now, while it is hot, and kept as bytes until the Commit: a large
+                # transaction then holds ~1 KB per row instead of a dict of str (3x the memory, GC-tracked)
                 self._changes.append(
                     _Change(
                         rel.name,
                         Op.INSERT,
                         {n: new.get(n) for n in keys[1]},
-                        new,
+                        orjson.Fragment(orjson.dumps(new)),
                         None,
                         dataset_of(rel.name, new),
                         wal_start,

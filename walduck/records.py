@@ -12,7 +12,9 @@ Version 1 fields (all present on every record; ``None`` where not applicable):
 ``op``         ``insert`` | ``update`` | ``delete`` | ``truncate`` | ``read`` (snapshot)
 ``key``        primary-key columns, e.g. ``{"id": "part-…"}``
 ``new``        the new row (insert/update/read), typed (ints, floats, bools, dicts,
-               timestamps as ISO 8601 strings with offset)
+               timestamps as ISO 8601 strings with offset). Inside the connector an
+               inserted row may already be encoded (``orjson.Fragment``); on the wire it is
+               always this JSON object
 ``old``        the old row (update/delete; complete because the connector sets
                REPLICA IDENTITY FULL on the catalog tables)
 ``dataset_id`` the dataset the row belongs to (the Kafka key); ``None`` for global rows
@@ -85,7 +87,7 @@ class ChangeRecord:
     table: str | None = None
     op: Op | None = None
     key: dict[str, Any] | None = None
-    new: dict[str, Any] | None = None
+    new: dict[str, Any] | orjson.Fragment | None = None
     old: dict[str, Any] | None = None
     dataset_id: str | None = None
     xid: int | None = None
@@ -96,8 +98,10 @@ class ChangeRecord:
 
     @property
     def row(self) -> dict[str, Any]:
-        """The row this record is about: ``new`` if present, else ``old``."""
-        return self.new if self.new is not None else (self.old or {})
+        """The row this record is about: ``new`` if present, else ``old`` (decoded records only)."""
+        if isinstance(self.new, dict):
+            return self.new
+        return self.old or {}
 
     def kafka_key(self) -> bytes:
         return (self.dataset_id or GLOBAL_KEY).encode()
