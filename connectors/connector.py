@@ -20,7 +20,7 @@ import contextlib
 import logging
 import time
 from collections import Counter, deque
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Coroutine
 from dataclasses import dataclass
 
 import psycopg
@@ -336,7 +336,9 @@ class Connector:
         record = ChangeRecord(
             kind=Kind.HEARTBEAT, source=Source.STREAM, lsn=end_lsn, commit_lsn=end_lsn, commit_ts=commit_ts
         )
-        await publisher.publish([record], flush=False)  # acked with the batch that carries the transaction
+        ack = await publisher.publish([record], flush=False)
+        if isinstance(ack, Coroutine):
+            ack.close()  # a watermark confirms nothing: its acknowledgement is not awaited
 
     async def _publish_heartbeat(
         self,
