@@ -106,6 +106,8 @@ class Connector:
         self.sessions = 0
         self._room = asyncio.Event()
         self._watermark_due: tuple[int, str] | None = None
+        # highest LSN of any heartbeat or watermark published (they must not go backwards on a partition)
+        self._last_progress = 0
 
     # --- outer loop: reconnect with exponential backoff ------------------------------------
     async def run(self) -> None:
@@ -333,6 +335,11 @@ class Connector:
             return
         self._watermark_due = None
         end_lsn, commit_ts = due
+        if end_lsn <= self._last_progress:
+            # a heartbeat message written just after the commit (its LSN above the commit's end) already
+            # went out after the transaction: heartbeat LSNs stay monotone on every partition
+            return
+        self._last_progress = end_lsn
         record = ChangeRecord(
             kind=Kind.HEARTBEAT, source=Source.STREAM, lsn=end_lsn, commit_lsn=end_lsn, commit_ts=commit_ts
         )
@@ -347,8 +354,10 @@ class Connector:
         queue: asyncio.Queue[_InFlight],
         inflight_records: list[int],
     ) -> None:
-        if hb.lsn <= self.tracker.confirmed:
-            return  # already confirmed past it (re-sent after a restart)
+        if hb.lsn <= self.tracker.confirmed or hb.lsn <= self._last_progress:
+            # already confirmed past it (re-sent after a restart), or a watermark at a higher LSN went out
+            return
+        self._last_progress = hb.lsn
         self.tracker.enqueue(hb.lsn)
         ack = await publisher.publish([hb.record], flush=False)
         await queue.put(_InFlight(hb.lsn, ack, 0, None, time.monotonic(), False))
