@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 
 import typer
@@ -39,4 +40,8 @@ def run(
     knobs = CompactorSettings(**overrides)
     if not settings.kafka_bootstrap:
         raise typer.BadParameter("no Kafka bootstrap: pass --kafka or set WALDUCK_KAFKA_BOOTSTRAP")
+    # the state (visible partitions per shard) is large and long-lived: keep start-up objects out of full
+    # collections and collect less often (full collections over millions of dicts stalled the loop)
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
     asyncio.run(run_compactor(settings, knobs))

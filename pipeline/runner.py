@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError
 from aiokafka.structs import OffsetAndMetadata
 
 from pipeline.compaction import Compactor, InvalidChange, OffsetRegression, Rejected, restore_from_deltas
@@ -28,6 +29,7 @@ from pipeline.settings import CompactorSettings
 from walduck.config import DEFAULT_MAX_MESSAGE_BYTES, WalduckSettings
 from walduck.deltas import Delta
 from walduck.metrics import (
+    COMPACTOR_COMMITS_LOST,
     COMPACTOR_DELTA_ENTRIES,
     COMPACTOR_DELTAS_OUT,
     COMPACTOR_FLUSH_LATENCY,
@@ -291,9 +293,19 @@ class CompactorRunner:
                 )
         if offsets:
             topic = self.settings.changes_topic
-            await self.consumer.commit(
-                {TopicPartition(topic, p): OffsetAndMetadata(o, "") for p, o in offsets.items()}
-            )
+            try:
+                await self.consumer.commit(
+                    {TopicPartition(topic, p): OffsetAndMetadata(o, "") for p, o in offsets.items()}
+                )
+            except CommitFailedError as exc:
+                # the group rebalanced meanwhile (this member missed its session): the partitions are
+                # revoked and, when assigned again (here or elsewhere), restored from the deltas just
+                # produced, which name the offsets they cover: nothing lost, re-sent records dropped
+                COMPACTOR_COMMITS_LOST.inc()
+                log.warning(
+                    "offset commit refused after a rebalance; state is restored on re-assignment: %s", exc
+                )
+                offsets = {}
             for partition, work, _deltas, _sends in sealed:
                 if partition in offsets:
                     work.committed = offsets[partition]

@@ -75,6 +75,10 @@ COMPACTOR_STATE_PARTITIONS = Gauge(
     "walduck_compactor_state_partitions", "Visible partitions tracked in compactor state."
 )
 COMPACTOR_STATE_SHARDS = Gauge("walduck_compactor_state_shards", "Shards tracked in compactor state.")
+COMPACTOR_COMMITS_LOST = Counter(
+    "walduck_compactor_commits_lost_total",
+    "Offset commits refused because the group rebalanced meanwhile (partitions re-restored from deltas).",
+)
 
 # --- context shards (sinks/) ---------------------------------------------------------------
 SHARD_STALENESS = Gauge(
