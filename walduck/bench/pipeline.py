@@ -76,8 +76,11 @@ def component_pid(stack: Stack, name: str) -> int:
 
 
 def scrape(url: str) -> dict[str, float]:
-    """Prometheus text at ``url`` -> {'name{labels}': value}."""
-    return parse_prometheus(httpx.get(url, timeout=10).text)
+    """Prometheus text at ``url`` -> {'name{labels}': value}. The query service's ``/metrics`` needs the
+    metrics (admin) scope; an error answer raises instead of reading as "no metrics"."""
+    resp = httpx.get(url, timeout=10, headers={"x-iam-scopes": SCOPES})
+    resp.raise_for_status()
+    return parse_prometheus(resp.text)
 
 
 def parse_prometheus(text: str) -> dict[str, float]:
