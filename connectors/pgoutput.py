@@ -181,42 +181,18 @@ class _Reader:
         return value
 
     def tuple_data(self) -> TupleData:
-        values, self.pos = _tuple_data(self.buf, self.pos)
+        values: TupleData = []
+        for _ in range(self.int16()):
+            kind = self.byte()
+            if kind == "n":
+                values.append(None)
+            elif kind == "u":
+                values.append(UNCHANGED)
+            elif kind in ("t", "b"):
+                values.append(self.raw(self.int32()))
+            else:
+                raise DecodeError("unknown tuple data kind", repr(kind))
         return values
-
-
-def _tuple_data(buf: bytes, pos: int) -> tuple[TupleData, int]:
-    """TupleData at ``pos``: the hot loop of the decoder (one call per row), kept free of method calls."""
-    size = len(buf)
-    if pos + 2 > size:
-        raise DecodeError("truncated message", f"need 2 bytes at {pos}")
-    (count,) = _I16.unpack_from(buf, pos)
-    pos += 2
-    values: TupleData = []
-    append = values.append
-    unpack_len = _I32.unpack_from
-    for _ in range(count):
-        if pos >= size:
-            raise DecodeError("truncated message", f"need 1 byte at {pos}")
-        kind = buf[pos]
-        if kind == 116 or kind == 98:  # 't' text, 'b' binary
-            if pos + 5 > size:
-                raise DecodeError("truncated message", f"need 4 bytes at {pos + 1}")
-            (length,) = unpack_len(buf, pos + 1)
-            start = pos + 5
-            pos = start + length
-            if length < 0 or pos > size:
-                raise DecodeError("truncated message", f"need {length} bytes at {start}")
-            append(buf[start:pos])
-        elif kind == 110:  # 'n' NULL
-            append(None)
-            pos += 1
-        elif kind == 117:  # 'u' unchanged TOAST
-            append(UNCHANGED)
-            pos += 1
-        else:
-            raise DecodeError("unknown tuple data kind", repr(chr(kind)))
-    return values, pos
 
 
 _I8 = struct.Struct("!b")
@@ -422,11 +398,13 @@ _FAST: dict[int, Callable[[bytes], Any]] = {
     BOOL: _BOOLS.__getitem__,
     FLOAT4: float,
     FLOAT8: float,
-    JSON: orjson.loads,
-    JSONB: orjson.loads,
+    JSON: orjson.Fragment,
+    JSONB: orjson.Fragment,
 }
-"""Converters that take the raw bytes directly, mostly C callables (no Python frame per value). Any error
-of these sends the row to the careful path (:func:`convert`), which raises the :class:`DecodeError`."""
+"""Converters of :class:`RowPlan` that take the raw bytes directly, mostly C callables (no Python frame per
+value). JSON is PostgreSQL's own (valid) JSON text, carried as an ``orjson.Fragment`` and written into the
+record verbatim instead of being parsed and re-serialised. Any error of these sends the row to the careful
+path (:func:`convert`), which raises the :class:`DecodeError`."""
 
 
 _TIMESTAMPS: dict[bytes, str] = {}
@@ -443,7 +421,7 @@ def _timestamptz_bytes(raw: bytes) -> str:
     return value
 
 
-def _fast_converter(type_oid: int) -> Callable[[bytes], Any]:
+def _row_converter(type_oid: int) -> Callable[[bytes], Any]:
     fast = _FAST.get(type_oid)
     if fast is not None:
         return fast
@@ -453,14 +431,6 @@ def _fast_converter(type_oid: int) -> Callable[[bytes], Any]:
     return lambda raw: slow(raw.decode())
 
 
-def _wire_converter(type_oid: int) -> Callable[[bytes], Any]:
-    """Like :func:`_fast_converter`, except JSON: PostgreSQL's own (valid) JSON text is carried as an
-    ``orjson.Fragment`` and written into the record verbatim instead of being parsed and re-serialised."""
-    if type_oid in (JSON, JSONB):
-        return orjson.Fragment
-    return _fast_converter(type_oid)
-
-
 @dataclass(frozen=True, slots=True)
 class RowPlan:
     """How to turn one relation's TupleData into a typed row in one pass."""
@@ -468,20 +438,16 @@ class RowPlan:
     relation: Relation
     names: tuple[str, ...]
     converters: tuple[Callable[[bytes], Any], ...]
-    wire_converters: tuple[Callable[[bytes], Any], ...]
 
     @classmethod
     def of(cls, rel: Relation) -> RowPlan:
         return cls(
-            rel,
-            tuple(c.name for c in rel.columns),
-            tuple(_fast_converter(c.type_oid) for c in rel.columns),
-            tuple(_wire_converter(c.type_oid) for c in rel.columns),
+            rel, tuple(c.name for c in rel.columns), tuple(_row_converter(c.type_oid) for c in rel.columns)
         )
 
     def decode(self, buf: bytes, pos: int) -> dict[str, Any] | None:
         """Parse and convert the TupleData at ``pos`` in one loop: the decoder's hot path (one call per
-        inserted row; JSON columns stay ``orjson.Fragment``, see :func:`_wire_converter`). ``None`` when
+        inserted row; JSON columns stay ``orjson.Fragment``, see :data:`_FAST`). ``None`` when
         the row needs the careful path: unchanged TOAST, a value a fast converter refuses, a column count
         mismatch or a truncated message."""
         try:
@@ -491,7 +457,7 @@ class RowPlan:
             pos += 2
             unpack_len = _U32.unpack_from  # unsigned: pos only grows, so one check at the end suffices
             row: dict[str, Any] = {}
-            for name, conv in zip(self.names, self.wire_converters, strict=True):
+            for name, conv in zip(self.names, self.converters, strict=True):
                 kind = buf[pos]
                 if kind == 116:  # 't'
                     start = pos + 5
@@ -531,25 +497,26 @@ class RelationCache:
     def __contains__(self, oid: int) -> bool:
         return oid in self._by_oid
 
-    def row(self, rel: Relation, values: TupleData, fallback: dict[str, Any] | None = None) -> dict[str, Any]:
+    @staticmethod
+    def row(rel: Relation, values: TupleData, fallback: dict[str, Any] | None = None) -> dict[str, Any]:
         """Typed row. Unchanged TOAST values are taken from ``fallback`` (the old row) when it has
         them; otherwise the row cannot be completed and :class:`DecodeError` is raised."""
-        plan = self._plans.get(rel.oid)
-        if plan is not None and plan.relation is rel and len(values) == len(plan.names):
-            row: dict[str, Any] = {}
-            try:
-                for name, conv, raw in zip(plan.names, plan.converters, values, strict=True):
-                    if raw is None:
-                        row[name] = None
-                    elif raw is UNCHANGED:
-                        break
-                    else:
-                        row[name] = conv(raw)  # type: ignore[arg-type]
-                else:
-                    return row
-            except (ValueError, KeyError, DecodeError):
-                pass  # the careful path below says why
-        return _row_checked(rel, values, fallback)
+        if len(values) != len(rel.columns):
+            raise DecodeError(
+                "column count mismatch", f"{rel.name}: {len(values)} values for {len(rel.columns)} columns"
+            )
+        row: dict[str, Any] = {}
+        for col, raw in zip(rel.columns, values, strict=True):
+            if raw is None:
+                row[col.name] = None
+            elif raw is UNCHANGED:
+                if fallback is None or col.name not in fallback:
+                    raise DecodeError("unchanged toast without old value", f"{rel.name}.{col.name}")
+                row[col.name] = fallback[col.name]
+            else:
+                assert isinstance(raw, bytes)
+                row[col.name] = convert(col.type_oid, raw)
+        return row
 
 
 def decode_insert(payload: bytes, relations: RelationCache) -> tuple[Relation, dict[str, Any]] | None:
@@ -564,22 +531,3 @@ def decode_insert(payload: bytes, relations: RelationCache) -> tuple[Relation, d
         return None
     row = plan.decode(payload, 6)
     return None if row is None else (plan.relation, row)
-
-
-def _row_checked(rel: Relation, values: TupleData, fallback: dict[str, Any] | None) -> dict[str, Any]:
-    if len(values) != len(rel.columns):
-        raise DecodeError(
-            "column count mismatch", f"{rel.name}: {len(values)} values for {len(rel.columns)} columns"
-        )
-    row: dict[str, Any] = {}
-    for col, raw in zip(rel.columns, values, strict=True):
-        if raw is None:
-            row[col.name] = None
-        elif raw is UNCHANGED:
-            if fallback is None or col.name not in fallback:
-                raise DecodeError("unchanged toast without old value", f"{rel.name}.{col.name}")
-            row[col.name] = fallback[col.name]
-        else:
-            assert isinstance(raw, bytes)
-            row[col.name] = convert(col.type_oid, raw)
-    return row
