@@ -20,16 +20,17 @@ import time
 import psycopg
 
 from walduck.bench.env import BenchServices, scenario_env
-from walduck.bench.pipeline import confirmed_flush_lsn, make_stack, pg_bin, topic_records, wait_for
+from walduck.bench.pipeline import (
+    confirmed_flush_lsn,
+    make_stack,
+    pg_bin,
+    slot_active,
+    topic_records,
+    wait_for,
+)
 from walduck.bench.report import Result
 from walduck.lsn import format_lsn, parse_lsn
 from walduck.workload.bulk import bulk_load
-
-
-def slot_active(dsn: str, slot: str) -> bool:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        row = conn.execute("SELECT active FROM pg_replication_slots WHERE slot_name = %s", [slot]).fetchone()
-    return bool(row and row[0])
 
 
 def run_connector(services: BenchServices, partitions: int, datasets: int, timeout: float) -> Result:

@@ -37,6 +37,12 @@ def confirmed_flush_lsn(dsn: str, slot: str) -> int:
     return parse_lsn(row[0]) if row and row[0] else 0
 
 
+def slot_active(dsn: str, slot: str) -> bool:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute("SELECT active FROM pg_replication_slots WHERE slot_name = %s", [slot]).fetchone()
+    return bool(row and row[0])
+
+
 def topic_records(bootstrap: str, topic: str, partitions: int) -> int:
     """Records in ``topic`` (sum of end offsets minus beginning offsets over its ``partitions``)."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
