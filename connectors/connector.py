@@ -27,6 +27,7 @@ import psycopg
 from aiokafka.errors import KafkaError
 from psycopg import sql
 
+from connectors import rowjson
 from connectors.protocol import Keepalive, ProtocolError, ReplicationConnection, ReplicationEnded, XLogData
 from connectors.publisher import ChangePublisher, DeadLetterPublisher, make_producer
 from connectors.settings import ConnectorSettings, SnapshotMode
@@ -101,6 +102,7 @@ class Connector:
     def __init__(self, settings: WalduckSettings, csettings: ConnectorSettings | None = None) -> None:
         self.settings = settings
         self.csettings = csettings or ConnectorSettings()
+        rowjson.active(self.csettings.row_encoder)  # WALDUCK_ROW_ENCODER=native without the build: fail now
         self.stop_event = asyncio.Event()
         self.tracker = FlushTracker()
         self.sessions = 0
@@ -159,7 +161,17 @@ class Connector:
                     "messages": "true",
                 },
             )
-            log.info("streaming slot %s from %s", s.slot_name, format_lsn(start_lsn))
+            encoder = rowjson.active(self.csettings.row_encoder)
+            for name in ("native", "python"):
+                m.CONNECTOR_ROW_ENCODER.labels(name).set(1 if name == encoder else 0)
+            if encoder != "native":
+                log.warning(
+                    "row encoder: python (the compiled connectors._rowjson is %s)",
+                    "not built" if rowjson.NativeRowEncoder is None else "switched off",
+                )
+            log.info(
+                "streaming slot %s from %s (%s row encoder)", s.slot_name, format_lsn(start_lsn), encoder
+            )
             return await self._stream(repl, publisher, dlq)
         finally:
             if repl is not None:
@@ -216,7 +228,7 @@ class Connector:
         self, repl: ReplicationConnection, publisher: ChangePublisher, dlq: DeadLetterPublisher
     ) -> bool:
         cs = self.csettings
-        assembler = TransactionAssembler(cs.heartbeat_prefix)
+        assembler = TransactionAssembler(cs.heartbeat_prefix, cs.row_encoder)
         queue: asyncio.Queue[_InFlight] = asyncio.Queue(maxsize=10_000)
         inflight_records = [0]
         acker = asyncio.create_task(self._acker(queue, inflight_records, repl), name="walduck-acker")

@@ -387,6 +387,13 @@ def convert(type_oid: int, raw: bytes) -> Any:
 
 _BOOLS = {b"t": True, b"f": False}
 
+
+def _json_fragment(raw: bytes) -> orjson.Fragment:
+    if not raw.isascii():
+        raw.decode()  # UnicodeDecodeError: the row goes to the careful path (a Fragment is written as is)
+    return orjson.Fragment(raw)
+
+
 _FAST: dict[int, Callable[[bytes], Any]] = {
     TEXT: bytes.decode,
     VARCHAR: bytes.decode,
@@ -398,8 +405,8 @@ _FAST: dict[int, Callable[[bytes], Any]] = {
     BOOL: _BOOLS.__getitem__,
     FLOAT4: float,
     FLOAT8: float,
-    JSON: orjson.Fragment,
-    JSONB: orjson.Fragment,
+    JSON: _json_fragment,
+    JSONB: _json_fragment,
 }
 """Converters of :class:`RowPlan` that take the raw bytes directly, mostly C callables (no Python frame per
 value). JSON is PostgreSQL's own (valid) JSON text, carried as an ``orjson.Fragment`` and written into the
@@ -468,7 +475,7 @@ class RowPlan:
                     pos += 1
                 else:
                     return None
-        except (ValueError, KeyError, IndexError, struct.error, DecodeError):
+        except (ValueError, KeyError, IndexError, struct.error, DecodeError):  # (UnicodeDecodeError too)
             return None
         # a length running past the end left a short value behind: refuse the whole row
         return row if pos == len(buf) else None
@@ -517,17 +524,3 @@ class RelationCache:
                 assert isinstance(raw, bytes)
                 row[col.name] = convert(col.type_oid, raw)
         return row
-
-
-def decode_insert(payload: bytes, relations: RelationCache) -> tuple[Relation, dict[str, Any]] | None:
-    """Fast path for the commonest message, an Insert of a known relation: ``(relation, typed row)``
-    straight from the payload, or ``None`` when :func:`decode` and :meth:`RelationCache.row` must handle
-    it (and report what is wrong with it)."""
-    if len(payload) < 8 or payload[0] != 73 or payload[5] != 78:  # 'I' … 'N'
-        return None
-    (oid,) = _U32.unpack_from(payload, 1)
-    plan = relations.plan(oid)
-    if plan is None:
-        return None
-    row = plan.decode(payload, 6)
-    return None if row is None else (plan.relation, row)

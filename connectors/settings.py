@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Literal
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -44,5 +45,8 @@ class ConnectorSettings(BaseSettings):
     # reconnect backoff (seconds): initial, doubled per failure up to max
     backoff_initial: float = 0.5
     backoff_max: float = 30.0
+    # how INSERT rows become JSON (connectors/rowjson.py): auto = the compiled encoder when it was built,
+    # else the pure-Python one (with a warning); native = refuse to start without it; python = never compiled
+    row_encoder: Literal["auto", "native", "python"] = "auto"
     # rows per fetch while reading the snapshot
     snapshot_fetch_rows: int = 5_000

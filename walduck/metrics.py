@@ -51,6 +51,11 @@ CONNECTOR_PRODUCE_LATENCY = Histogram(
 CONNECTOR_ERRORS = Counter(
     "walduck_connector_errors_total", "Connector errors by kind (postgres, kafka, decode).", ["kind"]
 )
+CONNECTOR_ROW_ENCODER = Gauge(
+    "walduck_connector_row_encoder",
+    "1 for the row encoder in use (native: compiled connectors._rowjson; python: the pure-Python fallback).",
+    ["encoder"],
+)
 CONNECTOR_SNAPSHOT_ROWS = Counter(
     "walduck_connector_snapshot_rows_total", "Rows read by the initial snapshot.", ["table"]
 )

@@ -154,23 +154,25 @@ def test_publisher_encoding_is_the_schema_encoding() -> None:
         assert same_record(ChangeRecord.from_bytes(encode_record(r)), r)
 
 
-def test_insert_fast_path_carries_postgres_json_verbatim() -> None:
-    """Inserts decode in one pass (JSON columns as orjson.Fragment) and are encoded at once; the record's JSON
-    equals what the careful path (parsed values) gives."""
-    items = assemble()
+@pytest.mark.parametrize("encoder", ["native", "python"])
+def test_insert_fast_path_carries_postgres_json_verbatim(encoder: str) -> None:
+    """Inserts go straight to JSON (connectors.rowjson) and are kept as a Fragment; the record's JSON
+    equals what the careful path (parsed values) gives, with either row encoder."""
+    asm = TransactionAssembler(row_encoder=encoder)
+    items = [x for x in (asm.feed(lsn, payload) for lsn, payload in MESSAGES) if x is not None]
     inserts = [r for i in items if isinstance(i, Transaction) for r in i.records if r.op is Op.INSERT]
     fragments = [r for r in inserts if isinstance(r.new, orjson.Fragment)]  # encoded while hot
     assert fragments, "no insert took the fast path"
-    asm = TransactionAssembler()
+    careful = TransactionAssembler(row_encoder=encoder)
     for _lsn, payload in MESSAGES:
         msg = po.decode(payload)
         if isinstance(msg, po.Relation):
-            asm.relations.add(msg)
-        if isinstance(msg, po.Insert) and msg.relation_oid in asm.relations:
-            fast = po.decode_insert(payload, asm.relations)
-            careful = asm.relations.row(asm.relations.get(msg.relation_oid), msg.new)
+            careful.feed(0, payload)
+        if isinstance(msg, po.Insert) and msg.relation_oid in careful.relations:
+            fast = careful.encoder(msg.relation_oid).encode(payload, 6)
+            row = careful.relations.row(careful.relations.get(msg.relation_oid), msg.new)
             assert fast is not None
-            assert orjson.loads(orjson.dumps(fast[1])) == careful
+            assert orjson.loads(fast[0]) == orjson.loads(orjson.dumps(row))
 
 
 @pytest.mark.parametrize(
@@ -181,14 +183,18 @@ def test_insert_fast_path_carries_postgres_json_verbatim() -> None:
         (lambda p: p + b"x", None),  # trailing garbage: decode() ignores it, the fast path must not accept it
     ],
 )
-def test_insert_fast_path_refuses_malformed_payloads(mangle: object, reason: str | None) -> None:
-    asm = TransactionAssembler()
+@pytest.mark.parametrize("encoder", ["native", "python"])
+def test_insert_fast_path_refuses_malformed_payloads(
+    mangle: object, reason: str | None, encoder: str
+) -> None:
+    asm = TransactionAssembler(row_encoder=encoder)
     asm.feed(*MESSAGES[4])  # Begin
     asm.feed(0, MESSAGES[5][1])  # Relation
     good = MESSAGES[6][1]
-    assert po.decode_insert(good, asm.relations) is not None
+    oid = po.decode(good).relation_oid  # type: ignore[union-attr]
+    assert asm.encoder(oid).encode(good, 6) is not None
     bad = mangle(good)  # type: ignore[operator]
-    assert po.decode_insert(bad, asm.relations) is None
+    assert asm.encoder(oid).encode(bad, 6) is None
     asm.feed(MESSAGES[6][0], bad)
     tx = asm.feed(*MESSAGES[8])  # Commit
     assert isinstance(tx, Transaction)
