@@ -57,10 +57,13 @@ class Heartbeat:
     lsn: int
 
 
+def routing_column(table: str) -> str:
+    """The column holding a row's dataset id: its Kafka key (``datasets`` rows are their own dataset)."""
+    return "id" if table == "datasets" else "dataset_id"
+
+
 def dataset_of(table: str, row: dict[str, Any]) -> str | None:
-    if table == "datasets":
-        return row.get("id")
-    value = row.get("dataset_id")
+    value = row.get(routing_column(table))
     return None if value is None else str(value)
 
 
@@ -147,7 +150,7 @@ class TransactionAssembler:
                 if out is not None:
                     rel, keys = enc[0], enc[2]
                     new, wanted = out
-                    ds = wanted[-1]
+                    ds = wanted[-1]  # (the routing column: dataset_of without a row dict)
                     # the row stays JSON bytes until the Commit: a large transaction holds ~1 KB per row
                     # instead of a dict of str (3x the memory, GC-tracked)
                     self._changes.append(
@@ -181,10 +184,10 @@ class TransactionAssembler:
         if isinstance(msg, po.Relation):
             self.relations.add(msg)
             keys = key_columns(msg)
-            routing = ("id",) if msg.name == "datasets" else ("dataset_id",)
             plan = self.relations.plan(msg.oid)
             assert plan is not None
-            self._encoders[msg.oid] = (msg, make_encoder(plan, keys + routing, self.row_encoder), keys)
+            wanted = (*keys, routing_column(msg.name))  # the encoder returns these values beside the JSON
+            self._encoders[msg.oid] = (msg, make_encoder(plan, wanted, self.row_encoder), keys)
             return None
         if isinstance(msg, po.TypeMessage | po.Origin):
             return None
