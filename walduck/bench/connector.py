@@ -14,6 +14,7 @@ same WAL, so the same record count is used for it.
 
 from __future__ import annotations
 
+import resource
 import subprocess
 import time
 
@@ -21,16 +22,27 @@ import psycopg
 
 from walduck.bench.env import BenchServices, scenario_env
 from walduck.bench.pipeline import (
+    component_pid,
     confirmed_flush_lsn,
+    cpu_seconds,
     make_stack,
     pg_bin,
     slot_active,
+    slot_pid,
     topic_records,
     wait_for,
 )
 from walduck.bench.report import Result
 from walduck.lsn import format_lsn, parse_lsn
 from walduck.workload.bulk import bulk_load
+
+
+def _delta(before: float | None, after: float | None) -> float | None:
+    return None if before is None or after is None else after - before
+
+
+def _or_na(seconds: float | None) -> float | str:
+    return "n/a" if seconds is None else seconds
 
 
 def run_connector(services: BenchServices, partitions: int, datasets: int, timeout: float) -> Result:
@@ -74,11 +86,32 @@ def run_connector(services: BenchServices, partitions: int, datasets: int, timeo
                 "-f",
                 "/dev/null",
             ]
+            kafka_pid = services.manager.status().get("kafka", {}).get("pid")
+            kafka_cpu0 = cpu_seconds(kafka_pid)
+            children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
             started = time.monotonic()
-            done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            # the walsender's CPU: sampled from /proc while it serves the baseline (it exits with it)
+            sender = sender_cpu0 = sender_cpu = None
+            while proc.poll() is None:
+                if sender is None:
+                    sender = slot_pid(env.dsn, base_slot)
+                    sender_cpu0 = cpu_seconds(sender)
+                sender_cpu = cpu_seconds(sender) or sender_cpu
+                if time.monotonic() - started > timeout:
+                    proc.kill()
+                    raise TimeoutError(f"pg_recvlogical still running after {timeout:.0f} s")
+                time.sleep(0.02)
             base_s = time.monotonic() - started
-            if done.returncode != 0:
-                raise RuntimeError(f"pg_recvlogical failed ({done.returncode}): {done.stderr[-500:]}")
+            if proc.returncode != 0:
+                raise RuntimeError(f"pg_recvlogical failed ({proc.returncode}): {proc.stderr.read()[-500:]}")  # type: ignore[union-attr]
+            children1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+            base_cpu = {
+                "pg_recvlogical": (children1.ru_utime + children1.ru_stime)
+                - (children0.ru_utime + children0.ru_stime),
+                "walsender": _delta(sender_cpu0, sender_cpu),
+                "Kafka broker": _delta(kafka_cpu0, cpu_seconds(kafka_pid)),
+            }
 
             # walduck connector: until its slot confirmed the end LSN (after Kafka acks). Streaming time
             # starts when the slot turns active (START_REPLICATION sent), so the Python process start-up
@@ -88,9 +121,13 @@ def run_connector(services: BenchServices, partitions: int, datasets: int, timeo
             try:
                 wait_for(lambda: slot_active(env.dsn, env.settings.slot_name), timeout, 0.02)
                 streaming = time.monotonic()
+                connector_pid = component_pid(stack, "connector")
+                sender = slot_pid(env.dsn, env.settings.slot_name)
+                cpu0 = [cpu_seconds(p) for p in (connector_pid, sender, kafka_pid)]
                 wait_for(
                     lambda: confirmed_flush_lsn(env.dsn, env.settings.slot_name) >= end_lsn, timeout, 0.05
                 )
+                cpu1 = [cpu_seconds(p) for p in (connector_pid, sender, kafka_pid)]
             except TimeoutError as exc:
                 raise TimeoutError(f"{exc}\n{stack.logs()}") from None
             done_at = time.monotonic()
@@ -108,6 +145,32 @@ def run_connector(services: BenchServices, partitions: int, datasets: int, timeo
             result.add("walduck connector process start-up (not in the rate)", startup_s, "s")
             result.add("records/s including start-up", records / (ours_s + startup_s), "rec/s", base_rate)
             result.add("change records in Kafka", records, "")
+            # where the CPU went during each streaming run (2 cores: the pair must share them)
+            ours_cpu = dict(
+                zip(("walduck connector", "walsender", "Kafka broker"), map(_delta, cpu0, cpu1), strict=True)
+            )
+            for name, seconds in ours_cpu.items():
+                result.add(f"CPU seconds during walduck's run: {name}", _or_na(seconds), "s")
+            for name, seconds in base_cpu.items():
+                result.add(f"CPU seconds during the baseline: {name}", _or_na(seconds), "s")
+            conn_cpu = ours_cpu["walduck connector"]
+            if conn_cpu is not None:
+                result.notes.append(
+                    f"the connector process was on CPU {conn_cpu / ours_s:.0%} of its streaming time "
+                    f"({conn_cpu / records * 1e6:.1f} µs CPU per record); the walsender "
+                    + (
+                        f"{ours_cpu['walsender'] / ours_s:.0%}"
+                        if ours_cpu["walsender"] is not None
+                        else "n/a"
+                    )
+                    + " during walduck's run and "
+                    + (
+                        f"{base_cpu['walsender'] / base_s:.0%}"
+                        if base_cpu["walsender"] is not None
+                        else "n/a"
+                    )
+                    + " during the baseline's"
+                )
             result.notes.append(
                 "baseline column = pg_recvlogical (pgoutput proto 1, same publication, to /dev/null) on the same "
                 "WAL from a slot created at the same point; walduck's streaming time runs from its slot turning "

@@ -74,6 +74,26 @@ def rss_bytes(pid: int) -> tuple[int, int]:
     return cur, peak
 
 
+def cpu_seconds(pid: int | None) -> float | None:
+    """User + system CPU time of ``pid`` so far (``None`` when it is gone or unknown)."""
+    if pid is None:
+        return None
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime (fields 14, 15)
+
+
+def slot_pid(dsn: str, slot: str) -> int | None:
+    """The walsender serving ``slot`` (``None`` while the slot is inactive)."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s", [slot]
+        ).fetchone()
+    return None if row is None else row[0]
+
+
 def component_pid(stack: Stack, name: str) -> int:
     comp = stack.components[name]
     assert comp.proc is not None
