@@ -20,6 +20,14 @@ class SinkSettings(BaseSettings):
     # keep parsed Parquet footers across queries (DuckDB object cache, bounded by duckdb_memory_limit; ~7 KB per
     # 3-column partition file); without it every query re-reads every footer
     duckdb_parquet_metadata_cache: bool = True
+    # DuckDB checkpoints (folds its WAL into the database file) at the commit that takes the WAL past this size,
+    # and that apply waits for it (~0.3-0.6 s per 16 MB at 300k partitions). The deltas consumer checkpoints
+    # instead when it has been idle checkpoint_idle_s and the WAL holds checkpoint_idle_min_bytes, so under bursty
+    # load applies rarely pay; the threshold is the backstop for sustained load (fewer, longer stalls than
+    # DuckDB's 16 MB default; a crash replays at most this much WAL at start). docs/operations.md
+    duckdb_checkpoint_threshold: str = "128MB"
+    checkpoint_idle_s: float = 1.0  # 0 = never checkpoint when idle (DuckDB's threshold only)
+    checkpoint_idle_min_bytes: int = 1 << 20
     # cursors handed to readers; a reader waits at most reader_wait_s for one
     reader_pool_size: int = 8
     reader_wait_s: float = 5.0

@@ -104,6 +104,19 @@ DELTA_APPLY_DURATION = Histogram(
     "Duration of one apply transaction (one delta, or a batch of partition-only deltas and heartbeats).",
     buckets=LATENCY_BUCKETS,
 )
+CONTEXT_CHECKPOINTS = Counter(
+    "walduck_context_checkpoints_total",
+    "Checkpoints the deltas consumer ran while idle (result=done|busy: a reader's transaction was open).",
+    ["result"],
+)
+CONTEXT_CHECKPOINT_DURATION = Histogram(
+    "walduck_context_checkpoint_duration_seconds",
+    "Duration of an idle-time checkpoint of the context file (the writer waits meanwhile).",
+    buckets=LATENCY_BUCKETS,
+)
+CONTEXT_WAL_BYTES = Gauge(
+    "walduck_context_wal_bytes", "Size of the context's DuckDB WAL (changes not yet checkpointed)."
+)
 DELTAS_APPLIED = Counter(
     "walduck_deltas_applied_total", "Deltas applied (result=applied|duplicate).", ["result"]
 )

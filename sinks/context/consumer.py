@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -108,8 +109,23 @@ class DeltaConsumer:
         self._producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap)
         await self._producer.start()
         loop = asyncio.get_running_loop()
+        last_delta = time.monotonic()
+        checkpoint_due = False  # changes applied since the last idle checkpoint
         while not self._stop.is_set():
             batches = await consumer.getmany(timeout_ms=settings.consumer_poll_ms)
+            if any(batches.values()):
+                last_delta = time.monotonic()
+                checkpoint_due = True
+            elif (
+                checkpoint_due
+                and settings.checkpoint_idle_s > 0
+                and time.monotonic() - last_delta >= settings.checkpoint_idle_s
+            ):
+                # idle: fold DuckDB's WAL into the file now, so the next apply does not pay for it
+                done = await loop.run_in_executor(
+                    self._executor, self.store.checkpoint, settings.checkpoint_idle_min_bytes
+                )
+                checkpoint_due = done is False  # busy (a reader's transaction): try again next idle poll
             await self._handle_batch(loop, [(tp.partition, records) for tp, records in batches.items()])
             for tp, records in batches.items():
                 if records and self._check_bootstrapped(tp.partition, records[-1].offset + 1):

@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import hashlib
 import logging
+import os
 import queue
 import re
 import threading
@@ -212,6 +213,7 @@ class ContextStore:
             config={
                 "threads": self.settings.duckdb_threads,
                 "memory_limit": self.settings.duckdb_memory_limit,
+                "checkpoint_threshold": self.settings.duckdb_checkpoint_threshold,  # (see checkpoint())
             },
         )
         db.execute(ddl.TABLES)
@@ -245,6 +247,37 @@ class ContextStore:
         db.execute("SET autoinstall_known_extensions = false")
         db.execute("SET allow_community_extensions = false")
         db.execute("SET lock_configuration = true")
+
+    def wal_bytes(self) -> int:
+        """Size of DuckDB's write-ahead log: committed changes not yet folded into the database file."""
+        try:
+            return os.stat(f"{self.path}.wal").st_size
+        except FileNotFoundError:
+            return 0
+
+    def checkpoint(self, min_wal_bytes: int = 0) -> bool | None:
+        """Fold the WAL into the database file now, holding the writer (called when no delta is waiting, so
+        no apply pays for it). ``None``: the WAL is below ``min_wal_bytes``; ``False``: a reader's transaction
+        was open (DuckDB refuses; the next idle moment tries again); ``True``: done."""
+        self._require()
+        wal = self.wal_bytes()
+        metrics.CONTEXT_WAL_BYTES.set(wal)
+        if wal < max(1, min_wal_bytes):
+            return None
+        with self._write_lock:
+            cur = self._writer
+            assert cur is not None
+            started = time.perf_counter()
+            try:
+                cur.execute("CHECKPOINT")
+            except duckdb.Error as exc:
+                metrics.CONTEXT_CHECKPOINTS.labels(result="busy").inc()
+                log.debug("idle checkpoint refused: %s", exc)
+                return False
+            metrics.CONTEXT_CHECKPOINT_DURATION.observe(time.perf_counter() - started)
+        metrics.CONTEXT_CHECKPOINTS.labels(result="done").inc()
+        metrics.CONTEXT_WAL_BYTES.set(self.wal_bytes())
+        return True
 
     def close(self) -> None:
         if self._db is None:
