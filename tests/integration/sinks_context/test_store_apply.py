@@ -315,3 +315,29 @@ def test_readers_never_see_a_half_applied_compaction(store, factory, apply):
     assert len(seen) > 20
     assert {s[0] for s in seen} == {total}
     assert {s[1] for s in seen} <= {4, 8}
+
+
+def test_delete_by_dataset_and_a_partition_moving_between_datasets(store, factory, apply) -> None:
+    """Partition deletes are restricted to the delta's dataset (zone maps; docs/performance.md, "apply"): a
+    partition re-homed to another dataset appears there at once and leaves its old dataset with that
+    dataset's own delta, in either order; unrelated datasets' rows are never touched."""
+    apply(factory.create_dataset(0, "a"))
+    apply(factory.create_dataset(0, "b"))
+    apply(factory.create_dataset(1, "c"))
+    moving = factory.write_file("a", 1, 2)
+    stay_a = factory.write_file("a", 2, 3)
+    stay_c = factory.write_file("c", 1, 4)
+    apply(factory.delta(0, "ds-a", upserts=[moving, stay_a]))
+    apply(factory.delta(1, "ds-c", upserts=[stay_c]))
+    moved = {**moving, "dataset_id": "ds-b", "manifest_id": "dm-b"}
+    apply(factory.delta(0, "ds-b", upserts=[moved]))
+    assert (store.dataset("ds-a").total_rows, store.dataset("ds-b").total_rows) == (5, 2)
+    apply(factory.delta(0, "ds-a", deletes=[moving["id"]]))
+    assert (store.dataset("ds-a").total_rows, store.dataset("ds-b").total_rows) == (3, 2)
+    # upserting an existing partition replaces its row (no duplicate); a delete names only its dataset's rows
+    apply(factory.delta(0, "ds-a", upserts=[{**stay_a, "row_count": 30}]))
+    apply(factory.delta(1, "ds-c", deletes=[stay_a["id"]]))
+    assert store.dataset("ds-a").total_rows == 30 and store.dataset("ds-c").total_rows == 4
+    with store.reader() as cur:
+        ids = [r[0] for r in cur.execute("SELECT id FROM wd.partitions ORDER BY id").fetchall()]
+    assert sorted(ids) == sorted({moving["id"], stay_a["id"], stay_c["id"]}) and len(ids) == 3
