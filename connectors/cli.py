@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import signal
 
 import typer
 
 from connectors.settings import ConnectorSettings, SnapshotMode
+from walduck.gctuning import tune_for_streaming
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -79,8 +79,7 @@ def run(
     # The delivery loop allocates a few small objects per column and holds up to max_inflight_records
     # records until Kafka acknowledges them: collect the young generation less often and keep the
     # start-up objects (modules, settings) out of every full collection.
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 20)
+    tune_for_streaming()
 
     async def main() -> None:
         connector = Connector(settings, csettings)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 
 import typer
+
+from walduck.gctuning import tune_for_streaming
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -42,6 +43,5 @@ def run(
         raise typer.BadParameter("no Kafka bootstrap: pass --kafka or set WALDUCK_KAFKA_BOOTSTRAP")
     # the state (visible partitions per shard) is large and long-lived: keep start-up objects out of full
     # collections and collect less often (full collections over millions of dicts stalled the loop)
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 20)
+    tune_for_streaming()
     asyncio.run(run_compactor(settings, knobs))

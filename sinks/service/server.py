@@ -17,6 +17,7 @@ from sinks.service.app import create_app
 from sinks.service.settings import QuerySettings
 from sinks.settings import SinkSettings
 from walduck.config import WalduckSettings
+from walduck.gctuning import tune_for_streaming
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +27,7 @@ async def serve_async(
 ) -> None:
     store = ContextStore(sink, walduck)
     store.open()
+    tune_for_streaming()  # the open context's caches stay out of every collection (apply outliers)
     consumer = DeltaConsumer(store) if consume else None
     app = create_app(store, query, pg_dsn=walduck.pg_dsn or None, catalog_schema=walduck.catalog_schema)
     server = uvicorn.Server(

@@ -11,6 +11,7 @@ import random
 from walduck.bench.contexts import DeltaMaker, open_store, timed
 from walduck.bench.env import BenchServices, scenario_env
 from walduck.bench.report import Result, percentile
+from walduck.gctuning import tune_for_streaming
 from walduck.workload.bulk import bulk_load
 
 SIZES = (1, 100, 1000)
@@ -45,6 +46,7 @@ def run_apply(services: BenchServices, partitions: int, datasets: int, repeats: 
                 held = cur.execute("SELECT count(*) FROM wd.partitions").fetchone()[0]
             result.notes.append(f"context holds {held:,} partitions after rebuild")
             maker = DeltaMaker(store, env.settings.topic_partitions)
+            tune_for_streaming()  # as the query service runs its applies (walduck/gctuning.py)
             ids = [d.id for d in store.datasets()]
             rng = random.Random(7)
             # warm-up: one delta per size (first touch of DuckDB's index pages)
