@@ -24,8 +24,8 @@ class SinkSettings(BaseSettings):
     # and that apply waits for it (~0.3-0.6 s per 16 MB at 300k partitions). The deltas consumer checkpoints
     # instead when it has been idle checkpoint_idle_s and the WAL holds checkpoint_idle_min_bytes, so under bursty
     # load applies rarely pay; the threshold is the backstop for sustained load (fewer, longer stalls than
-    # DuckDB's 16 MB default; a crash replays at most this much WAL at start). docs/operations.md
-    duckdb_checkpoint_threshold: str = "128MB"
+    # DuckDB's 16 MB default: ~2.5 s at 1M partitions; a crash replays at most this much WAL). docs/operations.md
+    duckdb_checkpoint_threshold: str = "64MB"
     checkpoint_idle_s: float = 1.0  # 0 = never checkpoint when idle (DuckDB's threshold only)
     checkpoint_idle_min_bytes: int = 1 << 20
     # cursors handed to readers; a reader waits at most reader_wait_s for one
