@@ -160,7 +160,7 @@ class TransactionAssembler:
                             dict(zip(keys, wanted, strict=False)),
                             orjson.Fragment(new),
                             None,
-                            ds if ds is None or type(ds) is str else str(ds),
+                            None if ds is None else str(ds),
                             wal_start,
                         )
                     )

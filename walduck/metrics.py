@@ -106,7 +106,7 @@ DELTA_APPLY_DURATION = Histogram(
 )
 CONTEXT_CHECKPOINTS = Counter(
     "walduck_context_checkpoints_total",
-    "Checkpoints the deltas consumer ran while idle (result=done|busy: a reader's transaction was open).",
+    "Checkpoints the deltas consumer ran while idle (result=done|busy: DuckDB refused, retried when next idle).",
     ["result"],
 )
 CONTEXT_CHECKPOINT_DURATION = Histogram(

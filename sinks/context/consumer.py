@@ -125,7 +125,7 @@ class DeltaConsumer:
                 done = await loop.run_in_executor(
                     self._executor, self.store.checkpoint, settings.checkpoint_idle_min_bytes
                 )
-                checkpoint_due = done is False  # busy (a reader's transaction): try again next idle poll
+                checkpoint_due = done is False  # refused by DuckDB: try again at the next idle poll
             await self._handle_batch(loop, [(tp.partition, records) for tp, records in batches.items()])
             for tp, records in batches.items():
                 if records and self._check_bootstrapped(tp.partition, records[-1].offset + 1):

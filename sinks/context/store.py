@@ -53,6 +53,13 @@ log = logging.getLogger(__name__)
 _MAX_DATASET_DELETES = 3
 """Above this many datasets in one apply, one unrestricted DELETE scan beats a restricted DELETE per dataset."""
 
+
+def _owner(row: dict[str, Any] | None, ds_id: str | None) -> str | None:
+    """The dataset holding a partition row: its own ``dataset_id``, else the delta's (``None``: unknown)."""
+    owner = (row.get("dataset_id") if row is not None else None) or ds_id
+    return None if owner is None else str(owner)
+
+
 FAR_PAST = datetime(1, 1, 1)
 FAR_FUTURE = datetime(9999, 12, 31)
 # DuckDB's messages for a file it cannot open (a partition file deleted before its catalog row)
@@ -259,8 +266,9 @@ class ContextStore:
 
     def checkpoint(self, min_wal_bytes: int = 0) -> bool | None:
         """Fold the WAL into the database file now, holding the writer (called when no delta is waiting, so
-        no apply pays for it). ``None``: the WAL is below ``min_wal_bytes``; ``False``: a reader's transaction
-        was open (DuckDB refuses; the next idle moment tries again); ``True``: done."""
+        no apply pays for it). ``None``: the WAL is below ``min_wal_bytes``; ``False``: DuckDB refused (older
+        versions do while any transaction is open; 2.0 checkpoints beside readers) and the next idle moment
+        tries again; ``True``: done."""
         self._require()
         wal = self.wal_bytes()
         metrics.CONTEXT_WAL_BYTES.set(wal)
@@ -499,8 +507,7 @@ class ContextStore:
             if net:
                 doomed: dict[str | None, list[str]] = {}
                 for pid, (row, _partition, ds_id) in net.items():
-                    owner = (row.get("dataset_id") if row is not None else None) or ds_id
-                    doomed.setdefault(None if owner is None else str(owner), []).append(pid)
+                    doomed.setdefault(_owner(row, ds_id), []).append(pid)
                 self._delete_partitions(cur, doomed)
                 by_shard: dict[int, list[dict[str, Any]]] = {}
                 for row, partition, ds_id in net.values():
@@ -676,10 +683,9 @@ class ContextStore:
             upserts.extend(change.upserts)
             deletes.extend(change.deletes)
         if upserts or deletes:
-            doomed: dict[str | None, list[str]] = {ds_id: list(deletes)} if deletes else {}
+            doomed: dict[str | None, list[str]] = {_owner(None, ds_id): list(deletes)} if deletes else {}
             for u in upserts:
-                owner = u.get("dataset_id") or ds_id
-                doomed.setdefault(None if owner is None else str(owner), []).append(str(u["id"]))
+                doomed.setdefault(_owner(u, ds_id), []).append(str(u["id"]))
             self._delete_partitions(cur, doomed)
             self._insert_partitions(cur, upserts, shard, ds_id)
             touched |= {str(u.get("dataset_id") or ds_id) for u in upserts}

@@ -53,9 +53,8 @@ def run_apply(services: BenchServices, partitions: int, datasets: int, repeats: 
             for size in SIZES:
                 maker.apply(*maker.make(rng.choice(ids), size))
             rebuild_p50 = percentile(rebuild_s, 50)
-            in_apply_checkpoints: list[
-                float
-            ] = []  # applies whose commit ran DuckDB's checkpoint (WAL shrank)
+            # latencies of the applies whose commit ran DuckDB's checkpoint (the WAL file shrank across them)
+            in_apply_checkpoints: list[float] = []
             for size in SIZES:
                 samples = []
                 txn_ms = []
