@@ -150,6 +150,12 @@ QUERY_PLANNING = Histogram(
     buckets=LATENCY_BUCKETS,
 )
 
+QUERY_GUARD_REFUSALS = Counter(
+    "walduck_query_guard_refusals_total",
+    "Planned reads the execution guard refused (a policy or planner bug caught by the second layer), by reason.",
+    ["reason"],
+)
+
 
 def serve_metrics(port: int, addr: str = "127.0.0.1") -> None:
     """Expose ``/metrics`` on its own port (connector, compactor). The query service mounts it."""

@@ -13,20 +13,22 @@ caller inside the datasets it may read.
 
 from __future__ import annotations
 
+import re
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlglot import exp
 
-from sinks.context.naming import RUNTIME_SCHEMA, VIEW_SCHEMA, quote_literal
+from sinks.context.naming import RUNTIME_SCHEMA, VIEW_SCHEMA
+from sinks.context.scope import Binding, bind_relations
 
 if TYPE_CHECKING:
     from sinks.context.store import ContextStore, DatasetView
 
 RUNTIME_TABLES = {"datasets": "dataset_id", "partitions": "dataset_slug", "columns": "dataset_slug"}
-ALLOWED_TABLE_FUNCTIONS = {"range", "generate_series"}
 
 
 class PlanError(ValueError):
@@ -67,6 +69,17 @@ class PlannedQuery:
     sql: str
     dataset_ids: list[str]
     warnings: list[str] = field(default_factory=list)
+    # parameters after the client's: $<param_base + 1> … (file lists, runtime filters)
+    params: list[Any] = field(default_factory=list)
+    param_base: int = 0
+    # parameter number -> dataset id whose files it lists / runtime table it filters
+    file_params: dict[int, str] = field(default_factory=dict)
+    runtime_params: dict[int, str] = field(default_factory=dict)
+    # every CTE of the statement is named <cte_prefix>c<n>
+    cte_prefix: str = ""
+
+    def all_params(self, client_params: list[Any]) -> list[Any]:
+        return [*client_params, *self.params]
 
 
 @dataclass(slots=True)
@@ -171,71 +184,90 @@ def resolve_dataset(store: ContextStore, name: str, allowed: set[str]) -> Datase
     raise AmbiguousRelation(f"{VIEW_SCHEMA}.{name}", sorted(c.slug for c in permitted))
 
 
-def _cte_names(expression: exp.Expression) -> set[str]:
-    return {cte.alias_or_name.lower() for cte in expression.find_all(exp.CTE)}
-
-
-def _runtime_sql(table: str, views: list[DatasetView]) -> str:
+def _runtime_sql(table: str, views: list[DatasetView], bind: Callable[[Any], str]) -> str:
     key = RUNTIME_TABLES[table]
     values = [v.id for v in views] if key == "dataset_id" else [v.slug for v in views]
-    items = ", ".join(quote_literal(x) for x in values)
-    return f"SELECT * FROM {RUNTIME_SCHEMA}.{table} WHERE list_contains([{items}]::VARCHAR[], {key})"
+    return f"SELECT * FROM {RUNTIME_SCHEMA}.{table} WHERE list_contains({bind(values)}::VARCHAR[], {key})"
 
 
-def plan(expression: exp.Expression, store: ContextStore, allowed_dataset_ids: set[str]) -> PlannedQuery:
+def _refused(binding: Binding) -> PlanError:
+    if binding.table.this is not None and isinstance(binding.table.this, exp.Func):
+        return ForbiddenFunction(binding.name)
+    return UnknownRelation(binding.table.sql(dialect="duckdb"))
+
+
+def plan(
+    expression: exp.Expression, store: ContextStore, allowed_dataset_ids: set[str], param_count: int = 0
+) -> PlannedQuery:
+    """The statement DuckDB runs: CTEs renamed, relations substituted, files bound as parameters.
+
+    1. Bind every table reference (``scope.bind_relations``); anything unbound is refused.
+    2. Rename every CTE, and every reference bound to it, to ``__wd_<nonce>_c<n>`` (aliased with the
+       client's name, so ``x.col`` still resolves): DuckDB can bind such a reference only to that CTE.
+    3. Replace ``timestore.<view>`` with the dataset's pruned relation and ``timestore_runtime.<t>`` with
+       the runtime table filtered to the caller's datasets; file lists and the filter are parameters
+       ``$<param_count + 1> …`` (``PlannedQuery.params``), never SQL text.
+    """
     if not isinstance(expression, exp.Query):
         raise UnsupportedStatement(f"only queries can be planned, not {type(expression).__name__}")
     tree = expression.copy()
-    ctes = _cte_names(tree)
-    nonce = uuid.uuid4().hex[:12]
-    substitutions: dict[str, str] = {}
-    dataset_ids: list[str] = []
-    warnings: list[str] = []
-    allowed_views: list[DatasetView] | None = None
+    bindings = bind_relations(tree)
+    prefix = f"__wd_{uuid.uuid4().hex[:12]}_"
+    planned = PlannedQuery(sql="", dataset_ids=[], cte_prefix=prefix, param_base=param_count)
 
-    for table in list(tree.find_all(exp.Table)):
-        if not isinstance(table.this, exp.Identifier):
-            fname = table.this.sql_name() if isinstance(table.this, exp.Func) else type(table.this).__name__
-            if isinstance(table.this, exp.Anonymous):
-                fname = str(table.this.this)
-            if fname.lower() in ALLOWED_TABLE_FUNCTIONS:
-                continue
-            raise ForbiddenFunction(fname)
-        name, db = table.name, table.db
-        if table.catalog:
-            raise UnknownRelation(table.sql(dialect="duckdb"))
-        if not db:
-            if name.lower() in ctes:
-                continue
-            raise UnknownRelation(name)
-        placeholder = f"__wd_{nonce}_{len(substitutions)}"
-        if db.lower() == RUNTIME_SCHEMA and name.lower() in RUNTIME_TABLES:
+    def bind(value: Any) -> str:
+        planned.params.append(value)
+        return f"${param_count + len(planned.params)}"
+
+    cte_names = {id(cte): f"{prefix}c{n}" for n, cte in enumerate(tree.find_all(exp.CTE))}
+    substitutions: list[str] = []
+    allowed_views: list[DatasetView] | None = None
+    for binding in bindings:
+        if binding.kind == "function":
+            continue
+        if binding.kind == "refused":
+            raise _refused(binding)
+        table = binding.table
+        alias = table.args.get("alias") or exp.TableAlias(this=table.this.copy())
+        if binding.kind == "cte":
+            assert binding.cte is not None
+            new_name = cte_names[id(binding.cte)]
+        elif binding.kind == "runtime":
             if allowed_views is None:
                 allowed_views = [v for v in store.datasets() if v.id in allowed_dataset_ids]
-            substitutions[placeholder] = _runtime_sql(name.lower(), allowed_views)
-        elif db.lower() == VIEW_SCHEMA:
-            view = resolve_dataset(store, name, allowed_dataset_ids)
-            alias = table.alias_or_name
+            new_name = f"{prefix}r{len(substitutions)}"
+            substitutions.append(_runtime_sql(binding.name, allowed_views, bind))
+            planned.runtime_params[param_count + len(planned.params)] = binding.name
+        else:
+            view = resolve_dataset(store, table.name, allowed_dataset_ids)
             select = table.find_ancestor(exp.Select)
             bounds = (
                 extract_time_bounds(
-                    select.args.get("where"), view.timestamp_column, {alias.lower(), name.lower()}
+                    select.args.get("where"), view.timestamp_column, {alias.name.lower(), table.name.lower()}
                 )
                 if select is not None
                 else TimeBounds()
             )
-            sql, rel_warnings = store.relation_sql(view.id, bounds.start, bounds.end)
-            substitutions[placeholder] = sql
-            if view.id not in dataset_ids:
-                dataset_ids.append(view.id)
-            warnings.extend(w for w in rel_warnings if w not in warnings)
-            if view.alias_warning and view.alias_warning not in warnings:
-                warnings.append(view.alias_warning)
-        else:
-            raise UnknownRelation(f"{db}.{name}")
-        alias_node = table.args.get("alias") or exp.TableAlias(this=exp.to_identifier(name))
-        replacement = exp.Table(this=exp.to_identifier(placeholder), alias=alias_node.copy())
-        table.replace(replacement)
+
+            def bind_files(files: list[str], dataset_id: str = view.id) -> str:
+                placeholder = bind(files)
+                planned.file_params[param_count + len(planned.params)] = dataset_id
+                return placeholder
+
+            sql, rel_warnings = store.relation_sql(view.id, bounds.start, bounds.end, bind=bind_files)
+            new_name = f"{prefix}r{len(substitutions)}"
+            substitutions.append(sql)
+            if view.id not in planned.dataset_ids:
+                planned.dataset_ids.append(view.id)
+            planned.warnings.extend(w for w in rel_warnings if w not in planned.warnings)
+            if view.alias_warning and view.alias_warning not in planned.warnings:
+                planned.warnings.append(view.alias_warning)
+        table.set("this", exp.to_identifier(new_name))
+        table.set("db", None)
+        table.set("catalog", None)
+        table.set("alias", alias.copy())
+    for cte in tree.find_all(exp.CTE):
+        cte.args["alias"].set("this", exp.to_identifier(cte_names[id(cte)]))
 
     for column in tree.find_all(exp.Column):
         db = column.args.get("db")
@@ -244,6 +276,6 @@ def plan(expression: exp.Expression, store: ContextStore, allowed_dataset_ids: s
             column.set("catalog", None)
 
     text = tree.sql(dialect="duckdb")
-    for placeholder, sql in substitutions.items():
-        text = text.replace(placeholder, f"({sql})")
-    return PlannedQuery(sql=text, dataset_ids=dataset_ids, warnings=warnings)
+    relation = re.compile(rf"\b{re.escape(prefix)}r(\d+)\b")
+    planned.sql = relation.sub(lambda m: f"({substitutions[int(m.group(1))]})", text)
+    return planned

@@ -16,7 +16,7 @@ path-only column, so the scan reads the files' own values and skips the per-file
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from sinks.context.naming import quote_ident, quote_literal
@@ -61,8 +61,16 @@ def select_list_sql(columns: Sequence[tuple[str, str]], group_columns: dict[str,
     return ", ".join(items)
 
 
-def group_select_sql(columns: Sequence[tuple[str, str]], group: FileGroup) -> str:
-    files = file_list_sql(group.locations, group.quoted)
+# registers a file list as a statement parameter and returns its placeholder (``$7``)
+FileBinder = Callable[[list[str]], str]
+
+
+def group_select_sql(
+    columns: Sequence[tuple[str, str]], group: FileGroup, bind: FileBinder | None = None
+) -> str:
+    if bind is not None and group.quoted:
+        raise ValueError("quoted locations cannot be bound as a parameter")
+    files = bind(list(group.locations)) if bind is not None else file_list_sql(group.locations, group.quoted)
     if not columns:
         return f"SELECT * FROM read_parquet({files}, union_by_name = true)"
     return f"SELECT {select_list_sql(columns, group.columns)} FROM read_parquet({files}, hive_partitioning = false)"
@@ -85,13 +93,19 @@ def merge_groups(columns: Sequence[tuple[str, str]], groups: Sequence[FileGroup]
     return list(merged.values())
 
 
-def relation_sql(columns: Sequence[tuple[str, str]], groups: Sequence[FileGroup]) -> str:
+def relation_sql(
+    columns: Sequence[tuple[str, str]], groups: Sequence[FileGroup], bind: FileBinder | None = None
+) -> str:
     """One SELECT per distinct select list joined by UNION ALL; an empty typed relation when none is left.
+
+    ``bind``: file lists become statement parameters (the planner's path: no path is ever SQL text, and
+    the execution guard sees exactly which files each scan may open); without it, string literals (the
+    plain views).
 
     When every file's schema version matches the newest schema this is a single
     ``SELECT <columns> FROM read_parquet([...], hive_partitioning = false)`` without casts.
     """
-    parts = [group_select_sql(columns, g) for g in merge_groups(columns, groups)]
+    parts = [group_select_sql(columns, g, bind) for g in merge_groups(columns, groups)]
     if not parts:
         return empty_relation_sql(columns)
     if not columns and len(parts) > 1:

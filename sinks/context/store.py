@@ -41,7 +41,7 @@ from sinks.context.naming import (
     timestamp_column,
 )
 from sinks.context.pgsource import CatalogSnapshot, as_json_text, read_catalog
-from sinks.context.relation import FileGroup, empty_relation_sql, relation_sql
+from sinks.context.relation import FileBinder, FileGroup, empty_relation_sql, relation_sql
 from sinks.settings import SinkSettings
 from walduck import metrics
 from walduck.config import ContextMode, WalduckSettings
@@ -1269,8 +1269,11 @@ class ContextStore:
         end: datetime | None = None,
         *,
         count_skips: bool = True,
+        bind: FileBinder | None = None,
     ) -> tuple[str, list[str]]:
         """SQL of a subquery over the dataset's visible partitions overlapping [start, end].
+
+        ``bind``: file lists become statement parameters (``relation.relation_sql``).
 
         Per call: one indexed DuckDB query for the overlapping partitions (MVCC-consistent, so an apply
         never has to patch a Python copy of the index); the dataset's columns and schema versions come
@@ -1313,7 +1316,7 @@ class ContextStore:
                     f"No readable partitions found for dataset {view.slug}; returning empty view."
                 )
             return empty_relation_sql(view.columns), warnings
-        return relation_sql(view.columns, list(groups.values())), warnings
+        return relation_sql(view.columns, list(groups.values()), bind), warnings
 
     def _schema_versions(self, dataset_id: str) -> dict[str, dict[str, str]]:
         """Column name -> type per schema version id of the dataset (cached until the dataset changes)."""
@@ -1356,6 +1359,30 @@ class ContextStore:
             f"window {iso(st)} – {iso(et)}; object not found at {loc}."
             for pid, st, et, target, loc in rows
         ]
+
+    # ------------------------------------------------------------------ execution guard (guard.py)
+    def statement_tree(self, sql: str) -> dict[str, Any]:
+        """DuckDB's own parse of ``sql`` (``json_serialize_sql``): what the execution guard walks."""
+        cur = self._cursor()
+        try:
+            row = cur.execute("SELECT json_serialize_sql(?)", [sql]).fetchone()
+        finally:
+            cur.close()
+        return orjson.loads(row[0]) if row else {"error": True}
+
+    def files_outside(self, dataset_id: str, locations: list[str]) -> list[str]:
+        """Those of ``locations`` the partition index does not list for ``dataset_id`` now."""
+        cur = self._cursor()
+        try:
+            rows = cur.execute(
+                f"""SELECT f.loc FROM (SELECT DISTINCT unnest(?::VARCHAR[]) AS loc) f
+                    WHERE NOT EXISTS (SELECT 1 FROM {WD}.partitions p
+                                      WHERE p.dataset_id = ? AND p.location = f.loc)""",
+                [locations, dataset_id],
+            ).fetchall()
+        finally:
+            cur.close()
+        return [r[0] for r in rows]
 
     def forget_missing_files(self, error: str) -> None:
         """DuckDB could not open a file: drop the cached listing of its directory, so the next plan re-reads

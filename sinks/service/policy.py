@@ -7,15 +7,18 @@ Two checks, in this order (they mirror Timestore's error ordering, reference §3
    exact Timestore 400 ``Only single SELECT statements are permitted on /sql/read``.
 2. :func:`check_read_sql` — a real parse with sqlglot (DuckDB dialect). Allowed: one statement whose
    root is a SELECT, a set operation or a parenthesised query, containing no DML/DDL/command node.
-   Relations are ALLOW-listed: ``timestore.<view>``, ``timestore_runtime.<table>``, names of CTEs in
-   scope, ``range``/``generate_series``/``unnest`` and inline ``VALUES``. Functions that reach outside
+   Relations are ALLOW-listed: every table reference must bind (``sinks/context/scope.py``, the one rule
+   the planner shares) to ``timestore.<view>``, ``timestore_runtime.<table>``, a CTE in scope as DuckDB
+   scopes it, ``range``/``generate_series``/``unnest``, or inline ``VALUES``. Functions that reach outside
    the context (``read_*``, ``*_scan``, ``glob``, ``query``, ``getenv``, ``current_setting``,
    ``duckdb_*`` …) are rejected wherever they appear.
 
-What runs is always the statement **re-rendered from the checked tree** (by the planner), never the
-client's text, so comment or quoting tricks that parse differently in DuckDB cannot smuggle anything
-past the check. DuckDB's own guards (``enable_external_access=false``, ``allowed_directories``,
-``lock_configuration``) are configured by the context store as a second, independent layer.
+What runs is always the statement **re-rendered from the checked tree** (by the planner, which renames
+every CTE to a name of its own), never the client's text, so comment or quoting tricks that parse
+differently in DuckDB cannot smuggle anything past the check. Two layers stand behind this one: the
+execution guard (``sinks/context/guard.py``) re-checks the exact executed statement with DuckDB's own
+parser and the files against the partition index, and DuckDB's sandbox settings
+(``enable_external_access=false``, ``allowed_directories``, ``lock_configuration``).
 """
 
 from __future__ import annotations
@@ -25,23 +28,16 @@ from dataclasses import dataclass, field
 
 import sqlglot
 from sqlglot import exp
+from sqlglot.dialects.duckdb import DuckDB
 from sqlglot.errors import SqlglotError
+from sqlglot.tokens import TokenType
+
+from sinks.context.scope import ALLOWED_TABLE_FUNCTIONS, DENIED_FUNCTION, bind_relations
 
 NOT_SINGLE_SELECT = "Only single SELECT statements are permitted on /sql/read"
 VIEW_SCHEMA = "timestore"
 RUNTIME_SCHEMA = "timestore_runtime"
 ALLOWED_SCHEMAS = frozenset({VIEW_SCHEMA, RUNTIME_SCHEMA})
-# table functions that only generate values
-ALLOWED_TABLE_FUNCTIONS = frozenset({"range", "generate_series", "unnest"})
-
-_DENIED_FUNCTION = re.compile(
-    r"^(read_\w*|\w+_scan|\w+_query|\w+_attach|parquet_\w*|iceberg_\w*|delta_\w*|duckdb_\w*|pragma_\w*"
-    r"|ducklake_\w*|sqlite_\w*|postgres_\w*|mysql_\w*|http_\w*|pg_get_\w*|\w*substrait\w*"
-    r"|sniff_csv|glob|query|query_table|query_table_as|getenv|current_setting|getvariable|which_secret"
-    r"|sql_auto_complete|checkpoint|force_checkpoint|load_extension|install_extension"
-    r"|json_execute_serialized_sql|json_serialize_sql|json_deserialize_sql|json_serialize_plan"
-    r"|dbgen|dsdgen|tpch\w*|tpcds\w*|summary|enable_\w*|disable_\w*|set_\w*|import_\w*|export_\w*)$"
-)
 
 _FORBIDDEN_NODES: tuple[type[exp.Expression], ...] = tuple(
     cls
@@ -92,6 +88,8 @@ class CheckedQuery:
     # lower-cased view names referenced as timestore.<view>
     views: set[str] = field(default_factory=set)
     runtime_tables: set[str] = field(default_factory=set)
+    # parameters the statement takes ($1 … $param_count after normalize_placeholders)
+    param_count: int = 0
 
 
 # --- 1. Timestore's textual check --------------------------------------------------------------
@@ -162,6 +160,42 @@ def is_select_only(sql: str) -> bool:
     return False
 
 
+# --- parameters -------------------------------------------------------------------------------
+
+
+def normalize_placeholders(sql: str) -> tuple[str, int]:
+    """Every ``?`` written as the ``$n`` DuckDB gives it; returns (sql, highest parameter number).
+
+    DuckDB numbers the *i*-th parameter of the text ``$i`` when it is a ``?`` (``SELECT ?, $1`` takes one
+    value, ``SELECT $1, ?`` two). Numbered here, in the client's text and before any rewrite, so a
+    re-rendered statement (sqlglot moves DuckDB's ``FROM … SELECT`` clauses) still binds each value where
+    the client wrote it, and the planner can add parameters of its own after them. ``?::INT`` (one
+    ``?::`` token to sqlglot, which then fails to parse it) becomes ``$1::INT``. Named ``$name``
+    parameters are refused.
+    """
+    try:
+        tokens = DuckDB().tokenize(sql)
+    except SqlglotError as exc:
+        raise PolicyViolation(f"{NOT_SINGLE_SELECT} (could not parse: {str(exc).splitlines()[0]})") from exc
+    out: list[str] = []
+    last = highest = position = 0
+    for i, token in enumerate(tokens):
+        if token.token_type in (TokenType.PLACEHOLDER, TokenType.QDCOLON) and token.text.startswith("?"):
+            position += 1
+            out.append(sql[last : token.start])
+            out.append(f"${position}")
+            last = token.start + 1  # keeps the rest of a ``?::`` token
+            highest = max(highest, position)
+        elif token.token_type is TokenType.PARAMETER and token.text == "$":
+            nxt = tokens[i + 1] if i + 1 < len(tokens) else None
+            if nxt is None or nxt.token_type is not TokenType.NUMBER or nxt.start != token.end + 1:
+                raise PolicyViolation("Named parameters are not supported on /sql/read; use ? or $1, $2 …")
+            position += 1
+            highest = max(highest, int(nxt.text))
+    out.append(sql[last:])
+    return "".join(out), highest
+
+
 # --- 2. the parse-tree sandbox -----------------------------------------------------------------
 
 
@@ -171,61 +205,20 @@ def function_name(node: exp.Func) -> str:
     return node.sql_name().lower()
 
 
-def _cte_in_scope(table: exp.Table, name: str) -> bool:
-    """Is ``name`` a CTE visible from ``table``? (a CTE sees earlier siblings; itself only if RECURSIVE)."""
-    ancestors: list[exp.Expression] = []
-    node = table.parent
-    while node is not None:
-        ancestors.append(node)
-        node = node.parent
-    ancestor_ids = {id(a) for a in ancestors}
-    for holder in ancestors:
-        with_ = holder.args.get("with_") or holder.args.get("with")
-        if not isinstance(with_, exp.With):
-            continue
-        ctes = list(with_.expressions)
-        own = next((i for i, cte in enumerate(ctes) if id(cte) in ancestor_ids), None)
-        for position, cte in enumerate(ctes):
-            if str(cte.alias_or_name).lower() != name:
-                continue
-            if own is None or position < own or (position == own and with_.args.get("recursive")):
-                return True
-    return False
-
-
-def _check_table(table: exp.Table, checked: CheckedQuery) -> None:
-    source = table.this
-    if isinstance(source, exp.Func):
-        name = function_name(source)
-        if name not in ALLOWED_TABLE_FUNCTIONS:
-            raise PolicyViolation(f"Table function {name} is not permitted on /sql/read")
-        return
-    if not isinstance(source, exp.Identifier):
-        raise PolicyViolation(f"Relation {table.sql(dialect='duckdb')} is not permitted on /sql/read")
-    name = str(source.this).lower()
-    schema = str(table.db).lower()
-    if table.catalog:
-        raise PolicyViolation(
-            f"Relation {table.sql(dialect='duckdb')} is not permitted on /sql/read "
-            f"(only {VIEW_SCHEMA}.* and {RUNTIME_SCHEMA}.* relations)"
-        )
-    if not schema:
-        if _cte_in_scope(table, name):
-            return
-        raise PolicyViolation(
-            f"Relation {source.this} is not permitted on /sql/read "
-            f"(only {VIEW_SCHEMA}.* and {RUNTIME_SCHEMA}.* relations and CTE names)"
-        )
-    if schema not in ALLOWED_SCHEMAS:
-        raise PolicyViolation(
-            f"Relation {table.db}.{source.this} is not permitted on /sql/read "
-            f"(only {VIEW_SCHEMA}.* and {RUNTIME_SCHEMA}.* relations)"
-        )
-    (checked.views if schema == VIEW_SCHEMA else checked.runtime_tables).add(name)
+def _check_tables(root: exp.Expression, checked: CheckedQuery) -> None:
+    """Every table reference must bind (sinks/context/scope.py); dataset and runtime names are collected."""
+    for binding in bind_relations(root):
+        if binding.kind == "refused":
+            raise PolicyViolation(binding.problem or "Relation is not permitted on /sql/read")
+        if binding.kind == "dataset":
+            checked.views.add(binding.name)
+        elif binding.kind == "runtime":
+            checked.runtime_tables.add(binding.name)
 
 
 def check_read_sql(sql: str) -> CheckedQuery:
     """Parse and check one /sql/read statement; raises :class:`PolicyViolation`."""
+    sql, param_count = normalize_placeholders(sql)
     try:
         statements = [s for s in sqlglot.parse(sql, read="duckdb") if s is not None]
     except SqlglotError as exc:
@@ -238,20 +231,19 @@ def check_read_sql(sql: str) -> CheckedQuery:
     root = statements[0]
     if not isinstance(root, _QUERY_ROOTS):
         raise PolicyViolation(NOT_SINGLE_SELECT)
-    checked = CheckedQuery(expression=root)
+    checked = CheckedQuery(expression=root, param_count=param_count)
+    _check_tables(root, checked)
     for node in root.walk():
         if isinstance(node, _FORBIDDEN_NODES):
             raise PolicyViolation(f"{NOT_SINGLE_SELECT} ({node.key.upper()} is not allowed)")
         if isinstance(node, exp.Select) and node.args.get("into") is not None:
             raise PolicyViolation(f"{NOT_SINGLE_SELECT} (SELECT … INTO is not allowed)")
-        if isinstance(node, exp.Table):
-            _check_table(node, checked)
-        elif isinstance(node, exp.Lateral):
+        if isinstance(node, exp.Lateral):
             inner = node.this
             if isinstance(inner, exp.Func) and function_name(inner) not in ALLOWED_TABLE_FUNCTIONS:
                 raise PolicyViolation(f"Table function {function_name(inner)} is not permitted on /sql/read")
         elif isinstance(node, exp.Func):
             name = function_name(node)
-            if _DENIED_FUNCTION.match(name):
+            if DENIED_FUNCTION.match(name):
                 raise PolicyViolation(f"Function {name} is not permitted on /sql/read")
     return checked

@@ -17,6 +17,7 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from sinks.context import guard
 from sinks.service import formats
 from sinks.service.audit import ACTION_SQL_READ, NO_DATASET_SLUG, AuditEntry
 from sinks.service.catalog import command_of, exec_statement
@@ -26,7 +27,7 @@ from sinks.service.limits import QueryTimeout, Saturated
 from sinks.service.policy import NOT_SINGLE_SELECT, PolicyViolation, check_read_sql, is_select_only
 from sinks.service.state import ServiceState
 from walduck.lsn import InvalidLSN, format_lsn, parse_lsn
-from walduck.metrics import CACHE_EVENTS, QUERY_PLANNING
+from walduck.metrics import CACHE_EVENTS, QUERY_GUARD_REFUSALS, QUERY_PLANNING
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["SQL"])
@@ -281,7 +282,9 @@ async def sql_read(
             warnings = dedupe(list(planned.warnings))
             try:
                 result = await s.runner.run(
-                    planned.sql, body.params or [], max(deadline - time.perf_counter(), 0.001)
+                    planned.sql,
+                    planned.all_params(list(body.params or [])),
+                    max(deadline - time.perf_counter(), 0.001),
                 )
             except QueryTimeout as exc:
                 _audit(s, p, audit_targets, False, {**audit_meta, "reason": "timeout"})
@@ -350,24 +353,45 @@ def _duckdb_error_status(exc: BaseException) -> int:
 
 
 async def _plan(s: ServiceState, p: Any, checked: Any, allowed: set[str], audit_meta: dict[str, Any]) -> Any:
-    """The planner's rewrite, with its named errors mapped to 403/400."""
-    try:
-        return await s.runner.in_pool(s.planner, checked.expression, s.store, allowed)
-    except Exception as exc:
-        slug = _forbidden_slug(exc)
-        if slug is not None:
-            _audit(s, p, [(None, slug)], False, {**audit_meta, "reason": "forbidden"})
+    """The planner's rewrite checked by the execution guard, with their named errors mapped to 403/400."""
+    for attempt in range(GUARD_REPLANS + 1):
+        try:
+            planned = await s.runner.in_pool(
+                s.planner, checked.expression, s.store, allowed, checked.param_count
+            )
+            await s.runner.in_pool(guard.verify, s.store, planned, allowed)
+            return planned
+        except guard.FilesNotListed:
+            if attempt < GUARD_REPLANS:
+                continue  # the index dropped a planned file meanwhile (retention): plan again
             raise ApiError(
-                403, f"Missing required scope for dataset {slug}", extra={"dataset": slug}
-            ) from exc
-        if type(exc).__name__ in {
-            "UnknownRelation",
-            "AmbiguousRelation",
-            "ForbiddenFunction",
-            "UnsupportedStatement",
-        }:
-            raise ApiError(400, str(exc)) from exc
-        raise
+                503, "The context changed while planning; retry", headers={"Retry-After": "1"}
+            ) from None
+        except guard.GuardViolation as exc:
+            # the policy and the planner passed what DuckDB's own parse shows reaches further: a bug, refused
+            QUERY_GUARD_REFUSALS.labels(reason=type(exc).__name__).inc()
+            log.error("execution guard refused a planned read (%s): %s", audit_meta.get("requestId"), exc)
+            _audit(s, p, [(None, NO_DATASET_SLUG)], False, {**audit_meta, "reason": "guard"})
+            raise ApiError(400, f"Statement is not permitted on /sql/read ({exc})") from exc
+        except Exception as exc:
+            slug = _forbidden_slug(exc)
+            if slug is not None:
+                _audit(s, p, [(None, slug)], False, {**audit_meta, "reason": "forbidden"})
+                raise ApiError(
+                    403, f"Missing required scope for dataset {slug}", extra={"dataset": slug}
+                ) from exc
+            if type(exc).__name__ in {
+                "UnknownRelation",
+                "AmbiguousRelation",
+                "ForbiddenFunction",
+                "UnsupportedStatement",
+            }:
+                raise ApiError(400, str(exc)) from exc
+            raise
+    raise AssertionError("unreachable")
+
+
+GUARD_REPLANS = 2
 
 
 def _read_response(

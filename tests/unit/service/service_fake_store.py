@@ -1,14 +1,17 @@
 """An in-memory stand-in for ``sinks.context.store.ContextStore`` (unit tests only).
 
-Real DuckDB (in-memory) with the same sandbox settings, tables ``data.<view>`` standing in for the
-Parquet relations, and the ``timestore_runtime`` views the planner filters.
+Real DuckDB (in-memory) with the same sandbox settings, one Parquet file per dataset (written from the
+``data.<view>`` tables at start) read the way the store reads them, and the ``timestore_runtime`` views
+the planner filters; ``statement_tree``/``files_outside`` serve the execution guard as the store's do.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import queue
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -62,6 +65,11 @@ class FakeStore:
             CREATE TABLE timestore_runtime.columns (dataset_slug VARCHAR, column_name VARCHAR);
             """
         )
+        self.dir = tempfile.mkdtemp(prefix="walduck-fake-store-")
+        self.files = {"ds-obs": f"{self.dir}/observatory.parquet", "ds-sec": f"{self.dir}/secret.parquet"}
+        self.db.execute(f"COPY data.observatory TO '{self.files['ds-obs']}' (FORMAT parquet)")
+        self.db.execute(f"COPY data.secret TO '{self.files['ds-sec']}' (FORMAT parquet)")
+        self.db.execute("SET allowed_directories = ?", [[self.dir + "/"]])
         self.db.execute("SET enable_external_access = false")
         self.db.execute("SET lock_configuration = true")
         self.pool: queue.Queue[duckdb.DuckDBPyConnection] = queue.Queue()
@@ -123,10 +131,22 @@ class FakeStore:
         ]
 
     def relation_sql(
-        self, dataset_id: str, start: Any = None, end: Any = None, **_: Any
+        self, dataset_id: str, start: Any = None, end: Any = None, *, bind: Any = None, **_: Any
     ) -> tuple[str, list[str]]:
-        view = next(v for v in self.views if v.id == dataset_id)
-        return f"SELECT * FROM data.{view.view_name}", []
+        files = [self.files[dataset_id]]
+        listed = bind(files) if bind is not None else "[" + ", ".join(f"'{f}'" for f in files) + "]"
+        return f"SELECT * FROM read_parquet({listed}, hive_partitioning = false)", []
+
+    def statement_tree(self, sql: str) -> dict[str, Any]:
+        cur = self.db.cursor()
+        try:
+            return json.loads(cur.execute("SELECT json_serialize_sql(?)", [sql]).fetchone()[0])
+        finally:
+            cur.close()
+
+    def files_outside(self, dataset_id: str, locations: list[str]) -> list[str]:
+        listed = self.files.get(dataset_id)
+        return [loc for loc in dict.fromkeys(locations) if loc != listed]
 
     def rebuild(self, dataset_id: str | None = None, reason: str = "manual") -> None:
         self.rebuilds.append((dataset_id, reason))

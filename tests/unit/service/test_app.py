@@ -29,9 +29,9 @@ def settings(**kw: Any) -> QuerySettings:
     return QuerySettings(**{**base, **kw})
 
 
-def permissive_planner(expression: Any, store: Any, allowed: set[str]) -> PlannedQuery:
+def permissive_planner(expression: Any, store: Any, allowed: set[str], param_count: int = 0) -> PlannedQuery:
     """The real planner with every dataset allowed: isolates the service's own IAM guard."""
-    return plan(expression, store, {d.id for d in store.datasets()})
+    return plan(expression, store, {d.id for d in store.datasets()}, param_count)
 
 
 @pytest.fixture

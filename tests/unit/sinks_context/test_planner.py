@@ -54,7 +54,7 @@ class StubStore:
             v for v in self.views if v.view_name == name and v.slug != name
         ]
 
-    def relation_sql(self, did, start=None, end=None):
+    def relation_sql(self, did, start=None, end=None, *, bind=None):
         self.calls.append((did, start, end))
         return f"SELECT * FROM rel_{did.replace('-', '_')}", []
 
@@ -136,11 +136,13 @@ def test_runtime_tables_filtered_to_allowed():
     planned = plan(
         sqlglot.parse_one("SELECT * FROM timestore_runtime.partitions", read="duckdb"), store, {"ds-b"}
     )
-    assert "list_contains(['b']" in planned.sql and "'a'" not in planned.sql
+    # the filter is a parameter of the planner's, after the client's
+    assert "list_contains($1::VARCHAR[], dataset_slug)" in planned.sql
+    assert planned.params == [["b"]] and planned.runtime_params == {1: "partitions"}
     planned = plan(
         sqlglot.parse_one("SELECT * FROM timestore_runtime.datasets d", read="duckdb"), store, {"ds-a"}
     )
-    assert "['ds-a']" in planned.sql and planned.sql.endswith("AS d")
+    assert planned.params == [["ds-a"]] and planned.sql.endswith("AS d")
 
 
 def test_errors():
