@@ -48,7 +48,7 @@ class FakeDataset:
 
 
 class FakeStore:
-    def __init__(self, pool_size: int = 4) -> None:
+    def __init__(self, pool_size: int = 4, trace_files: bool = False) -> None:
         self.db = duckdb.connect(":memory:")
         self.db.execute(
             """
@@ -71,6 +71,8 @@ class FakeStore:
         self.db.execute(f"COPY data.secret TO '{self.files['ds-sec']}' (FORMAT parquet)")
         self.db.execute("SET allowed_directories = ?", [[self.dir + "/"]])
         self.db.execute("SET enable_external_access = false")
+        if trace_files:  # DuckDB's own file-open log: the oracle of what a read really opened
+            self.db.execute("CALL enable_logging('FileSystem')")
         self.db.execute("SET lock_configuration = true")
         self.pool: queue.Queue[duckdb.DuckDBPyConnection] = queue.Queue()
         for _ in range(pool_size):
@@ -136,6 +138,17 @@ class FakeStore:
         files = [self.files[dataset_id]]
         listed = bind(files) if bind is not None else "[" + ", ".join(f"'{f}'" for f in files) + "]"
         return f"SELECT * FROM read_parquet({listed}, hive_partitioning = false)", []
+
+    def opened_files(self) -> set[str]:
+        """Paths DuckDB opened since the last call (needs ``trace_files``), from its FileSystem log."""
+        cur = self.db.cursor()
+        try:
+            rows = cur.execute("SELECT message FROM duckdb_logs WHERE type = 'FileSystem'").fetchall()
+            cur.execute("CALL truncate_duckdb_logs()")
+        finally:
+            cur.close()
+        events = (json.loads(r[0]) for r in rows)
+        return {e["path"] for e in events if e.get("op") == "OPEN"}
 
     def statement_tree(self, sql: str) -> dict[str, Any]:
         cur = self.db.cursor()
