@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from sinks.context.naming import sanitize_view_name
+from support.hostile_sql import BINDS_TO_A_CTE, CATALOG_RELATIONS, bypass_shapes
 from walduck.stack import Stack
 from walduck.workload.generator import Workload
 
@@ -112,6 +113,40 @@ async def test_cross_dataset_reads_without_scope_are_refused(hostile_stack: Stac
         if resp.status_code == 200:
             assert resp.json()["rows"] == [], f"timestore_runtime.{table} leaks: {resp.text[:300]}"
     print(f"[faults] cross-dataset attempts={len(sneaky)} statuses={statuses}")
+
+
+def _locations(stack: Stack) -> list[str]:
+    resp = stack.read("SELECT location FROM timestore_runtime.partitions ORDER BY 1", scopes=ADMIN)
+    assert resp.status_code == 200, resp.text
+    return [r["location"] for r in resp.json()["rows"]]
+
+
+async def test_cte_bypass_shapes_are_refused(hostile_stack: Stack) -> None:
+    """No dataset file, glob over the storage root or system catalog object is reachable by naming a CTE after it
+    (issue 13 finding 1), and the audit never records such a read as a success."""
+    locations = await asyncio.to_thread(_locations, hostile_stack)
+    assert locations
+    root = str(hostile_stack.settings.storage_root).rstrip("/")
+    targets = [
+        f'"{locations[0]}"',
+        f'"{root}/**/*.parquet"',
+        f'"{locations[0].rsplit("/", 1)[0]}/*.parquet"',
+        *(name if "." in name else f'"{name}"' for name in CATALOG_RELATIONS),
+    ]
+    statuses: dict[str, int] = {}
+    for target in targets:
+        for shape, sql in bypass_shapes(target).items():
+            if shape in BINDS_TO_A_CTE:
+                continue  # answers the CTE's own row (the unit suite pins that)
+            for scopes in (SQL_ONLY, ""):
+                resp = await asyncio.to_thread(hostile_stack.read, sql, scopes=scopes)
+                statuses[f"{shape}:{target[-30:]}:{scopes or '-'}"] = resp.status_code
+                assert 400 <= resp.status_code < 500, (
+                    f"{shape} {target}: {resp.status_code} {resp.text[:300]}"
+                )
+                leaked = [loc for loc in locations if loc in resp.text and loc not in sql]
+                assert not leaked, f"{shape} {target}: answer names files {leaked[:3]}"
+    print(f"[faults] cte bypass attempts={len(statuses)} all 4xx")
 
 
 def test_schemathesis_fuzz_no_5xx(hostile_stack: Stack) -> None:

@@ -14,43 +14,10 @@ from service_fake_store import FakeStore
 from sinks.service.app import create_app
 from sinks.service.audit import MemoryAudit
 from sinks.service.settings import QuerySettings
+from support.hostile_sql import BINDS_TO_A_CTE, CATALOG_RELATIONS, bypass_shapes
 
 READ = {"x-iam-scopes": "sql:read", "x-iam-user": "mallory"}  # may read observatory, not secret
 SECRET_WORD = "classified"
-CATALOG_RELATIONS = (
-    "duckdb_views",
-    "pg_views",
-    "duckdb_tables",
-    "duckdb_columns",
-    "duckdb_databases",
-    "pg_settings",
-    "sqlite_master",
-    "information_schema.tables",
-    "pg_catalog.pg_views",
-)
-
-
-def bypass_shapes(target: str) -> dict[str, str]:
-    """Every shape of the reported bypass with ``target`` (a quoted file path or a catalog name)."""
-    return {
-        "recursive_self": f"WITH RECURSIVE {target} AS (SELECT * FROM {target}) SELECT * FROM {target}",
-        "plain_self": f"WITH {target} AS (SELECT * FROM {target}) SELECT * FROM {target}",
-        "recursive_union_first": (
-            f"WITH RECURSIVE {target} AS (SELECT * FROM {target} UNION SELECT * FROM {target}) "
-            f"SELECT * FROM {target}"
-        ),
-        "scalar_union": f"SELECT (SELECT 1 FROM {target} UNION SELECT 2 LIMIT 1) AS c",
-        "later_sibling": f"WITH a AS (SELECT * FROM {target}), {target} AS (SELECT 1 AS x) SELECT * FROM a",
-        "shadow_then_outer": (
-            f"WITH {target} AS (SELECT 1 AS x) SELECT * FROM (WITH b AS (SELECT * FROM {target}) SELECT * FROM b)"
-        ),
-        "nested_recursive": (
-            f"SELECT * FROM (WITH RECURSIVE {target} AS (SELECT * FROM {target}) SELECT * FROM {target}) q"
-        ),
-    }
-
-
-BINDS_TO_A_CTE = {"shadow_then_outer"}
 
 
 @pytest.fixture
