@@ -7,10 +7,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
-import sqlglot
-
-from sinks.context.planner import plan
+from sinks.context import guard
+from sinks.context.planner import PlannedQuery, plan
 from sinks.context.store import ContextStore, DatasetView
+from sinks.service.policy import check_read_sql
 from walduck.bench.contexts import open_store, timed
 from walduck.bench.env import ScenarioEnv
 from walduck.workload.bulk import SHARED_FILES_PER_DAY, bulk_load
@@ -55,17 +55,24 @@ class BigDataset:
     def allowed(self) -> set[str]:
         return {self.view.id}
 
-    def plan_only(self, sql: str) -> str:
-        """What the query service does between receiving a request and starting DuckDB (parse, IAM view
-        list, plan); the planned SQL."""
-        expression = sqlglot.parse_one(sql, read="duckdb")
+    def plan_only(self, sql: str) -> PlannedQuery:
+        """What the query service does between receiving a request and starting DuckDB (policy parse, IAM
+        dataset list, plan, execution guard); the planned statement."""
+        checked = check_read_sql(sql)
         self.store.datasets()
-        return plan(expression, self.store, self.allowed()).sql
+        for _ in range(3):  # as the service: a file deleted by a concurrent delta since planning re-plans
+            planned = plan(checked.expression, self.store, self.allowed(), checked.param_count)
+            try:
+                guard.verify(self.store, planned, self.allowed())
+            except guard.FilesNotListed:
+                continue
+            return planned
+        raise RuntimeError("plan kept racing concurrent deltas")
 
     def walduck_query(self, sql: str) -> list[tuple[object, ...]]:
         planned = self.plan_only(sql)
         with self.store.reader() as cur:
-            return cur.execute(planned).fetchall()
+            return cur.execute(planned.sql, planned.params).fetchall()
 
 
 @contextlib.contextmanager

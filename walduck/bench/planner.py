@@ -1,7 +1,7 @@
 """``walduck bench planner``: request received -> DuckDB starts executing, on a 10k-partition dataset.
 
-Measured in-process around what the query service does before handing SQL to DuckDB (parse, dataset list
-for IAM, plan, reader cursor), with deltas to the same dataset applied concurrently by a writer thread
+Measured in-process around what the query service does before handing SQL to DuckDB (policy parse, dataset
+list for IAM, plan, execution guard, reader cursor), with deltas to the same dataset applied concurrently by a writer thread
 (as the service's consumer does). Baseline in the same run: the same query on the idle context.
 """
 
@@ -25,7 +25,7 @@ def _measure(big: BigDataset, sql: str, count: int, pause_s: float) -> list[floa
         planned = big.plan_only(sql)
         with big.store.reader() as cur:
             times.append(time.perf_counter() - started)
-            cur.execute(planned).fetchall()
+            cur.execute(planned.sql, planned.params).fetchall()
         time.sleep(pause_s)
     return times
 

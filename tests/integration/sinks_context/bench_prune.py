@@ -64,7 +64,7 @@ def planned_run():
     t = time.perf_counter()
     p = plan(sqlglot.parse_one(q, read="duckdb"), store, {"ds-big"})
     with store.reader() as cur:
-        r = cur.execute(p.sql).fetchall()
+        r = cur.execute(p.sql, p.params).fetchall()
     return time.perf_counter() - t, r
 
 
