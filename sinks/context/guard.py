@@ -26,7 +26,7 @@ per scanned dataset.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -59,6 +59,10 @@ KNOWN_NODE_TYPES = frozenset(
         "DESCENDING",
     }
 )
+
+
+# how often a plan is made again when the index dropped one of its files meanwhile (retention)
+REPLANS = 2
 
 
 class GuardViolation(PlanError):
@@ -246,3 +250,25 @@ def verify(store: GuardedStore, planned: PlannedQuery, allowed_dataset_ids: set[
             raise FilesNotListed(
                 f"{len(outside)} file(s) of the plan are not listed for dataset {dataset_id} (first: {outside[0]})"
             )
+
+
+def plan_verified(
+    planner: Callable[..., PlannedQuery],
+    expression: Any,
+    store: Any,
+    allowed_dataset_ids: set[str],
+    param_count: int = 0,
+) -> PlannedQuery:
+    """``planner``'s plan, verified; planned again (up to :data:`REPLANS` times) while a concurrent apply
+    drops one of its files. Raises :class:`FilesNotListed` when it keeps racing, :class:`GuardViolation`
+    for anything else the guard refuses."""
+    for attempt in range(REPLANS + 1):
+        planned = planner(expression, store, allowed_dataset_ids, param_count)
+        try:
+            verify(store, planned, allowed_dataset_ids)
+        except FilesNotListed:
+            if attempt == REPLANS:
+                raise
+            continue
+        return planned
+    raise AssertionError("unreachable")

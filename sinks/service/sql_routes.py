@@ -354,44 +354,36 @@ def _duckdb_error_status(exc: BaseException) -> int:
 
 async def _plan(s: ServiceState, p: Any, checked: Any, allowed: set[str], audit_meta: dict[str, Any]) -> Any:
     """The planner's rewrite checked by the execution guard, with their named errors mapped to 403/400."""
-    for attempt in range(GUARD_REPLANS + 1):
-        try:
-            planned = await s.runner.in_pool(
-                s.planner, checked.expression, s.store, allowed, checked.param_count
-            )
-            await s.runner.in_pool(guard.verify, s.store, planned, allowed)
-            return planned
-        except guard.FilesNotListed:
-            if attempt < GUARD_REPLANS:
-                continue  # the index dropped a planned file meanwhile (retention): plan again
+    try:
+        return await s.runner.in_pool(
+            guard.plan_verified, s.planner, checked.expression, s.store, allowed, checked.param_count
+        )
+    except guard.FilesNotListed:
+        # the index kept dropping planned files meanwhile (retention): the caller may retry
+        raise ApiError(
+            503, "The context changed while planning; retry", headers={"Retry-After": "1"}
+        ) from None
+    except guard.GuardViolation as exc:
+        # the policy and the planner passed what DuckDB's own parse shows reaches further: a bug, refused
+        QUERY_GUARD_REFUSALS.labels(reason=type(exc).__name__).inc()
+        log.error("execution guard refused a planned read (%s): %s", audit_meta.get("requestId"), exc)
+        _audit(s, p, [(None, NO_DATASET_SLUG)], False, {**audit_meta, "reason": "guard"})
+        raise ApiError(400, f"Statement is not permitted on /sql/read ({exc})") from exc
+    except Exception as exc:
+        slug = _forbidden_slug(exc)
+        if slug is not None:
+            _audit(s, p, [(None, slug)], False, {**audit_meta, "reason": "forbidden"})
             raise ApiError(
-                503, "The context changed while planning; retry", headers={"Retry-After": "1"}
-            ) from None
-        except guard.GuardViolation as exc:
-            # the policy and the planner passed what DuckDB's own parse shows reaches further: a bug, refused
-            QUERY_GUARD_REFUSALS.labels(reason=type(exc).__name__).inc()
-            log.error("execution guard refused a planned read (%s): %s", audit_meta.get("requestId"), exc)
-            _audit(s, p, [(None, NO_DATASET_SLUG)], False, {**audit_meta, "reason": "guard"})
-            raise ApiError(400, f"Statement is not permitted on /sql/read ({exc})") from exc
-        except Exception as exc:
-            slug = _forbidden_slug(exc)
-            if slug is not None:
-                _audit(s, p, [(None, slug)], False, {**audit_meta, "reason": "forbidden"})
-                raise ApiError(
-                    403, f"Missing required scope for dataset {slug}", extra={"dataset": slug}
-                ) from exc
-            if type(exc).__name__ in {
-                "UnknownRelation",
-                "AmbiguousRelation",
-                "ForbiddenFunction",
-                "UnsupportedStatement",
-            }:
-                raise ApiError(400, str(exc)) from exc
-            raise
-    raise AssertionError("unreachable")
-
-
-GUARD_REPLANS = 2
+                403, f"Missing required scope for dataset {slug}", extra={"dataset": slug}
+            ) from exc
+        if type(exc).__name__ in {
+            "UnknownRelation",
+            "AmbiguousRelation",
+            "ForbiddenFunction",
+            "UnsupportedStatement",
+        }:
+            raise ApiError(400, str(exc)) from exc
+        raise
 
 
 def _read_response(

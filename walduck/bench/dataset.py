@@ -60,14 +60,7 @@ class BigDataset:
         dataset list, plan, execution guard); the planned statement."""
         checked = check_read_sql(sql)
         self.store.datasets()
-        for _ in range(3):  # as the service: a file deleted by a concurrent delta since planning re-plans
-            planned = plan(checked.expression, self.store, self.allowed(), checked.param_count)
-            try:
-                guard.verify(self.store, planned, self.allowed())
-            except guard.FilesNotListed:
-                continue
-            return planned
-        raise RuntimeError("plan kept racing concurrent deltas")
+        return guard.plan_verified(plan, checked.expression, self.store, self.allowed(), checked.param_count)
 
     def walduck_query(self, sql: str) -> list[tuple[object, ...]]:
         planned = self.plan_only(sql)

@@ -1,8 +1,8 @@
 """``walduck bench planner``: request received -> DuckDB starts executing, on a 10k-partition dataset.
 
 Measured in-process around what the query service does before handing SQL to DuckDB (policy parse, dataset
-list for IAM, plan, execution guard, reader cursor), with deltas to the same dataset applied concurrently by a writer thread
-(as the service's consumer does). Baseline in the same run: the same query on the idle context.
+list for IAM, plan, execution guard, reader cursor), with deltas to the same dataset applied concurrently by
+a writer thread (as the service's consumer does). Baseline in the same run: the same query on the idle context.
 """
 
 from __future__ import annotations
