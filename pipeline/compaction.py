@@ -641,28 +641,3 @@ def restore_from_deltas(src_partition: int, deltas: Iterable[Delta]) -> Restored
     compactor.force_boundary = group[0].src_offset_to
     compactor.skip_regenerated = {(d.kind.value, d.dataset_id) for d in group}
     return Restored(compactor, group[0].src_offset_from)
-
-
-def replay(deltas: Iterable[Delta], into: dict[ShardKey, dict[str, dict[str, Any]]] | None = None) -> dict:
-    """Reference consumer: apply deltas to ``{(dataset, shard): {partition_id: entry}}``.
-
-    Drops re-deliveries the way a context does (``src_offset_to`` not above the highest applied per
-    ``(src_partition, dataset)``)."""
-    visible = {} if into is None else into
-    applied: dict[tuple[int, str | None], int] = {}
-    for delta in deltas:
-        mark = (delta.src_partition, delta.dataset_id)
-        if delta.src_offset_to <= applied.get(mark, -1):
-            continue
-        applied[mark] = delta.src_offset_to
-        if delta.dataset_id is None:
-            continue
-        for shard, change in delta.shards.items():
-            parts = visible.setdefault((delta.dataset_id, shard), {})
-            for part_id in change.deletes:
-                parts.pop(part_id, None)
-            for entry in change.upserts:
-                parts[entry["id"]] = entry
-            if not parts:
-                del visible[(delta.dataset_id, shard)]
-    return visible
