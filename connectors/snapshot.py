@@ -26,7 +26,7 @@ from collections.abc import Awaitable
 import psycopg
 from psycopg import sql
 
-from connectors import pgoutput as po
+from connectors import values
 from connectors.protocol import ReplicationConnection, SlotInfo
 from connectors.publisher import ChangePublisher
 from connectors.setup import CATALOG_TABLES
@@ -125,7 +125,7 @@ async def snapshot(
                 batch: list[ChangeRecord] = []
                 async for row in cur:
                     new = {
-                        name: None if v is None else po.convert(oid, v.encode())
+                        name: None if v is None else values.convert(oid, v.encode())
                         for (name, oid), v in zip(cols, row, strict=True)
                     }
                     ds = None if table == "storage_targets" else new.get(_dataset_column(table) or "")

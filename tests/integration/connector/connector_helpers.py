@@ -239,7 +239,7 @@ CATALOG_TABLES = (
 
 def catalog_rows(dsn: str, schema: str = "timestore") -> dict[str, dict[str, dict[str, object]]]:
     """Every row of the five catalog tables, typed like the connector types them (text -> converters)."""
-    from connectors.pgoutput import convert
+    from connectors.values import convert
 
     out: dict[str, dict[str, dict[str, object]]] = {}
     with psycopg.connect(dsn, autocommit=True) as conn:
