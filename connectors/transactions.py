@@ -19,6 +19,7 @@ from connectors import pgoutput as po
 from connectors import values
 from connectors.errors import DecodeError
 from connectors.rowjson import RowEncoder, make_encoder
+from walduck.catalog_tables import dataset_of, routing_column
 from walduck.records import ChangeRecord, Kind, Op, Source
 from walduck.timeutil import iso, utcnow
 
@@ -57,16 +58,6 @@ class Transaction:
 class Heartbeat:
     record: ChangeRecord
     lsn: int
-
-
-def routing_column(table: str) -> str:
-    """The column holding a row's dataset id: its Kafka key (``datasets`` rows are their own dataset)."""
-    return "id" if table == "datasets" else "dataset_id"
-
-
-def dataset_of(table: str, row: dict[str, Any]) -> str | None:
-    value = row.get(routing_column(table))
-    return None if value is None else str(value)
 
 
 def key_columns(rel: po.Relation) -> tuple[str, ...]:
@@ -189,7 +180,9 @@ class TransactionAssembler:
             keys = key_columns(msg)
             plan = self.relations.plan(msg.oid)
             assert plan is not None
-            wanted = (*keys, routing_column(msg.name))  # the encoder returns these values beside the JSON
+            # the encoder returns these values beside the JSON; "" (no column has that name) reads as NULL for a
+            # table whose rows belong to no dataset
+            wanted = (*keys, routing_column(msg.name) or "")
             self._encoders[msg.oid] = (msg, make_encoder(plan, wanted, self.row_encoder), keys)
             return None
         if isinstance(msg, po.TypeMessage | po.Origin):
