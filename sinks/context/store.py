@@ -48,6 +48,7 @@ from walduck import metrics
 from walduck.config import ContextMode, WalduckSettings
 from walduck.deltas import Delta, DeltaKind
 from walduck.lsn import format_lsn
+from walduck.records import GLOBAL_KEY, partition_of
 from walduck.timeutil import iso, parse_iso, utcnow
 
 log = logging.getLogger(__name__)
@@ -165,14 +166,7 @@ def covered_lsn(delta: Delta) -> int:
 
 def _stream_key(delta: Delta) -> tuple[int, str]:
     """Idempotence key of a delta: its changes-topic partition and its dataset (or the global stream)."""
-    return (delta.src_partition, delta.dataset_id or "__global__")
-
-
-def kafka_partition_for(dataset_id: str, partitions: int) -> int:
-    """Kafka's default partitioner (murmur2) for the dataset key: where its deltas arrive."""
-    from aiokafka.partitioner import murmur2
-
-    return (murmur2(dataset_id.encode()) & 0x7FFFFFFF) % max(partitions, 1)
+    return (delta.src_partition, delta.dataset_id or GLOBAL_KEY)
 
 
 class _Borrowed:
@@ -927,7 +921,7 @@ class ContextStore:
         def shard_of(did: str) -> int:
             if shard is not None:
                 return shard
-            return existing.get(did, kafka_partition_for(did, self.walduck.topic_partitions))
+            return existing.get(did, partition_of(did, self.walduck.topic_partitions))
 
         for ds in snap.datasets:
             self._upsert_datasets(cur, [ds], shard_of(str(ds["id"])))
