@@ -36,6 +36,7 @@ from connectors.snapshot import clear_marker, marker_exists, snapshot, write_mar
 from connectors.transactions import Heartbeat, Transaction, TransactionAssembler
 from walduck import metrics as m
 from walduck.config import WalduckSettings
+from walduck.errors import InvariantBroken
 from walduck.lsn import format_lsn
 from walduck.records import ChangeRecord, Kind, Source
 from walduck.timeutil import parse_iso, utcnow
@@ -43,11 +44,11 @@ from walduck.timeutil import parse_iso, utcnow
 log = logging.getLogger(__name__)
 
 
-class LSNRegression(RuntimeError):
+class LSNRegression(InvariantBroken, RuntimeError):
     """A transaction (or heartbeat) ends at or before a position already handed to Kafka/confirmed."""
 
 
-class UnackedConfirmation(RuntimeError):
+class UnackedConfirmation(InvariantBroken, RuntimeError):
     """Confirming an LSN while an earlier transaction is still unacknowledged by Kafka."""
 
 

@@ -28,6 +28,7 @@ from pipeline.compaction import Compactor, InvalidChange, OffsetRegression, Reje
 from pipeline.settings import CompactorSettings
 from walduck.config import DEFAULT_MAX_MESSAGE_BYTES, WalduckSettings
 from walduck.deltas import Delta
+from walduck.errors import InvariantBroken
 from walduck.metrics import (
     COMPACTOR_COMMITS_LOST,
     COMPACTOR_DELTA_ENTRIES,
@@ -50,7 +51,7 @@ COMPONENT = "compactor"
 DLQ_MAX_VALUE_BYTES = 256 * 1024
 
 
-class UnackedDelta(RuntimeError):
+class UnackedDelta(InvariantBroken, RuntimeError):
     """Kafka did not acknowledge a delta or DLQ record: the input offsets must not be committed."""
 
 

@@ -44,6 +44,8 @@ from typing import Any
 import orjson
 from aiokafka.partitioner import murmur2
 
+from walduck.errors import Unprocessable
+
 SCHEMA_VERSION = 1
 GLOBAL_KEY = "__global__"
 """Kafka key for rows that belong to no dataset (storage targets): broadcast to every partition."""
@@ -78,7 +80,7 @@ class Op(StrEnum):
     READ = "read"
 
 
-class MalformedRecord(ValueError):
+class MalformedRecord(Unprocessable, ValueError):
     """A record that cannot be decoded or violates the schema; ``reason`` goes to the DLQ."""
 
     def __init__(self, reason: str) -> None:

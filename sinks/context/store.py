@@ -47,6 +47,7 @@ from sinks.settings import SinkSettings
 from walduck import metrics
 from walduck.config import ContextMode, WalduckSettings
 from walduck.deltas import Delta, DeltaKind
+from walduck.errors import WalduckError
 from walduck.lsn import format_lsn
 from walduck.records import GLOBAL_KEY, partition_of
 from walduck.timeutil import iso, parse_iso, utcnow
@@ -69,7 +70,7 @@ MISSING_FILE_MARKERS = ("no files found", "cannot open file", "no such file", "c
 _QUOTED_PATH = re.compile(r'"([^"]+)"')
 
 
-class ContextError(RuntimeError):
+class ContextError(WalduckError, RuntimeError):
     """Base of the context store's named errors."""
 
 

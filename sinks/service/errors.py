@@ -10,8 +10,10 @@ from typing import Any
 
 from fastapi.responses import JSONResponse
 
+from walduck.errors import WalduckError
 
-class ApiError(Exception):
+
+class ApiError(WalduckError):
     """Rendered as ``{statusCode, error: <reason phrase>, message, **extra}``."""
 
     def __init__(

@@ -20,6 +20,8 @@ from typing import Any
 import orjson
 import pyarrow as pa
 
+from walduck.errors import WalduckError
+
 READ_FORMATS = ("json", "csv", "table", "arrow")
 EXEC_FORMATS = ("json", "csv", "table")
 MAX_SAFE_INTEGER = 2**53 - 1
@@ -31,7 +33,7 @@ CONTENT_TYPES = {
 }
 
 
-class UnsupportedFormat(Exception):
+class UnsupportedFormat(WalduckError):
     def __init__(self, requested: str, supported: Sequence[str]) -> None:
         self.message = f'Unsupported format "{requested}". Supported formats: {", ".join(supported)}'
         super().__init__(self.message)

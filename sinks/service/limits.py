@@ -24,19 +24,20 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
+from walduck.errors import WalduckError
 from walduck.metrics import QUERY_INFLIGHT
 
 BATCH_ROWS = 2048
 
 
-class Saturated(Exception):
+class Saturated(WalduckError):
     def __init__(self, limit: int, retry_after_s: int = 1) -> None:
         self.limit = limit
         self.retry_after_s = retry_after_s
         super().__init__(f"Too many concurrent SQL queries (limit {limit}); retry later")
 
 
-class QueryTimeout(Exception):
+class QueryTimeout(WalduckError):
     def __init__(self, timeout_s: float) -> None:
         self.timeout_s = timeout_s
         super().__init__(f"SQL query exceeded the {timeout_s:g} s timeout and was cancelled")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from walduck.errors import WalduckError
 
-class ServiceError(RuntimeError):
+
+class ServiceError(WalduckError, RuntimeError):
     """A local service could not be prepared, started, stopped or reached."""
 
 

@@ -15,11 +15,12 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
+from walduck.errors import WalduckError
 from walduck.lsn import parse_lsn
 from walduck.timeutil import iso
 
 
-class ManifestVersionConflict(RuntimeError):
+class ManifestVersionConflict(WalduckError, RuntimeError):
     pass
 
 
