@@ -1,4 +1,4 @@
-"""CLI commands of this component (wired into ``walduck.cli``): ``walduck connector run|setup``."""
+"""CLI commands of this component (wired into ``stack.cli``): ``walduck connector run|setup``."""
 
 from __future__ import annotations
 

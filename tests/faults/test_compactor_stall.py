@@ -11,7 +11,7 @@ import signal
 import time
 
 from faults.faultkit import BackgroundWorkload, assert_zero_drift, metric_value
-from walduck.stack import Stack
+from stack.local import Stack
 
 SESSION_TIMEOUT_MS = 6000  # the broker's minimum: the stall below outlasts it
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from stack.local import Stack
 from walduck.config import WalduckSettings
-from walduck.stack import Stack
 
 # the admin scope bypasses dataset read scopes (the workload's metadata changes rewrite them); SQL read stays
 # open so Stack.wait_caught_up's unscoped probe works

@@ -10,7 +10,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from walduck.services.manager import ServiceEndpoints
+from stack.services.manager import ServiceEndpoints
 
 SCENARIOS = ("connector", "freshness", "apply", "bootstrap", "planner", "query", "hit-ratio", "memory")
 
@@ -28,7 +28,7 @@ def test_bench_all_quick_writes_every_scenario(services: ServiceEndpoints, fresh
     }
     env.pop("WALDUCK_BENCH_KEEP", None)
     done = subprocess.run(
-        [sys.executable, "-m", "walduck.cli", "bench", "all", "--quick", "--out", str(out)],
+        [sys.executable, "-m", "stack.cli", "bench", "all", "--quick", "--out", str(out)],
         env=env,
         cwd=tmp_path,
         capture_output=True,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from walduck.stack import free_port
+from stack.local import free_port
 
 
 def _processes_mentioning(text: str) -> list[str]:
@@ -28,7 +28,7 @@ def test_walduck_up_serves_sql_then_stops_everything(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "walduck.cli",
+            "stack.cli",
             "up",
             "--duration",
             "25",

@@ -28,7 +28,7 @@ from sinks.service.app import create_app
 from sinks.service.audit import AuditWriter
 from sinks.service.settings import QuerySettings
 from sinks.settings import SinkSettings
-from walduck.catalog.migrate import apply_migrations
+from stack.catalog.migrate import apply_migrations
 from walduck.config import WalduckSettings
 
 pytestmark = pytest.mark.integration

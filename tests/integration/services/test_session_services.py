@@ -12,7 +12,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.conn import create_conn
 
-from walduck.services.topics import ensure_topics, topic_partitions
+from stack.services.topics import ensure_topics, topic_partitions
 
 pytestmark = pytest.mark.integration
 

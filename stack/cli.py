@@ -1,0 +1,74 @@
+"""The ``walduck`` command: one entry point, each component contributes its sub-commands."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from connectors.cli import app as connector_app
+from pipeline.cli import app as compactor_app
+from sinks.cli import app as sinks_app
+from sinks.cli import verify as verify_command
+from sinks.service.cli import serve as serve_command
+from stack.bench.cli import app as bench_app
+from stack.catalog.cli import app as catalog_app
+from stack.services.cli import app as services_app
+from stack.workload.cli import app as workload_app
+
+app = typer.Typer(
+    no_args_is_help=True,
+    help="Keep DuckDB query contexts in step with a PostgreSQL catalog, live.",
+    pretty_exceptions_show_locals=False,
+)
+app.add_typer(services_app, name="services", help="Local PostgreSQL + Kafka: start, stop, status.")
+app.add_typer(catalog_app, name="catalog", help="Timestore-compatible catalog migrations.")
+app.add_typer(workload_app, name="workload", help="Catalog workload generator (real Parquet files).")
+app.add_typer(connector_app, name="connector", help="Logical-decoding connector: PostgreSQL -> Kafka.")
+app.add_typer(compactor_app, name="compactor", help="Stream processor: change records -> per-shard deltas.")
+sinks_app.command("serve", help="Run the SQL query service (and apply deltas into its contexts).")(
+    serve_command
+)
+app.add_typer(sinks_app, name="query", help="DuckDB context shards and the SQL query service.")
+app.command("verify", help="Compare the contexts with PostgreSQL; exit 1 on drift (= walduck query verify).")(
+    verify_command
+)
+app.add_typer(bench_app, name="bench", help="Benchmarks, each against its baseline.")
+
+
+@app.command()
+def up(
+    data_dir: Path = typer.Option(None, help="Where services and contexts live [WALDUCK_DATA_DIR]."),
+    pg_dsn: str = typer.Option(
+        None, "--pg-dsn", help="Use this PostgreSQL instead of a local one [WALDUCK_PG_DSN]."
+    ),
+    kafka: str = typer.Option(
+        None, "--kafka", help="Use this Kafka bootstrap instead of a local one [WALDUCK_KAFKA_BOOTSTRAP]."
+    ),
+    port: int = typer.Option(8080, help="Query service HTTP port."),
+    connector_metrics_port: int = typer.Option(9101),
+    compactor_metrics_port: int = typer.Option(9102),
+    rate: float = typer.Option(5.0, help="Demo workload catalog commits per second."),
+    datasets: int = typer.Option(3, help="Demo workload datasets."),
+    duration: float = typer.Option(None, help="Stop after this many seconds (default: until Ctrl-C)."),
+    keep_services: bool = typer.Option(False, help="Leave PostgreSQL and Kafka running on exit."),
+) -> None:
+    """Run everything locally: services, catalog, connector, compactor, query service and a demo workload."""
+    from stack.up import run_up
+    from walduck.config import load_settings
+
+    settings = load_settings(data_dir=data_dir, pg_dsn=pg_dsn, kafka_bootstrap=kafka)
+    run_up(
+        settings,
+        http_port=port,
+        connector_metrics_port=connector_metrics_port,
+        compactor_metrics_port=compactor_metrics_port,
+        rate=rate,
+        datasets=datasets,
+        duration=duration,
+        keep_services=keep_services,
+    )
+
+
+if __name__ == "__main__":
+    app()
