@@ -1,7 +1,8 @@
 """``walduck up``: the main job on an embedded default.
 
 1. start (or reuse) the local PostgreSQL + Kafka, or use ``--pg-dsn/--kafka`` services;
-2. apply the catalog migrations and create the topics;
+2. apply the catalog migrations, ``connector setup`` and the least-privilege roles (``walduck catalog roles``)
+   as the admin DSN, and create the topics; the components then run as those roles, never as the superuser;
 3. start the connector, the compactor and the query service as child processes;
 4. drive a demo workload against the catalog (real Parquet files);
 5. show where to look and a live status line until Ctrl-C, which stops everything it started.
@@ -54,7 +55,7 @@ def run_up(
     duration: float | None,
     keep_services: bool,
 ) -> None:
-    from walduck.catalog.migrate import apply_migrations
+    from walduck.catalog.roles import provision
     from walduck.services.manager import ServiceManager
     from walduck.services.topics import ensure_topics
 
@@ -66,10 +67,16 @@ def run_up(
         endpoints = manager.start()
     settings.pg_dsn, settings.kafka_bootstrap = endpoints.pg_dsn, endpoints.kafka_bootstrap
     console.print(f"[bold]PostgreSQL[/] {endpoints.pg_dsn}\n[bold]Kafka[/]      {endpoints.kafka_bootstrap}")
-    with console.status("catalog migrations and topics…"):
-        applied = apply_migrations(settings.pg_dsn, settings.catalog_schema)
+    # what the services manager started (or was given) is the admin DSN: setup and the demo workload only
+    settings.pg_admin_dsn = settings.pg_admin_dsn or endpoints.pg_dsn
+    with console.status("catalog migrations, roles and topics…"):
+        applied = provision(settings)
         asyncio.run(ensure_topics(settings.kafka_bootstrap, settings))
     console.print(f"catalog schema [bold]{settings.catalog_schema}[/]: {len(applied)} migrations applied")
+    console.print(
+        "roles: connector [bold]walduck_connector[/], query service [bold]walduck_reader[/] + "
+        "[bold]walduck_exec[/] (no superuser; docs/security.md)"
+    )
 
     env = component_env(settings)
     logs = data_dir / "logs"
@@ -151,7 +158,7 @@ def _demo_workload(
 ) -> None:
     from walduck.workload.generator import Workload
 
-    workload = Workload(settings.pg_dsn, settings.catalog_schema, settings.storage_root, seed=42)
+    workload = Workload(settings.admin_dsn(), settings.catalog_schema, settings.storage_root, seed=42)
     try:
         state["commits"] = 0
         while not stop.is_set():

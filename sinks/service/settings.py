@@ -24,6 +24,10 @@ class QuerySettings(BaseSettings):
     sql_exec_scope: str = Field("", validation_alias=_env("sql_exec_scope", "TIMESTORE_SQL_EXEC_SCOPE"))
     metrics_scope: str = Field("", validation_alias=_env("metrics_scope", "TIMESTORE_METRICS_SCOPE"))
 
+    # /sql/exec on a superuser connection, or one that reaches pg_execute_server_program / pg_read_server_files /
+    # pg_write_server_files, is refused (403) unless this says otherwise (docs/security.md "Roles")
+    exec_allow_superuser: bool = Field(False, validation_alias=_env("exec_allow_superuser"))
+
     # request limits
     sql_max_length: int = Field(10_000, validation_alias=_env("sql_max_length", "TIMESTORE_SQL_MAX_LENGTH"))
     request_timeout_s: float = Field(30.0, validation_alias=_env("query_timeout_s"))

@@ -28,7 +28,7 @@ from sinks.service.audit import (
     AuditEntry,
     record_action,
 )
-from sinks.service.catalog import command_of, exec_statement
+from sinks.service.catalog import command_of, exec_statement, privileged_reach
 from sinks.service.errors import ApiError, error_json
 from sinks.service.iam import Principal, principal_from_headers, require
 from sinks.service.limits import QueryTimeout, Saturated
@@ -535,8 +535,10 @@ async def sql_exec(
     catalog = _catalog(s)
     request_id = f"sql-{uuid.uuid4()}"
     audit_meta: dict[str, Any] = {"requestId": request_id, "fingerprint": fingerprint(body.sql)}
-    conn_cm = catalog.connect()
+    conn_cm = catalog.connect(exec_role=True)
     conn = await conn_cm.__aenter__()
+    if not s.settings.exec_allow_superuser:
+        await _refuse_privileged(s, p, conn, conn_cm, audit_meta)
     try:
         cur = await exec_statement(conn, body.sql, body.params or [], s.settings.exec_statement_timeout_ms)
     except Exception as exc:
@@ -565,6 +567,33 @@ async def sql_exec(
         _exec_body(fmt, columns, all_rows(), conn_cm),
         media_type=formats.CONTENT_TYPES[fmt],
         headers={"x-sql-request-id": request_id},
+    )
+
+
+EXEC_PRIVILEGED = "WALDUCK_EXEC_PRIVILEGED_CONNECTION"
+
+
+async def _refuse_privileged(
+    s: ServiceState, p: Principal, conn: Any, conn_cm: Any, audit_meta: dict[str, Any]
+) -> None:
+    """403 before anything runs when the exec role could reach the OS (superuser, COPY … PROGRAM, files)."""
+    try:
+        reach = await privileged_reach(conn)
+    except Exception as exc:
+        await conn_cm.__aexit__(type(exc), exc, exc.__traceback__)
+        raise
+    if not reach:
+        return
+    await conn_cm.__aexit__(None, None, None)
+    record_action(
+        s.audit, p, ACTION_SQL_EXEC, False, {**audit_meta, "reason": "privileged-connection", "status": 403}
+    )
+    raise ApiError(
+        403,
+        f"/sql/exec refuses to run on a privileged PostgreSQL connection (its role reaches {', '.join(reach)}):"
+        " set WALDUCK_PG_EXEC_DSN to the walduck_exec role (`walduck catalog roles`), or"
+        " WALDUCK_EXEC_ALLOW_SUPERUSER=true to accept the risk",
+        code=EXEC_PRIVILEGED,
     )
 
 

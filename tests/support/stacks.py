@@ -22,13 +22,15 @@ from walduck.stack import Stack
 IAM_ENV = {"WALDUCK_ADMIN_SCOPE": "timestore:admin"}
 
 
-def new_stack(settings: WalduckSettings, tmp_path: Path, env: dict[str, str]) -> Stack:
+def new_stack(
+    settings: WalduckSettings, tmp_path: Path, env: dict[str, str], *, least_privilege: bool = False
+) -> Stack:
     suffix = uuid.uuid4().hex[:8]
     settings.slot_name = f"walduck_{suffix}"
     settings.publication_name = f"walduck_pub_{suffix}"
     settings.data_dir = tmp_path / f"data-{suffix}"
     settings.storage_root = tmp_path / f"storage-{suffix}"
-    return Stack(settings, tmp_path / f"work-{suffix}", extra_env=dict(env))
+    return Stack(settings, tmp_path / f"work-{suffix}", extra_env=dict(env), least_privilege=least_privilege)
 
 
 @pytest.fixture
@@ -37,10 +39,11 @@ async def make_stack(
 ) -> AsyncIterator[Callable[..., object]]:
     stacks: list[Stack] = []
 
-    async def factory(partitions: int = 4, **env: str) -> Stack:
+    async def factory(partitions: int = 4, least_privilege: bool = False, **env: str) -> Stack:
+        """``least_privilege``: components run as the roles of ``walduck catalog roles`` (as ``walduck up``)."""
         dsn = fresh_db()
         settings = await fresh_topics(partitions=partitions, pg_dsn=dsn)
-        stack = new_stack(settings, tmp_path, {**IAM_ENV, **env})
+        stack = new_stack(settings, tmp_path, {**IAM_ENV, **env}, least_privilege=least_privilege)
         await asyncio.to_thread(stack.prepare)
         stacks.append(stack)
         return stack
