@@ -42,6 +42,8 @@ class Stack:
     # True: components run as the least-privilege roles of `walduck catalog roles` (as `walduck up` and k8s/);
     # settings.pg_dsn is then the connector's and settings.pg_admin_dsn the setup/workload DSN
     least_privilege: bool = False
+    # x-iam-scopes of the stack's own probes (wait_caught_up); None = unscoped (a service in WALDUCK_IAM_OPEN mode)
+    probe_scopes: str | None = None
 
     @property
     def base_url(self) -> str:
@@ -127,7 +129,7 @@ class Stack:
         last = ""
         while time.monotonic() < deadline:
             try:
-                resp = self.read("SELECT 1 AS ok", min_lsn=target, timeout=10)
+                resp = self.read("SELECT 1 AS ok", min_lsn=target, scopes=self.probe_scopes, timeout=10)
                 if resp.status_code == 200:
                     return
                 last = f"{resp.status_code} {resp.text[:200]}"

@@ -14,7 +14,7 @@ import uvicorn
 from sinks.context.consumer import DeltaConsumer
 from sinks.context.store import ContextStore
 from sinks.service.app import create_app
-from sinks.service.settings import QuerySettings
+from sinks.service.settings import QuerySettings, require_iam_mode
 from sinks.settings import SinkSettings
 from walduck.config import WalduckSettings
 from walduck.gctuning import tune_for_streaming
@@ -28,6 +28,9 @@ async def serve_async(
     # catalog reads (context rebuilds, manifests, saved queries, audit) run as the read role, /sql/exec as the exec
     # role (docs/security.md "Roles"); both fall back to WALDUCK_PG_DSN
     reads = walduck.model_copy(update={"pg_dsn": walduck.read_dsn()})
+    open_groups = require_iam_mode(query)  # raises IamNotConfigured before anything is opened
+    if open_groups:
+        log.warning("IAM OPEN (WALDUCK_IAM_OPEN=true): any caller reaches %s", "; ".join(open_groups))
     store = ContextStore(sink, reads)
     store.open()
     tune_for_streaming()  # the open context's caches stay out of every collection (apply outliers)

@@ -15,11 +15,12 @@ import psycopg
 from walduck.catalog.roles import CONNECTOR_ROLE
 from walduck.workload.generator import Workload
 
-EXEC = {"x-iam-scopes": "timestore:admin"}
+EXEC = {"x-iam-scopes": "timestore:sql:exec"}
+SAVE = {"x-iam-scopes": "timestore:sql:read"}
 
 
 async def test_pipeline_runs_as_the_roles_and_exec_has_no_shell(make_stack) -> None:
-    stack = await make_stack(least_privilege=True)
+    stack = await make_stack(least_privilege=True, scoped=True)  # as `walduck up` runs it
     s = stack.settings
     admin = s.pg_admin_dsn
     assert admin and s.pg_dsn != admin and s.pg_read_dsn and s.pg_exec_dsn
@@ -47,7 +48,8 @@ async def test_pipeline_runs_as_the_roles_and_exec_has_no_shell(make_stack) -> N
     await asyncio.to_thread(stack.wait_caught_up, parse_lsn(lsn), 180)
     assert users == {"walsender": CONNECTOR_ROLE}  # the replication stream is the connector's role
     r = stack.read(
-        "SELECT sum(partition_count) AS p FROM timestore_runtime.datasets", scopes="timestore:admin"
+        "SELECT sum(partition_count) AS p FROM timestore_runtime.datasets",
+        scopes="timestore:sql:read,timestore:admin",
     )
     assert r.status_code == 200, r.text
     assert r.json()["rows"][0]["p"] == expected > 0
@@ -56,7 +58,7 @@ async def test_pipeline_runs_as_the_roles_and_exec_has_no_shell(make_stack) -> N
 
 def _service_checks(base_url: str) -> None:
     # saved queries and the audit write as the reader role
-    r = httpx.put(f"{base_url}/sql/saved/q", json={"statement": "SELECT 1"}, headers=EXEC, timeout=10)
+    r = httpx.put(f"{base_url}/sql/saved/q", json={"statement": "SELECT 1"}, headers=SAVE, timeout=10)
     assert r.status_code == 200, r.text
     # /sql/exec: catalog reads work, the OS is out of reach
     r = httpx.post(
