@@ -24,15 +24,17 @@ def _settings(pg_dsn: str | None, kafka: str | None, slot: str | None, publicati
 
 @app.command()
 def setup(
-    pg_dsn: str = typer.Option(None, "--pg-dsn", help="[WALDUCK_PG_DSN]"),
+    pg_dsn: str = typer.Option(None, "--pg-dsn", help="[WALDUCK_PG_ADMIN_DSN, else WALDUCK_PG_DSN]"),
     slot: str = typer.Option(None, help="Replication slot [WALDUCK_SLOT_NAME]."),
     publication: str = typer.Option(None, help="Publication [WALDUCK_PUBLICATION_NAME]."),
     catalog_schema: str = typer.Option(None, help="[WALDUCK_CATALOG_SCHEMA]"),
 ) -> None:
-    """Idempotent: publication, REPLICA IDENTITY FULL, state table, logical slot."""
+    """Idempotent: publication, REPLICA IDENTITY FULL, state table, logical slot (as the admin DSN)."""
     from connectors.setup import setup as do_setup
 
     settings = _settings(pg_dsn, None, slot, publication, catalog_schema=catalog_schema)
+    if pg_dsn is None:  # setup owns tables and publications: WALDUCK_PG_ADMIN_DSN when set
+        settings.pg_dsn = settings.admin_dsn()
     result = do_setup(settings, ConnectorSettings().state_schema)
     typer.echo(result)
 

@@ -39,6 +39,11 @@ class Stack:
     compactor_metrics_port: int = field(default_factory=free_port)
     extra_env: dict[str, str] = field(default_factory=dict)
     components: dict[str, Component] = field(default_factory=dict)
+    # True: components run as the least-privilege roles of `walduck catalog roles` (as `walduck up` and k8s/);
+    # settings.pg_dsn is then the connector's and settings.pg_admin_dsn the setup/workload DSN
+    least_privilege: bool = False
+    # x-iam-scopes of the stack's own probes (wait_caught_up); None = unscoped (a service in WALDUCK_IAM_OPEN mode)
+    probe_scopes: str | None = None
 
     @property
     def base_url(self) -> str:
@@ -49,9 +54,14 @@ class Stack:
         from stack.catalog.migrate import apply_migrations
         from stack.services.topics import ensure_topics
 
-        apply_migrations(self.settings.pg_dsn, self.settings.catalog_schema)
+        admin = self.settings.admin_dsn()
+        apply_migrations(admin, self.settings.catalog_schema)
         asyncio.run(ensure_topics(self.settings.kafka_bootstrap, self.settings))
-        self._cli(["connector", "setup"])
+        self._cli(["connector", "setup", "--pg-dsn", admin])
+        if self.least_privilege:
+            from walduck.catalog.roles import ensure_roles, use_roles
+
+            use_roles(self.settings, ensure_roles(admin, self.settings), admin)
 
     def _cli(self, args: list[str]) -> None:
         env = component_env(self.settings, **self.extra_env)
@@ -119,7 +129,7 @@ class Stack:
         last = ""
         while time.monotonic() < deadline:
             try:
-                resp = self.read("SELECT 1 AS ok", min_lsn=target, timeout=10)
+                resp = self.read("SELECT 1 AS ok", min_lsn=target, scopes=self.probe_scopes, timeout=10)
                 if resp.status_code == 200:
                     return
                 last = f"{resp.status_code} {resp.text[:200]}"

@@ -20,6 +20,10 @@ def component_env(settings: WalduckSettings, **extra: str) -> dict[str, str]:
         {
             "WALDUCK_DATA_DIR": str(settings.data_dir),
             "WALDUCK_PG_DSN": settings.pg_dsn,
+            # the role DSNs (empty = fall back to WALDUCK_PG_DSN); the admin DSN is never handed to a component
+            "WALDUCK_PG_READ_DSN": settings.pg_read_dsn,
+            "WALDUCK_PG_EXEC_DSN": settings.pg_exec_dsn,
+            "WALDUCK_PG_ADMIN_DSN": "",
             "WALDUCK_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
             "WALDUCK_CATALOG_SCHEMA": settings.catalog_schema,
             "WALDUCK_STORAGE_ROOT": str(settings.storage_root),

@@ -1,7 +1,8 @@
 """``walduck up``: the main job on an embedded default.
 
 1. start (or reuse) the local PostgreSQL + Kafka, or use ``--pg-dsn/--kafka`` services;
-2. apply the catalog migrations and create the topics;
+2. apply the catalog migrations, ``connector setup`` and the least-privilege roles (``walduck catalog roles``)
+   as the admin DSN, and create the topics; the components then run as those roles, never as the superuser;
 3. start the connector, the compactor and the query service as child processes;
 4. drive a demo workload against the catalog (real Parquet files);
 5. show where to look and a live status line until Ctrl-C, which stops everything it started.
@@ -25,6 +26,49 @@ from walduck.config import WalduckSettings
 
 console = Console()
 
+# Timestore's scope names (reference §4), configured on the query service `walduck up` runs: nothing is open
+TIMESTORE_SCOPES_ENV = {
+    "WALDUCK_REQUIRE_SCOPE": "timestore:read",
+    "WALDUCK_ADMIN_SCOPE": "timestore:admin",
+    "WALDUCK_SQL_READ_SCOPE": "timestore:sql:read",
+    "WALDUCK_SQL_EXEC_SCOPE": "timestore:sql:exec",
+    "WALDUCK_METRICS_SCOPE": "timestore:metrics",
+}
+# the demo workload creates datasets readable with timestore:read and later moves them to team scopes
+# (stack.workload.generator: Workload.change_metadata, teams 1-5): a caller sees a dataset only with its scope
+DEMO_READ_SCOPES = [
+    "timestore:sql:read",
+    "timestore:read",
+    *(f"timestore:read:team-{n}" for n in range(1, 6)),
+]
+ADMIN_HEADERS = {"x-iam-scopes": "timestore:admin"}
+
+
+def examples(
+    base_url: str, connector_metrics_port: int, compactor_metrics_port: int
+) -> list[tuple[str, str]]:
+    """``(label, shell command)`` printed by ``walduck up``, each carrying the scopes that make it work (pinned by
+    tests/integration/e2e/test_up.py, which runs them as printed)."""
+    read = ",".join(DEMO_READ_SCOPES)
+    sql = '{"sql":"select dataset_slug, partition_count, total_rows from timestore_runtime.datasets"}'
+    return [
+        (
+            "SQL",
+            f"curl -sf -XPOST {base_url}/sql/read -H 'content-type: application/json' "
+            f"-H 'x-iam-scopes: {read}' -d '{sql}'",
+        ),
+        ("schema", f"curl -sf {base_url}/sql/schema -H 'x-iam-scopes: {read}'"),
+        (
+            "exec",
+            f"curl -sf -XPOST {base_url}/sql/exec -H 'content-type: application/json' "
+            "-H 'x-iam-scopes: timestore:sql:exec' -d '{\"sql\":\"select count(*) as n from dataset_partitions\"}'",
+        ),
+        ("admin", f"curl -sf {base_url}/admin/sql/runtime-cache -H 'x-iam-scopes: timestore:admin'"),
+        ("metrics", f"curl -sf {base_url}/metrics -H 'x-iam-scopes: timestore:metrics'"),
+        ("connector", f"curl -sf 127.0.0.1:{connector_metrics_port}/metrics"),
+        ("compactor", f"curl -sf 127.0.0.1:{compactor_metrics_port}/metrics"),
+    ]
+
 
 def _status_table(base_url: str, components: list[Component], workload_state: dict[str, object]) -> Table:
     table = Table(title="walduck", expand=False)
@@ -33,7 +77,9 @@ def _status_table(base_url: str, components: list[Component], workload_state: di
     for comp in components:
         table.add_row(comp.name, "[green]running[/]" if comp.alive else "[red]stopped[/]")
     try:
-        snap = httpx.get(f"{base_url}/admin/sql/runtime-cache", timeout=2).json()["snapshot"]
+        snap = httpx.get(f"{base_url}/admin/sql/runtime-cache", headers=ADMIN_HEADERS, timeout=2).json()[
+            "snapshot"
+        ]
         table.add_row("datasets in context", str(snap.get("datasetCount")))
         table.add_row("applied LSN", str(snap.get("appliedLsn")))
         table.add_row("staleness (s)", f"{snap.get('stalenessSeconds')}")
@@ -54,7 +100,7 @@ def run_up(
     duration: float | None,
     keep_services: bool,
 ) -> None:
-    from stack.catalog.migrate import apply_migrations
+    from stack.catalog.roles import provision
     from stack.services.manager import ServiceManager
     from stack.services.topics import ensure_topics
 
@@ -66,12 +112,18 @@ def run_up(
         endpoints = manager.start()
     settings.pg_dsn, settings.kafka_bootstrap = endpoints.pg_dsn, endpoints.kafka_bootstrap
     console.print(f"[bold]PostgreSQL[/] {endpoints.pg_dsn}\n[bold]Kafka[/]      {endpoints.kafka_bootstrap}")
-    with console.status("catalog migrations and topics…"):
-        applied = apply_migrations(settings.pg_dsn, settings.catalog_schema)
+    # what the services manager started (or was given) is the admin DSN: setup and the demo workload only
+    settings.pg_admin_dsn = settings.pg_admin_dsn or endpoints.pg_dsn
+    with console.status("catalog migrations, roles and topics…"):
+        applied = provision(settings)
         asyncio.run(ensure_topics(settings.kafka_bootstrap, settings))
     console.print(f"catalog schema [bold]{settings.catalog_schema}[/]: {len(applied)} migrations applied")
+    console.print(
+        "roles: connector [bold]walduck_connector[/], query service [bold]walduck_reader[/] + "
+        "[bold]walduck_exec[/] (no superuser; docs/security.md)"
+    )
 
-    env = component_env(settings)
+    env = component_env(settings, **TIMESTORE_SCOPES_ENV)
     logs = data_dir / "logs"
     components = [
         Component(
@@ -102,15 +154,12 @@ def run_up(
             comp.start()
         wait_until(lambda: _ready(base_url) or stop.is_set(), timeout=180, what="query service /ready")
         console.print(
-            f"\n[bold green]walduck is up[/]\n"
-            f"  SQL       curl -s -XPOST {base_url}/sql/read -H 'content-type: application/json' "
-            "-H 'x-iam-scopes: timestore:read' "
-            '-d \'{"sql":"select dataset_slug, partition_count, total_rows from timestore_runtime.datasets"}\'\n'
-            f"  schema    {base_url}/sql/schema      API docs {base_url}/docs\n"
-            f"  metrics   {base_url}/metrics  127.0.0.1:{connector_metrics_port}/metrics  "
-            f"127.0.0.1:{compactor_metrics_port}/metrics\n"
-            f"  logs      {logs}/\n  Ctrl-C stops everything.\n"
+            "\n[bold green]walduck is up[/] (scopes: Timestore's names; without them every route is 403)"
         )
+        for label, command in examples(base_url, connector_metrics_port, compactor_metrics_port):
+            # one line each, exactly as a shell runs it (no wrapping, no markup)
+            console.print(f"  {label:<10}{command}", soft_wrap=True, markup=False, highlight=False)
+        console.print(f"  API docs  {base_url}/docs\n  logs      {logs}/\n  Ctrl-C stops everything.\n")
         worker = threading.Thread(
             target=_demo_workload, args=(settings, rate, datasets, stop, workload_state), daemon=True
         )
@@ -151,7 +200,7 @@ def _demo_workload(
 ) -> None:
     from stack.workload.generator import Workload
 
-    workload = Workload(settings.pg_dsn, settings.catalog_schema, settings.storage_root, seed=42)
+    workload = Workload(settings.admin_dsn(), settings.catalog_schema, settings.storage_root, seed=42)
     try:
         state["commits"] = 0
         while not stop.is_set():

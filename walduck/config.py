@@ -27,7 +27,16 @@ class WalduckSettings(BaseSettings):
     # where everything local lives (PostgreSQL data dir, Kafka logs, DuckDB contexts, Parquet files)
     data_dir: Path = Path(".walduck")
     # external services; empty = the local ones `walduck services start` runs
+    # PostgreSQL, one DSN per role (docs/security.md "Roles"; created by `walduck catalog roles`):
+    # pg_dsn is the connector's (walduck_connector: REPLICATION + SELECT on the published tables), and the
+    # fallback of the others when they are unset (a single-DSN deployment keeps working)
     pg_dsn: str = ""
+    # setup only (migrations, `connector setup`, `catalog roles`): the catalog owner or a superuser
+    pg_admin_dsn: str = ""
+    # the query service's catalog reads (walduck_reader)
+    pg_read_dsn: str = ""
+    # the query service's /sql/exec (walduck_exec; refused on a privileged role unless allowed)
+    pg_exec_dsn: str = ""
     kafka_bootstrap: str = ""
     # the Timestore catalog schema (TIMESTORE_PG_SCHEMA in Timestore)
     catalog_schema: str = "timestore"
@@ -49,6 +58,15 @@ class WalduckSettings(BaseSettings):
 
     # contexts
     context_mode: ContextMode = ContextMode.INCREMENTAL
+
+    def admin_dsn(self) -> str:
+        return self.pg_admin_dsn or self.pg_dsn
+
+    def read_dsn(self) -> str:
+        return self.pg_read_dsn or self.pg_dsn
+
+    def exec_dsn(self) -> str:
+        return self.pg_exec_dsn or self.pg_dsn
 
     def resolved_storage_root(self) -> Path:
         return self.storage_root.resolve()

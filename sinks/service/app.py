@@ -41,13 +41,15 @@ def create_app(
     settings: QuerySettings | None = None,
     *,
     pg_dsn: str | None = None,
+    exec_dsn: str | None = None,
     catalog_schema: str = "timestore",
     planner: Planner | None = None,
     audit: AuditSink | None = None,
 ) -> FastAPI:
-    """The FastAPI app. ``pg_dsn`` enables /sql/exec, saved queries, manifests and the audit writer."""
+    """The FastAPI app. ``pg_dsn`` enables /sql/exec, saved queries, manifests and the audit writer;
+    ``exec_dsn`` (default ``pg_dsn``) is the role /sql/exec runs as."""
     settings = settings or QuerySettings()
-    catalog = Catalog(pg_dsn, catalog_schema) if pg_dsn else None
+    catalog = Catalog(pg_dsn, catalog_schema, exec_dsn=exec_dsn) if pg_dsn else None
     if audit is None:
         audit = (
             AuditWriter(

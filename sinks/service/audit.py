@@ -4,6 +4,8 @@ Requests only :meth:`AuditWriter.record` (a non-blocking queue put); a backgroun
 queue in batches with one multi-row INSERT. If PostgreSQL is down the batch is retried with backoff;
 when the queue is full new entries are dropped and counted (a slow audit store never slows reads).
 One row per referenced dataset; a read that references no dataset gets one row with slug ``*``.
+``/sql/exec``, saved-query writes and admin invalidations leave one row each (:func:`record_action`),
+with the dataset when the request names one, else slug ``*``.
 """
 
 from __future__ import annotations
@@ -21,6 +23,10 @@ from psycopg.types.json import Jsonb
 log = logging.getLogger(__name__)
 
 ACTION_SQL_READ = "sql.read"
+ACTION_SQL_EXEC = "sql.exec"
+ACTION_SAVED_UPSERT = "sql.saved.upsert"
+ACTION_SAVED_DELETE = "sql.saved.delete"
+ACTION_RUNTIME_INVALIDATE = "admin.sql_runtime_cache.invalidate"
 NO_DATASET_SLUG = "*"
 
 
@@ -37,6 +43,30 @@ class AuditEntry:
 
 class AuditSink(Protocol):
     def record(self, entry: AuditEntry) -> None: ...
+
+
+def record_action(
+    sink: AuditSink,
+    principal: Any,
+    action: str,
+    success: bool,
+    metadata: dict[str, Any],
+    *,
+    dataset_id: str | None = None,
+    dataset_slug: str | None = None,
+) -> None:
+    """One audit row for a request that is not a dataset read (``principal``: ``iam.Principal``)."""
+    sink.record(
+        AuditEntry(
+            dataset_id=dataset_id,
+            dataset_slug=dataset_slug or NO_DATASET_SLUG,
+            actor_id=principal.actor_id,
+            actor_scopes=list(principal.scopes),
+            action=action,
+            success=success,
+            metadata=metadata,
+        )
+    )
 
 
 class MemoryAudit:

@@ -14,7 +14,7 @@ import uvicorn
 from sinks.context.consumer import DeltaConsumer
 from sinks.context.store import ContextStore
 from sinks.service.app import create_app
-from sinks.service.settings import QuerySettings
+from sinks.service.settings import QuerySettings, require_iam_mode
 from sinks.settings import SinkSettings
 from walduck.config import WalduckSettings
 from walduck.gctuning import tune_for_streaming
@@ -25,11 +25,23 @@ log = logging.getLogger(__name__)
 async def serve_async(
     query: QuerySettings, sink: SinkSettings, walduck: WalduckSettings, *, consume: bool = True
 ) -> None:
-    store = ContextStore(sink, walduck)
+    # catalog reads (context rebuilds, manifests, saved queries, audit) run as the read role, /sql/exec as the exec
+    # role (docs/security.md "Roles"); both fall back to WALDUCK_PG_DSN
+    reads = walduck.model_copy(update={"pg_dsn": walduck.read_dsn()})
+    open_groups = require_iam_mode(query)  # raises IamNotConfigured before anything is opened
+    if open_groups:
+        log.warning("IAM OPEN (WALDUCK_IAM_OPEN=true): any caller reaches %s", "; ".join(open_groups))
+    store = ContextStore(sink, reads)
     store.open()
     tune_for_streaming()  # the open context's caches stay out of every collection (apply outliers)
     consumer = DeltaConsumer(store) if consume else None
-    app = create_app(store, query, pg_dsn=walduck.pg_dsn or None, catalog_schema=walduck.catalog_schema)
+    app = create_app(
+        store,
+        query,
+        pg_dsn=reads.pg_dsn or None,
+        exec_dsn=walduck.exec_dsn() or None,
+        catalog_schema=walduck.catalog_schema,
+    )
     server = uvicorn.Server(
         uvicorn.Config(app, host=query.host, port=query.port, log_level="info", lifespan="on")
     )

@@ -19,8 +19,16 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from sinks.context import guard
 from sinks.service import formats
-from sinks.service.audit import ACTION_SQL_READ, NO_DATASET_SLUG, AuditEntry
-from sinks.service.catalog import command_of, exec_statement
+from sinks.service.audit import (
+    ACTION_SAVED_DELETE,
+    ACTION_SAVED_UPSERT,
+    ACTION_SQL_EXEC,
+    ACTION_SQL_READ,
+    NO_DATASET_SLUG,
+    AuditEntry,
+    record_action,
+)
+from sinks.service.catalog import command_of, exec_statement, privileged_reach
 from sinks.service.errors import ApiError, error_json
 from sinks.service.iam import Principal, principal_from_headers, require
 from sinks.service.limits import QueryTimeout, Saturated
@@ -461,18 +469,31 @@ async def saved_get(request: Request, query_id: str) -> Any:
 @router.put("/sql/saved/{query_id}", summary="Create or update a saved SQL query")
 async def saved_put(request: Request, query_id: str, body: SavedQueryUpsert) -> Any:
     p = authorize_sql_read(request)
+    s = svc(request)
     label = body.label.strip() if body.label is not None else None
     stats = body.stats.model_dump(exclude_none=True) if body.stats is not None else None
-    record = await _catalog(svc(request)).upsert_saved(
-        query_id, body.statement, label or None, stats, p.actor_id
-    )
+    meta = {"savedQueryId": query_id, "fingerprint": fingerprint(body.statement)}
+    try:
+        record = await _catalog(s).upsert_saved(query_id, body.statement, label or None, stats, p.actor_id)
+    except ApiError:
+        raise
+    except Exception:
+        record_action(s.audit, p, ACTION_SAVED_UPSERT, False, {**meta, "reason": "error"})
+        raise
+    record_action(s.audit, p, ACTION_SAVED_UPSERT, True, meta)
     return {"savedQuery": record}
 
 
 @router.delete("/sql/saved/{query_id}", status_code=204, summary="Delete a saved SQL query")
 async def saved_delete(request: Request, query_id: str) -> Response:
-    authorize_sql_read(request)
-    if not await _catalog(svc(request)).delete_saved(query_id):
+    p = authorize_sql_read(request)
+    s = svc(request)
+    deleted = await _catalog(s).delete_saved(query_id)
+    meta: dict[str, Any] = {"savedQueryId": query_id}
+    record_action(
+        s.audit, p, ACTION_SAVED_DELETE, deleted, meta if deleted else {**meta, "reason": "not-found"}
+    )
+    if not deleted:
         return error_json(404, f"Saved query {query_id} not found")
     return Response(status_code=204)
 
@@ -508,16 +529,23 @@ async def sql_exec(
         raise ApiError(413, f"SQL statement exceeds maximum length of {s.settings.sql_max_length} characters")
     catalog = _catalog(s)
     request_id = f"sql-{uuid.uuid4()}"
-    conn_cm = catalog.connect()
+    audit_meta: dict[str, Any] = {"requestId": request_id, "fingerprint": fingerprint(body.sql)}
+    conn_cm = catalog.connect(exec_role=True)
     conn = await conn_cm.__aenter__()
+    if not s.settings.exec_allow_superuser:
+        await _refuse_privileged(s, p, conn, conn_cm, audit_meta)
     try:
         cur = await exec_statement(conn, body.sql, body.params or [], s.settings.exec_statement_timeout_ms)
     except Exception as exc:
         await conn_cm.__aexit__(type(exc), exc, exc.__traceback__)
-        raise ApiError(_exec_error_status(exc), str(exc).strip()) from exc
+        status = _exec_error_status(exc)
+        record_action(s.audit, p, ACTION_SQL_EXEC, False, {**audit_meta, "reason": "error", "status": status})
+        raise ApiError(status, str(exc).strip()) from exc
+    command = command_of(cur.statusmessage)
+    record_action(s.audit, p, ACTION_SQL_EXEC, True, {**audit_meta, "command": command})
     columns = [d.name for d in (cur.description or [])]
     if not columns:
-        command, count = command_of(cur.statusmessage), max(cur.rowcount, 0)
+        count = max(cur.rowcount, 0)
         await conn_cm.__aexit__(None, None, None)
         return Response(
             formats.json_bytes({"command": command, "rowCount": count}),
@@ -534,6 +562,33 @@ async def sql_exec(
         _exec_body(fmt, columns, all_rows(), conn_cm),
         media_type=formats.CONTENT_TYPES[fmt],
         headers={"x-sql-request-id": request_id},
+    )
+
+
+EXEC_PRIVILEGED = "WALDUCK_EXEC_PRIVILEGED_CONNECTION"
+
+
+async def _refuse_privileged(
+    s: ServiceState, p: Principal, conn: Any, conn_cm: Any, audit_meta: dict[str, Any]
+) -> None:
+    """403 before anything runs when the exec role could reach the OS (superuser, COPY … PROGRAM, files)."""
+    try:
+        reach = await privileged_reach(conn)
+    except Exception as exc:
+        await conn_cm.__aexit__(type(exc), exc, exc.__traceback__)
+        raise
+    if not reach:
+        return
+    await conn_cm.__aexit__(None, None, None)
+    record_action(
+        s.audit, p, ACTION_SQL_EXEC, False, {**audit_meta, "reason": "privileged-connection", "status": 403}
+    )
+    raise ApiError(
+        403,
+        f"/sql/exec refuses to run on a privileged PostgreSQL connection (its role reaches {', '.join(reach)}):"
+        " set WALDUCK_PG_EXEC_DSN to the walduck_exec role (`walduck catalog roles`), or"
+        " WALDUCK_EXEC_ALLOW_SUPERUSER=true to accept the risk",
+        code=EXEC_PRIVILEGED,
     )
 
 

@@ -23,7 +23,8 @@ def make_stack(env: ScenarioEnv, **extra_env: str) -> Stack:
     stack = Stack(
         env.settings,
         env.work_dir / "stack",
-        extra_env={"WALDUCK_ADMIN_SCOPE": "timestore:admin", **extra_env},
+        # explicit open mode (benchmarks probe without scopes); the admin scope still guards /admin
+        extra_env={"WALDUCK_ADMIN_SCOPE": "timestore:admin", "WALDUCK_IAM_OPEN": "true", **extra_env},
     )
     stack.prepare()
     return stack

@@ -29,6 +29,7 @@ from sinks.service.audit import AuditWriter
 from sinks.service.settings import QuerySettings
 from sinks.settings import SinkSettings
 from stack.catalog.migrate import apply_migrations
+from stack.catalog.roles import EXEC_ROLE, ensure_roles
 from walduck.config import WalduckSettings
 
 pytestmark = pytest.mark.integration
@@ -129,7 +130,9 @@ async def env(fresh_db: Any, tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
         sql_read_scope="sql:read", sql_exec_scope="sql:exec", admin_scope="admin", request_timeout_s=3.0
     )
     audit = AuditWriter(dsn, "timestore", flush_interval_s=0.05)
-    app = create_app(store, settings, pg_dsn=dsn, audit=audit)
+    # /sql/exec as the least-privilege exec role (`walduck catalog roles`), as deployed
+    exec_dsn = ensure_roles(dsn, walduck)[EXEC_ROLE]
+    app = create_app(store, settings, pg_dsn=dsn, exec_dsn=exec_dsn, audit=audit)
     audit.start()
     client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t", timeout=30)
     try:
