@@ -59,7 +59,7 @@ class Stack:
         asyncio.run(ensure_topics(self.settings.kafka_bootstrap, self.settings))
         self._cli(["connector", "setup", "--pg-dsn", admin])
         if self.least_privilege:
-            from walduck.catalog.roles import ensure_roles, use_roles
+            from stack.catalog.roles import ensure_roles, use_roles
 
             use_roles(self.settings, ensure_roles(admin, self.settings), admin)
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from walduck.errors import WalduckError
+
 
 def _env(name: str, *timestore: str) -> AliasChoices:
     """``WALDUCK_<NAME>`` first, then Timestore's variable names (reference §4)."""
@@ -79,7 +81,7 @@ class QuerySettings(BaseSettings):
         return [name for name, scopes in groups.items() if not scopes]
 
 
-class IamNotConfigured(RuntimeError):
+class IamNotConfigured(WalduckError, RuntimeError):
     """The service would start with routes open to any caller, and WALDUCK_IAM_OPEN=true was not given."""
 
 

@@ -65,7 +65,7 @@ def roles(
     Role names and passwords come from WALDUCK_PG_DSN (connector), WALDUCK_PG_READ_DSN and WALDUCK_PG_EXEC_DSN
     when they name a user; run after `catalog migrate` and `connector setup`.
     """
-    from walduck.catalog.roles import RoleSetupError, ensure_roles, login_from
+    from stack.catalog.roles import RoleSetupError, ensure_roles, login_from
     from walduck.config import load_settings
 
     settings = load_settings(pg_admin_dsn=pg_dsn, catalog_schema=schema)

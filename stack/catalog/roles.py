@@ -25,6 +25,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from walduck.config import WalduckSettings
+from walduck.errors import WalduckError
 
 CONNECTOR_ROLE = "walduck_connector"
 READER_ROLE = "walduck_reader"
@@ -42,7 +43,7 @@ PUBLISHED_TABLES = (
 _NARROW = sql.SQL("NOSUPERUSER NOCREATEDB NOCREATEROLE NOBYPASSRLS NOINHERIT")
 
 
-class RoleSetupError(RuntimeError):
+class RoleSetupError(WalduckError, RuntimeError):
     """The roles step could not run (e.g. the admin DSN may not create roles)."""
 
 

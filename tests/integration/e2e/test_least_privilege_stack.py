@@ -12,8 +12,8 @@ from pathlib import Path
 import httpx
 import psycopg
 
-from walduck.catalog.roles import CONNECTOR_ROLE
-from walduck.workload.generator import Workload
+from stack.catalog.roles import CONNECTOR_ROLE
+from stack.workload.generator import Workload
 
 EXEC = {"x-iam-scopes": "timestore:sql:exec"}
 SAVE = {"x-iam-scopes": "timestore:sql:read"}

@@ -21,7 +21,7 @@ from sinks.service.app import create_app
 from sinks.service.audit import AuditWriter
 from sinks.service.settings import QuerySettings
 from sinks.settings import SinkSettings
-from walduck.catalog.roles import EXEC_ROLE, ensure_roles
+from stack.catalog.roles import EXEC_ROLE, ensure_roles
 from walduck.config import WalduckSettings
 
 pytestmark = pytest.mark.integration

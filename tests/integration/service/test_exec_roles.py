@@ -27,7 +27,7 @@ from sinks.service.app import create_app
 from sinks.service.audit import MemoryAudit
 from sinks.service.settings import QuerySettings
 from sinks.settings import SinkSettings
-from walduck.catalog.roles import (
+from stack.catalog.roles import (
     CONNECTOR_ROLE,
     EXEC_ROLE,
     READER_ROLE,
@@ -269,7 +269,7 @@ def test_walduck_catalog_roles_command(catalog: dict[str, Any]) -> None:
     """The operator's command: names (and passwords) from the role DSNs, admin from WALDUCK_PG_ADMIN_DSN."""
     from typer.testing import CliRunner
 
-    from walduck.cli import app
+    from stack.cli import app
 
     name = f"wd_reader_{uuid.uuid4().hex[:6]}"
     env = {

@@ -11,7 +11,7 @@ import pytest
 
 from walduck.errors import InvariantBroken, Unprocessable, WalduckError
 
-PACKAGES = ("walduck", "connectors", "pipeline", "sinks")
+PACKAGES = ("walduck", "connectors", "pipeline", "sinks", "stack")
 
 
 def _modules() -> list[str]:

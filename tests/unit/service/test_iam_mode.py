@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from sinks.service.settings import IamNotConfigured, QuerySettings, require_iam_mode
-from walduck.up import TIMESTORE_SCOPES_ENV
+from stack.up import TIMESTORE_SCOPES_ENV
 
 
 def scoped(**extra: object) -> QuerySettings:
@@ -56,7 +56,7 @@ def test_iam_open_is_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) 
 def test_walduck_query_serve_exits_with_the_reason() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("WALDUCK_", "TIMESTORE_"))}
     done = subprocess.run(
-        [sys.executable, "-m", "walduck.cli", "query", "serve", "--no-consume"],
+        [sys.executable, "-m", "stack.cli", "query", "serve", "--no-consume"],
         env=env,
         capture_output=True,
         text=True,
