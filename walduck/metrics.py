@@ -80,6 +80,20 @@ COMPACTOR_STATE_PARTITIONS = Gauge(
     "walduck_compactor_state_partitions", "Visible partitions tracked in compactor state."
 )
 COMPACTOR_STATE_SHARDS = Gauge("walduck_compactor_state_shards", "Shards tracked in compactor state.")
+COMPACTOR_PARTITION_ASSIGNMENTS = Counter(
+    "walduck_compactor_partition_assignments_total",
+    "Changes partitions assigned to this member, by outcome (restored: state replayed from the deltas topic; "
+    "kept: the member's own state reused after a rebalance gave the partition back).",
+    ["outcome"],
+)
+COMPACTOR_ASSIGNED_PARTITIONS = Gauge(
+    "walduck_compactor_assigned_partitions", "Changes partitions this member holds now."
+)
+COMPACTOR_RESTORE_DURATION = Histogram(
+    "walduck_compactor_restore_duration_seconds",
+    "One assignment's restore pass: reading the deltas of every newly assigned partition and rebuilding state.",
+    buckets=LATENCY_BUCKETS,
+)
 COMPACTOR_COMMITS_LOST = Counter(
     "walduck_compactor_commits_lost_total",
     "Offset commits refused because the group rebalanced meanwhile (partitions re-restored from deltas).",
