@@ -56,6 +56,23 @@ CONNECTOR_ROW_ENCODER = Gauge(
     "1 for the row encoder in use (native: compiled connectors._rowjson; python: the pure-Python fallback).",
     ["encoder"],
 )
+CONNECTOR_SLOT_WAITING = Gauge(
+    "walduck_connector_slot_waiting_seconds",
+    "How long the connector has been waiting for its replication slot, held by another walsender (0 = not waiting).",
+)
+CONNECTOR_SLOT_BUSY = Counter(
+    "walduck_connector_slot_busy_total",
+    "START_REPLICATION attempts refused because another walsender held the slot (retried every slot_retry_interval).",
+)
+CONNECTOR_SLOT_TAKEOVERS = Counter(
+    "walduck_connector_slot_takeovers_total",
+    "Walsenders holding the slot terminated by the connector (WALDUCK_SLOT_TAKEOVER_AFTER).",
+)
+CONNECTOR_SLOT_ACQUIRE = Histogram(
+    "walduck_connector_slot_acquire_seconds",
+    "From a session's first START_REPLICATION attempt to streaming (includes any wait for the slot).",
+    buckets=LATENCY_BUCKETS,
+)
 CONNECTOR_SNAPSHOT_ROWS = Counter(
     "walduck_connector_snapshot_rows_total", "Rows read by the initial snapshot.", ["table"]
 )
