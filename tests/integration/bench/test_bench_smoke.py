@@ -43,7 +43,7 @@ def test_bench_all_quick_writes_every_scenario(services: ServiceEndpoints, fresh
         cwd=tmp_path,
         capture_output=True,
         text=True,
-        timeout=420,
+        timeout=600,  # failover adds ~40 s
     )
     assert done.returncode == 0, f"bench all crashed:\n{done.stdout[-6000:]}\n{done.stderr[-3000:]}"
     for name in SCENARIOS:
