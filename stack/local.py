@@ -77,7 +77,13 @@ class Stack:
             "compactor": ["compactor", "run", "--metrics-port", str(self.compactor_metrics_port)],
             "query": ["query", "serve", "--host", "127.0.0.1", "--port", str(self.http_port)],
         }[name]
-        env = component_env(self.settings, **self.extra_env)
+        extra = dict(self.extra_env)
+        if name == "compactor":
+            # a static member of a group of this stack's own (its topics' name): a restarted compactor takes
+            # its partitions back without a rebalance (docs/compactor.md, membership and failover)
+            extra.setdefault("WALDUCK_COMPACTOR_GROUP_ID", f"walduck-compactor.{self.settings.changes_topic}")
+            extra.setdefault("WALDUCK_COMPACTOR_GROUP_INSTANCE_ID", "compactor-0")
+        env = component_env(self.settings, **extra)
         return Component(name, args, env, self.work_dir / "logs" / f"{name}.log")
 
     def start(self, names: tuple[str, ...] = COMPONENTS) -> None:

@@ -56,6 +56,23 @@ CONNECTOR_ROW_ENCODER = Gauge(
     "1 for the row encoder in use (native: compiled connectors._rowjson; python: the pure-Python fallback).",
     ["encoder"],
 )
+CONNECTOR_SLOT_WAITING = Gauge(
+    "walduck_connector_slot_waiting_seconds",
+    "How long the connector has been waiting for its replication slot, held by another walsender (0 = not waiting).",
+)
+CONNECTOR_SLOT_BUSY = Counter(
+    "walduck_connector_slot_busy_total",
+    "START_REPLICATION attempts refused because another walsender held the slot (retried every slot_retry_interval).",
+)
+CONNECTOR_SLOT_TAKEOVERS = Counter(
+    "walduck_connector_slot_takeovers_total",
+    "Walsenders holding the slot terminated by the connector (WALDUCK_SLOT_TAKEOVER_AFTER).",
+)
+CONNECTOR_SLOT_ACQUIRE = Histogram(
+    "walduck_connector_slot_acquire_seconds",
+    "From a session's first START_REPLICATION attempt to streaming (includes any wait for the slot).",
+    buckets=LATENCY_BUCKETS,
+)
 CONNECTOR_SNAPSHOT_ROWS = Counter(
     "walduck_connector_snapshot_rows_total", "Rows read by the initial snapshot.", ["table"]
 )
@@ -80,6 +97,20 @@ COMPACTOR_STATE_PARTITIONS = Gauge(
     "walduck_compactor_state_partitions", "Visible partitions tracked in compactor state."
 )
 COMPACTOR_STATE_SHARDS = Gauge("walduck_compactor_state_shards", "Shards tracked in compactor state.")
+COMPACTOR_PARTITION_ASSIGNMENTS = Counter(
+    "walduck_compactor_partition_assignments_total",
+    "Changes partitions assigned to this member, by outcome (restored: state replayed from the deltas topic; "
+    "kept: the member's own state reused after a rebalance gave the partition back).",
+    ["outcome"],
+)
+COMPACTOR_ASSIGNED_PARTITIONS = Gauge(
+    "walduck_compactor_assigned_partitions", "Changes partitions this member holds now."
+)
+COMPACTOR_RESTORE_DURATION = Histogram(
+    "walduck_compactor_restore_duration_seconds",
+    "One assignment's restore pass: reading the deltas of every newly assigned partition and rebuilding state.",
+    buckets=LATENCY_BUCKETS,
+)
 COMPACTOR_COMMITS_LOST = Counter(
     "walduck_compactor_commits_lost_total",
     "Offset commits refused because the group rebalanced meanwhile (partitions re-restored from deltas).",

@@ -246,6 +246,41 @@ def freshness_cmd(
     )
 
 
+def failover_body(
+    quick: bool,
+    kills: int | None = None,
+    writers: int | None = None,
+    rate: float | None = None,
+    settle: float | None = None,
+    restart_delay: float = 0.2,
+) -> Callable[..., Result]:
+    from stack.bench.failover import run_failover
+
+    return lambda services: run_failover(
+        services,
+        kills=int(_pick(quick, kills, 20, 1)),
+        writers=int(_pick(quick, writers, 3, 2)),
+        rate=float(_pick(quick, rate, 15.0, 6.0)),
+        settle_s=float(_pick(quick, settle, 2.0, 1.0)),
+        restart_delay_s=restart_delay,
+    )
+
+
+@app.command("failover")
+def failover_cmd(
+    kills: int = typer.Option(None, help="kill -9 rounds, each killing every component once [20; quick 1]."),
+    writers: int = typer.Option(None, help="Workload writer threads [3; quick 2]."),
+    rate: float = typer.Option(None, help="Catalog commits/s over all writers [15; quick 6]."),
+    settle: float = typer.Option(None, help="Seconds between a recovery and the next kill [2; quick 1]."),
+    restart_delay: float = typer.Option(0.2, help="Seconds between a kill and the restart (the supervisor)."),
+    quick: bool = Quick,
+    data_dir: Path = DataDir,
+    out: Path = OutDir,
+) -> None:
+    """kill -9 each component under a steady workload: kill -> first read-your-writes answer, then zero drift."""
+    _run("failover", data_dir, out, failover_body(quick, kills, writers, rate, settle, restart_delay))
+
+
 SCENARIOS: dict[str, Callable[[bool], Callable[..., Result]]] = {
     "connector": lambda quick: connector_body(quick),
     "freshness": lambda quick: freshness_body(quick),
@@ -253,6 +288,7 @@ SCENARIOS: dict[str, Callable[[bool], Callable[..., Result]]] = {
     "planner": lambda quick: planner_body(quick),
     "query": lambda quick: query_body(quick),
     "bootstrap+memory+hit-ratio": lambda quick: service_body(quick),
+    "failover": lambda quick: failover_body(quick),
 }
 
 
