@@ -21,6 +21,44 @@ app = typer.Typer(
     help="Keep DuckDB query contexts in step with a PostgreSQL catalog, live.",
     pretty_exceptions_show_locals=False,
 )
+# WALDUCK_* variables read outside the settings classes (typer envvars, local services, the test suite)
+DIRECT_VARIABLES = (
+    "WALDUCK_ADMIN_TOKEN",
+    "WALDUCK_VERIFY_SCOPES",
+    "WALDUCK_BENCH_KEEP",
+    "WALDUCK_CACHE_DIR",
+    "WALDUCK_KAFKA_CDS",
+    "WALDUCK_PG_BIN",
+    "WALDUCK_TEST_",  # a trailing "_": a prefix (tests/conftest.py, the faust evaluation)
+    "WALDUCK_FAUST_",
+)
+
+
+def settings_classes() -> list[type]:
+    """Every settings class of every component: one environment (a k8s ConfigMap, ``walduck up``) carries all."""
+    from connectors.settings import ConnectorSettings
+    from pipeline.settings import CompactorSettings
+    from sinks.service.settings import QuerySettings
+    from sinks.settings import SinkSettings
+    from walduck.config import WalduckSettings
+
+    return [WalduckSettings, ConnectorSettings, CompactorSettings, SinkSettings, QuerySettings]
+
+
+@app.callback()
+def _report_unknown_variables() -> None:
+    """A misspelt ``WALDUCK_*`` variable would be ignored silently: name it (and the closest known one)."""
+    import os
+
+    from walduck.config import unknown_variables
+
+    for variable, close in unknown_variables(os.environ, settings_classes(), DIRECT_VARIABLES):
+        hint = f" (did you mean {close}?)" if close else ""
+        typer.echo(
+            f"walduck: warning: unknown environment variable {variable}{hint}; it has no effect", err=True
+        )
+
+
 app.add_typer(services_app, name="services", help="Local PostgreSQL + Kafka: start, stop, status.")
 app.add_typer(catalog_app, name="catalog", help="Timestore-compatible catalog migrations.")
 app.add_typer(workload_app, name="workload", help="Catalog workload generator (real Parquet files).")

@@ -10,33 +10,16 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from walduck.config import WalduckSettings
+from walduck.config import WalduckSettings, settings_env
 
 
 def component_env(settings: WalduckSettings, **extra: str) -> dict[str, str]:
-    """Environment carrying the shared settings to a child process."""
+    """Environment carrying the shared settings to a child process (built from the settings model: every field)."""
     env = dict(os.environ)
-    env.update(
-        {
-            "WALDUCK_DATA_DIR": str(settings.data_dir),
-            "WALDUCK_PG_DSN": settings.pg_dsn,
-            # the role DSNs (empty = fall back to WALDUCK_PG_DSN); the admin DSN is never handed to a component
-            "WALDUCK_PG_READ_DSN": settings.pg_read_dsn,
-            "WALDUCK_PG_EXEC_DSN": settings.pg_exec_dsn,
-            "WALDUCK_PG_ADMIN_DSN": "",
-            "WALDUCK_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-            "WALDUCK_CATALOG_SCHEMA": settings.catalog_schema,
-            "WALDUCK_STORAGE_ROOT": str(settings.storage_root),
-            "WALDUCK_CHANGES_TOPIC": settings.changes_topic,
-            "WALDUCK_DELTAS_TOPIC": settings.deltas_topic,
-            "WALDUCK_DLQ_TOPIC": settings.dlq_topic,
-            "WALDUCK_TOPIC_PARTITIONS": str(settings.topic_partitions),
-            "WALDUCK_SLOT_NAME": settings.slot_name,
-            "WALDUCK_PUBLICATION_NAME": settings.publication_name,
-            "WALDUCK_CONTEXT_MODE": str(settings.context_mode),
-            "PYTHONUNBUFFERED": "1",
-        }
-    )
+    env.update(settings_env(settings))
+    # the admin DSN (catalog owner) is never handed to a component; empty role DSNs fall back to WALDUCK_PG_DSN
+    env["WALDUCK_PG_ADMIN_DSN"] = ""
+    env["PYTHONUNBUFFERED"] = "1"
     env.update(extra)
     return env
 

@@ -8,9 +8,14 @@ topic names and the data directory.
 
 from __future__ import annotations
 
-from enum import StrEnum
+import difflib
+import json
+from collections.abc import Iterable, Mapping
+from enum import Enum, StrEnum
 from pathlib import Path
+from typing import Any
 
+from pydantic import AliasChoices, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
@@ -59,6 +64,10 @@ class WalduckSettings(BaseSettings):
     # contexts
     context_mode: ContextMode = ContextMode.INCREMENTAL
 
+    # address the connector's and the compactor's /metrics servers bind; 127.0.0.1 keeps them local, k8s sets
+    # 0.0.0.0 so Prometheus (PodMonitor) can scrape each pod (the query service serves /metrics on its own port)
+    metrics_host: str = "127.0.0.1"
+
     def admin_dsn(self) -> str:
         return self.pg_admin_dsn or self.pg_dsn
 
@@ -76,3 +85,69 @@ def load_settings(**overrides: object) -> WalduckSettings:
     """Settings from the environment, with explicit (CLI flag) overrides on top."""
     clean = {k: v for k, v in overrides.items() if v is not None}
     return WalduckSettings(**clean)
+
+
+def _env_value(value: Any) -> str:
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    if isinstance(value, Enum):
+        return str(value.value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list | dict | tuple | set):
+        return json.dumps(list(value) if isinstance(value, set | tuple) else value)
+    return str(value)
+
+
+def env_names(settings_class: type[BaseSettings]) -> dict[str, list[str]]:
+    """Field name -> the environment variables that set it, upper case, the primary one first (the prefixed
+    field name, or the first of its aliases)."""
+    prefix = settings_class.model_config.get("env_prefix", "")
+    names: dict[str, list[str]] = {}
+    for name, field in settings_class.model_fields.items():
+        alias = field.validation_alias
+        if isinstance(alias, str):
+            found = [alias]
+        elif isinstance(alias, AliasChoices):
+            found = [c for c in alias.choices if isinstance(c, str)]
+        else:
+            found = [f"{prefix}{name}"]
+        names[name] = [n.upper() for n in found]
+    return names
+
+
+def settings_env(settings: BaseSettings) -> dict[str, str]:
+    """The environment that recreates ``settings`` in a child process, built from the model (every field that
+    is not ``None``, under its primary variable), so a hand-written copy can never forget a field."""
+    names = env_names(type(settings))
+    return {
+        names[name][0]: _env_value(getattr(settings, name))
+        for name in type(settings).model_fields
+        if getattr(settings, name) is not None
+    }
+
+
+def unknown_variables(
+    environ: Mapping[str, str],
+    settings_classes: Iterable[type[BaseSettings]],
+    also_known: Iterable[str] = (),
+    prefix: str = "WALDUCK_",
+) -> list[tuple[str, str | None]]:
+    """``(variable, closest known name or None)`` for every ``WALDUCK_*`` variable no settings class reads:
+    a misspelt variable is otherwise silently ignored (the classes use ``extra="ignore"`` because one
+    environment carries every component's settings)."""
+    known: set[str] = {name.upper() for name in also_known}
+    for cls in settings_classes:
+        for names in env_names(cls).values():
+            known.update(names)
+    unknown = []
+    for variable in sorted(environ):
+        upper = variable.upper()
+        if (
+            upper.startswith(prefix)
+            and upper not in known
+            and not any(upper.startswith(k) for k in known if k.endswith("_"))
+        ):
+            close = difflib.get_close_matches(upper, sorted(known), n=1, cutoff=0.8)
+            unknown.append((variable, close[0] if close else None))
+    return unknown

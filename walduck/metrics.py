@@ -188,6 +188,7 @@ QUERY_GUARD_REFUSALS = Counter(
 )
 
 
-def serve_metrics(port: int, addr: str = "127.0.0.1") -> None:
-    """Expose ``/metrics`` on its own port (connector, compactor). The query service mounts it."""
+def serve_metrics(port: int, addr: str) -> None:
+    """Expose ``/metrics`` on its own port (connector, compactor) at ``addr`` (``WALDUCK_METRICS_HOST``).
+    The query service mounts it on its HTTP port."""
     start_http_server(port, addr=addr)
