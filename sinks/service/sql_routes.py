@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import duckdb
+import orjson
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
@@ -402,6 +403,7 @@ def _read_response(
     if warnings:
         # JSON array, non-ASCII escaped (header values must be latin-1; parses to the same strings)
         headers["x-sql-warnings"] = json.dumps(warnings, ensure_ascii=True, separators=(",", ":"))
+    cap = s.settings.byte_cap
     if empty:
         names: list[str] = []
         rows: list[dict[str, Any]] = []
@@ -412,30 +414,46 @@ def _read_response(
         types = result.column_types
         truncated = result.truncated
         rows = [] if fmt == "arrow" else formats.table_rows(result.table)
-    headers["x-sql-truncated"] = "true" if truncated else "false"
-    elapsed_ms = (time.perf_counter() - received) * 1000.0
+    # the byte cap holds on the encoded body: rows past it are withheld (truncated), whatever their size
     if fmt == "json":
-        payload = {
-            "executionId": execution_id,
-            "columns": [
-                {"name": n, "type": types[i] if i < len(types) else "UNKNOWN", "description": None}
-                for i, n in enumerate(names)
-            ],
-            "rows": rows,
-            "truncated": truncated,
-            "warnings": warnings,
-            "statistics": {"rowCount": len(rows), "elapsedMs": elapsed_ms},
-            "appliedLsn": applied,
-            "stalenessSeconds": staleness,
-        }
-        return Response(formats.json_bytes(payload), media_type="application/json", headers=headers)
-    if fmt == "csv":
-        body = "" if empty else formats.render_csv(names, rows)
-        return Response(body.encode(), headers={**headers, "content-type": formats.CONTENT_TYPES["csv"]})
-    if fmt == "table":
-        body = "" if empty else formats.render_table(names, rows)
-        return Response(body.encode(), headers={**headers, "content-type": formats.CONTENT_TYPES["table"]})
-    data = b"" if empty else formats.arrow_ipc(result.table)
+        columns = [
+            {"name": n, "type": types[i] if i < len(types) else "UNKNOWN", "description": None}
+            for i, n in enumerate(names)
+        ]
+
+        def envelope(rows_json: bytes, count: int, elapsed_ms: float, truncated: bool) -> dict[str, Any]:
+            return {
+                "executionId": execution_id,
+                "columns": columns,
+                "rows": orjson.Fragment(rows_json),
+                "truncated": truncated,
+                "warnings": warnings,
+                "statistics": {"rowCount": count, "elapsedMs": elapsed_ms},
+                "appliedLsn": applied,
+                "stalenessSeconds": staleness,
+            }
+
+        # the envelope without rows, with room for the longest rowCount/elapsedMs values
+        frame = len(formats.json_bytes(envelope(b"[]", 10**15, -1.2345678901234567e-300, False)))
+        rows_json, sent = formats.json_rows_within(rows, cap - frame)
+        truncated = truncated or sent < len(rows)
+        headers["x-sql-truncated"] = "true" if truncated else "false"
+        elapsed_ms = (time.perf_counter() - received) * 1000.0
+        body = formats.json_bytes(envelope(rows_json, sent, elapsed_ms, truncated))
+        return Response(body, media_type="application/json", headers=headers)
+    if fmt in ("csv", "table"):
+        within = formats.csv_rows_within if fmt == "csv" else formats.table_rows_within
+        sent = within(names, rows, cap)
+        truncated = truncated or sent < len(rows)
+        headers["x-sql-truncated"] = "true" if truncated else "false"
+        render = formats.render_csv if fmt == "csv" else formats.render_table
+        text = "" if empty else render(names, rows[:sent])
+        return Response(text.encode(), headers={**headers, "content-type": formats.CONTENT_TYPES[fmt]})
+    data = b""
+    if not empty:
+        data, sent = formats.arrow_within(result.table, cap)
+        truncated = truncated or sent < result.table.num_rows
+    headers["x-sql-truncated"] = "true" if truncated else "false"
     return Response(data, headers={**headers, "content-type": formats.CONTENT_TYPES["arrow"]})
 
 

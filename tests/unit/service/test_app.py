@@ -371,3 +371,81 @@ async def test_health_ready_metrics_openapi(client_factory: Any) -> None:
     assert (await client.get("/metrics")).status_code == 403
     spec = orjson.loads((await client.get("/openapi.json")).content)
     assert "/sql/read" in spec["paths"] and "/admin/datasets/{dataset_ref}/manifest" in spec["paths"]
+
+
+# --- byte cap at any row size (issue 13 finding 4) ------------------------------------------------
+
+BIG_ROWS = "SELECT repeat('x', 1000000) AS s FROM range(400)"
+
+
+@pytest.mark.parametrize("fmt", ["json", "csv", "table", "arrow"])
+async def test_byte_cap_holds_for_huge_rows(client_factory: Any, fmt: str) -> None:
+    cap = 4_000_000
+    client, _, _ = await client_factory(byte_cap=cap)
+    r = await client.post(f"/sql/read?format={fmt}", json={"sql": BIG_ROWS}, headers=READ)
+    assert r.status_code == 200, r.text[:300]
+    assert len(r.content) <= cap, len(r.content)
+    assert r.headers["x-sql-truncated"] == "true"
+    if fmt == "json":
+        body = r.json()
+        assert body["truncated"] is True and 0 < body["statistics"]["rowCount"] < 4
+    if fmt == "arrow":
+        assert 0 < pa.ipc.open_stream(r.content).read_all().num_rows < 4
+
+
+async def test_byte_cap_single_row_larger_than_cap_sends_no_rows(client_factory: Any) -> None:
+    client, _, _ = await client_factory(byte_cap=500_000)
+    r = await client.post("/sql/read", json={"sql": BIG_ROWS}, headers=READ)
+    body = r.json()
+    assert len(r.content) <= 500_000
+    assert body["truncated"] is True and body["rows"] == [] and body["statistics"]["rowCount"] == 0
+
+
+@pytest.mark.parametrize("fmt", ["json", "csv", "table", "arrow"])
+async def test_byte_cap_fitting_result_not_truncated(client_factory: Any, fmt: str) -> None:
+    # 100 rows of 30 kB = 3 MB under a 4 MB cap: every row sent, truncated false
+    client, _, _ = await client_factory(byte_cap=4_000_000)
+    sql = {"sql": "SELECT repeat('x', 30000) AS s FROM range(100)"}
+    r = await client.post(f"/sql/read?format={fmt}", json=sql, headers=READ)
+    assert r.headers["x-sql-truncated"] == "false"
+    if fmt == "json":
+        assert r.json()["truncated"] is False and r.json()["statistics"]["rowCount"] == 100
+    if fmt == "csv":
+        assert r.text.count("\n") == 100
+    if fmt == "arrow":
+        assert pa.ipc.open_stream(r.content).read_all().num_rows == 100
+
+
+async def test_byte_cap_truncated_exactly_when_rows_withheld(client_factory: Any) -> None:
+    # a result that fills the cap almost exactly: every row is sent, so truncated is false
+    client, _, _ = await client_factory(byte_cap=1_000_000)
+    r = await client.post(
+        "/sql/read", json={"sql": "SELECT repeat('x', 9000) AS s FROM range(100)"}, headers=READ
+    )
+    body = r.json()
+    assert len(r.content) <= 1_000_000
+    assert body["statistics"]["rowCount"] == 100 and body["truncated"] is False
+    r = await client.post(
+        "/sql/read", json={"sql": "SELECT repeat('x', 9000) AS s FROM range(120)"}, headers=READ
+    )
+    body = r.json()
+    assert len(r.content) <= 1_000_000
+    assert body["truncated"] is True and 100 <= body["statistics"]["rowCount"] < 120
+
+
+async def test_byte_cap_table_padding_counted(client_factory: Any) -> None:
+    # one wide cell pads every row of the table format: the cap holds on the rendered body
+    client, _, _ = await client_factory(byte_cap=1_000_000)
+    sql = "SELECT CASE WHEN i = 0 THEN repeat('y', 100000) ELSE 'a' END AS s FROM range(1000) t(i)"
+    r = await client.post("/sql/read?format=table", json={"sql": sql}, headers=READ)
+    assert len(r.content) <= 1_000_000 and r.headers["x-sql-truncated"] == "true"
+
+
+async def test_byte_cap_default_holds_for_issue_query(client_factory: Any) -> None:
+    # the reported shape at the default 64 MiB cap: was a 400 MB body; 100 rows (100 MB) were truncated:true
+    # with every row sent
+    client, _, _ = await client_factory()
+    r = await client.post("/sql/read", json={"sql": BIG_ROWS}, headers=READ)
+    assert r.status_code == 200 and len(r.content) <= 64 * 1024 * 1024
+    body = orjson.loads(r.content)
+    assert body["truncated"] is True and body["statistics"]["rowCount"] == len(body["rows"]) == 67
