@@ -150,6 +150,11 @@ QUERY_PLANNING = Histogram(
     buckets=LATENCY_BUCKETS,
 )
 
+QUERY_LIMITS = Counter(
+    "walduck_query_limits_total",
+    "Requests a limit refused or cut, by limit (body_size, byte_cap, row_cap, memory, temp_space).",
+    ["limit"],
+)
 QUERY_GUARD_REFUSALS = Counter(
     "walduck_query_guard_refusals_total",
     "Planned reads the execution guard refused (a policy or planner bug caught by the second layer), by reason.",

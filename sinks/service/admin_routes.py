@@ -10,12 +10,13 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 
+from sinks.service.body_limit import OffLoopJsonRoute
 from sinks.service.errors import ApiError, error_json
 from sinks.service.iam import can_read_dataset, principal_from_headers, require
 from sinks.service.state import ServiceState
 
 log = logging.getLogger(__name__)
-router = APIRouter(tags=["Admin"])
+router = APIRouter(tags=["Admin"], route_class=OffLoopJsonRoute)
 _background: set[asyncio.Task[Any]] = set()
 
 

@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sinks.service import admin_routes, sql_routes
 from sinks.service.audit import AuditSink, AuditWriter, MemoryAudit
+from sinks.service.body_limit import BodyLimit
 from sinks.service.catalog import Catalog
 from sinks.service.errors import ApiError
 from sinks.service.iam import Forbidden, principal_from_headers, require
@@ -97,6 +98,7 @@ def create_app(
     app.include_router(sql_routes.router)
     app.include_router(admin_routes.router)
     _install_error_handlers(app)
+    app.add_middleware(BodyLimit, max_body_bytes=settings.max_body_bytes)  # inside the metrics middleware
     _install_metrics_middleware(app)
     _install_ops_routes(app, state)
     return app
