@@ -23,7 +23,7 @@ from sinks.service import formats
 from sinks.service.audit import ACTION_SQL_READ, NO_DATASET_SLUG, AuditEntry
 from sinks.service.body_limit import OffLoopJsonRoute
 from sinks.service.catalog import command_of, exec_statement
-from sinks.service.errors import ApiError, error_json
+from sinks.service.errors import ApiError, error_json, not_readable
 from sinks.service.iam import Principal, principal_from_headers, require
 from sinks.service.limits import QueryTimeout, Saturated
 from sinks.service.policy import NOT_SINGLE_SELECT, PolicyViolation, check_read_sql, is_select_only
@@ -181,6 +181,12 @@ def _audit(
         )
 
 
+def reads_everything(s: ServiceState, p: Principal) -> bool:
+    """The admin scope reads every dataset: to such a caller an unknown dataset can be called unknown."""
+    admin = s.settings.admin_scopes()
+    return bool(admin) and p.has_any(admin)
+
+
 def _forbidden_slug(exc: Exception) -> str | None:
     if type(exc).__name__ == "ForbiddenDataset":
         return getattr(exc, "slug", None) or (str(exc.args[0]) if exc.args else "?")
@@ -262,12 +268,17 @@ async def sql_read(
     allowed = s.readable(p, datasets)
     referenced = _referenced(s, datasets, checked.views)
     audit_targets: list[tuple[str | None, str]] = []
-    for _name, candidates in sorted(referenced.items()):
+    everything = reads_everything(s, p)
+    for name, candidates in sorted(referenced.items()):
         permitted = [d for d in candidates if d.id in allowed]
         if candidates and not permitted:
             slug = candidates[0].slug
             _audit(s, p, [(candidates[0].id, slug)], False, {**audit_meta, "reason": "forbidden"})
-            raise ApiError(403, f"Missing required scope for dataset {slug}", extra={"dataset": slug})
+            raise not_readable(name)
+        if not candidates and not everything:
+            # an unknown dataset answers as a forbidden one: no existence oracle (issue 13 finding 7)
+            _audit(s, p, [(None, name)], False, {**audit_meta, "reason": "unknown"})
+            raise not_readable(name)
         if permitted:
             audit_targets.append((permitted[0].id, permitted[0].slug))
 
@@ -387,9 +398,11 @@ async def _plan(s: ServiceState, p: Any, checked: Any, allowed: set[str], audit_
         slug = _forbidden_slug(exc)
         if slug is not None:
             _audit(s, p, [(None, slug)], False, {**audit_meta, "reason": "forbidden"})
-            raise ApiError(
-                403, f"Missing required scope for dataset {slug}", extra={"dataset": slug}
-            ) from exc
+            raise not_readable(slug) from exc
+        unknown = getattr(exc, "name", "") if type(exc).__name__ == "UnknownRelation" else ""
+        if unknown.startswith("timestore.") and not reads_everything(s, p):
+            _audit(s, p, [(None, unknown[10:])], False, {**audit_meta, "reason": "unknown"})
+            raise not_readable(unknown[10:]) from exc
         if type(exc).__name__ in {
             "UnknownRelation",
             "AmbiguousRelation",

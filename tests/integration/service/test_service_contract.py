@@ -247,7 +247,8 @@ async def test_schema_and_iam(env: dict[str, Any]) -> None:
     ]:
         r = await client.post("/sql/read", json={"sql": sql}, headers=READ)
         assert (
-            r.status_code == 403 and r.json()["message"] == "Missing required scope for dataset secret_ds"
+            r.status_code == 403
+            and r.json()["message"] == "Missing required scope for dataset secret_ds (or no such dataset)"
         ), sql
     r = await client.post(
         "/sql/read",
@@ -331,7 +332,8 @@ async def test_manifest_endpoint(env: dict[str, Any]) -> None:
     assert r.status_code == 404 and r.json() == {"error": "no published manifest for shard 2024-02-02"}
     r = await client.get("/admin/datasets/secret_ds/manifest", headers=READ)
     assert r.status_code == 403
-    assert (await client.get("/admin/datasets/nope/manifest", headers=READ)).status_code == 404
+    # an unknown dataset answers as a forbidden one to a caller who may not read everything (finding 7)
+    assert (await client.get("/admin/datasets/nope/manifest", headers=READ)).status_code == 403
 
 
 async def test_runtime_cache_invalidate_rebuilds(env: dict[str, Any]) -> None:
@@ -388,3 +390,39 @@ async def test_duckdb_layer_refuses(env: dict[str, Any], sql: str) -> None:
         with store.reader() as cur:
             cur.execute(sql).fetchall()
     assert not await asyncio.to_thread(os.path.exists, "/tmp/walduck-escape.csv")
+
+
+async def test_no_existence_oracle(env: dict[str, Any]) -> None:
+    """To a caller without read access an unknown dataset and a forbidden one answer alike (finding 7)."""
+    client: httpx.AsyncClient = env["client"]
+    for route in ("/admin/datasets/{}/manifest", "/admin/datasets/{}/manifest?shard=2024-01-01"):
+        forbidden = await client.get(route.format("secret_ds"), headers=READ)
+        unknown = await client.get(route.format("secret_dx"), headers=READ)
+        assert forbidden.status_code == unknown.status_code == 403, (forbidden.text, unknown.text)
+        assert forbidden.json() == {
+            "statusCode": 403,
+            "error": "Forbidden",
+            "message": "Missing required scope for dataset secret_ds (or no such dataset)",
+            "dataset": "secret_ds",
+        }
+        assert unknown.json() == {
+            **forbidden.json(),
+            "message": "Missing required scope for dataset secret_dx (or no such dataset)",
+            "dataset": "secret_dx",
+        }
+    # by id too: the id of a forbidden dataset is not confirmed either
+    by_id = await client.get("/admin/datasets/ds-secret_ds/manifest", headers=READ)
+    assert by_id.status_code == 403 and by_id.json()["dataset"] == "ds-secret_ds"
+    forbidden = await client.post(
+        "/sql/read", json={"sql": "SELECT * FROM timestore.secret_ds"}, headers=READ
+    )
+    unknown = await client.post("/sql/read", json={"sql": "SELECT * FROM timestore.secret_dx"}, headers=READ)
+    assert forbidden.status_code == unknown.status_code == 403
+    assert unknown.json() == {
+        **forbidden.json(),
+        "message": "Missing required scope for dataset secret_dx (or no such dataset)",
+        "dataset": "secret_dx",
+    }
+    # a caller who reads every dataset (admin) still learns that a dataset does not exist
+    assert (await client.get("/admin/datasets/nope/manifest", headers=ADMIN)).status_code == 404
+    assert (await client.get("/admin/datasets/secret_ds/manifest", headers=ADMIN)).status_code == 200

@@ -196,7 +196,7 @@ async def test_forbidden_dataset_403(client_factory: Any, sql: str, planner_kind
     client, _, audit = await client_factory(planner=planner)
     r = await client.post("/sql/read", json={"sql": sql}, headers=READ)
     assert r.status_code == 403, r.text
-    assert r.json()["message"] == "Missing required scope for dataset secret"
+    assert r.json()["message"] == "Missing required scope for dataset secret (or no such dataset)"
     assert any(e.dataset_slug == "secret" and e.success is False for e in audit.entries)
     # with the dataset's read scope it works
     r = await client.post("/sql/read", json={"sql": sql}, headers=SECRET)
@@ -206,7 +206,10 @@ async def test_forbidden_dataset_403(client_factory: Any, sql: str, planner_kind
 async def test_forbidden_dataset_case_insensitive(client_factory: Any) -> None:
     client, _, _ = await client_factory(planner=permissive_planner)
     r = await client.post("/sql/read", json={"sql": "SELECT * FROM timestore.SECRET"}, headers=READ)
-    assert r.status_code == 403 and r.json()["message"] == "Missing required scope for dataset secret"
+    assert (
+        r.status_code == 403
+        and r.json()["message"] == "Missing required scope for dataset secret (or no such dataset)"
+    )
 
 
 async def test_admin_scope_bypasses_dataset_scopes(client_factory: Any) -> None:
@@ -518,3 +521,46 @@ async def test_health_answers_while_a_large_body_is_checked(client_factory: Any)
     assert (await big).status_code == 400
     # measured: /health at 40-60 ms, the big request at 0.3-0.45 s (was /health at 0.55 s, after it)
     assert done["health"] < 0.25 and done["health"] < done["big"], done
+
+
+# --- existence oracle (issue 13 finding 7) ---------------------------------------------------------
+
+ORACLE_SHAPES = [
+    "SELECT * FROM timestore.{name}",
+    "WITH s AS (SELECT * FROM timestore.{name}) SELECT * FROM s",
+    "SELECT o.site FROM timestore.observatory o JOIN timestore.{name} s ON o.timestamp = s.timestamp",
+    "SELECT 1 UNION ALL SELECT count(*) FROM timestore.{name}",
+]
+
+
+@pytest.mark.parametrize("planner_kind", ["service-guard-only", "real-planner"])
+@pytest.mark.parametrize("shape", ORACLE_SHAPES)
+async def test_unknown_and_forbidden_dataset_answer_alike(
+    client_factory: Any, shape: str, planner_kind: str
+) -> None:
+    planner = permissive_planner if planner_kind == "service-guard-only" else None
+    client, _, _ = await client_factory(planner=planner)
+    forbidden = await client.post("/sql/read", json={"sql": shape.format(name="secret")}, headers=READ)
+    unknown = await client.post("/sql/read", json={"sql": shape.format(name="sekret")}, headers=READ)
+    assert forbidden.status_code == unknown.status_code == 403
+    assert forbidden.json() == {
+        "statusCode": 403,
+        "error": "Forbidden",
+        "message": "Missing required scope for dataset secret (or no such dataset)",
+        "dataset": "secret",
+    }
+    assert unknown.json() == {
+        **forbidden.json(),
+        "message": forbidden.json()["message"].replace("secret", "sekret"),
+        "dataset": "sekret",
+    }
+
+
+async def test_unknown_dataset_still_named_to_a_caller_who_reads_everything(client_factory: Any) -> None:
+    client, _, _ = await client_factory()
+    r = await client.post(
+        "/sql/read",
+        json={"sql": "SELECT * FROM timestore.sekret"},
+        headers={"x-iam-scopes": "sql:read,admin"},
+    )
+    assert r.status_code == 400 and r.json()["message"] == "unknown relation timestore.sekret"
