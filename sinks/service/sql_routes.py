@@ -14,6 +14,7 @@ from typing import Any
 
 import duckdb
 import orjson
+import psycopg
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
@@ -24,6 +25,7 @@ from sinks.service.audit import ACTION_SQL_READ, NO_DATASET_SLUG, AuditEntry
 from sinks.service.body_limit import OffLoopJsonRoute
 from sinks.service.catalog import command_of, exec_statement
 from sinks.service.errors import ApiError, error_json, not_readable
+from sinks.service.exec_params import bind_params
 from sinks.service.iam import Principal, principal_from_headers, require
 from sinks.service.limits import QueryTimeout, Saturated
 from sinks.service.policy import NOT_SINGLE_SELECT, PolicyViolation, check_read_sql, is_select_only
@@ -547,6 +549,8 @@ def _exec_error_status(exc: BaseException) -> int:
     """400 for statements PostgreSQL rejects as wrong (syntax, unknown column, constraint); anything else,
     the statement timeout included, stays 500 as in Timestore."""
     sqlstate = getattr(exc, "sqlstate", None) or ""
+    if not sqlstate and isinstance(exc, psycopg.DataError | psycopg.ProgrammingError):
+        return 400  # refused by psycopg before PostgreSQL saw it: a value it cannot send (NUL in text …)
     return 400 if sqlstate[:2] in _CLIENT_SQLSTATE_CLASSES else 500
 
 
@@ -565,12 +569,17 @@ async def sql_exec(
         raise ApiError(406, exc.message) from exc
     if len(body.sql) > s.settings.sql_max_length:
         raise ApiError(413, f"SQL statement exceeds maximum length of {s.settings.sql_max_length} characters")
+    if "\x00" in body.sql:
+        # libpq would cut the statement at the NUL and run the prefix
+        raise ApiError(400, "SQL statement contains a NUL character")
     catalog = _catalog(s)
     request_id = f"sql-{uuid.uuid4()}"
     conn_cm = catalog.connect()
     conn = await conn_cm.__aenter__()
     try:
-        cur = await exec_statement(conn, body.sql, body.params or [], s.settings.exec_statement_timeout_ms)
+        cur = await exec_statement(
+            conn, body.sql, bind_params(body.params or []), s.settings.exec_statement_timeout_ms
+        )
     except Exception as exc:
         await conn_cm.__aexit__(type(exc), exc, exc.__traceback__)
         raise ApiError(_exec_error_status(exc), str(exc).strip()) from exc

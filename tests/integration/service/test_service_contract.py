@@ -426,3 +426,55 @@ async def test_no_existence_oracle(env: dict[str, Any]) -> None:
     # a caller who reads every dataset (admin) still learns that a dataset does not exist
     assert (await client.get("/admin/datasets/nope/manifest", headers=ADMIN)).status_code == 404
     assert (await client.get("/admin/datasets/secret_ds/manifest", headers=ADMIN)).status_code == 200
+
+
+# --- 5xx that were the caller's fault or a warning (issue 13 finding 6) ----------------------------
+
+
+async def test_nul_in_path_query_and_body_is_400(env: dict[str, Any]) -> None:
+    client: httpx.AsyncClient = env["client"]
+    for method, url in [
+        ("GET", "/sql/saved/%00"),
+        ("DELETE", "/sql/saved/a%00b"),
+        ("GET", "/admin/datasets/%00/manifest"),
+        ("GET", "/admin/datasets/observatory_timeseries/manifest?shard=%00"),
+    ]:
+        r = await client.request(method, url, headers=READ)
+        assert r.status_code == 400, (url, r.status_code, r.text)
+        assert "NUL" in r.json()["message"]
+    r = await client.put("/sql/saved/%00", json={"statement": "SELECT 1"}, headers=READ)
+    assert r.status_code == 400, r.text
+    r = await client.put("/sql/saved/q1", json={"statement": "SELECT '\u0000'"}, headers=READ)
+    assert r.status_code == 400 and "NUL" in r.json()["message"], r.text
+    r = await client.post("/sql/exec", json={"sql": "SELECT '\u0000'"}, headers=EXEC)
+    assert r.status_code == 400 and "NUL" in r.json()["message"], r.text
+    r = await client.post("/sql/exec", json={"sql": "SELECT $1::text", "params": ["a\u0000b"]}, headers=EXEC)
+    assert r.status_code == 400 and "NUL" in r.json()["message"], r.text
+    r = await client.post("/sql/read", json={"sql": "SELECT '\u0000' AS x"}, headers=READ)
+    assert r.status_code < 500, r.text
+
+
+async def test_exec_params_objects_and_arrays_bound_as_json(env: dict[str, Any]) -> None:
+    client: httpx.AsyncClient = env["client"]
+    r = await client.post(
+        "/sql/exec", json={"sql": "SELECT $1::jsonb ->> 'a' AS a", "params": [{"a": "x"}]}, headers=EXEC
+    )
+    assert r.status_code == 200 and r.json() == [{"a": "x"}], r.text
+    r = await client.post(
+        "/sql/exec",
+        json={"sql": "SELECT jsonb_array_length($1::jsonb) AS n", "params": [[{"a": 1}, [2]]]},
+        headers=EXEC,
+    )
+    assert r.status_code == 200 and r.json() == [{"n": 2}], r.text
+    # a flat list of one scalar type stays a PostgreSQL array (node-postgres does the same)
+    r = await client.post(
+        "/sql/exec", json={"sql": "SELECT $1::int[] AS a", "params": [[1, 2]]}, headers=EXEC
+    )
+    assert r.status_code == 200 and r.json() == [{"a": [1, 2]}], r.text
+    # mixed scalars cannot be an array: bound as JSON too, never a 500
+    r = await client.post(
+        "/sql/exec", json={"sql": "SELECT $1::jsonb AS a", "params": [[1, "a", None]]}, headers=EXEC
+    )
+    assert r.status_code == 200 and r.json() == [{"a": [1, "a", None]}], r.text
+    r = await client.post("/sql/exec", json={"sql": "SELECT $1 AS a", "params": [{"a": 1}]}, headers=EXEC)
+    assert r.status_code < 500, r.text

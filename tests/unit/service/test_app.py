@@ -564,3 +564,22 @@ async def test_unknown_dataset_still_named_to_a_caller_who_reads_everything(clie
         headers={"x-iam-scopes": "sql:read,admin"},
     )
     assert r.status_code == 400 and r.json()["message"] == "unknown relation timestore.sekret"
+
+
+# --- 4xx, not 5xx (issue 13 finding 6; the catalog-backed cases are in the integration contract) ----
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/sql/saved/%00",
+        "/admin/datasets/%00/manifest",
+        "/admin/datasets/x/manifest?shard=%00",
+        "/sql/schema?x=a%00",
+    ],
+)
+async def test_nul_in_path_or_query_is_400(client_factory: Any, url: str) -> None:
+    client, _, _ = await client_factory()
+    r = await client.get(url, headers=READ)
+    assert r.status_code == 400, r.text
+    assert r.json()["message"] == "NUL characters (%00) are not allowed in the request path or query"
