@@ -217,14 +217,15 @@ class ContextStore:
     def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         Path(self.storage_root).mkdir(parents=True, exist_ok=True)
-        db = duckdb.connect(
-            str(self.path),
-            config={
-                "threads": self.settings.duckdb_threads,
-                "memory_limit": self.settings.duckdb_memory_limit,
-                "checkpoint_threshold": self.settings.duckdb_checkpoint_threshold,  # (see checkpoint())
-            },
-        )
+        config = {
+            "threads": self.settings.duckdb_threads,
+            "memory_limit": self.settings.duckdb_memory_limit,
+            "checkpoint_threshold": self.settings.duckdb_checkpoint_threshold,  # (see checkpoint())
+            "max_temp_directory_size": self.settings.duckdb_max_temp_directory_size,  # bounded spill
+        }
+        if self.settings.duckdb_temp_directory:
+            config["temp_directory"] = self.settings.duckdb_temp_directory
+        db = duckdb.connect(str(self.path), config=config)
         db.execute(ddl.TABLES)
         db.execute(ddl.RUNTIME_VIEWS)
         if self.settings.duckdb_parquet_metadata_cache:

@@ -316,6 +316,9 @@ async def sql_read(
             except QueryTimeout as exc:
                 _audit(s, p, audit_targets, False, {**audit_meta, "reason": "timeout"})
                 raise ApiError(504, str(exc)) from exc
+            except duckdb.OutOfMemoryException as exc:
+                _audit(s, p, audit_targets, False, {**audit_meta, "reason": "memory"})
+                raise _out_of_memory(exc) from exc
             except duckdb.Error as exc:
                 message = str(exc)
                 if not _missing_file(message):
@@ -368,6 +371,20 @@ async def _catch_up_with_catalog(s: ServiceState, deadline: float) -> bool:
     if lsn <= s.store.applied_lsn():
         return False  # already as new as the catalog: the files are really gone
     return await s.store.wait_for_lsn(lsn, min(CATCH_UP_WAIT_S, max(deadline - time.perf_counter(), 0.0)))
+
+
+def _out_of_memory(exc: BaseException) -> ApiError:
+    """DuckDB's memory_limit or max_temp_directory_size reached: the service is busy, not broken (503)."""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    temp = "max_temp_directory_size" in str(exc)
+    QUERY_LIMITS.labels(limit="temp_space" if temp else "memory").inc()
+    setting = "WALDUCK_DUCKDB_MAX_TEMP_DIRECTORY_SIZE" if temp else "WALDUCK_DUCKDB_MEMORY_LIMIT"
+    return ApiError(
+        503,
+        f"The query needs more {'temporary disk space' if temp else 'memory'} than the SQL runtime allows "
+        f"({setting}); retry later or read less. {first}" + (" (max_temp_directory_size)" if temp else ""),
+        headers={"Retry-After": "1"},
+    )
 
 
 def _missing_file(message: str) -> bool:

@@ -8,6 +8,7 @@ real Parquet partition (shard 2024-01-01, timestamp/site/value) and a guarded da
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from collections.abc import AsyncIterator
@@ -113,6 +114,12 @@ def seed_catalog(dsn: str, storage: Path) -> None:
 
 @pytest.fixture
 async def env(fresh_db: Any, tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
+    async with serve_env(fresh_db, tmp_path) as e:
+        yield e
+
+
+@contextlib.asynccontextmanager
+async def serve_env(fresh_db: Any, tmp_path: Path, **sink: Any) -> AsyncIterator[dict[str, Any]]:
     dsn = fresh_db()
     storage = tmp_path / "storage"
     storage.mkdir()
@@ -121,7 +128,7 @@ async def env(fresh_db: Any, tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
         data_dir=tmp_path / "data", storage_root=storage, pg_dsn=dsn, topic_partitions=1
     )
     store = ContextStore(
-        SinkSettings(context_path=tmp_path / "ctx" / "c.duckdb", view_refresh_interval_s=0.0), walduck
+        SinkSettings(context_path=tmp_path / "ctx" / "c.duckdb", view_refresh_interval_s=0.0, **sink), walduck
     )
     store.open()
     store.rebuild(None, "test-bootstrap")
@@ -478,3 +485,34 @@ async def test_exec_params_objects_and_arrays_bound_as_json(env: dict[str, Any])
     assert r.status_code == 200 and r.json() == [{"a": [1, "a", None]}], r.text
     r = await client.post("/sql/exec", json={"sql": "SELECT $1 AS a", "params": [{"a": 1}]}, headers=EXEC)
     assert r.status_code < 500, r.text
+
+
+async def test_duckdb_memory_and_temp_space_exhausted_is_503(fresh_db: Any, tmp_path: Path) -> None:
+    """DuckDB's memory_limit / max_temp_directory_size reached: 503 + Retry-After, not 500; the reader
+    is usable again afterwards; both settings reach DuckDB."""
+    from walduck.metrics import QUERY_LIMITS
+
+    temp = tmp_path / "spill"
+    async with serve_env(
+        fresh_db,
+        tmp_path,
+        duckdb_memory_limit="64MB",
+        duckdb_threads=1,
+        duckdb_temp_directory=str(temp),
+        duckdb_max_temp_directory_size="1MB",
+    ) as e:
+        client: httpx.AsyncClient = e["client"]
+        with e["store"].reader() as cur:
+            settings = cur.execute(
+                "SELECT current_setting('temp_directory'), current_setting('max_temp_directory_size')"
+            ).fetchone()
+        assert settings == (str(temp), "976.5 KiB")
+        before = QUERY_LIMITS.labels(limit="temp_space")._value.get()
+        sql = "SELECT i, repeat('x', 100) || i AS s FROM range(2000000) t(i) ORDER BY s DESC"
+        r = await client.post("/sql/read", json={"sql": sql}, headers=READ)
+        assert r.status_code == 503, r.text
+        assert r.headers["retry-after"] == "1"
+        assert "max_temp_directory_size" in r.json()["message"] and "\n" not in r.json()["message"]
+        assert QUERY_LIMITS.labels(limit="temp_space")._value.get() == before + 1
+        r = await client.post("/sql/read", json=SQL, headers=READ)
+        assert r.status_code == 200 and len(r.json()["rows"]) == 2

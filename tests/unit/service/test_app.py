@@ -583,3 +583,20 @@ async def test_nul_in_path_or_query_is_400(client_factory: Any, url: str) -> Non
     r = await client.get(url, headers=READ)
     assert r.status_code == 400, r.text
     assert r.json()["message"] == "NUL characters (%00) are not allowed in the request path or query"
+
+
+async def test_duckdb_out_of_memory_is_503_with_retry_after(client_factory: Any) -> None:
+    from walduck.metrics import QUERY_LIMITS
+
+    client, store, _ = await client_factory(FakeStore(memory_limit="64MB"))
+    before = QUERY_LIMITS.labels(limit="memory")._value.get()
+    r = await client.post(
+        "/sql/read", json={"sql": "SELECT list(repeat('x', 100)) AS l FROM range(2000000)"}, headers=READ
+    )
+    assert r.status_code == 503, r.text
+    assert r.headers["retry-after"] == "1"
+    assert r.json()["message"].startswith("The query needs more memory than the SQL runtime allows")
+    assert "Out of Memory Error" in r.json()["message"]
+    assert QUERY_LIMITS.labels(limit="memory")._value.get() == before + 1
+    r = await client.post("/sql/read", json={"sql": "SELECT 1 AS x"}, headers=READ)
+    assert r.status_code == 200 and store.pool.qsize() == 4
