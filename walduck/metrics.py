@@ -135,6 +135,10 @@ CACHE_EVENTS = Counter(
 SKIPPED_PARTITIONS = Counter(
     "walduck_skipped_partitions_total", "Partitions skipped because their file was missing."
 )
+PARTITIONS_OUTSIDE_ROOT = Counter(
+    "walduck_partitions_outside_root_total",
+    "Partitions skipped because their file lies outside the storage root (or resolves through a symlink outside it).",
+)
 
 # --- query service (sinks/) ----------------------------------------------------------------
 QUERY_REQUESTS = Counter(

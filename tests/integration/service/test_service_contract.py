@@ -516,3 +516,73 @@ async def test_duckdb_memory_and_temp_space_exhausted_is_503(fresh_db: Any, tmp_
         assert QUERY_LIMITS.labels(limit="temp_space")._value.get() == before + 1
         r = await client.post("/sql/read", json=SQL, headers=READ)
         assert r.status_code == 200 and len(r.json()["rows"]) == 2
+
+
+def _add_partition(dsn: str, pid: str, file_path: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO timestore.dataset_partitions (id, dataset_id, manifest_id, manifest_shard, partition_key,"
+            " storage_target_id, file_format, file_path, file_size_bytes, row_count, start_time, end_time,"
+            " metadata) VALUES (%s, 'ds-observatory_timeseries', 'dm-observatory_timeseries', '2024-01-01',"
+            " %s, 'st-timestore-default-local', 'parquet', %s, 100, 1, %s, %s, %s)",
+            [
+                pid,
+                Jsonb({"window": "2024-01-01"}),
+                file_path,
+                T0,
+                datetime(2024, 1, 1, 1, tzinfo=UTC),
+                Jsonb({"tableName": "records"}),
+            ],
+        )
+
+
+async def test_partition_outside_storage_root_is_skipped_with_a_warning(
+    env: dict[str, Any], tmp_path: Path
+) -> None:
+    """A catalog file_path outside the storage root, or resolving through a symlink outside it, was a
+    Permission Error for the whole dataset: now that partition is skipped with a warning and counted."""
+    from walduck.metrics import PARTITIONS_OUTSIDE_ROOT
+
+    storage: Path = env["storage"]
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    leaked = pa.table(
+        {
+            "timestamp": pa.array([datetime(2024, 1, 1, 0, 30)], pa.timestamp("us")),
+            "site": ["leak"],
+            "value": [1.0],
+        }
+    )
+    pq.write_table(leaked, outside / "f.parquet")
+    day = storage / "observatory_timeseries" / "window=2024-01-01"
+    (day / "link.parquet").symlink_to(outside / "f.parquet")
+    (storage / "linked").symlink_to(outside, target_is_directory=True)
+    cases = {
+        "part-dotdot": "../outside/f.parquet",
+        "part-absolute": str(outside / "f.parquet"),
+        "part-file-link": "observatory_timeseries/window=2024-01-01/link.parquet",
+        "part-dir-link": "linked/f.parquet",
+    }
+    for pid, fp in cases.items():
+        _add_partition(env["dsn"], pid, fp)
+    env["store"].rebuild(None, "test")
+    before = PARTITIONS_OUTSIDE_ROOT._value.get()
+    r = await env["client"].post(
+        "/sql/read",
+        json={"sql": "SELECT site FROM timestore.observatory_timeseries ORDER BY site"},
+        headers=READ,
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["rows"] == [{"site": "alpha"}, {"site": "beta"}]  # the dataset still answers, no leak
+    warnings = r.json()["warnings"]
+    for pid in cases:
+        assert any(pid in w and "outside the storage root" in w for w in warnings), (pid, warnings)
+    assert PARTITIONS_OUTSIDE_ROOT._value.get() == before + len(cases)
+    # a symlink that stays inside the root is an ordinary partition
+    (storage / "inside").symlink_to(day, target_is_directory=True)
+    _add_partition(env["dsn"], "part-inside-link", "inside/part-observatory_timeseries.parquet")
+    env["store"].rebuild(None, "test")
+    r = await env["client"].post(
+        "/sql/read", json={"sql": "SELECT count(*) AS n FROM timestore.observatory_timeseries"}, headers=READ
+    )
+    assert r.json()["rows"] == [{"n": 4}], r.text
