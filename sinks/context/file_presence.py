@@ -105,7 +105,8 @@ class FilePresence:
 class PresenceProbe:
     def __init__(self, owner: FilePresence) -> None:
         self._owner = owner
-        self._dirs: dict[str, _Listing | None] = {}
+        # directory -> (names, symlink names, directory resolves inside the roots); None = cannot list
+        self._dirs: dict[str, tuple[frozenset[str], frozenset[str], bool] | None] = {}
 
     def missing(self, location: str) -> bool:
         return self.state(location) is FileState.MISSING
@@ -115,27 +116,33 @@ class PresenceProbe:
             return (
                 FileState.PRESENT
             )  # only local files can be probed cheaply; remote objects are assumed present
-        owner = self._owner
-        path = os.path.normpath(location) if "/." in location or "//" in location else location
-        if owner.roots and not path.startswith(owner.roots):
-            return FileState.OUTSIDE
-        directory, name = os.path.split(path)
-        entry = self._dirs.get(directory, _UNSET)
-        if entry is _UNSET:
-            entry = self._dirs[directory] = owner.entry(directory or ".")
-        if entry is None:  # cannot list: stat the file itself
-            if not os.path.exists(path):
+        directory, name = os.path.split(location)
+        cached = self._dirs.get(directory, _UNSET)
+        if cached is _UNSET:
+            cached = self._dirs[directory] = self._directory(directory)
+        if cached is None:  # cannot list: stat the file itself
+            if not os.path.exists(location):
                 return FileState.MISSING
-            return FileState.PRESENT if owner.inside(os.path.realpath(path)) else FileState.OUTSIDE
-        names, links, real_dir = entry  # type: ignore[misc]
+            return FileState.PRESENT if self._owner.inside(os.path.realpath(location)) else FileState.OUTSIDE
+        names, links, dir_inside = cached  # type: ignore[misc]
+        if not dir_inside:
+            return FileState.OUTSIDE
         if name not in names:
             return FileState.MISSING
-        if owner.roots and not owner.inside(real_dir):
-            return FileState.OUTSIDE
-        if name in links:
-            real = os.path.realpath(path)
-            if not owner.inside(real):
+        if links and name in links:
+            real = os.path.realpath(location)
+            if not self._owner.inside(real):
                 return FileState.OUTSIDE
             if not os.path.exists(real):
                 return FileState.MISSING
         return FileState.PRESENT
+
+    def _directory(self, directory: str) -> tuple[frozenset[str], frozenset[str], bool] | None:
+        """Listing of ``directory`` and whether it lies inside the roots, as written (``..``, absolute
+        paths) and resolved (symlinked components): checked once per directory, not per file."""
+        owner = self._owner
+        entry = owner.entry(directory or ".")
+        if entry is None:
+            return None
+        inside = owner.inside(os.path.normpath(directory or ".")) and owner.inside(entry[2])
+        return entry[0], entry[1], inside
