@@ -49,8 +49,8 @@ class BodyLimit:
         size = 0
         while True:
             message = await receive()
-            if message["type"] != "http.request":  # client went away: let the app see it
-                break
+            if message["type"] != "http.request":  # the client went away mid-body: nothing to answer
+                return
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_body_bytes:
