@@ -166,6 +166,10 @@ CACHE_EVENTS = Counter(
 SKIPPED_PARTITIONS = Counter(
     "walduck_skipped_partitions_total", "Partitions skipped because their file was missing."
 )
+PARTITIONS_OUTSIDE_ROOT = Counter(
+    "walduck_partitions_outside_root_total",
+    "Partitions skipped because their file lies outside the storage root (or resolves through a symlink outside it).",
+)
 
 # --- query service (sinks/) ----------------------------------------------------------------
 QUERY_REQUESTS = Counter(
@@ -181,6 +185,11 @@ QUERY_PLANNING = Histogram(
     buckets=LATENCY_BUCKETS,
 )
 
+QUERY_LIMITS = Counter(
+    "walduck_query_limits_total",
+    "Requests a limit refused or cut, by limit (body_size, byte_cap, row_cap, memory, temp_space).",
+    ["limit"],
+)
 QUERY_GUARD_REFUSALS = Counter(
     "walduck_query_guard_refusals_total",
     "Planned reads the execution guard refused (a policy or planner bug caught by the second layer), by reason.",

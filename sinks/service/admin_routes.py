@@ -11,12 +11,13 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 
 from sinks.service.audit import ACTION_RUNTIME_INVALIDATE, record_action
-from sinks.service.errors import ApiError, error_json
+from sinks.service.body_limit import OffLoopJsonRoute
+from sinks.service.errors import ApiError, error_json, not_readable
 from sinks.service.iam import Principal, can_read_dataset, principal_from_headers, require
 from sinks.service.state import ServiceState
 
 log = logging.getLogger(__name__)
-router = APIRouter(tags=["Admin"])
+router = APIRouter(tags=["Admin"], route_class=OffLoopJsonRoute)
 _background: set[asyncio.Task[Any]] = set()
 
 
@@ -114,16 +115,15 @@ async def dataset_manifest(
     if s.catalog is None:
         raise ApiError(503, "No PostgreSQL catalog configured (WALDUCK_PG_DSN)")
     dataset = await s.catalog.find_dataset(dataset_ref)
-    if dataset is None:
-        raise ApiError(404, f"Dataset {dataset_ref} not found")
     p = principal_from_headers(request.headers)
-    if not can_read_dataset(
-        p,
-        dataset.get("metadata") or {},
-        admin_scopes=s.settings.admin_scopes(),
-        fallback=s.settings.dataset_read_fallback(),
+    admin = s.settings.admin_scopes()
+    if dataset is None and bool(admin) and p.has_any(admin):
+        raise ApiError(404, f"Dataset {dataset_ref} not found")
+    if dataset is None or not can_read_dataset(
+        p, dataset.get("metadata") or {}, admin_scopes=admin, fallback=s.settings.dataset_read_fallback()
     ):
-        raise ApiError(403, f"Missing required scope for dataset {dataset['slug']}")
+        # unknown and forbidden answer alike, naming the reference as given (no existence oracle)
+        raise not_readable(dataset_ref)
     manifests = await s.catalog.published_manifests(dataset["id"], shard)
     staging = {"totalRows": 0, "batches": []}
     if shard:

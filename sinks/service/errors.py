@@ -48,3 +48,11 @@ class ApiError(WalduckError):
 def error_json(status: int, error: str, headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
     """A handler-built ``{error, ...}`` body."""
     return JSONResponse({"error": error, **extra}, status_code=status, headers=headers)
+
+
+def not_readable(name: str) -> ApiError:
+    """What a caller who may not read every dataset hears for a forbidden *and* for an unknown dataset
+    (same status, same body: no existence oracle), naming the reference as the caller gave it."""
+    return ApiError(
+        403, f"Missing required scope for dataset {name} (or no such dataset)", extra={"dataset": name}
+    )

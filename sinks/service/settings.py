@@ -33,6 +33,8 @@ class QuerySettings(BaseSettings):
     exec_allow_superuser: bool = Field(False, validation_alias=_env("exec_allow_superuser"))
 
     # request limits
+    # request bodies above this many bytes are refused with 413 before parsing (Fastify's bodyLimit default)
+    max_body_bytes: int = Field(1024 * 1024, validation_alias=_env("query_max_body_bytes"))
     sql_max_length: int = Field(10_000, validation_alias=_env("sql_max_length", "TIMESTORE_SQL_MAX_LENGTH"))
     request_timeout_s: float = Field(30.0, validation_alias=_env("query_timeout_s"))
     row_cap: int = Field(100_000, validation_alias=_env("query_row_cap"))
