@@ -36,6 +36,7 @@ from connectors.snapshot import clear_marker, marker_exists, snapshot, write_mar
 from connectors.transactions import Heartbeat, Transaction, TransactionAssembler
 from walduck import metrics as m
 from walduck.config import WalduckSettings
+from walduck.kafka_security import start_client
 from walduck.lsn import format_lsn
 from walduck.records import ChangeRecord, Kind, Source
 from walduck.timeutil import parse_iso, utcnow
@@ -140,8 +141,8 @@ class Connector:
         """Returns True when the connector is done (stop requested or initial_only finished)."""
         self.sessions += 1
         s = self.settings
-        producer = make_producer(s.kafka_bootstrap)
-        await producer.start()
+        producer = make_producer(s)
+        await start_client(producer, s)
         repl: ReplicationConnection | None = None
         try:
             publisher = ChangePublisher(producer, s.changes_topic)

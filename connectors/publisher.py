@@ -20,6 +20,8 @@ from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.producer.message_accumulator import BatchBuilder
 
 from connectors.transactions import Rejected
+from walduck.config import WalduckSettings
+from walduck.kafka_security import client_kwargs
 from walduck.metrics import DLQ_RECORDS
 from walduck.records import ChangeRecord, Kind
 from walduck.timeutil import iso, utcnow
@@ -32,9 +34,10 @@ def best_compression() -> str:
     return "zstd" if has_zstd() else "gzip"
 
 
-def make_producer(bootstrap: str, client_id: str = "walduck-connector") -> AIOKafkaProducer:
+def make_producer(settings: WalduckSettings, client_id: str = "walduck-connector") -> AIOKafkaProducer:
+    """The connector's producer for ``settings.kafka_bootstrap`` with its security settings."""
     return AIOKafkaProducer(
-        bootstrap_servers=bootstrap,
+        **client_kwargs(settings),
         client_id=client_id,
         enable_idempotence=True,
         acks="all",

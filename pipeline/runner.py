@@ -26,8 +26,9 @@ from aiokafka.structs import OffsetAndMetadata
 
 from pipeline.compaction import Compactor, InvalidChange, OffsetRegression, Rejected, restore_from_deltas
 from pipeline.settings import CompactorSettings
-from walduck.config import DEFAULT_MAX_MESSAGE_BYTES, WalduckSettings
+from walduck.config import WalduckSettings
 from walduck.deltas import Delta
+from walduck.kafka_security import client_kwargs, start_client
 from walduck.metrics import (
     COMPACTOR_COMMITS_LOST,
     COMPACTOR_DELTA_ENTRIES,
@@ -62,17 +63,16 @@ class PartitionWork:
     dlq: list[asyncio.Future] = field(default_factory=list)
 
 
-async def read_deltas(
-    bootstrap: str, topic: str, partition: int, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
-) -> list[Delta]:
-    """Every delta in deltas partition ``partition``, from the beginning to the current end."""
+async def read_deltas(settings: WalduckSettings, partition: int) -> list[Delta]:
+    """Every delta in partition ``partition`` of ``settings.deltas_topic``, from the beginning to the end."""
+    topic = settings.deltas_topic
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
+        **client_kwargs(settings),
         enable_auto_commit=False,
         group_id=None,
-        max_partition_fetch_bytes=max_message_bytes,
+        max_partition_fetch_bytes=settings.max_message_bytes,
     )
-    await consumer.start()
+    await start_client(consumer, settings)
     try:
         tp = TopicPartition(topic, partition)
         consumer.assign([tp])
@@ -107,9 +107,7 @@ class CompactorRunner:
         for tp in partitions:
             if tp.topic != self.settings.changes_topic:
                 continue
-            deltas = await read_deltas(
-                self.bootstrap, self.settings.deltas_topic, tp.partition, self.settings.max_message_bytes
-            )
+            deltas = await read_deltas(self.settings, tp.partition)
             restored = restore_from_deltas(tp.partition, deltas)
             committed = await self.consumer.committed(tp)
             if restored.resume_offset is None:
@@ -148,14 +146,14 @@ class CompactorRunner:
                 await runner.assign(list(assigned))
 
         self.producer = AIOKafkaProducer(
-            bootstrap_servers=self.bootstrap,
+            **client_kwargs(self.settings),
             enable_idempotence=True,
             acks="all",
             linger_ms=5,
             max_request_size=self.settings.max_message_bytes,
         )
         self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap,
+            **client_kwargs(self.settings),
             group_id=knobs.group_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
@@ -164,8 +162,8 @@ class CompactorRunner:
             session_timeout_ms=knobs.session_timeout_ms,
             heartbeat_interval_ms=max(knobs.session_timeout_ms // 4, 500),
         )
-        await self.producer.start()
-        await self.consumer.start()
+        await start_client(self.producer, self.settings)
+        await start_client(self.consumer, self.settings)
         self.consumer.subscribe([self.settings.changes_topic], listener=Listener())
         try:
             while not self.stopping.is_set():

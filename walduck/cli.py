@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import typer
+from pydantic import ValidationError
 
 from connectors.cli import app as connector_app
 from pipeline.cli import app as compactor_app
@@ -16,7 +18,20 @@ from walduck.catalog.cli import app as catalog_app
 from walduck.services.cli import app as services_app
 from walduck.workload.cli import app as workload_app
 
-app = typer.Typer(
+
+class _WalduckApp(typer.Typer):
+    """Invalid settings (e.g. SASL without a mechanism) end any command at start with exit code 2."""
+
+    def __call__(self, *args: object, **kwargs: object) -> object:
+        try:
+            return super().__call__(*args, **kwargs)
+        except ValidationError as exc:
+            problems = "\n".join(f"  {e['msg'].removeprefix('Value error, ')}" for e in exc.errors())
+            print(f"walduck: invalid settings:\n{problems}", file=sys.stderr)
+            raise SystemExit(2) from None
+
+
+app = _WalduckApp(
     no_args_is_help=True,
     help="Keep DuckDB query contexts in step with a PostgreSQL catalog, live.",
     pretty_exceptions_show_locals=False,

@@ -11,11 +11,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from walduck.config import WalduckSettings
+from walduck.kafka_security import security_env
 
 
 def component_env(settings: WalduckSettings, **extra: str) -> dict[str, str]:
     """Environment carrying the shared settings to a child process."""
-    env = dict(os.environ)
+    # the security variables come from ``settings`` only (a stale inherited one would fail validation)
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("WALDUCK_KAFKA_SASL_", "WALDUCK_KAFKA_SSL_"))
+    }
     env.update(
         {
             "WALDUCK_DATA_DIR": str(settings.data_dir),
@@ -31,6 +35,7 @@ def component_env(settings: WalduckSettings, **extra: str) -> dict[str, str]:
             "WALDUCK_PUBLICATION_NAME": settings.publication_name,
             "WALDUCK_CONTEXT_MODE": str(settings.context_mode),
             "PYTHONUNBUFFERED": "1",
+            **security_env(settings),
         }
     )
     env.update(extra)

@@ -5,6 +5,11 @@ broker logs to a file) are resolved once with Maven into a cache dir (default
 ``~/.cache/walduck/kafka-<version>/libs``; ``WALDUCK_CACHE_DIR`` moves ``~/.cache/walduck``). The node is then
 ``java -cp 'libs/*' kafka.Kafka server.properties`` with a small heap, listening on 127.0.0.1 only.
 Its ports and pid are kept in ``<data_dir>/service.json`` so another process can stop it or ask its status.
+
+The client listener is PLAINTEXT by default; ``LocalKafka(..., protocol=SASL_PLAINTEXT | SSL | SASL_SSL)`` runs
+it secured instead (walduck/services/kafka_tls.py makes the throwaway CA and broker certificate, SCRAM-SHA-512
+credentials are written into the storage at format time); :meth:`LocalKafka.client_settings` tells clients how
+to connect. Only the controller listener (loopback, used by the node itself) stays PLAINTEXT.
 """
 
 from __future__ import annotations
@@ -13,9 +18,11 @@ import asyncio
 import contextlib
 import fcntl
 import hashlib
+import json
 import logging
 import os
 import re
+import secrets
 import shutil
 import subprocess
 import time
@@ -24,6 +31,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from walduck.config import KafkaSaslMechanism, KafkaSecurityProtocol, WalduckSettings
+from walduck.kafka_security import SASL_PROTOCOLS, TLS_PROTOCOLS
 from walduck.services.errors import BinariesMissing, ServiceError
 from walduck.services.proc import (
     LOOPBACK,
@@ -217,8 +226,16 @@ def resolve_kafka_libs(cache_dir: Path | None = None, version: str = KAFKA_VERSI
 class LocalKafka(RecordedState):
     """One local Kafka 4.x KRaft node (broker + controller) whose data lives in ``data_dir``."""
 
-    def __init__(self, data_dir: Path, port: int | None = None, controller_port: int | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        port: int | None = None,
+        controller_port: int | None = None,
+        protocol: KafkaSecurityProtocol | str = KafkaSecurityProtocol.PLAINTEXT,
+    ) -> None:
         self.data_dir = Path(data_dir).resolve()
+        self.protocol = KafkaSecurityProtocol(protocol)
+        self.security_dir = self.data_dir / "security"
         self.requested_port = port
         self.requested_controller_port = controller_port
         self.state_file = self.data_dir / "service.json"
@@ -236,6 +253,34 @@ class LocalKafka(RecordedState):
         if port is None:
             raise ServiceError(f"Kafka in {self.data_dir} has never been started")
         return f"{LOOPBACK}:{port}"
+
+    def client_settings(self, base: WalduckSettings | None = None, **overrides: Any) -> WalduckSettings:
+        """Settings (``base``'s, with ``overrides``) whose Kafka bootstrap and security reach this node."""
+        security: dict[str, Any] = {"kafka_security_protocol": self.protocol}
+        if self.protocol in SASL_PROTOCOLS:
+            creds = self.credentials()
+            security |= {
+                "kafka_sasl_mechanism": KafkaSaslMechanism.SCRAM_SHA_512,
+                "kafka_sasl_username": creds["username"],
+                "kafka_sasl_password": creds["password"],
+            }
+        if self.protocol in TLS_PROTOCOLS:
+            security["kafka_ssl_cafile"] = self.security_dir / "ca.pem"
+        values = (base or WalduckSettings()).model_dump()
+        values |= {"kafka_bootstrap": overrides.pop("kafka_bootstrap", None) or self.bootstrap, **security}
+        values |= overrides
+        return WalduckSettings(**values)
+
+    def credentials(self) -> dict[str, str]:
+        """The SCRAM user of this node (``security/credentials.json``, made once per data dir)."""
+        path = self.security_dir / "credentials.json"
+        if not path.exists():
+            self.security_dir.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"username": "walduck", "password": secrets.token_urlsafe(24)}))
+            tmp.chmod(0o600)
+            os.replace(tmp, path)
+        return json.loads(path.read_text())
 
     def pid(self) -> int | None:
         """The broker's pid if it runs (checked against its command line, so a reused pid is not taken)."""
@@ -256,6 +301,7 @@ class LocalKafka(RecordedState):
             "running": pid is not None,
             "pid": pid,
             "bootstrap": f"{LOOPBACK}:{state['port']}" if state.get("port") else None,
+            "security_protocol": self.protocol.value,
             "controller_port": state.get("controller_port"),
             "data_dir": str(self.data_dir),
             "log": str(self.log_file),
@@ -364,7 +410,7 @@ class LocalKafka(RecordedState):
                 )
             try:
                 with quiet_client_logs():
-                    ok = asyncio.run(_metadata_ok(bootstrap))
+                    ok = asyncio.run(_metadata_ok(self.client_settings(kafka_bootstrap=bootstrap)))
                 if ok:
                     return
             except Exception as exc:
@@ -402,15 +448,17 @@ class LocalKafka(RecordedState):
 
     # -- set-up ----------------------------------------------------------------------------------------
     def _write_config(self, port: int, cport: int) -> None:
+        name = self.protocol.value  # the client listener is named after its protocol
         props = {
             "process.roles": "broker,controller",
             "node.id": "1",
             "controller.quorum.voters": f"1@{LOOPBACK}:{cport}",
-            "listeners": f"PLAINTEXT://{LOOPBACK}:{port},CONTROLLER://{LOOPBACK}:{cport}",
-            "advertised.listeners": f"PLAINTEXT://{LOOPBACK}:{port}",
+            "listeners": f"{name}://{LOOPBACK}:{port},CONTROLLER://{LOOPBACK}:{cport}",
+            "advertised.listeners": f"{name}://{LOOPBACK}:{port}",
             "controller.listener.names": "CONTROLLER",
-            "inter.broker.listener.name": "PLAINTEXT",
-            "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            "inter.broker.listener.name": name,
+            "listener.security.protocol.map": f"CONTROLLER:PLAINTEXT,{name}:{name}",
+            **self._security_props(),
             "log.dirs": str(self.log_dirs),
             "num.partitions": "4",
             "default.replication.factor": "1",
@@ -432,7 +480,41 @@ class LocalKafka(RecordedState):
         self.properties_file.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
         (self.data_dir / "log4j2.properties").write_text(_LOG4J2.format(log=self.log_file))
 
+    def _security_props(self) -> dict[str, str]:
+        """SASL (SCRAM-SHA-512, the node logs in to itself as the same user) and TLS listener settings."""
+        props: dict[str, str] = {}
+        if self.protocol in SASL_PROTOCOLS:
+            creds = self.credentials()
+            mech = KafkaSaslMechanism.SCRAM_SHA_512.value
+            props |= {
+                "sasl.enabled.mechanisms": mech,
+                "sasl.mechanism.inter.broker.protocol": mech,
+                f"listener.name.{self.protocol.value.lower()}.{mech.lower()}.sasl.jaas.config": (
+                    "org.apache.kafka.common.security.scram.ScramLoginModule required "
+                    f'username="{creds["username"]}" password="{creds["password"]}";'
+                ),
+            }
+        if self.protocol in TLS_PROTOCOLS:
+            from walduck.services.kafka_tls import ensure_broker_keystores
+
+            stores = ensure_broker_keystores(self.security_dir)
+            props |= {
+                "ssl.keystore.type": "PKCS12",
+                "ssl.keystore.location": str(stores.keystore),
+                "ssl.keystore.password": stores.password,
+                "ssl.key.password": stores.password,
+                "ssl.truststore.type": "PKCS12",
+                "ssl.truststore.location": str(stores.truststore),
+                "ssl.truststore.password": stores.password,
+                "ssl.client.auth": "none",
+            }
+        return props
+
     def _format(self, libs: Path, cluster_id: str) -> None:
+        # the SCRAM user is written into the metadata at format time (KRaft: no ZooKeeper to add it later);
+        # always, so a data dir formatted for PLAINTEXT can be restarted with a SASL listener
+        creds = self.credentials()
+        scram = f"{KafkaSaslMechanism.SCRAM_SHA_512.value}=[name={creds['username']},password={creds['password']}]"
         run = subprocess.run(
             [
                 shutil.which("java") or "java",
@@ -446,6 +528,8 @@ class LocalKafka(RecordedState):
                 cluster_id,
                 "-c",
                 str(self.properties_file),
+                "--add-scram",
+                scram,
             ],
             capture_output=True,
             text=True,
@@ -505,13 +589,15 @@ def quiet_client_logs() -> Iterator[None]:
         logger.setLevel(level)
 
 
-async def _metadata_ok(bootstrap: str) -> bool:
-    """True when a real client connects and the broker lists itself in a metadata response."""
+async def _metadata_ok(settings: WalduckSettings) -> bool:
+    """True when a real client (with the settings' security) connects and the broker lists itself."""
     from aiokafka.admin import AIOKafkaAdminClient
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000)
+    from walduck.kafka_security import client_kwargs, start_client
+
+    admin = AIOKafkaAdminClient(**client_kwargs(settings), request_timeout_ms=3000)
     try:
-        await asyncio.wait_for(admin.start(), timeout=5)
+        await asyncio.wait_for(start_client(admin, settings), timeout=5)
         cluster = await asyncio.wait_for(admin.describe_cluster(), timeout=5)
         return bool(cluster.get("brokers"))
     finally:

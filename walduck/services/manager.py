@@ -86,7 +86,7 @@ class ServiceManager:
         bootstrap = self.settings.kafka_bootstrap
         try:
             with quiet_client_logs():
-                asyncio.run(_metadata_ok(bootstrap))
+                asyncio.run(_metadata_ok(self.settings))
         except Exception as exc:
             raise ServiceError(
                 f"external Kafka {bootstrap!r} does not answer: {type(exc).__name__}: {exc}"
