@@ -15,12 +15,14 @@ from sinks.cli import verify as verify_command
 from sinks.service.cli import serve as serve_command
 from walduck.bench.cli import app as bench_app
 from walduck.catalog.cli import app as catalog_app
+from walduck.kafka_security import KafkaSecurityError
 from walduck.services.cli import app as services_app
 from walduck.workload.cli import app as workload_app
 
 
 class _WalduckApp(typer.Typer):
-    """Invalid settings (e.g. SASL without a mechanism) end any command at start with exit code 2."""
+    """Invalid settings (e.g. SASL without a mechanism) end any command at start with exit code 2; a refused
+    Kafka login or TLS handshake (KafkaSecurityError) with exit code 1, each as one message, no traceback."""
 
     def __call__(self, *args: object, **kwargs: object) -> object:
         try:
@@ -29,6 +31,9 @@ class _WalduckApp(typer.Typer):
             problems = "\n".join(f"  {e['msg'].removeprefix('Value error, ')}" for e in exc.errors())
             print(f"walduck: invalid settings:\n{problems}", file=sys.stderr)
             raise SystemExit(2) from None
+        except KafkaSecurityError as exc:
+            print(f"walduck: KafkaSecurityError: {exc}", file=sys.stderr)
+            raise SystemExit(1) from None
 
 
 app = _WalduckApp(

@@ -124,8 +124,22 @@ async def start_client(client: _Startable, settings: WalduckSettings) -> None:
         await client.start()
     except KafkaConnectionError:
         if settings.kafka_security_protocol is not KafkaSecurityProtocol.PLAINTEXT:
-            await probe(settings)
+            try:
+                await probe(settings)
+            except KafkaSecurityError:
+                await _close(client)
+                raise
         raise
+
+
+async def _close(client: object) -> None:
+    """Release a client that failed to start (producers/consumers ``stop()``, the admin client ``close()``)."""
+    import contextlib
+
+    close = getattr(client, "stop", None) or getattr(client, "close", None)
+    if close is not None:
+        with contextlib.suppress(Exception):
+            await close()
 
 
 async def probe(settings: WalduckSettings, timeout_s: float = 10.0) -> None:
