@@ -72,6 +72,9 @@ def up(
     datasets: int = typer.Option(3, help="Demo workload datasets."),
     duration: float = typer.Option(None, help="Stop after this many seconds (default: until Ctrl-C)."),
     keep_services: bool = typer.Option(False, help="Leave PostgreSQL and Kafka running on exit."),
+    kafka_protocol: str = typer.Option(
+        None, "--kafka-protocol", help="Local Kafka's listener: PLAINTEXT, SASL_PLAINTEXT, SSL, SASL_SSL."
+    ),
 ) -> None:
     """Run everything locally: services, catalog, connector, compactor, query service and a demo workload."""
     from walduck.config import load_settings
@@ -87,6 +90,7 @@ def up(
         datasets=datasets,
         duration=duration,
         keep_services=keep_services,
+        kafka_protocol=kafka_protocol,
     )
 
 

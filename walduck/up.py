@@ -53,6 +53,7 @@ def run_up(
     datasets: int,
     duration: float | None,
     keep_services: bool,
+    kafka_protocol: str | None = None,
 ) -> None:
     from walduck.catalog.migrate import apply_migrations
     from walduck.services.manager import ServiceManager
@@ -61,10 +62,10 @@ def run_up(
     data_dir = Path(settings.data_dir).resolve()
     settings.data_dir = data_dir
     settings.storage_root = Path(settings.storage_root).resolve()
-    manager = ServiceManager(settings)
+    manager = ServiceManager(settings, kafka_protocol=kafka_protocol)
     with console.status("starting PostgreSQL and Kafka…"):
         endpoints = manager.start()
-    settings.pg_dsn, settings.kafka_bootstrap = endpoints.pg_dsn, endpoints.kafka_bootstrap
+    endpoints.apply(settings)  # DSN, bootstrap and the local Kafka's security settings
     console.print(f"[bold]PostgreSQL[/] {endpoints.pg_dsn}\n[bold]Kafka[/]      {endpoints.kafka_bootstrap}")
     with console.status("catalog migrations and topics…"):
         applied = apply_migrations(settings.pg_dsn, settings.catalog_schema)

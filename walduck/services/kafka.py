@@ -231,14 +231,16 @@ class LocalKafka(RecordedState):
         data_dir: Path,
         port: int | None = None,
         controller_port: int | None = None,
-        protocol: KafkaSecurityProtocol | str = KafkaSecurityProtocol.PLAINTEXT,
+        protocol: KafkaSecurityProtocol | str | None = None,
     ) -> None:
+        """``protocol`` of the client listener; None: the one this data dir last ran with, else PLAINTEXT."""
         self.data_dir = Path(data_dir).resolve()
-        self.protocol = KafkaSecurityProtocol(protocol)
         self.security_dir = self.data_dir / "security"
         self.requested_port = port
         self.requested_controller_port = controller_port
         self.state_file = self.data_dir / "service.json"
+        recorded = self._state().get("security_protocol") or KafkaSecurityProtocol.PLAINTEXT
+        self.protocol = KafkaSecurityProtocol(protocol or recorded)
         self.log_file = self.data_dir / "logs" / "server.log"
         self.stdout_file = self.data_dir / "logs" / "kafka.out"
         self.properties_file = self.data_dir / "server.properties"
@@ -254,18 +256,24 @@ class LocalKafka(RecordedState):
             raise ServiceError(f"Kafka in {self.data_dir} has never been started")
         return f"{LOOPBACK}:{port}"
 
-    def client_settings(self, base: WalduckSettings | None = None, **overrides: Any) -> WalduckSettings:
-        """Settings (``base``'s, with ``overrides``) whose Kafka bootstrap and security reach this node."""
+    def client_security(self) -> dict[str, Any]:
+        """The ``WalduckSettings`` security fields of a client of this node (the password as a file)."""
         security: dict[str, Any] = {"kafka_security_protocol": self.protocol}
         if self.protocol in SASL_PROTOCOLS:
-            creds = self.credentials()
             security |= {
                 "kafka_sasl_mechanism": KafkaSaslMechanism.SCRAM_SHA_512,
-                "kafka_sasl_username": creds["username"],
-                "kafka_sasl_password": creds["password"],
+                "kafka_sasl_username": self.credentials()["username"],
+                "kafka_sasl_password_file": self.security_dir / "password",
             }
         if self.protocol in TLS_PROTOCOLS:
             security["kafka_ssl_cafile"] = self.security_dir / "ca.pem"
+        return security
+
+    def client_settings(self, base: WalduckSettings | None = None, **overrides: Any) -> WalduckSettings:
+        """Settings (``base``'s, with ``overrides``) whose Kafka bootstrap and security reach this node."""
+        security = self.client_security()
+        if "kafka_sasl_password" in overrides:
+            security.pop("kafka_sasl_password_file", None)
         values = (base or WalduckSettings()).model_dump()
         values |= {"kafka_bootstrap": overrides.pop("kafka_bootstrap", None) or self.bootstrap, **security}
         values |= overrides
@@ -274,13 +282,16 @@ class LocalKafka(RecordedState):
     def credentials(self) -> dict[str, str]:
         """The SCRAM user of this node (``security/credentials.json``, made once per data dir)."""
         path = self.security_dir / "credentials.json"
+        password_file = (
+            self.security_dir / "password"
+        )  # the same password, as WALDUCK_KAFKA_SASL_PASSWORD_FILE
         if not path.exists():
             self.security_dir.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"username": "walduck", "password": secrets.token_urlsafe(24)}))
-            tmp.chmod(0o600)
-            os.replace(tmp, path)
-        return json.loads(path.read_text())
+            _write_private(path, json.dumps({"username": "walduck", "password": secrets.token_urlsafe(24)}))
+        creds = json.loads(path.read_text())
+        if not password_file.exists():
+            _write_private(password_file, creds["password"])
+        return creds
 
     def pid(self) -> int | None:
         """The broker's pid if it runs (checked against its command line, so a reused pid is not taken)."""
@@ -311,6 +322,12 @@ class LocalKafka(RecordedState):
     def start(self, timeout: float = START_TIMEOUT) -> str:
         """Start the node (or reuse it when it already runs); the bootstrap address once clients can use it."""
         if self.is_running():
+            running = self._state().get("security_protocol") or KafkaSecurityProtocol.PLAINTEXT
+            if running != self.protocol:
+                raise ServiceError(
+                    f"Kafka in {self.data_dir} already runs with a {running} listener, not {self.protocol}; "
+                    "stop it first (`walduck services stop`)"
+                )
             return self.bootstrap
         check_java()
         libs = resolve_kafka_libs()
@@ -385,6 +402,7 @@ class LocalKafka(RecordedState):
                 "controller_port": cport,
                 "cluster_id": _read_cluster_id(self.log_dirs),
                 "version": KAFKA_VERSION,
+                "security_protocol": self.protocol.value,
                 "started_at": time.time(),
                 "cds_dump": str(dump) if dump else None,
             },
@@ -539,6 +557,14 @@ class LocalKafka(RecordedState):
             raise ServiceError(
                 f"formatting Kafka storage in {self.log_dirs} failed:\n{run.stdout}{run.stderr}"
             )
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically, readable by the owner only."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    tmp.chmod(0o600)
+    os.replace(tmp, path)
 
 
 def _adopt_class_archive(dump: str | None) -> None:
