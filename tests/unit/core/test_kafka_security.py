@@ -136,3 +136,28 @@ def test_cli_exits_2_on_sasl_without_mechanism() -> None:
     assert run.returncode == 2, run.stderr
     assert "needs WALDUCK_KAFKA_SASL_MECHANISM" in run.stderr
     assert "Traceback" not in run.stderr
+
+
+def test_faust_worker_gets_the_same_credentials(tmp_path: Path) -> None:
+    import faust
+
+    from pipeline.faust_app import faust_credentials
+
+    assert faust_credentials(WalduckSettings()) is None
+    sasl = faust_credentials(
+        WalduckSettings(
+            kafka_security_protocol="SASL_SSL",
+            kafka_sasl_mechanism="SCRAM-SHA-512",
+            kafka_sasl_username="u",
+            kafka_sasl_password="p",
+        )
+    )
+    assert isinstance(sasl, faust.SASLCredentials)
+    assert (sasl.protocol.value, sasl.mechanism.value, sasl.username, sasl.password) == (
+        "SASL_SSL",
+        "SCRAM-SHA-512",
+        "u",
+        "p",
+    )
+    tls = faust_credentials(WalduckSettings(kafka_security_protocol="SSL"))
+    assert isinstance(tls, faust.SSLCredentials) and tls.protocol.value == "SSL"
