@@ -35,6 +35,7 @@ from walduck.config import WalduckSettings
 from walduck.kafka_security import KafkaSecurityError, client_kwargs, start_client
 from walduck.procs import component_env
 from walduck.services.kafka import LocalKafka, quiet_client_logs
+from walduck.stack import free_port
 from walduck.workload.generator import Workload
 
 pytestmark = pytest.mark.integration
@@ -140,12 +141,19 @@ async def test_untrusted_ca_is_a_clear_tls_error(secured_kafka: LocalKafka) -> N
     await consumer.stop()
 
 
-@pytest.mark.parametrize("component", ["compactor", "connector"])
+@pytest.mark.parametrize("component", ["compactor", "connector", "query"])
 def test_component_with_wrong_password_exits_with_the_reason(
-    secured_kafka: LocalKafka, component: str, pg_dsn: str
+    secured_kafka: LocalKafka, component: str, fresh_db: Callable[[], str], tmp_path: Path
 ) -> None:
-    bad = _settings(secured_kafka, pg_dsn=pg_dsn, kafka_sasl_password="not-the-password")
-    args = {"compactor": ["compactor", "run"], "connector": ["connector", "run"]}[component]
+    bad = _settings(
+        secured_kafka, pg_dsn=fresh_db(), data_dir=tmp_path / "data", kafka_sasl_password="not-the-password"
+    )
+    args = {
+        "compactor": ["compactor", "run", "--metrics-port", "0"],
+        "connector": ["connector", "run", "--metrics-port", "0"],
+        # the API would serve ever staler contexts: the process stops instead
+        "query": ["query", "serve", "--host", "127.0.0.1", "--port", str(free_port())],
+    }[component]
     started = time.monotonic()
     run = subprocess.run(
         [sys.executable, "-m", "walduck.cli", *args],
