@@ -18,16 +18,8 @@ from __future__ import annotations
 import psycopg
 from psycopg import sql
 
+from walduck.catalog_tables import PUBLISHED_TABLES
 from walduck.config import WalduckSettings
-
-CATALOG_TABLES = (
-    "storage_targets",
-    "datasets",
-    "dataset_schema_versions",
-    "dataset_manifests",
-    "dataset_partitions",
-)
-"""Published tables, in foreign-key order (the snapshot reads them in this order)."""
 
 
 def ensure_state_table(conn: psycopg.Connection, state_schema: str) -> None:
@@ -44,7 +36,7 @@ def ensure_state_table(conn: psycopg.Connection, state_schema: str) -> None:
 
 def ensure_publication(conn: psycopg.Connection, settings: WalduckSettings) -> None:
     schema = sql.Identifier(settings.catalog_schema)
-    tables = sql.SQL(", ").join(sql.SQL("{}.{}").format(schema, sql.Identifier(t)) for t in CATALOG_TABLES)
+    tables = sql.SQL(", ").join(sql.SQL("{}.{}").format(schema, sql.Identifier(t)) for t in PUBLISHED_TABLES)
     exists = conn.execute(
         "SELECT 1 FROM pg_publication WHERE pubname = %s", [settings.publication_name]
     ).fetchone()
@@ -53,7 +45,7 @@ def ensure_publication(conn: psycopg.Connection, settings: WalduckSettings) -> N
         conn.execute(sql.SQL("CREATE PUBLICATION {} FOR TABLE {}").format(pub, tables))
     else:
         conn.execute(sql.SQL("ALTER PUBLICATION {} SET TABLE {}").format(pub, tables))
-    for t in CATALOG_TABLES:
+    for t in PUBLISHED_TABLES:
         ident = conn.execute(
             "SELECT c.relreplident FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
             " WHERE n.nspname = %s AND c.relname = %s",
@@ -91,6 +83,6 @@ def setup(
                 pass
         return {
             "publication": settings.publication_name,
-            "tables": list(CATALOG_TABLES),
+            "tables": list(PUBLISHED_TABLES),
             "slot_created": created,
         }

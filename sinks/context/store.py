@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import dataclasses
 import hashlib
 import logging
@@ -47,6 +48,7 @@ from walduck import metrics
 from walduck.config import ContextMode, WalduckSettings
 from walduck.deltas import Delta, DeltaKind
 from walduck.lsn import format_lsn
+from walduck.records import GLOBAL_KEY, partition_of
 from walduck.timeutil import iso, parse_iso, utcnow
 
 log = logging.getLogger(__name__)
@@ -164,14 +166,22 @@ def covered_lsn(delta: Delta) -> int:
 
 def _stream_key(delta: Delta) -> tuple[int, str]:
     """Idempotence key of a delta: its changes-topic partition and its dataset (or the global stream)."""
-    return (delta.src_partition, delta.dataset_id or "__global__")
+    return (delta.src_partition, delta.dataset_id or GLOBAL_KEY)
 
 
-def kafka_partition_for(dataset_id: str, partitions: int) -> int:
-    """Kafka's default partitioner (murmur2) for the dataset key: where its deltas arrive."""
-    from aiokafka.partitioner import murmur2
+class _Borrowed:
+    """A pinned cursor lent to one read: ``close()`` is the owner's (:meth:`ContextStore.pinned_snapshot`)."""
 
-    return (murmur2(dataset_id.encode()) & 0x7FFFFFFF) % max(partitions, 1)
+    __slots__ = ("_cur",)
+
+    def __init__(self, cur: duckdb.DuckDBPyConnection) -> None:
+        self._cur = cur
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._cur, name)
+
+    def close(self) -> None:
+        pass
 
 
 class ContextStore:
@@ -183,6 +193,9 @@ class ContextStore:
         self.full_scan = walduck.context_mode == ContextMode.FULL_SCAN
         self._db: duckdb.DuckDBPyConnection | None = None
         self._writer: duckdb.DuckDBPyConnection | None = None
+        self._pinned: contextvars.ContextVar[_Borrowed | None] = contextvars.ContextVar(
+            f"walduck_pinned_snapshot_{id(self)}", default=None
+        )
         self._write_lock = threading.RLock()
         self._pool: queue.Queue[duckdb.DuckDBPyConnection] = queue.Queue()
         self._progress: dict[int, ShardProgress] = {}
@@ -364,7 +377,32 @@ class ContextStore:
             self._pool.put(cur)
 
     def _cursor(self) -> duckdb.DuckDBPyConnection:
+        """A cursor for one index read: the pinned snapshot's inside :meth:`pinned_snapshot`, else a new one."""
+        pinned = self._pinned.get()
+        if pinned is not None:
+            return pinned  # type: ignore[return-value]
         return self._require().cursor()
+
+    @contextlib.contextmanager
+    def pinned_snapshot(self) -> Iterator[None]:
+        """Every index read of this thread inside the block sees one DuckDB snapshot (one read transaction).
+
+        The query path plans (partition lists) and verifies the plan (``guard.files_outside``) inside one
+        block, so an apply committing in between cannot make the two disagree: the files verified are the
+        files planned, as the index listed them at one instant. Only reads may run inside the block."""
+        if self._pinned.get() is not None:
+            yield
+            return
+        cur = self._require().cursor()
+        cur.execute("BEGIN TRANSACTION")
+        token = self._pinned.set(_Borrowed(cur))
+        try:
+            yield
+        finally:
+            self._pinned.reset(token)
+            with contextlib.suppress(duckdb.Error):
+                cur.execute("ROLLBACK")
+            cur.close()
 
     # ------------------------------------------------------------------ apply
     def apply(self, delta: Delta, partition: int, offset: int) -> bool:
@@ -883,7 +921,7 @@ class ContextStore:
         def shard_of(did: str) -> int:
             if shard is not None:
                 return shard
-            return existing.get(did, kafka_partition_for(did, self.walduck.topic_partitions))
+            return existing.get(did, partition_of(did, self.walduck.topic_partitions))
 
         for ds in snap.datasets:
             self._upsert_datasets(cur, [ds], shard_of(str(ds["id"])))

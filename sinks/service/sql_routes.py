@@ -358,11 +358,6 @@ async def _plan(s: ServiceState, p: Any, checked: Any, allowed: set[str], audit_
         return await s.runner.in_pool(
             guard.plan_verified, s.planner, checked.expression, s.store, allowed, checked.param_count
         )
-    except guard.FilesNotListed:
-        # the index kept dropping planned files meanwhile (retention): the caller may retry
-        raise ApiError(
-            503, "The context changed while planning; retry", headers={"Retry-After": "1"}
-        ) from None
     except guard.GuardViolation as exc:
         # the policy and the planner passed what DuckDB's own parse shows reaches further: a bug, refused
         QUERY_GUARD_REFUSALS.labels(reason=type(exc).__name__).inc()

@@ -82,7 +82,7 @@ async def deltas_replayed(stack: Stack) -> dict[tuple[str, str], dict[str, dict]
     """Every delta on the deltas topic, replayed into a plain dict by the reference consumer."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
-    from pipeline.compaction import replay
+    from support.reference_consumer import replay
     from walduck.deltas import Delta
     from walduck.kafka_security import client_kwargs, start_client
 

@@ -10,10 +10,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sinks.context.ddl import INDEX_SCHEMA as WD
-from sinks.context.store import ContextStore, kafka_partition_for
+from sinks.context.store import ContextStore
 from sinks.settings import SinkSettings
 from walduck.bench.env import ScenarioEnv
 from walduck.deltas import PARTITION_FIELDS, Delta, DeltaKind, ShardChange
+from walduck.records import partition_of
 from walduck.timeutil import iso
 
 
@@ -79,7 +80,7 @@ class DeltaMaker:
             pid = f"bench-{uuid.uuid4().hex}"
             upserts.append({**base, "id": pid, "file_path": f"{base['file_path']}.{pid}"})
             pool.append(pid)
-        shard = kafka_partition_for(dataset_id, self.partitions)
+        shard = partition_of(dataset_id, self.partitions)
         frm = self.offsets.get(shard, -1) + 1
         self.offsets[shard] = frm
         lsn = next(self.lsn)

@@ -26,11 +26,11 @@ from pathlib import Path
 
 import httpx
 
-from sinks.context.store import kafka_partition_for
 from walduck.bench.env import BenchServices, scenario_env
 from walduck.bench.pipeline import SCOPES, component_pid, make_stack, parse_prometheus, scrape
 from walduck.bench.report import Result, percentile
 from walduck.lsn import format_lsn
+from walduck.records import partition_of
 from walduck.workload.writers import run_writers
 
 # an ingestion-heavy mix (Timestore's catalog traffic is mostly ingestion; lifecycle jobs run far less often)
@@ -243,7 +243,7 @@ def run_freshness(
     shards = env.settings.topic_partitions
     per_shard = [0] * shards
     for dataset_id in summary.dataset_ids:
-        per_shard[kafka_partition_for(dataset_id, shards)] += 1
+        per_shard[partition_of(dataset_id, shards)] += 1
     result.series["datasets_per_shard"] = per_shard
     result.notes.append(
         f"datasets per context shard (Kafka partition): {per_shard}; a shard without datasets advances "

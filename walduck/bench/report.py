@@ -6,6 +6,7 @@ only ratios side by side mean something).
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import platform
 import subprocess
@@ -100,8 +101,11 @@ class Result:
 
     def write(self, out_dir: Path = RESULTS_DIR) -> Path:
         out_dir.mkdir(parents=True, exist_ok=True)
-        for name, draw in self._draws:
-            self._render(name, draw, out_dir)
+        if self._draws and importlib.util.find_spec("matplotlib") is None:
+            self.notes.append("plots skipped: matplotlib is not installed (pip install 'walduck[bench]')")
+        else:
+            for name, draw in self._draws:
+                self._render(name, draw, out_dir)
         self._draws.clear()
         path = out_dir / f"{self.scenario}.json"
         doc = {

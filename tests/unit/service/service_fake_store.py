@@ -157,6 +157,9 @@ class FakeStore:
         finally:
             cur.close()
 
+    def pinned_snapshot(self) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()
+
     def files_outside(self, dataset_id: str, locations: list[str]) -> list[str]:
         listed = self.files.get(dataset_id)
         return [loc for loc in dict.fromkeys(locations) if loc != listed]

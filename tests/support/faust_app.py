@@ -15,13 +15,13 @@ Design (the faust idioms the issue asks for):
   (re)assignment;
 * windows are sealed at EVERY clean point (no time-based flush): the window boundaries are then a pure
   function of the input, so a window re-processed after a crash yields the same deltas with the same
-  ``src_offset_from..to`` (at-least-once duplicates that :func:`~pipeline.compaction.replay` drops).
+  ``src_offset_from..to`` (at-least-once duplicates that :func:`support.reference_consumer.replay` drops).
   Records at or below the restored state's ``covered_to`` are acked and skipped (the table may be ahead
   of the committed offset: it is written before the commit).
 
 Configuration from the environment: ``WALDUCK_KAFKA_BOOTSTRAP``, ``WALDUCK_CHANGES_TOPIC``,
 ``WALDUCK_DELTAS_TOPIC``, ``WALDUCK_TOPIC_PARTITIONS``, ``WALDUCK_FAUST_APP_ID`` (consumer group and
-changelog prefix), ``WALDUCK_FAUST_DATADIR``. Run: ``python -m pipeline.faust_app worker -l info``.
+changelog prefix), ``WALDUCK_FAUST_DATADIR``. Run (tests/ on PYTHONPATH): ``python -m support.faust_app worker -l info``.
 """
 
 from __future__ import annotations

@@ -10,13 +10,12 @@ visible set straight from the final catalog, the ground truth the deltas must re
 from __future__ import annotations
 
 import random
-import zlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pipeline.compaction import ManifestInfo, partition_entry
-from walduck.records import GLOBAL_KEY, ChangeRecord, Kind, Op, Source
+from walduck.records import GLOBAL_KEY, ChangeRecord, Kind, Op, Source, partition_of
 
 BASE_TIME = datetime(2024, 1, 1, tzinfo=UTC)
 OPERATIONS = (
@@ -40,11 +39,6 @@ OPERATIONS = (
     "resend",
 )
 APPEND_HEAVY = ("append",) * 12 + ("compaction", "retention", "new_version", "touch", "heartbeat")
-
-
-def partition_of(key: str, partitions: int) -> int:
-    """Stable key -> partition for the synthetic producer (the connector uses Kafka's own partitioner)."""
-    return zlib.crc32(key.encode()) % partitions
 
 
 @dataclass
