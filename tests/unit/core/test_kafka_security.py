@@ -141,7 +141,7 @@ def test_cli_exits_2_on_sasl_without_mechanism() -> None:
 def test_faust_worker_gets_the_same_credentials(tmp_path: Path) -> None:
     import faust
 
-    from pipeline.faust_app import faust_credentials
+    from support.faust_app import faust_credentials
 
     assert faust_credentials(WalduckSettings()) is None
     sasl = faust_credentials(
