@@ -55,6 +55,8 @@ LOG4J_VERSION = "2.24.3"
 MIN_JAVA = 17
 HEAP = "-Xmx512m"
 START_TIMEOUT = 90.0
+# marker in <data_dir>/security: the storage was formatted with the SCRAM user (--add-scram)
+SCRAM_FORMATTED = "scram-formatted"
 STOP_GRACE = 20.0
 
 _POM = """<?xml version="1.0" encoding="UTF-8"?>
@@ -343,6 +345,11 @@ class LocalKafka(RecordedState):
             self._write_config(port, cport)
             if not (self.log_dirs / "meta.properties").exists():
                 self._format(libs, state.get("cluster_id") or _cluster_id())
+            elif self.protocol in SASL_PROTOCOLS and not (self.security_dir / SCRAM_FORMATTED).exists():
+                raise ServiceError(
+                    f"Kafka storage in {self.log_dirs} was formatted without the SCRAM user a SASL listener "
+                    f"needs (before walduck wrote it at format time); remove {self.data_dir} to start afresh"
+                )
             bootstrap = f"{LOOPBACK}:{port}"
             self._launch(libs, port, cport)
             try:
@@ -557,6 +564,7 @@ class LocalKafka(RecordedState):
             raise ServiceError(
                 f"formatting Kafka storage in {self.log_dirs} failed:\n{run.stdout}{run.stderr}"
             )
+        (self.security_dir / SCRAM_FORMATTED).write_text(f"{creds['username']}\n")
 
 
 def _write_private(path: Path, text: str) -> None:

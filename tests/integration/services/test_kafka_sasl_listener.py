@@ -19,6 +19,7 @@ from aiokafka.errors import KafkaConnectionError
 
 from walduck.config import WalduckSettings
 from walduck.kafka_security import client_kwargs, start_client
+from walduck.services.errors import ServiceError
 from walduck.services.kafka import LocalKafka, quiet_client_logs
 from walduck.services.topics import ensure_topics
 
@@ -108,3 +109,13 @@ async def test_services_start_with_a_sasl_plaintext_listener(services_dir: Path,
     assert "already runs with a SASL_PLAINTEXT listener" in " ".join((other.stdout + other.stderr).split())
     stop = await asyncio.to_thread(_walduck, "services", "stop", "--data-dir", data, env=env)
     assert stop.returncode == 0 and not kafka.is_running(), stop.stdout + stop.stderr
+
+
+def test_sasl_on_storage_formatted_without_the_scram_user_is_refused(tmp_path: Path) -> None:
+    # a data dir formatted by an older walduck (no --add-scram): the node could not log in to itself
+    kafka = LocalKafka(tmp_path / "kafka", protocol="SASL_PLAINTEXT")
+    kafka.log_dirs.mkdir(parents=True)
+    (kafka.log_dirs / "meta.properties").write_text("cluster.id=old\nnode.id=1\nversion=1\n")
+    with pytest.raises(ServiceError, match="formatted without the SCRAM user"):
+        kafka.start()
+    assert not kafka.is_running()
