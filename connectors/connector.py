@@ -37,6 +37,7 @@ from connectors.transactions import Heartbeat, Transaction, TransactionAssembler
 from walduck import metrics as m
 from walduck.config import WalduckSettings
 from walduck.errors import InvariantBroken
+from walduck.kafka_security import start_client
 from walduck.lsn import format_lsn
 from walduck.records import ChangeRecord, Kind, Source
 from walduck.timeutil import parse_iso, utcnow
@@ -141,8 +142,8 @@ class Connector:
         """Returns True when the connector is done (stop requested or initial_only finished)."""
         self.sessions += 1
         s = self.settings
-        producer = make_producer(s.kafka_bootstrap)
-        await producer.start()
+        producer = make_producer(s)
+        await start_client(producer, s)
         repl: ReplicationConnection | None = None
         try:
             publisher = ChangePublisher(producer, s.changes_topic)

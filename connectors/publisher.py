@@ -19,6 +19,8 @@ from aiokafka.errors import KafkaError
 from aiokafka.producer.message_accumulator import BatchBuilder
 
 from connectors.transactions import Rejected
+from walduck.config import WalduckSettings
+from walduck.kafka_security import client_kwargs
 from walduck.metrics import DLQ_RECORDS
 from walduck.records import ChangeRecord, Kind, partition_of
 from walduck.timeutil import iso, utcnow
@@ -31,9 +33,10 @@ def best_compression() -> str:
     return "zstd" if has_zstd() else "gzip"
 
 
-def make_producer(bootstrap: str, client_id: str = "walduck-connector") -> AIOKafkaProducer:
+def make_producer(settings: WalduckSettings, client_id: str = "walduck-connector") -> AIOKafkaProducer:
+    """The connector's producer for ``settings.kafka_bootstrap`` with its security settings."""
     return AIOKafkaProducer(
-        bootstrap_servers=bootstrap,
+        **client_kwargs(settings),
         client_id=client_id,
         enable_idempotence=True,
         acks="all",

@@ -33,9 +33,10 @@ from aiokafka.structs import OffsetAndMetadata
 
 from pipeline.compaction import Compactor, InvalidChange, OffsetRegression, Rejected, restore_from_deltas
 from pipeline.settings import CompactorSettings
-from walduck.config import DEFAULT_MAX_MESSAGE_BYTES, WalduckSettings
+from walduck.config import WalduckSettings
 from walduck.deltas import Delta
 from walduck.errors import InvariantBroken
+from walduck.kafka_security import client_kwargs, start_client
 from walduck.metrics import (
     COMPACTOR_ASSIGNED_PARTITIONS,
     COMPACTOR_COMMITS_LOST,
@@ -76,28 +77,27 @@ class PartitionWork:
     deltas_end: int = 0
 
 
-async def read_deltas(
-    bootstrap: str, topic: str, partition: int, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
-) -> list[Delta]:
-    """Every delta in deltas partition ``partition``, from the beginning to the current end."""
-    return (await read_deltas_of(bootstrap, topic, [partition], max_message_bytes))[partition][0]
+async def read_deltas(settings: WalduckSettings, partition: int) -> list[Delta]:
+    """Every delta in partition ``partition`` of ``settings.deltas_topic``, from the beginning to the end."""
+    return (await read_deltas_of(settings, [partition]))[partition][0]
 
 
 async def read_deltas_of(
-    bootstrap: str, topic: str, partitions: list[int], max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    settings: WalduckSettings, partitions: list[int]
 ) -> dict[int, tuple[list[Delta], int]]:
     """Every delta of each deltas partition in ``partitions`` with the partition's end offset, read in ONE
     pass (one consumer fetching all of them at once, not one consumer per partition in turn)."""
+    topic = settings.deltas_topic
     out: dict[int, tuple[list[Delta], int]] = {}
     if not partitions:
         return out
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
+        **client_kwargs(settings),
         enable_auto_commit=False,
         group_id=None,
-        max_partition_fetch_bytes=max_message_bytes,
+        max_partition_fetch_bytes=settings.max_message_bytes,
     )
-    await consumer.start()
+    await start_client(consumer, settings)
     try:
         tps = [TopicPartition(topic, p) for p in partitions]
         consumer.assign(tps)
@@ -126,7 +126,6 @@ class CompactorRunner:
     def __init__(self, settings: WalduckSettings, knobs: CompactorSettings | None = None) -> None:
         self.settings = settings
         self.knobs = knobs or CompactorSettings()
-        self.bootstrap = settings.kafka_bootstrap
         self.work: dict[int, PartitionWork] = {}
         # state of partitions revoked by the last rebalance, reused if the next assignment gives them back
         self.parked: dict[int, PartitionWork] = {}
@@ -175,8 +174,8 @@ class CompactorRunner:
     async def consumer_end_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
         """End offsets of deltas partitions (a short-lived consumer: the group consumer only knows the
         changes topic)."""
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False, group_id=None)
-        await consumer.start()
+        consumer = AIOKafkaConsumer(**client_kwargs(self.settings), enable_auto_commit=False, group_id=None)
+        await start_client(consumer, self.settings)
         try:
             return await consumer.end_offsets(tps)
         finally:
@@ -185,12 +184,7 @@ class CompactorRunner:
     async def _restore(self, tps: list[TopicPartition]) -> None:
         assert self.consumer is not None
         started = time.monotonic()
-        read = await read_deltas_of(
-            self.bootstrap,
-            self.settings.deltas_topic,
-            [tp.partition for tp in tps],
-            self.settings.max_message_bytes,
-        )
+        read = await read_deltas_of(self.settings, [tp.partition for tp in tps])
         for tp in tps:
             deltas, deltas_end = read[tp.partition]
             restored = restore_from_deltas(tp.partition, deltas)
@@ -237,7 +231,7 @@ class CompactorRunner:
                 await runner.assign(list(assigned))
 
         self.producer = AIOKafkaProducer(
-            bootstrap_servers=self.bootstrap,
+            **client_kwargs(self.settings),
             enable_idempotence=True,
             acks="all",
             linger_ms=5,
@@ -251,7 +245,7 @@ class CompactorRunner:
             session_timeout_ms,
         )
         self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap,
+            **client_kwargs(self.settings),
             group_id=knobs.group_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
@@ -261,8 +255,8 @@ class CompactorRunner:
             session_timeout_ms=session_timeout_ms,
             heartbeat_interval_ms=max(min(session_timeout_ms // 4, 3000), 500),
         )
-        await self.producer.start()
-        await self.consumer.start()
+        await start_client(self.producer, self.settings)
+        await start_client(self.consumer, self.settings)
         self.consumer.subscribe([self.settings.changes_topic], listener=Listener())
         try:
             while not self.stopping.is_set():

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import typer
+from pydantic import ValidationError
 
 from connectors.cli import app as connector_app
 from pipeline.cli import app as compactor_app
@@ -15,8 +17,26 @@ from stack.bench.cli import app as bench_app
 from stack.catalog.cli import app as catalog_app
 from stack.services.cli import app as services_app
 from stack.workload.cli import app as workload_app
+from walduck.kafka_security import KafkaSecurityError
 
-app = typer.Typer(
+
+class _WalduckApp(typer.Typer):
+    """Invalid settings (e.g. SASL without a mechanism) end any command at start with exit code 2; a refused
+    Kafka login or TLS handshake (KafkaSecurityError) with exit code 1, each as one message, no traceback."""
+
+    def __call__(self, *args: object, **kwargs: object) -> object:
+        try:
+            return super().__call__(*args, **kwargs)
+        except ValidationError as exc:
+            problems = "\n".join(f"  {e['msg'].removeprefix('Value error, ')}" for e in exc.errors())
+            print(f"walduck: invalid settings:\n{problems}", file=sys.stderr)
+            raise SystemExit(2) from None
+        except KafkaSecurityError as exc:
+            print(f"walduck: KafkaSecurityError: {exc}", file=sys.stderr)
+            raise SystemExit(1) from None
+
+
+app = _WalduckApp(
     no_args_is_help=True,
     help="Keep DuckDB query contexts in step with a PostgreSQL catalog, live.",
     pretty_exceptions_show_locals=False,
@@ -90,6 +110,9 @@ def up(
     datasets: int = typer.Option(3, help="Demo workload datasets."),
     duration: float = typer.Option(None, help="Stop after this many seconds (default: until Ctrl-C)."),
     keep_services: bool = typer.Option(False, help="Leave PostgreSQL and Kafka running on exit."),
+    kafka_protocol: str = typer.Option(
+        None, "--kafka-protocol", help="Local Kafka's listener: PLAINTEXT, SASL_PLAINTEXT, SSL, SASL_SSL."
+    ),
 ) -> None:
     """Run everything locally: services, catalog, connector, compactor, query service and a demo workload."""
     from stack.up import run_up
@@ -105,6 +128,7 @@ def up(
         datasets=datasets,
         duration=duration,
         keep_services=keep_services,
+        kafka_protocol=kafka_protocol,
     )
 
 

@@ -15,7 +15,10 @@ from walduck.config import WalduckSettings, settings_env
 
 def component_env(settings: WalduckSettings, **extra: str) -> dict[str, str]:
     """Environment carrying the shared settings to a child process (built from the settings model: every field)."""
-    env = dict(os.environ)
+    # the Kafka security variables come from ``settings`` only (a stale inherited one would fail validation)
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("WALDUCK_KAFKA_SASL_", "WALDUCK_KAFKA_SSL_"))
+    }
     env.update(settings_env(settings))
     # the admin DSN (catalog owner) is never handed to a component; empty role DSNs fall back to WALDUCK_PG_DSN
     env["WALDUCK_PG_ADMIN_DSN"] = ""

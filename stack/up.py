@@ -99,6 +99,7 @@ def run_up(
     datasets: int,
     duration: float | None,
     keep_services: bool,
+    kafka_protocol: str | None = None,
 ) -> None:
     from stack.catalog.roles import provision
     from stack.services.manager import ServiceManager
@@ -107,10 +108,10 @@ def run_up(
     data_dir = Path(settings.data_dir).resolve()
     settings.data_dir = data_dir
     settings.storage_root = Path(settings.storage_root).resolve()
-    manager = ServiceManager(settings)
+    manager = ServiceManager(settings, kafka_protocol=kafka_protocol)
     with console.status("starting PostgreSQL and Kafka…"):
         endpoints = manager.start()
-    settings.pg_dsn, settings.kafka_bootstrap = endpoints.pg_dsn, endpoints.kafka_bootstrap
+    endpoints.apply(settings)  # DSN, bootstrap and the local Kafka's security settings
     console.print(f"[bold]PostgreSQL[/] {endpoints.pg_dsn}\n[bold]Kafka[/]      {endpoints.kafka_bootstrap}")
     # what the services manager started (or was given) is the admin DSN: setup and the demo workload only
     settings.pg_admin_dsn = settings.pg_admin_dsn or endpoints.pg_dsn

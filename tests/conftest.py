@@ -192,6 +192,4 @@ async def fresh_topics(services: ServiceEndpoints, tmp_path: Path) -> AsyncItera
     yield make
     for settings in made:
         with contextlib.suppress(Exception):
-            await delete_topics(
-                services.kafka_bootstrap, [settings.changes_topic, settings.deltas_topic, settings.dlq_topic]
-            )
+            await delete_topics(settings, [settings.changes_topic, settings.deltas_topic, settings.dlq_topic])

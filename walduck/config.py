@@ -15,7 +15,7 @@ from enum import Enum, StrEnum
 from pathlib import Path
 from typing import Any
 
-from pydantic import AliasChoices, SecretStr
+from pydantic import AliasChoices, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
@@ -24,6 +24,19 @@ DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 class ContextMode(StrEnum):
     INCREMENTAL = "incremental"
     FULL_SCAN = "full-scan"
+
+
+class KafkaSecurityProtocol(StrEnum):
+    PLAINTEXT = "PLAINTEXT"
+    SSL = "SSL"
+    SASL_PLAINTEXT = "SASL_PLAINTEXT"
+    SASL_SSL = "SASL_SSL"
+
+
+class KafkaSaslMechanism(StrEnum):
+    SCRAM_SHA_512 = "SCRAM-SHA-512"
+    SCRAM_SHA_256 = "SCRAM-SHA-256"
+    PLAIN = "PLAIN"
 
 
 class WalduckSettings(BaseSettings):
@@ -43,6 +56,21 @@ class WalduckSettings(BaseSettings):
     # the query service's /sql/exec (walduck_exec; refused on a privileged role unless allowed)
     pg_exec_dsn: str = ""
     kafka_bootstrap: str = ""
+    # Kafka security (every client: walduck/kafka_security.py; docs/security.md "Kafka")
+    kafka_security_protocol: KafkaSecurityProtocol = KafkaSecurityProtocol.PLAINTEXT
+    kafka_sasl_mechanism: KafkaSaslMechanism | None = None
+    kafka_sasl_username: str = ""
+    kafka_sasl_password: SecretStr | None = None
+    # a file holding the password (a mounted k8s Secret key); read at each client start, so a rotated
+    # Secret is picked up by the next connection
+    kafka_sasl_password_file: Path | None = None
+    # PEM files: the CA that signed the brokers' certificates (empty: the system trust store), and the
+    # client certificate + key for mutual TLS (Strimzi `tls` authentication)
+    kafka_ssl_cafile: Path | None = None
+    kafka_ssl_certfile: Path | None = None
+    kafka_ssl_keyfile: Path | None = None
+    kafka_ssl_key_password: SecretStr | None = None
+    kafka_ssl_check_hostname: bool = True
     # the Timestore catalog schema (TIMESTORE_PG_SCHEMA in Timestore)
     catalog_schema: str = "timestore"
     # where local storage targets keep Parquet files (the workload writes here)
@@ -77,8 +105,60 @@ class WalduckSettings(BaseSettings):
     def exec_dsn(self) -> str:
         return self.pg_exec_dsn or self.pg_dsn
 
+    @model_validator(mode="after")
+    def _check_kafka_security(self) -> WalduckSettings:
+        problems = kafka_security_problems(self)
+        if problems:
+            raise ValueError("invalid Kafka security settings: " + "; ".join(problems))
+        return self
+
     def resolved_storage_root(self) -> Path:
         return self.storage_root.resolve()
+
+
+def kafka_security_problems(s: WalduckSettings) -> list[str]:
+    """What is inconsistent in the ``WALDUCK_KAFKA_*`` security settings (empty: nothing)."""
+    problems: list[str] = []
+    protocol = s.kafka_security_protocol
+    sasl = protocol in (KafkaSecurityProtocol.SASL_PLAINTEXT, KafkaSecurityProtocol.SASL_SSL)
+    tls = protocol in (KafkaSecurityProtocol.SSL, KafkaSecurityProtocol.SASL_SSL)
+    has_password = s.kafka_sasl_password is not None or s.kafka_sasl_password_file is not None
+    if sasl:
+        if s.kafka_sasl_mechanism is None:
+            problems.append(
+                f"WALDUCK_KAFKA_SECURITY_PROTOCOL={protocol} needs WALDUCK_KAFKA_SASL_MECHANISM "
+                f"({', '.join(m.value for m in KafkaSaslMechanism)})"
+            )
+        if not s.kafka_sasl_username:
+            problems.append(f"WALDUCK_KAFKA_SECURITY_PROTOCOL={protocol} needs WALDUCK_KAFKA_SASL_USERNAME")
+        if not has_password:
+            problems.append(
+                f"WALDUCK_KAFKA_SECURITY_PROTOCOL={protocol} needs WALDUCK_KAFKA_SASL_PASSWORD "
+                "or WALDUCK_KAFKA_SASL_PASSWORD_FILE"
+            )
+        if s.kafka_sasl_password is not None and s.kafka_sasl_password_file is not None:
+            problems.append("set WALDUCK_KAFKA_SASL_PASSWORD or WALDUCK_KAFKA_SASL_PASSWORD_FILE, not both")
+    elif s.kafka_sasl_mechanism is not None or s.kafka_sasl_username or has_password:
+        problems.append(
+            f"SASL settings are given but WALDUCK_KAFKA_SECURITY_PROTOCOL={protocol} does not use SASL "
+            "(SASL_PLAINTEXT or SASL_SSL)"
+        )
+    tls_files = {
+        "WALDUCK_KAFKA_SSL_CAFILE": s.kafka_ssl_cafile,
+        "WALDUCK_KAFKA_SSL_CERTFILE": s.kafka_ssl_certfile,
+        "WALDUCK_KAFKA_SSL_KEYFILE": s.kafka_ssl_keyfile,
+    }
+    if not tls and any(tls_files.values()):
+        problems.append(
+            f"TLS files are given but WALDUCK_KAFKA_SECURITY_PROTOCOL={protocol} does not use TLS (SSL or SASL_SSL)"
+        )
+    if s.kafka_ssl_keyfile is not None and s.kafka_ssl_certfile is None:
+        problems.append("WALDUCK_KAFKA_SSL_KEYFILE needs WALDUCK_KAFKA_SSL_CERTFILE")
+    files = {**tls_files, "WALDUCK_KAFKA_SASL_PASSWORD_FILE": s.kafka_sasl_password_file}
+    for name, path in files.items():
+        if path is not None and not path.is_file():
+            problems.append(f"{name}={path}: no such file")
+    return problems
 
 
 def load_settings(**overrides: object) -> WalduckSettings:

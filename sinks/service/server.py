@@ -46,8 +46,15 @@ async def serve_async(
         uvicorn.Config(app, host=query.host, port=query.port, log_level="info", lifespan="on")
     )
     consumer_task = asyncio.create_task(consumer.run(), name="delta-consumer") if consumer else None
+    if consumer_task is not None:
+        # a consumer that cannot log in (KafkaSecurityError) would leave the contexts stale for good: stop
+        consumer_task.add_done_callback(lambda _task: setattr(server, "should_exit", True))
     try:
         await server.serve()
+        if consumer_task is not None and consumer_task.done() and not consumer_task.cancelled():
+            failure = consumer_task.exception()
+            if failure is not None:
+                raise failure
     finally:
         if consumer is not None and consumer_task is not None:
             await consumer.stop()

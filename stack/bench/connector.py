@@ -133,9 +133,7 @@ def run_connector(services: BenchServices, partitions: int, datasets: int, timeo
             done_at = time.monotonic()
             ours_s = done_at - streaming
             startup_s = streaming - started
-            records = topic_records(
-                env.settings.kafka_bootstrap, env.settings.changes_topic, env.settings.topic_partitions
-            )
+            records = topic_records(env.settings, env.settings.changes_topic, env.settings.topic_partitions)
             ours_rate = records / ours_s
             base_rate = records / base_s
             ratio = ours_rate / base_rate if base_rate else float("nan")

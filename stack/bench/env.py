@@ -102,7 +102,7 @@ def scenario_env(
             with contextlib.suppress(Exception):
                 asyncio.run(
                     delete_topics(
-                        settings.kafka_bootstrap,
+                        settings,
                         [settings.changes_topic, settings.deltas_topic, settings.dlq_topic],
                     )
                 )

@@ -14,6 +14,7 @@ import psycopg
 from stack.bench.env import ScenarioEnv
 from stack.local import Stack
 from stack.services.kafka import quiet_client_logs
+from walduck.config import WalduckSettings
 from walduck.lsn import parse_lsn
 
 SCOPES = "timestore:admin,timestore:sql:read,timestore:read"
@@ -44,13 +45,15 @@ def slot_active(dsn: str, slot: str) -> bool:
     return bool(row and row[0])
 
 
-def topic_records(bootstrap: str, topic: str, partitions: int) -> int:
+def topic_records(settings: WalduckSettings, topic: str, partitions: int) -> int:
     """Records in ``topic`` (sum of end offsets minus beginning offsets over its ``partitions``)."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
+    from walduck.kafka_security import client_kwargs, start_client
+
     async def count() -> int:
-        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-        await consumer.start()
+        consumer = AIOKafkaConsumer(**client_kwargs(settings), enable_auto_commit=False)
+        await start_client(consumer, settings)
         try:
             tps = [TopicPartition(topic, p) for p in range(partitions)]
             ends = await consumer.end_offsets(tps)

@@ -22,10 +22,10 @@ DATA_DIR = typer.Option(
 )
 
 
-def _manager(data_dir: Path | None):  # type: ignore[no-untyped-def]
+def _manager(data_dir: Path | None, kafka_protocol: str | None = None):  # type: ignore[no-untyped-def]
     from stack.services.manager import ServiceManager
 
-    return ServiceManager(load_settings(data_dir=data_dir))
+    return ServiceManager(load_settings(data_dir=data_dir), kafka_protocol=kafka_protocol)
 
 
 def _table(status: dict[str, dict[str, Any]]) -> Table:
@@ -43,9 +43,17 @@ def _table(status: dict[str, dict[str, Any]]) -> Table:
 
 
 @app.command()
-def start(data_dir: Path = DATA_DIR) -> None:
+def start(
+    data_dir: Path = DATA_DIR,
+    kafka_protocol: str = typer.Option(
+        None,
+        "--kafka-protocol",
+        help="Local Kafka client listener: PLAINTEXT, SASL_PLAINTEXT (SCRAM-SHA-512), SSL or SASL_SSL "
+        "(throwaway CA); default: as it last ran, else PLAINTEXT.",
+    ),
+) -> None:
     """Start (or reuse) the local PostgreSQL and Kafka; prints their addresses."""
-    manager = _manager(data_dir)
+    manager = _manager(data_dir, kafka_protocol)
     began = time.monotonic()
     try:
         with console.status("starting PostgreSQL and Kafka…"):
@@ -59,6 +67,12 @@ def start(data_dir: Path = DATA_DIR) -> None:
     console.print(
         f"export WALDUCK_KAFKA_BOOTSTRAP='{endpoints.kafka_bootstrap}'", soft_wrap=True, highlight=False
     )
+    if endpoints.kafka_security:
+        from walduck.config import WalduckSettings
+        from walduck.kafka_security import security_env
+
+        for name, value in security_env(WalduckSettings(**endpoints.kafka_security)).items():
+            console.print(f"export {name}='{value}'", soft_wrap=True, highlight=False)
 
 
 @app.command()

@@ -5,6 +5,11 @@ broker logs to a file) are resolved once with Maven into a cache dir (default
 ``~/.cache/walduck/kafka-<version>/libs``; ``WALDUCK_CACHE_DIR`` moves ``~/.cache/walduck``). The node is then
 ``java -cp 'libs/*' kafka.Kafka server.properties`` with a small heap, listening on 127.0.0.1 only.
 Its ports and pid are kept in ``<data_dir>/service.json`` so another process can stop it or ask its status.
+
+The client listener is PLAINTEXT by default; ``LocalKafka(..., protocol=SASL_PLAINTEXT | SSL | SASL_SSL)`` runs
+it secured instead (stack/services/kafka_tls.py makes the throwaway CA and broker certificate, SCRAM-SHA-512
+credentials are written into the storage at format time); :meth:`LocalKafka.client_settings` tells clients how
+to connect. Only the controller listener (loopback, used by the node itself) stays PLAINTEXT.
 """
 
 from __future__ import annotations
@@ -13,9 +18,11 @@ import asyncio
 import contextlib
 import fcntl
 import hashlib
+import json
 import logging
 import os
 import re
+import secrets
 import shutil
 import subprocess
 import time
@@ -36,6 +43,8 @@ from stack.services.proc import (
     terminate,
     write_state,
 )
+from walduck.config import KafkaSaslMechanism, KafkaSecurityProtocol, WalduckSettings
+from walduck.kafka_security import SASL_PROTOCOLS, TLS_PROTOCOLS
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +55,8 @@ LOG4J_VERSION = "2.24.3"
 MIN_JAVA = 17
 HEAP = "-Xmx512m"
 START_TIMEOUT = 90.0
+# marker in <data_dir>/security: the storage was formatted with the SCRAM user (--add-scram)
+SCRAM_FORMATTED = "scram-formatted"
 STOP_GRACE = 20.0
 
 _POM = """<?xml version="1.0" encoding="UTF-8"?>
@@ -217,11 +228,21 @@ def resolve_kafka_libs(cache_dir: Path | None = None, version: str = KAFKA_VERSI
 class LocalKafka(RecordedState):
     """One local Kafka 4.x KRaft node (broker + controller) whose data lives in ``data_dir``."""
 
-    def __init__(self, data_dir: Path, port: int | None = None, controller_port: int | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        port: int | None = None,
+        controller_port: int | None = None,
+        protocol: KafkaSecurityProtocol | str | None = None,
+    ) -> None:
+        """``protocol`` of the client listener; None: the one this data dir last ran with, else PLAINTEXT."""
         self.data_dir = Path(data_dir).resolve()
+        self.security_dir = self.data_dir / "security"
         self.requested_port = port
         self.requested_controller_port = controller_port
         self.state_file = self.data_dir / "service.json"
+        recorded = self._state().get("security_protocol") or KafkaSecurityProtocol.PLAINTEXT
+        self.protocol = KafkaSecurityProtocol(protocol or recorded)
         self.log_file = self.data_dir / "logs" / "server.log"
         self.stdout_file = self.data_dir / "logs" / "kafka.out"
         self.properties_file = self.data_dir / "server.properties"
@@ -236,6 +257,43 @@ class LocalKafka(RecordedState):
         if port is None:
             raise ServiceError(f"Kafka in {self.data_dir} has never been started")
         return f"{LOOPBACK}:{port}"
+
+    def client_security(self) -> dict[str, Any]:
+        """The ``WalduckSettings`` security fields of a client of this node (the password as a file)."""
+        security: dict[str, Any] = {"kafka_security_protocol": self.protocol}
+        if self.protocol in SASL_PROTOCOLS:
+            security |= {
+                "kafka_sasl_mechanism": KafkaSaslMechanism.SCRAM_SHA_512,
+                "kafka_sasl_username": self.credentials()["username"],
+                "kafka_sasl_password_file": self.security_dir / "password",
+            }
+        if self.protocol in TLS_PROTOCOLS:
+            security["kafka_ssl_cafile"] = self.security_dir / "ca.pem"
+        return security
+
+    def client_settings(self, base: WalduckSettings | None = None, **overrides: Any) -> WalduckSettings:
+        """Settings (``base``'s, with ``overrides``) whose Kafka bootstrap and security reach this node."""
+        security = self.client_security()
+        if "kafka_sasl_password" in overrides:
+            security.pop("kafka_sasl_password_file", None)
+        values = (base or WalduckSettings()).model_dump()
+        values |= {"kafka_bootstrap": overrides.pop("kafka_bootstrap", None) or self.bootstrap, **security}
+        values |= overrides
+        return WalduckSettings(**values)
+
+    def credentials(self) -> dict[str, str]:
+        """The SCRAM user of this node (``security/credentials.json``, made once per data dir)."""
+        path = self.security_dir / "credentials.json"
+        password_file = (
+            self.security_dir / "password"
+        )  # the same password, as WALDUCK_KAFKA_SASL_PASSWORD_FILE
+        if not path.exists():
+            self.security_dir.mkdir(parents=True, exist_ok=True)
+            _write_private(path, json.dumps({"username": "walduck", "password": secrets.token_urlsafe(24)}))
+        creds = json.loads(path.read_text())
+        if not password_file.exists():
+            _write_private(password_file, creds["password"])
+        return creds
 
     def pid(self) -> int | None:
         """The broker's pid if it runs (checked against its command line, so a reused pid is not taken)."""
@@ -256,6 +314,7 @@ class LocalKafka(RecordedState):
             "running": pid is not None,
             "pid": pid,
             "bootstrap": f"{LOOPBACK}:{state['port']}" if state.get("port") else None,
+            "security_protocol": self.protocol.value,
             "controller_port": state.get("controller_port"),
             "data_dir": str(self.data_dir),
             "log": str(self.log_file),
@@ -265,6 +324,12 @@ class LocalKafka(RecordedState):
     def start(self, timeout: float = START_TIMEOUT) -> str:
         """Start the node (or reuse it when it already runs); the bootstrap address once clients can use it."""
         if self.is_running():
+            running = self._state().get("security_protocol") or KafkaSecurityProtocol.PLAINTEXT
+            if running != self.protocol:
+                raise ServiceError(
+                    f"Kafka in {self.data_dir} already runs with a {running} listener, not {self.protocol}; "
+                    "stop it first (`walduck services stop`)"
+                )
             return self.bootstrap
         check_java()
         libs = resolve_kafka_libs()
@@ -280,6 +345,11 @@ class LocalKafka(RecordedState):
             self._write_config(port, cport)
             if not (self.log_dirs / "meta.properties").exists():
                 self._format(libs, state.get("cluster_id") or _cluster_id())
+            elif self.protocol in SASL_PROTOCOLS and not (self.security_dir / SCRAM_FORMATTED).exists():
+                raise ServiceError(
+                    f"Kafka storage in {self.log_dirs} was formatted without the SCRAM user a SASL listener "
+                    f"needs (before walduck wrote it at format time); remove {self.data_dir} to start afresh"
+                )
             bootstrap = f"{LOOPBACK}:{port}"
             self._launch(libs, port, cport)
             try:
@@ -339,6 +409,7 @@ class LocalKafka(RecordedState):
                 "controller_port": cport,
                 "cluster_id": _read_cluster_id(self.log_dirs),
                 "version": KAFKA_VERSION,
+                "security_protocol": self.protocol.value,
                 "started_at": time.time(),
                 "cds_dump": str(dump) if dump else None,
             },
@@ -364,7 +435,7 @@ class LocalKafka(RecordedState):
                 )
             try:
                 with quiet_client_logs():
-                    ok = asyncio.run(_metadata_ok(bootstrap))
+                    ok = asyncio.run(_metadata_ok(self.client_settings(kafka_bootstrap=bootstrap)))
                 if ok:
                     return
             except Exception as exc:
@@ -402,15 +473,17 @@ class LocalKafka(RecordedState):
 
     # -- set-up ----------------------------------------------------------------------------------------
     def _write_config(self, port: int, cport: int) -> None:
+        name = self.protocol.value  # the client listener is named after its protocol
         props = {
             "process.roles": "broker,controller",
             "node.id": "1",
             "controller.quorum.voters": f"1@{LOOPBACK}:{cport}",
-            "listeners": f"PLAINTEXT://{LOOPBACK}:{port},CONTROLLER://{LOOPBACK}:{cport}",
-            "advertised.listeners": f"PLAINTEXT://{LOOPBACK}:{port}",
+            "listeners": f"{name}://{LOOPBACK}:{port},CONTROLLER://{LOOPBACK}:{cport}",
+            "advertised.listeners": f"{name}://{LOOPBACK}:{port}",
             "controller.listener.names": "CONTROLLER",
-            "inter.broker.listener.name": "PLAINTEXT",
-            "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            "inter.broker.listener.name": name,
+            "listener.security.protocol.map": f"CONTROLLER:PLAINTEXT,{name}:{name}",
+            **self._security_props(),
             "log.dirs": str(self.log_dirs),
             "num.partitions": "4",
             "default.replication.factor": "1",
@@ -432,7 +505,41 @@ class LocalKafka(RecordedState):
         self.properties_file.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
         (self.data_dir / "log4j2.properties").write_text(_LOG4J2.format(log=self.log_file))
 
+    def _security_props(self) -> dict[str, str]:
+        """SASL (SCRAM-SHA-512, the node logs in to itself as the same user) and TLS listener settings."""
+        props: dict[str, str] = {}
+        if self.protocol in SASL_PROTOCOLS:
+            creds = self.credentials()
+            mech = KafkaSaslMechanism.SCRAM_SHA_512.value
+            props |= {
+                "sasl.enabled.mechanisms": mech,
+                "sasl.mechanism.inter.broker.protocol": mech,
+                f"listener.name.{self.protocol.value.lower()}.{mech.lower()}.sasl.jaas.config": (
+                    "org.apache.kafka.common.security.scram.ScramLoginModule required "
+                    f'username="{creds["username"]}" password="{creds["password"]}";'
+                ),
+            }
+        if self.protocol in TLS_PROTOCOLS:
+            from stack.services.kafka_tls import ensure_broker_keystores
+
+            stores = ensure_broker_keystores(self.security_dir)
+            props |= {
+                "ssl.keystore.type": "PKCS12",
+                "ssl.keystore.location": str(stores.keystore),
+                "ssl.keystore.password": stores.password,
+                "ssl.key.password": stores.password,
+                "ssl.truststore.type": "PKCS12",
+                "ssl.truststore.location": str(stores.truststore),
+                "ssl.truststore.password": stores.password,
+                "ssl.client.auth": "none",
+            }
+        return props
+
     def _format(self, libs: Path, cluster_id: str) -> None:
+        # the SCRAM user is written into the metadata at format time (KRaft: no ZooKeeper to add it later);
+        # always, so a data dir formatted for PLAINTEXT can be restarted with a SASL listener
+        creds = self.credentials()
+        scram = f"{KafkaSaslMechanism.SCRAM_SHA_512.value}=[name={creds['username']},password={creds['password']}]"
         run = subprocess.run(
             [
                 shutil.which("java") or "java",
@@ -446,6 +553,8 @@ class LocalKafka(RecordedState):
                 cluster_id,
                 "-c",
                 str(self.properties_file),
+                "--add-scram",
+                scram,
             ],
             capture_output=True,
             text=True,
@@ -455,6 +564,15 @@ class LocalKafka(RecordedState):
             raise ServiceError(
                 f"formatting Kafka storage in {self.log_dirs} failed:\n{run.stdout}{run.stderr}"
             )
+        (self.security_dir / SCRAM_FORMATTED).write_text(f"{creds['username']}\n")
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically, readable by the owner only."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    tmp.chmod(0o600)
+    os.replace(tmp, path)
 
 
 def _adopt_class_archive(dump: str | None) -> None:
@@ -505,13 +623,15 @@ def quiet_client_logs() -> Iterator[None]:
         logger.setLevel(level)
 
 
-async def _metadata_ok(bootstrap: str) -> bool:
-    """True when a real client connects and the broker lists itself in a metadata response."""
+async def _metadata_ok(settings: WalduckSettings) -> bool:
+    """True when a real client (with the settings' security) connects and the broker lists itself."""
     from aiokafka.admin import AIOKafkaAdminClient
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000)
+    from walduck.kafka_security import client_kwargs, start_client
+
+    admin = AIOKafkaAdminClient(**client_kwargs(settings), request_timeout_ms=3000)
     try:
-        await asyncio.wait_for(admin.start(), timeout=5)
+        await asyncio.wait_for(start_client(admin, settings), timeout=5)
         cluster = await asyncio.wait_for(admin.describe_cluster(), timeout=5)
         return bool(cluster.get("brokers"))
     finally:

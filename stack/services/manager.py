@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,23 +19,36 @@ import psycopg
 from stack.services.errors import ServiceError
 from stack.services.kafka import LocalKafka, _metadata_ok, quiet_client_logs
 from stack.services.postgres import LocalPostgres
-from walduck.config import WalduckSettings
+from walduck.config import KafkaSecurityProtocol, WalduckSettings
 
 
 @dataclass(frozen=True)
 class ServiceEndpoints:
     pg_dsn: str
     kafka_bootstrap: str
+    # the WalduckSettings security fields a client of the local Kafka needs (empty: external, or PLAINTEXT)
+    kafka_security: dict[str, Any] = field(default_factory=dict)
+
+    def apply(self, settings: WalduckSettings) -> None:
+        """Point ``settings`` at these services (DSN, bootstrap and the local Kafka's security)."""
+        settings.pg_dsn, settings.kafka_bootstrap = self.pg_dsn, self.kafka_bootstrap
+        for name, value in self.kafka_security.items():
+            setattr(settings, name, value)
 
 
 class ServiceManager:
-    def __init__(self, settings: WalduckSettings) -> None:
+    def __init__(
+        self, settings: WalduckSettings, kafka_protocol: KafkaSecurityProtocol | str | None = None
+    ) -> None:
+        """``kafka_protocol``: the local Kafka's client listener (None: as it last ran, else PLAINTEXT)."""
         self.settings = settings
         data_dir = Path(settings.data_dir).resolve()
         self.postgres: LocalPostgres | None = (
             None if settings.pg_dsn else LocalPostgres(data_dir / "postgres")
         )
-        self.kafka: LocalKafka | None = None if settings.kafka_bootstrap else LocalKafka(data_dir / "kafka")
+        self.kafka: LocalKafka | None = (
+            None if settings.kafka_bootstrap else LocalKafka(data_dir / "kafka", protocol=kafka_protocol)
+        )
         # seconds each service took to become usable in the last start()
         self.timings: dict[str, float] = {}
 
@@ -53,7 +66,10 @@ class ServiceManager:
                     errors.append(f"{type(exc).__name__}: {exc}")
         if errors:
             raise ServiceError("\n".join(errors))
-        return ServiceEndpoints(pg_dsn=results[0], kafka_bootstrap=results[1])
+        security = self.kafka.client_security() if self.kafka is not None else {}
+        if security.get("kafka_security_protocol") == KafkaSecurityProtocol.PLAINTEXT:
+            security = {}
+        return ServiceEndpoints(pg_dsn=results[0], kafka_bootstrap=results[1], kafka_security=security)
 
     def _start_postgres(self) -> str:
         began = time.monotonic()
@@ -86,7 +102,7 @@ class ServiceManager:
         bootstrap = self.settings.kafka_bootstrap
         try:
             with quiet_client_logs():
-                asyncio.run(_metadata_ok(bootstrap))
+                asyncio.run(_metadata_ok(self.settings))
         except Exception as exc:
             raise ServiceError(
                 f"external Kafka {bootstrap!r} does not answer: {type(exc).__name__}: {exc}"

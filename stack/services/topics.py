@@ -11,6 +11,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from stack.services.errors import ServiceError
 from walduck.config import WalduckSettings
+from walduck.kafka_security import client_kwargs, security_kwargs, start_client
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +45,10 @@ async def ensure_topics(bootstrap: str, settings: WalduckSettings, wait_s: float
     A topic that already exists is left as it is (a partition count differing from the settings is logged).
     """
     specs = topic_specs(settings)
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(wait_s * 1000))
-    await admin.start()
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap, request_timeout_ms=int(wait_s * 1000), **security_kwargs(settings)
+    )
+    await start_client(admin, settings)
     try:
         existing = set(await admin.list_topics())
         missing = [s for s in specs if s.name not in existing]
@@ -90,10 +93,10 @@ async def _wait_leaders(admin: AIOKafkaAdminClient, specs: list[TopicSpec], wait
         await asyncio.sleep(0.1)
 
 
-async def delete_topics(bootstrap: str, names: list[str], wait_s: float = 30.0) -> None:
-    """Delete the given topics; ones that do not exist are ignored."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(wait_s * 1000))
-    await admin.start()
+async def delete_topics(settings: WalduckSettings, names: list[str], wait_s: float = 30.0) -> None:
+    """Delete the given topics of ``settings.kafka_bootstrap``; ones that do not exist are ignored."""
+    admin = AIOKafkaAdminClient(**client_kwargs(settings), request_timeout_ms=int(wait_s * 1000))
+    await start_client(admin, settings)
     try:
         existing = set(await admin.list_topics())
         doomed = [n for n in names if n in existing]
@@ -104,10 +107,10 @@ async def delete_topics(bootstrap: str, names: list[str], wait_s: float = 30.0) 
         await admin.close()
 
 
-async def topic_partitions(bootstrap: str, names: list[str]) -> dict[str, int]:
-    """Partition count of each existing topic among ``names``."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
+async def topic_partitions(settings: WalduckSettings, names: list[str]) -> dict[str, int]:
+    """Partition count of each existing topic among ``names`` (on ``settings.kafka_bootstrap``)."""
+    admin = AIOKafkaAdminClient(**client_kwargs(settings))
+    await start_client(admin, settings)
     try:
         described = await admin.describe_topics(names)
         return {t["topic"]: len(t["partitions"]) for t in described if t["error_code"] == 0}

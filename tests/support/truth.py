@@ -84,10 +84,11 @@ async def deltas_replayed(stack: Stack) -> dict[tuple[str, str], dict[str, dict]
 
     from support.reference_consumer import replay
     from walduck.deltas import Delta
+    from walduck.kafka_security import client_kwargs, start_client
 
     s = stack.settings
-    consumer = AIOKafkaConsumer(bootstrap_servers=s.kafka_bootstrap, enable_auto_commit=False)
-    await consumer.start()
+    consumer = AIOKafkaConsumer(**client_kwargs(s), enable_auto_commit=False)
+    await start_client(consumer, s)
     try:
         tps = [TopicPartition(s.deltas_topic, p) for p in range(s.topic_partitions)]
         consumer.assign(tps)

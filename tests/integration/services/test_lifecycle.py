@@ -108,7 +108,7 @@ def test_kafka_restart_keeps_topics_and_stop_leaves_no_jvm(own_dir: Path) -> Non
     assert kafka.restart() == bootstrap  # same ports, same data
     assert kafka.pid() not in (None, first_pid)
     assert not pid_alive(first_pid)
-    assert asyncio.run(topic_partitions(bootstrap, names)) == dict.fromkeys(names, 2)
+    assert asyncio.run(topic_partitions(settings, names)) == dict.fromkeys(names, 2)
     assert asyncio.run(_consume_all(bootstrap, settings.changes_topic, 1)) == [b"before restart"]
 
     # status/stop from another process, through the CLI
