@@ -26,8 +26,8 @@ from integration.pipeline.test_runner_kafka import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 
-from pipeline.compaction import replay
 from stack.local import free_port
+from support.reference_consumer import replay
 from walduck.config import WalduckSettings
 
 pytestmark = pytest.mark.integration
