@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict
 from sinks.service.audit import ACTION_RUNTIME_INVALIDATE, record_action
 from sinks.service.body_limit import OffLoopJsonRoute
 from sinks.service.errors import ApiError, error_json, not_readable
-from sinks.service.iam import Principal, can_read_dataset, principal_from_headers, require
+from sinks.service.iam import Principal, principal_from_headers
 from sinks.service.state import ServiceState
 
 log = logging.getLogger(__name__)
@@ -34,9 +34,8 @@ def svc(request: Request) -> ServiceState:
 
 
 def authorize_admin(request: Request) -> Principal:
-    scopes = svc(request).settings.admin_scopes()
     p = principal_from_headers(request.headers)
-    require(p, scopes, f"Missing required admin scope {scopes[0] if scopes else ''}".strip())
+    svc(request).iam.require_admin(p)
     return p
 
 
@@ -116,12 +115,9 @@ async def dataset_manifest(
         raise ApiError(503, "No PostgreSQL catalog configured (WALDUCK_PG_DSN)")
     dataset = await s.catalog.find_dataset(dataset_ref)
     p = principal_from_headers(request.headers)
-    admin = s.settings.admin_scopes()
-    if dataset is None and bool(admin) and p.has_any(admin):
+    if dataset is None and s.iam.is_admin(p):
         raise ApiError(404, f"Dataset {dataset_ref} not found")
-    if dataset is None or not can_read_dataset(
-        p, dataset.get("metadata") or {}, admin_scopes=admin, fallback=s.settings.dataset_read_fallback()
-    ):
+    if dataset is None or not s.iam.can_read(p, dataset.get("metadata") or {}):
         # unknown and forbidden answer alike, naming the reference as given (no existence oracle)
         raise not_readable(dataset_ref)
     manifests = await s.catalog.published_manifests(dataset["id"], shard)
