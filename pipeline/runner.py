@@ -334,10 +334,6 @@ class CompactorRunner:
         if due:
             await self.flush_partitions(due)
 
-    async def flush_partition(self, partition: int, work: PartitionWork) -> None:
-        """The commit protocol for one changes partition (called with ``self.lock`` held)."""
-        await self.flush_partitions([(partition, work)])
-
     async def flush_partitions(self, due: list[tuple[int, PartitionWork]]) -> None:
         """The commit protocol for the changes partitions whose window is due (called with ``self.lock``
         held). Every partition's deltas are produced before any acknowledgement is awaited, and the input
