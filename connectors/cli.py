@@ -76,7 +76,7 @@ def run(
     }
     csettings = ConnectorSettings(**{k: v for k, v in overrides.items() if v is not None})
     if csettings.metrics_port:
-        serve_metrics(csettings.metrics_port)
+        serve_metrics(csettings.metrics_port, csettings.metrics_host)
 
     # The delivery loop allocates a few small objects per column and holds up to max_inflight_records
     # records until Kafka acknowledges them: collect the young generation less often and keep the

@@ -37,6 +37,8 @@ class ConnectorSettings(BaseSettings):
     status_interval: float = 1.0
     # Prometheus /metrics port (0 = not served)
     metrics_port: int = 0
+    # the /metrics listener's address: loopback unless asked (k8s/ sets 0.0.0.0 so Prometheus reaches the pod)
+    metrics_host: str = "127.0.0.1"
     snapshot_mode: SnapshotMode = SnapshotMode.INITIAL
     # schema of the connector's own state table (snapshot-done marker); not published
     state_schema: str = "walduck"

@@ -435,7 +435,7 @@ class CompactorRunner:
 
 async def run_compactor(settings: WalduckSettings, knobs: CompactorSettings) -> None:
     if knobs.metrics_port:
-        serve_metrics(knobs.metrics_port)
+        serve_metrics(knobs.metrics_port, knobs.metrics_host)
     runner = CompactorRunner(settings, knobs)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -16,6 +16,8 @@ class CompactorSettings(BaseSettings):
     flush_max_changes: int = 5000
     # Prometheus /metrics port (0 = do not serve)
     metrics_port: int = 9102
+    # its listener's address: loopback unless asked (k8s/ sets 0.0.0.0 so Prometheus reaches the pod)
+    metrics_host: str = "127.0.0.1"
     # consumer group of the compactor processes
     group_id: str = "walduck-compactor"
     # static group membership (KIP-345, aiokafka's group_instance_id): a stable name per member (k8s: the

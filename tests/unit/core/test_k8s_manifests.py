@@ -8,6 +8,7 @@ match the config map.
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -245,3 +246,26 @@ def test_plain_kafka_overlay_patches_existing_keys_and_creates_the_topics() -> N
     ):
         assert f"${var}" in script or f"${{{var}}}" in script, var
     assert "--replication-factor 3" in script and "min.insync.replicas=2" in script
+
+
+def test_metrics_listeners_bind_the_pod_ip_with_the_manifests_env() -> None:
+    """A PodMonitor scrapes the pod IP: the connector's and compactor's /metrics must not listen on loopback."""
+    from connectors.settings import ConnectorSettings
+    from pipeline.settings import CompactorSettings
+
+    settings_of = {"connector": ConnectorSettings, "compactor": CompactorSettings}
+    checked = set()
+    for doc in _workloads():
+        for c in _pod(doc)["spec"]["containers"]:
+            if c["name"] not in settings_of:
+                continue
+            env = {e["name"]: e["value"] for e in c.get("env", []) if "value" in e}
+            with pytest.MonkeyPatch.context() as mp:
+                for key in [k for k in os.environ if k.startswith("WALDUCK_")]:
+                    mp.delenv(key)
+                for key, value in env.items():
+                    mp.setenv(key, value)
+                host = settings_of[c["name"]]().metrics_host
+            assert host not in ("127.0.0.1", "localhost", "::1"), (c["name"], host)
+            checked.add(c["name"])
+    assert checked == set(settings_of)
