@@ -158,6 +158,11 @@ REBUILD_DURATION = Histogram(
     buckets=LATENCY_BUCKETS,
 )
 REBUILDS = Counter("walduck_rebuilds_total", "Context rebuilds from PostgreSQL, by scope.", ["scope"])
+REBUILD_FAILURES = Counter(
+    "walduck_rebuild_failures_total",
+    "Context rebuilds from PostgreSQL that raised (the context keeps its previous state), by scope.",
+    ["scope"],
+)
 CACHE_EVENTS = Counter(
     "walduck_cache_events_total",
     "Context cache events: hit = served without waiting for a rebuild, miss = waited for one.",

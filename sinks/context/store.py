@@ -953,6 +953,9 @@ class ContextStore:
         self._rebuilds_running += 1
         try:
             self._rebuild(dataset_id, scope, started, reason)
+        except Exception:
+            metrics.REBUILD_FAILURES.labels(scope=scope).inc()
+            raise
         finally:
             self._rebuilds_running -= 1
 
