@@ -38,8 +38,11 @@ def read_catalog(
 ) -> CatalogSnapshot:
     """Datasets, schema versions, storage targets and visible partitions in one consistent snapshot.
 
-    ``dataset_ids`` None = everything. ``lsn`` is ``pg_current_wal_lsn()`` taken as the snapshot's
-    first statement: every change visible in the snapshot committed at or before it.
+    ``dataset_ids`` None = everything. ``lsn`` is ``pg_current_wal_lsn()`` read in its own statement
+    BEFORE the REPEATABLE READ snapshot is taken: a lower bound. Every commit whose WAL record lies above
+    it may or may not be in the snapshot; every commit the caller saw applied before calling is in it.
+    (Read inside the snapshot's transaction the value would be an upper bound instead: a commit between
+    the snapshot and the read has a smaller LSN and is invisible, the gap a rebuild must never skip.)
     """
     s = sql.Identifier(schema)
     only = dataset_ids is not None
@@ -47,10 +50,13 @@ def read_catalog(
     sv_filter = sql.SQL(" WHERE dataset_id = ANY(%(ids)s)") if only else sql.SQL("")
     p_filter = sql.SQL(" AND p.dataset_id = ANY(%(ids)s)") if only else sql.SQL("")
     params = {"ids": list(dataset_ids or [])}
+    with conn.cursor() as cur:
+        cur.execute("SELECT pg_current_wal_lsn()::text")
+        lsn = parse_lsn(cur.fetchone()[0])  # type: ignore[index]
+    if not conn.autocommit:
+        conn.commit()  # the snapshot below must be a new transaction, taken after the LSN read
     with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
         cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        cur.execute("SELECT pg_current_wal_lsn()::text AS lsn")
-        lsn = parse_lsn(cur.fetchone()["lsn"])  # type: ignore[index]
         cur.execute(
             sql.SQL(
                 "SELECT id, slug, name, description, status, write_format, default_storage_target_id,"

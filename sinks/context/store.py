@@ -208,6 +208,8 @@ class ContextStore:
         self._version = 0
         self._opened_at: datetime | None = None
         self._rebuild_info: dict[str, dict[str, Any]] = {}
+        # deltas applied while a rebuild reads PostgreSQL, one journal per running rebuild (see _rebuild)
+        self._rebuild_journals: list[list[tuple[Delta, int]]] = []
         self.pg_connect: Callable[[], Any] | None = None
         # readers blocked in wait_for_lsn: (lsn, their event loop, future the writer resolves)
         self._lsn_waiters: list[tuple[int, asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
@@ -621,6 +623,9 @@ class ContextStore:
         # invalidate the dataset cache BEFORE publishing the new applied LSN: a reader that waits for this
         # LSN (read-your-writes) must not then plan against a dataset list that predates the apply
         self._mark_touched(touched)
+        if delta.kind == DeltaKind.DELTA:
+            for journal in self._rebuild_journals:
+                journal.append((delta, partition))
         prog = self._progress[partition]
         prog.deltas_offset = offset
         prog.applied_lsn = max(prog.applied_lsn, covered_lsn(delta))
@@ -901,11 +906,29 @@ class ContextStore:
             self._recompute_columns(cur, did)
         return ids
 
+    # A rebuild reads PostgreSQL without holding the writer (a full read takes minutes at 1M partitions) and
+    # then replaces the rows it read under the writer. Race-free by construction, in these steps:
+    #   1. Under the write lock, open a journal: from now on every applied delta (apply, apply_batch) is
+    #      appended to it, in apply order (per shard = deltas offset order = LSN order).
+    #   2. Read L = pg_current_wal_lsn() in its own statement, THEN take a REPEATABLE READ snapshot and read
+    #      the catalog (read_catalog). Every delta applied before step 1 committed before L was read, so the
+    #      snapshot holds its changes; every delta with lsn_to > L was applied after step 1 or is still to
+    #      come, so it is in the journal or ahead of the consumer.
+    #   3. Under the write lock, in ONE DuckDB transaction: replace the scope's rows with the snapshot, then
+    #      re-apply every journaled delta's content in journal order (offsets and LSNs are not touched: they
+    #      were recorded when the delta was applied). In full-scan mode the journaled datasets are re-read
+    #      from PostgreSQL instead (their delta content is not what full-scan applies).
+    #   4. Commit, close the journal. Deltas still to come re-apply net final states in LSN order.
+    # Why replaying converges: a delta carries the net final state of every row it names (upserts replace,
+    # deletes remove), so "snapshot, then the deltas applied meanwhile, then the rest in order" leaves each
+    # row at the state of the last change that named it. The journal is a superset of "deltas with
+    # lsn_to > L applied before step 3": a journaled delta the snapshot already holds is replayed twice,
+    # harmlessly, which also covers a commit whose WAL record precedes L but that the snapshot did not see yet.
     def rebuild(self, dataset_id: str | None = None, reason: str = "manual") -> None:
         """Reload one dataset (or everything) straight from PostgreSQL; stored offsets are kept.
 
-        Deltas still to come after the rebuild re-apply net final partition states, so replaying
-        changes the snapshot already holds converges to the same state (docs/contexts.md §Rebuilds).
+        Deltas applied while the read runs are replayed over the snapshot (steps above), so none is lost;
+        deltas still to come re-apply net final partition states (docs/contexts.md §Rebuilds).
         """
         scope = "dataset" if dataset_id else "full"
         started = time.perf_counter()
@@ -920,24 +943,34 @@ class ContextStore:
         return self._rebuilds_running > 0
 
     def _rebuild(self, dataset_id: str | None, scope: str, started: float, reason: str) -> None:
-        with self._pg() as conn:
-            snap = read_catalog(conn, self.walduck.catalog_schema, [dataset_id] if dataset_id else None)
-        with self._write_lock:
-            cur = self._writer
-            assert cur is not None
-            cur.begin()
-            try:
-                touched = self._replace_from_snapshot(cur, snap, None, dataset_id)
-                cur.commit()
-            except Exception:
-                with contextlib.suppress(Exception):
-                    cur.rollback()
-                raise
-            self._version += 1
-            with self._ds_lock:
-                self._ds_dirty |= touched
-            self._views_dirty |= touched
-            self.refresh_views(force=True)
+        journal: list[tuple[Delta, int]] = []
+        with self._write_lock:  # step 1
+            self._rebuild_journals.append(journal)
+        try:
+            with self._pg() as conn:  # step 2
+                snap = read_catalog(conn, self.walduck.catalog_schema, [dataset_id] if dataset_id else None)
+            with self._write_lock:  # step 3
+                cur = self._writer
+                assert cur is not None
+                cur.begin()
+                try:
+                    touched = self._replace_from_snapshot(cur, snap, None, dataset_id)
+                    touched |= self._replay_journal(cur, journal)
+                    cur.commit()
+                except Exception:
+                    with contextlib.suppress(Exception):
+                        cur.rollback()
+                    raise
+                replayed = len(journal)
+                self._rebuild_journals.remove(journal)  # step 4
+                self._version += 1
+                with self._ds_lock:
+                    self._ds_dirty |= touched
+                self._views_dirty |= touched
+                self.refresh_views(force=True)
+        finally:
+            with self._write_lock, contextlib.suppress(ValueError):
+                self._rebuild_journals.remove(journal)
         elapsed = time.perf_counter() - started
         metrics.REBUILDS.labels(scope=scope).inc()
         metrics.REBUILD_DURATION.labels(scope=scope).observe(elapsed)
@@ -946,10 +979,46 @@ class ContextStore:
             "at": iso(utcnow()),
             "durationMs": round(elapsed * 1000, 2),
             "lsn": format_lsn(snap.lsn),
+            "replayedDeltas": replayed,
         }
         for did in touched:
             self._rebuild_info[did] = info
-        log.info("rebuilt %s (%s) in %.1f ms", dataset_id or "all datasets", reason, elapsed * 1000)
+        log.info(
+            "rebuilt %s (%s) in %.1f ms at snapshot LSN %s, %d delta(s) applied meanwhile replayed",
+            dataset_id or "all datasets",
+            reason,
+            elapsed * 1000,
+            format_lsn(snap.lsn),
+            replayed,
+        )
+
+    def _replay_journal(self, cur: duckdb.DuckDBPyConnection, journal: list[tuple[Delta, int]]) -> set[str]:
+        """Step 3 of a rebuild: re-apply the content of the deltas applied while it read PostgreSQL."""
+        touched: set[str] = set()
+        if not journal:
+            return touched
+        if self.full_scan:
+            ids = list(dict.fromkeys(d.dataset_id for d, _ in journal if d.dataset_id is not None))
+            shard_of = {d.dataset_id: p for d, p in journal if d.dataset_id is not None}
+            if ids:
+                with self._pg() as conn:
+                    snap = read_catalog(conn, self.walduck.catalog_schema, ids)
+                for did in ids:
+                    one = CatalogSnapshot(
+                        snap.lsn,
+                        [d for d in snap.datasets if str(d["id"]) == did],
+                        [v for v in snap.schema_versions if str(v["dataset_id"]) == did],
+                        snap.storage_targets,
+                        [p for p in snap.partitions if str(p["dataset_id"]) == did],
+                    )
+                    touched |= self._replace_from_snapshot(cur, one, shard_of[did], did)
+            for delta, partition in journal:
+                if delta.dataset_id is None:
+                    touched |= self._apply_content(cur, delta, partition)
+            return touched
+        for delta, partition in journal:
+            touched |= self._apply_content(cur, delta, partition)
+        return touched
 
     def reset_shard(self, shard: int) -> None:
         """Wipe one shard (its rows and progress) so it bootstraps by replaying its deltas from offset 0."""
