@@ -41,6 +41,7 @@ from sinks.context.naming import (
     timestamp_column,
 )
 from sinks.context.pgsource import CatalogSnapshot, as_json_text, read_catalog
+from sinks.context.rebuilds import RebuildJob, RebuildScheduler
 from sinks.context.relation import FileBinder, FileGroup, empty_relation_sql, relation_sql
 from sinks.settings import SinkSettings
 from walduck import metrics
@@ -210,6 +211,7 @@ class ContextStore:
         self._rebuild_info: dict[str, dict[str, Any]] = {}
         # deltas applied while a rebuild reads PostgreSQL, one journal per running rebuild (see _rebuild)
         self._rebuild_journals: list[list[tuple[Delta, int]]] = []
+        self._rebuilds = RebuildScheduler(self._rebuild_now)
         self.pg_connect: Callable[[], Any] | None = None
         # readers blocked in wait_for_lsn: (lsn, their event loop, future the writer resolves)
         self._lsn_waiters: list[tuple[int, asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
@@ -339,6 +341,20 @@ class ContextStore:
             f"SELECT id, name, kind, config FROM {WD}.storage_targets"
         ).fetchall():
             self._targets[tid] = {"id": tid, "name": name, "kind": kind, "config": _as_dict(config)}
+        for did, scope, reason, result, error, at, ms, lsn, replayed in cur.execute(
+            f"SELECT dataset_id, scope, reason, result, error, finished_at, duration_ms, lsn, replayed_deltas"
+            f" FROM {WD}.rebuilds"
+        ).fetchall():
+            self._rebuild_info[did] = {
+                "scope": scope,
+                "reason": reason,
+                "result": result,
+                "error": error,
+                "at": iso(at) if at else None,
+                "durationMs": ms,
+                "lsn": lsn,
+                "replayedDeltas": replayed,
+            }
 
     # ------------------------------------------------------------------ readers
     @contextlib.contextmanager
@@ -601,7 +617,7 @@ class ContextStore:
         ids = [delta.dataset_id] if delta.dataset_id else []
         with self._pg() as conn:
             snap = read_catalog(conn, self.walduck.catalog_schema, ids)
-        metrics.REBUILDS.labels(scope="dataset").inc()
+        metrics.REBUILDS.labels(scope="dataset", result="ok").inc()
         return snap
 
     def _mark_touched(self, touched: set[str]) -> None:
@@ -925,22 +941,86 @@ class ContextStore:
     # lsn_to > L applied before step 3": a journaled delta the snapshot already holds is replayed twice,
     # harmlessly, which also covers a commit whose WAL record precedes L but that the snapshot did not see yet.
     def rebuild(self, dataset_id: str | None = None, reason: str = "manual") -> None:
-        """Reload one dataset (or everything) straight from PostgreSQL; stored offsets are kept.
+        """Reload one dataset (or everything) straight from PostgreSQL and wait for it; offsets are kept.
 
-        Deltas applied while the read runs are replayed over the snapshot (steps above), so none is lost;
-        deltas still to come re-apply net final partition states (docs/contexts.md §Rebuilds).
+        Goes through the scheduler (``sinks/context/rebuilds.py``): one rebuild at a time per scope, a
+        request while one runs joins the pending one. Deltas applied while the read runs are replayed over
+        the snapshot (steps above), so none is lost; deltas still to come re-apply net final partition
+        states (docs/contexts.md §Rebuilds). Raises the rebuild's error (also kept in the admin snapshot).
         """
+        self.request_rebuild(dataset_id, reason).wait()
+
+    def request_rebuild(self, dataset_id: str | None = None, reason: str = "manual") -> RebuildJob:
+        """Queue a rebuild and return at once (admin invalidate); merged with a pending one of its scope."""
+        return self._rebuilds.submit(dataset_id, reason)
+
+    def wait_rebuilds(self, timeout_s: float) -> bool:
+        """True once no rebuild runs or waits (tests, benches, shutdown)."""
+        return self._rebuilds.wait_idle(timeout_s)
+
+    def rebuilding(self) -> bool:
+        """True while a rebuild from PostgreSQL runs (a read now is a cache *miss*: its answer predates it)."""
+        return self._rebuilds_running > 0
+
+    def _rebuild_now(self, dataset_id: str | None, reason: str) -> None:
         scope = "dataset" if dataset_id else "full"
         started = time.perf_counter()
         self._rebuilds_running += 1
         try:
             self._rebuild(dataset_id, scope, started, reason)
+        except Exception as exc:
+            elapsed = time.perf_counter() - started
+            metrics.REBUILDS.labels(scope=scope, result="error").inc()
+            metrics.REBUILD_DURATION.labels(scope=scope).observe(elapsed)
+            error = f"{type(exc).__name__}: {exc}"[:500]
+            log.error("rebuild of %s (%s) failed: %s", dataset_id or "all datasets", reason, error)
+            info = {
+                "scope": scope,
+                "reason": reason,
+                "result": "error",
+                "error": error,
+                "at": iso(utcnow()),
+                "durationMs": round(elapsed * 1000, 2),
+                "lsn": None,
+                "replayedDeltas": None,
+            }
+            with contextlib.suppress(Exception):  # a closed store cannot keep it: it is logged
+                self._record_rebuild({dataset_id or "*"}, info)
+            raise
         finally:
             self._rebuilds_running -= 1
 
-    def rebuilding(self) -> bool:
-        """True while a rebuild from PostgreSQL runs (a read now is a cache *miss*: its answer predates it)."""
-        return self._rebuilds_running > 0
+    def _record_rebuild(self, keys: set[str], info: dict[str, Any]) -> None:
+        """Keep the last rebuild result per dataset in the context file (read back at open)."""
+        with self._write_lock:
+            cur = self._writer
+            if cur is None:
+                raise StoreNotOpen("context store is not open")
+            rows = [
+                [
+                    k,
+                    info["scope"],
+                    info["reason"],
+                    info["result"],
+                    info["error"],
+                    _naive_utc(info["at"]),
+                    info["durationMs"],
+                    info["lsn"],
+                    info["replayedDeltas"],
+                ]
+                for k in sorted(keys)
+            ]
+            cur.begin()
+            try:
+                cur.execute(f"DELETE FROM {WD}.rebuilds WHERE list_contains(?, dataset_id)", [sorted(keys)])
+                cur.executemany(f"INSERT INTO {WD}.rebuilds VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                cur.commit()
+            except Exception:
+                with contextlib.suppress(Exception):
+                    cur.rollback()
+                raise
+            for k in keys:
+                self._rebuild_info[k] = info
 
     def _rebuild(self, dataset_id: str | None, scope: str, started: float, reason: str) -> None:
         journal: list[tuple[Delta, int]] = []
@@ -972,17 +1052,19 @@ class ContextStore:
             with self._write_lock, contextlib.suppress(ValueError):
                 self._rebuild_journals.remove(journal)
         elapsed = time.perf_counter() - started
-        metrics.REBUILDS.labels(scope=scope).inc()
+        metrics.REBUILDS.labels(scope=scope, result="ok").inc()
         metrics.REBUILD_DURATION.labels(scope=scope).observe(elapsed)
         info = {
+            "scope": scope,
             "reason": reason,
+            "result": "ok",
+            "error": None,
             "at": iso(utcnow()),
             "durationMs": round(elapsed * 1000, 2),
             "lsn": format_lsn(snap.lsn),
             "replayedDeltas": replayed,
         }
-        for did in touched:
-            self._rebuild_info[did] = info
+        self._record_rebuild(touched | ({"*"} if dataset_id is None else set()), info)
         log.info(
             "rebuilt %s (%s) in %.1f ms at snapshot LSN %s, %d delta(s) applied meanwhile replayed",
             dataset_id or "all datasets",
@@ -1040,7 +1122,7 @@ class ContextStore:
                 self._ds_dirty |= ids
             self._views_dirty |= ids
             self._version += 1
-            metrics.REBUILDS.labels(scope="shard").inc()
+            metrics.REBUILDS.labels(scope="shard", result="ok").inc()
 
     def mark_bootstrapped(self, shard: int) -> None:
         with self._write_lock:
@@ -1506,8 +1588,13 @@ class ContextStore:
             for row in self.partition_index():
                 parts_by_ds.setdefault(row["datasetId"], []).append(row)
         datasets = []
+        every = self._rebuild_info.get("*", {})
+        slugs = {v.id: v.slug for v in views}
         for v in views:
             info = self._rebuild_info.get(v.id, {})
+            if every and (every.get("at") or "") > (info.get("at") or ""):
+                info = every  # a full rebuild newer than the dataset's own (its failure names no dataset)
+            shard_error = prog.get(v.shard, ShardProgress(v.shard)).last_error
             entry: dict[str, Any] = {
                 "datasetId": v.id,
                 "datasetSlug": v.slug,
@@ -1517,7 +1604,7 @@ class ContextStore:
                 "signature": hashlib.sha1(f"{v.id}:{v.partition_count}:{v.total_rows}".encode()).hexdigest(),
                 "lastRefreshedAt": info.get("at") or prog.get(v.shard, ShardProgress(v.shard)).applied_at,
                 "lastBuildDurationMs": info.get("durationMs"),
-                "lastError": prog.get(v.shard, ShardProgress(v.shard)).last_error,
+                "lastError": shard_error or info.get("error"),
                 "manifestVersion": None,
                 "manifestUpdatedAt": v.updated_at,
                 "partitionCount": v.partition_count,
@@ -1527,6 +1614,23 @@ class ContextStore:
                 "viewName": v.view_name,
                 "contextShard": v.shard,
                 "collision": v.collision,
+                "lastRebuild": (
+                    {
+                        k: info.get(k)
+                        for k in (
+                            "scope",
+                            "reason",
+                            "result",
+                            "error",
+                            "at",
+                            "durationMs",
+                            "lsn",
+                            "replayedDeltas",
+                        )
+                    }
+                    if info
+                    else None
+                ),
             }
             if detail_partitions:
                 entry["partitions"] = parts_by_ds.get(v.id, [])
@@ -1545,7 +1649,11 @@ class ContextStore:
             "datasetCount": len(views),
             "appliedLsn": format_lsn(self.applied_lsn()),
             "datasets": datasets,
-            "pendingInvalidations": [],
+            "pendingInvalidations": [
+                {**job, "datasetSlug": slugs.get(job["datasetId"])} for job in self._rebuilds.pending()
+            ],
+            "runningRebuilds": self._rebuilds.running(),
+            "lastFullRebuild": every or None,
             "shards": [
                 {
                     "shard": p.shard,

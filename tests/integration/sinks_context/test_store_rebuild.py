@@ -15,6 +15,7 @@ import pytest
 
 import sinks.context.store as store_module
 from sinks.context.store import ContextStore
+from walduck import metrics
 from walduck.catalog.migrate import apply_migrations
 from walduck.config import ContextMode
 
@@ -120,5 +121,86 @@ def test_delta_applied_during_the_rebuild_read_is_kept(
         store.refresh_views(force=True)  # (the consumer does this between batches)
         with store.reader() as cur:
             assert cur.execute("SELECT count(*) FROM timestore.obs").fetchone() == (12,)
+    finally:
+        store.close()
+
+
+def _rebuilds(scope: str, result: str) -> float:
+    return metrics.REBUILDS.labels(scope=scope, result=result)._value.get()
+
+
+def test_rebuilds_queue_merge_and_keep_their_last_result_across_restarts(
+    fresh_db, factory, ctx_settings, monkeypatch
+):
+    dsn = fresh_db()
+    _seed(dsn)
+    sink, wd = ctx_settings
+    # first: a catalog that does not exist → the rebuild fails; its error is kept
+    broken = wd.model_copy(update={"pg_dsn": dsn.rsplit("/", 1)[0] + "/wd_no_such_db"})
+    store = ContextStore(sink, broken)
+    store.open()
+    try:
+        p1 = factory.write_file("obs", 0, 3)
+        _insert_partition(dsn, p1)
+        store.apply(factory.create_dataset(0, "obs"), 0, 0)
+        store.apply(factory.delta(0, "ds-obs", upserts=[p1]), 0, 1)
+        errors = _rebuilds("dataset", "error")
+        with pytest.raises(psycopg.OperationalError):
+            store.rebuild("ds-obs", reason="test-broken")
+        assert _rebuilds("dataset", "error") == errors + 1
+        entry = store.snapshot()["datasets"][0]
+        assert entry["lastRebuild"]["result"] == "error" and "wd_no_such_db" in entry["lastError"]
+        assert entry["lastRebuild"]["reason"] == "test-broken"
+    finally:
+        store.close()
+
+    store = ContextStore(sink, wd.model_copy(update={"pg_dsn": dsn}))
+    store.open()
+    try:
+        entry = store.snapshot()["datasets"][0]
+        assert entry["lastRebuild"]["result"] == "error", "the failure was not kept across the restart"
+        assert "wd_no_such_db" in entry["lastError"]
+
+        # a rebuild blocked in its read: requests meanwhile are merged into one pending job; readers answer
+        real_read = store_module.read_catalog
+        entered, release = threading.Event(), threading.Event()
+        reads: list[int] = []
+
+        def slow_read(*args: Any, **kwargs: Any) -> Any:
+            reads.append(1)
+            entered.set()
+            assert release.wait(30)
+            return real_read(*args, **kwargs)
+
+        monkeypatch.setattr(store_module, "read_catalog", slow_read)
+        ok = _rebuilds("dataset", "ok")
+        first = store.request_rebuild("ds-obs", "admin-1")
+        assert entered.wait(10)
+        merged = [store.request_rebuild("ds-obs", r) for r in ("admin-2", "admin-3", "admin-2")]
+        snap = store.snapshot()
+        assert [
+            (p["datasetId"], p["datasetSlug"], p["reason"], p["requests"])
+            for p in snap["pendingInvalidations"]
+        ] == [("ds-obs", "obs", "admin-2, admin-3", 3)]
+        assert [r["datasetId"] for r in snap["runningRebuilds"]] == ["ds-obs"]
+        with store.reader() as cur:  # sessions are not dropped nor blocked by a rebuild
+            assert cur.execute("SELECT count(*) FROM timestore.obs").fetchone() == (3,)
+        release.set()
+        first.wait(30)
+        merged[0].wait(30)
+        assert store.wait_rebuilds(10)
+        assert len(reads) == 2, "four requests must cost two reads of PostgreSQL"
+        assert _rebuilds("dataset", "ok") == ok + 2
+        snap = store.snapshot()
+        assert snap["pendingInvalidations"] == [] and snap["runningRebuilds"] == []
+        entry = snap["datasets"][0]
+        assert entry["lastRebuild"]["result"] == "ok" and entry["lastError"] is None
+        assert entry["lastRebuild"]["reason"] == "admin-2, admin-3"
+    finally:
+        store.close()
+    store = ContextStore(sink, wd.model_copy(update={"pg_dsn": dsn}))
+    store.open()
+    try:
+        assert store.snapshot()["datasets"][0]["lastRebuild"]["result"] == "ok"
     finally:
         store.close()
