@@ -216,6 +216,7 @@ class Compactor:
         self.force_boundary: int | None = None
         self.skip_regenerated: set[tuple[str, str | None]] = set()
         self._shares: dict[str, _Share] = {}
+        self._heartbeat_seen: ChangeRecord | None = None  # the newest heartbeat/watermark fed
         self._window = _Window()
         self._sealed: list[Delta] = []
 
@@ -284,6 +285,7 @@ class Compactor:
             # transaction look like a re-send
             if rec.commit_lsn >= self.last_applied.get(HEARTBEAT_KEY, -1):
                 self.last_applied[HEARTBEAT_KEY] = rec.commit_lsn
+                self._heartbeat_seen = rec
                 if self.clean:  # a heartbeat inside a half-received window would claim too much
                     self._window.heartbeat = rec
             return
@@ -349,6 +351,12 @@ class Compactor:
         )
         self._window.records += len(share.slots)
         self.expired_shares += 1
+        seen, current = self._heartbeat_seen, self._window.heartbeat
+        if self.clean and seen is not None and (current is None or current.commit_lsn < seen.commit_lsn):
+            # the watermarks that arrived while the share was open were held back (they would have claimed
+            # its LSN); the share is gone, so the newest one now closes the window: idle partitions claim
+            # progress at once instead of at the next heartbeat
+            self._window.heartbeat = seen
 
     @staticmethod
     def _validate(rec: ChangeRecord) -> str | None:
