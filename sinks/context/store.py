@@ -30,6 +30,7 @@ import orjson
 import pyarrow as pa
 
 from sinks.context import ddl
+from sinks.context.bulkload import insert_partitions
 from sinks.context.ddl import INDEX_SCHEMA as WD
 from sinks.context.file_presence import FilePresence
 from sinks.context.locations import partition_location
@@ -616,7 +617,7 @@ class ContextStore:
     def _full_scan_snapshot(self, delta: Delta) -> CatalogSnapshot:
         ids = [delta.dataset_id] if delta.dataset_id else []
         with self._pg() as conn:
-            snap = read_catalog(conn, self.walduck.catalog_schema, ids)
+            snap = read_catalog(conn, self.walduck.catalog_schema, ids, bulk=self.settings.bulk_load)
         metrics.REBUILDS.labels(scope="dataset", result="ok").inc()
         return snap
 
@@ -913,6 +914,10 @@ class ContextStore:
             by_ds.setdefault(str(sv["dataset_id"]), []).append(sv)
         for did, svs in by_ds.items():
             self._upsert_schema_versions(cur, svs, shard_of(did), did)
+        if snap.partitions_table is not None:
+            insert_partitions(
+                cur, snap.partitions_table, shard_of, self._targets, self.storage_root, FAR_PAST, FAR_FUTURE
+            )
         parts: dict[str, list[dict[str, Any]]] = {}
         for p in snap.partitions:
             parts.setdefault(str(p["dataset_id"]), []).append(p)
@@ -1028,7 +1033,12 @@ class ContextStore:
             self._rebuild_journals.append(journal)
         try:
             with self._pg() as conn:  # step 2
-                snap = read_catalog(conn, self.walduck.catalog_schema, [dataset_id] if dataset_id else None)
+                snap = read_catalog(
+                    conn,
+                    self.walduck.catalog_schema,
+                    [dataset_id] if dataset_id else None,
+                    bulk=self.settings.bulk_load,
+                )
             with self._write_lock:  # step 3
                 cur = self._writer
                 assert cur is not None

@@ -90,7 +90,10 @@ def test_delta_applied_during_the_rebuild_read_is_kept(
             snap = real_read(*args, **kwargs)  # the rebuild's snapshot: without p2
             if interleaved:  # a later read (full-scan applies and replays read PostgreSQL too)
                 return snap
-            assert p2["id"] not in {p["id"] for p in snap.partitions}
+            read_ids = {p["id"] for p in snap.partitions}
+            if snap.partitions_table is not None:  # the bulk path (COPY -> Arrow)
+                read_ids |= set(snap.partitions_table["id"].to_pylist())
+            assert p1["id"] in read_ids and p2["id"] not in read_ids
             # p2 commits in PostgreSQL after the snapshot and its delta is applied by the consumer (another
             # thread) before the rebuild takes the write lock
             _insert_partition(dsn, p2)
@@ -204,3 +207,76 @@ def test_rebuilds_queue_merge_and_keep_their_last_result_across_restarts(
         assert store.snapshot()["datasets"][0]["lastRebuild"]["result"] == "ok"
     finally:
         store.close()
+
+
+def test_bulk_path_builds_the_same_context_as_the_per_row_path(fresh_db, factory, ctx_settings, tmp_path):
+    """COPY -> Arrow -> DuckDB (rebuild, full scan) equals the per-row path: every column of every partition,
+    locations of local (custom root and default), s3 and absolute paths, metadata overrides, micro-seconds."""
+    import json
+
+    from sinks.settings import SinkSettings
+
+    dsn = fresh_db()
+    _seed(dsn)
+    with psycopg.connect(dsn) as conn:
+        conn.execute(
+            "INSERT INTO timestore.storage_targets (id, name, kind, config) VALUES"
+            """ ('st-s3', 's3', 's3', '{"bucket": "b1"}'), ('st-root', 'root', 'local', '{"root": "/srv/x/"}')"""
+        )
+        conn.execute("INSERT INTO timestore.datasets (id, slug, name) VALUES ('ds-two', 'two', 'Two')")
+        conn.execute(
+            "INSERT INTO timestore.dataset_manifests (id, dataset_id, version, status, schema_version_id, manifest_shard)"
+            " VALUES ('dm-two', 'ds-two', 1, 'published', 'dsv-obs-1', '2024-01-02'),"
+            " ('dm-draft', 'ds-two', 2, 'draft', 'dsv-obs-1', '2024-01-03')"
+        )
+        rows = [
+            ("pa", "ds-obs", "dm-obs", "st-local", "obs/a.parquet", '{"window": "2024-01-01T00"}', "{}"),
+            ("pb", "ds-obs", "dm-obs", "st-s3", "/obs/b.parquet", "{}", '{"tableName": "t2"}'),
+            (
+                "pc",
+                "ds-two",
+                "dm-two",
+                "st-root",
+                "two/c.parquet",
+                '{"k": [1, "x,y"]}',
+                '{"schemaVersionId": "sv9"}',
+            ),
+            ("pd", "ds-two", "dm-two", "st-local", "s3://other/d.parquet", "{}", "{}"),
+            ("pe", "ds-two", "dm-draft", "st-local", "two/e.parquet", "{}", "{}"),  # not visible
+        ]
+        for pid, did, mid, st, fp, pk, meta in rows:
+            conn.execute(
+                "INSERT INTO timestore.dataset_partitions (id, dataset_id, manifest_id, partition_key,"
+                " storage_target_id, file_format, file_path, file_size_bytes, row_count, start_time, end_time,"
+                " metadata) VALUES (%s, %s, %s, %s, %s, 'parquet', %s, NULL, 7,"
+                " '2024-01-01 10:00:00.123456+02', '2024-01-01 11:00:00+00', %s)",
+                [pid, did, mid, pk, st, fp, meta],
+            )
+    _, wd = ctx_settings
+    wd = wd.model_copy(update={"pg_dsn": dsn})
+    built = {}
+    for bulk in (True, False):
+        sink = SinkSettings(
+            context_path=tmp_path / f"bulk-{bulk}" / "c.duckdb", view_refresh_interval_s=0.0, bulk_load=bulk
+        )
+        store = ContextStore(sink, wd)
+        store.open()
+        try:
+            store.rebuild(None, "test")
+            with store.reader() as cur:
+                got = cur.execute("SELECT * FROM wd.partitions ORDER BY id").fetchall()
+        finally:
+            store.close()
+        key = ddl_columns().index("partition_key")
+        built[bulk] = [tuple(json.loads(v) if i == key else v for i, v in enumerate(r)) for r in got]
+    assert [r[0] for r in built[True]] == ["pa", "pb", "pc", "pd"]
+    assert built[True] == built[False]
+    locations = {r[0]: r[ddl_columns().index("location")] for r in built[True]}
+    assert locations["pb"] == "/obs/b.parquet" and locations["pc"] == "/srv/x/two/c.parquet"
+    assert locations["pd"] == "s3://other/d.parquet"
+
+
+def ddl_columns() -> list[str]:
+    from sinks.context import ddl
+
+    return list(ddl.PARTITION_COLUMNS)
