@@ -115,7 +115,12 @@ def run_service(
                 ok=done and boot_s < 60,
             )
             boot.add("full-scan build from PostgreSQL, bulk COPY -> Arrow -> DuckDB (baseline)", scan_s, "s")
-            boot.add("full-scan build from PostgreSQL, per-row partitions (WALDUCK_BULK_LOAD=false)", rows_s, "s", scan_s)
+            boot.add(
+                "full-scan build from PostgreSQL, per-row partitions (WALDUCK_BULK_LOAD=false)",
+                rows_s,
+                "s",
+                scan_s,
+            )
             boot.notes.append(
                 "baseline = ContextStore.rebuild() of an empty context, in-process, same catalog; bulk = "
                 "sinks/context/bulkload.py (WALDUCK_BULK_LOAD=true), per-row = WALDUCK_BULK_LOAD=false"
