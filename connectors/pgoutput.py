@@ -3,8 +3,11 @@ https://www.postgresql.org/docs/current/protocol-logicalrep-message-formats.html
 
 ``decode(payload)`` turns one XLogData payload into a message dataclass. Row values stay raw
 (``TupleData``: text bytes per column, ``None`` for NULL, :data:`UNCHANGED` for unchanged TOAST);
-``RelationCache.row`` turns them into typed Python values by column type OID, raising
-:class:`DecodeError` (with the reason) when a value cannot be represented.
+``RelationCache.row`` / ``key_row`` turn them into typed Python values by column type OID, raising
+:class:`DecodeError` (with the reason) when a value cannot be represented. ``insert_tuple`` frames the hot
+path's INSERT without building a message.
+
+This module owns all pgoutput framing; what a column's text means is :mod:`connectors.values`' job.
 """
 
 from __future__ import annotations
@@ -12,21 +15,12 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-import orjson
-
-from walduck.timeutil import iso, pg_micros_to_datetime
-
-
-class DecodeError(ValueError):
-    """A message or value the decoder cannot turn into a record; ``reason`` is short and bounded."""
-
-    def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-        self.detail = detail
+from connectors import values
+from connectors.errors import DecodeError
+from walduck.timeutil import pg_micros_to_datetime
 
 
 class _Unchanged:
@@ -181,18 +175,18 @@ class _Reader:
         return value
 
     def tuple_data(self) -> TupleData:
-        values: TupleData = []
+        data: TupleData = []
         for _ in range(self.int16()):
             kind = self.byte()
             if kind == "n":
-                values.append(None)
+                data.append(None)
             elif kind == "u":
-                values.append(UNCHANGED)
+                data.append(UNCHANGED)
             elif kind in ("t", "b"):
-                values.append(self.raw(self.int32()))
+                data.append(self.raw(self.int32()))
             else:
                 raise DecodeError("unknown tuple data kind", repr(kind))
-        return values
+        return data
 
 
 _I8 = struct.Struct("!b")
@@ -266,176 +260,12 @@ def decode(payload: bytes) -> PgOutputMessage:
     raise DecodeError("unknown message type", repr(tag))
 
 
-# --- typed values ----------------------------------------------------------------------------
-
-BOOL, INT8, INT2, INT4, TEXT, OID = 16, 20, 21, 23, 25, 26
-JSON, FLOAT4, FLOAT8, VARCHAR, BPCHAR = 114, 700, 701, 1043, 1042
-TIMESTAMP, TIMESTAMPTZ, NUMERIC, JSONB, TEXT_ARRAY, VARCHAR_ARRAY = 1114, 1184, 1700, 3802, 1009, 1015
-
-
-def _timestamptz(text: str) -> str:
-    # fast path: what the walsender prints with TimeZone=UTC and DateStyle ISO,
-    # '2024-01-01 00:00:00[.5]+00' -> '2024-01-01T00:00:00[.500000]+00:00' (same as iso(datetime))
-    if len(text) >= 22 and text[-3:] == "+00" and text[4] == "-" and text[10] == " " and text[13] == ":":
-        clock = text[11:-3]
-        if len(clock) == 8:
-            return f"{text[:10]}T{clock}+00:00"
-        if clock[8] == "." and 9 < len(clock) <= 15 and clock[9:].isdigit():
-            return f"{text[:10]}T{clock[:8]}.{clock[9:]:0<6}+00:00"
-    if text in ("infinity", "-infinity"):
-        raise DecodeError("timestamp out of range", f"{text!r} has no ISO 8601 form")
-    # PostgreSQL's ISO output: '2024-01-01 00:00:00.5+00' / '+05:30' / BC years
-    if text.endswith(" BC"):
-        raise DecodeError("timestamp out of range", f"{text!r} is before year 1")
-    try:
-        value = datetime.fromisoformat(text)
-    except ValueError as exc:
-        raise DecodeError("bad timestamp", text) from exc
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return iso(value)
-
-
-def _float(text: str) -> float:
-    return float(text)  # 'NaN', 'Infinity', '-Infinity' parse too
-
-
-def _bool(text: str) -> bool:
-    if text not in ("t", "f"):
-        raise DecodeError("bad boolean", text)
-    return text == "t"
-
-
-def _json(text: str) -> Any:
-    try:
-        return orjson.loads(text)
-    except orjson.JSONDecodeError as exc:
-        raise DecodeError("bad json", str(exc)) from exc
-
-
-def parse_text_array(text: str) -> list[str | None]:
-    """A one-dimensional PostgreSQL array literal of text (``{a,"b c",NULL}``)."""
-    if not (text.startswith("{") and text.endswith("}")):
-        raise DecodeError("bad array", text[:80])
-    body = text[1:-1]
-    items: list[str | None] = []
-    if not body:
-        return items
-    i, n = 0, len(body)
-    while i <= n:
-        if i < n and body[i] == '"':
-            i += 1
-            chars: list[str] = []
-            while i < n and body[i] != '"':
-                if body[i] == "\\" and i + 1 < n:
-                    i += 1
-                chars.append(body[i])
-                i += 1
-            if i >= n:
-                raise DecodeError("bad array", "unterminated quote")
-            i += 1  # closing quote
-            items.append("".join(chars))
-        else:
-            end = body.find(",", i)
-            end = n if end < 0 else end
-            token = body[i:end]
-            if token.startswith("{"):
-                raise DecodeError("bad array", "multi-dimensional arrays are not supported")
-            items.append(None if token == "NULL" else token)
-            i = end
-        if i < n and body[i] != ",":
-            raise DecodeError("bad array", f"unexpected {body[i]!r}")
-        i += 1
-    return items
-
-
-_CONVERTERS: dict[int, Callable[[str], Any]] = {
-    TEXT: str,
-    VARCHAR: str,
-    BPCHAR: str,
-    INT2: int,
-    INT4: int,
-    INT8: int,
-    OID: int,
-    BOOL: _bool,
-    FLOAT4: _float,
-    FLOAT8: _float,
-    NUMERIC: str,  # exact; the catalog has none
-    JSON: _json,
-    JSONB: _json,
-    TIMESTAMPTZ: _timestamptz,
-    TIMESTAMP: _timestamptz,
-    TEXT_ARRAY: parse_text_array,
-    VARCHAR_ARRAY: parse_text_array,
-}
-
-
-def convert(type_oid: int, raw: bytes) -> Any:
-    """Text-format value -> Python value (unknown types stay text)."""
-    try:
-        text = raw.decode()
-    except UnicodeDecodeError as exc:
-        raise DecodeError("bad utf-8", str(exc)) from exc
-    converter = _CONVERTERS.get(type_oid, str)
-    try:
-        return converter(text)
-    except DecodeError:
-        raise
-    except ValueError as exc:
-        raise DecodeError("bad value", f"type {type_oid}: {text[:80]!r}") from exc
-
-
-_BOOLS = {b"t": True, b"f": False}
-
-
-def _json_fragment(raw: bytes) -> orjson.Fragment:
-    if not raw.isascii():
-        raw.decode()  # UnicodeDecodeError: the row goes to the careful path (a Fragment is written as is)
-    return orjson.Fragment(raw)
-
-
-_FAST: dict[int, Callable[[bytes], Any]] = {
-    TEXT: bytes.decode,
-    VARCHAR: bytes.decode,
-    BPCHAR: bytes.decode,
-    INT2: int,
-    INT4: int,
-    INT8: int,
-    OID: int,
-    BOOL: _BOOLS.__getitem__,
-    FLOAT4: float,
-    FLOAT8: float,
-    JSON: _json_fragment,
-    JSONB: _json_fragment,
-}
-"""Converters of :class:`RowPlan` that take the raw bytes directly, mostly C callables (no Python frame per
-value). JSON is PostgreSQL's own (valid) JSON text, carried as an ``orjson.Fragment`` and written into the
-record verbatim instead of being parsed and re-serialised. Any error of these sends the row to the careful
-path (:func:`convert`), which raises the :class:`DecodeError`."""
-
-
-_TIMESTAMPS: dict[bytes, str] = {}
-"""Recently converted timestamps: a transaction's rows share ``created_at`` and bucket-aligned times."""
-
-
-def _timestamptz_bytes(raw: bytes) -> str:
-    value = _TIMESTAMPS.get(raw)
-    if value is None:
-        value = _timestamptz(raw.decode())
-        if len(_TIMESTAMPS) >= 4096:
-            _TIMESTAMPS.clear()
-        _TIMESTAMPS[raw] = value
-    return value
-
-
-def _row_converter(type_oid: int) -> Callable[[bytes], Any]:
-    fast = _FAST.get(type_oid)
-    if fast is not None:
-        return fast
-    if type_oid in (TIMESTAMPTZ, TIMESTAMP):
-        return _timestamptz_bytes
-    slow = _CONVERTERS.get(type_oid, str)
-    return lambda raw: slow(raw.decode())
+def insert_tuple(payload: bytes) -> tuple[int, int] | None:
+    """``(relation oid, TupleData offset)`` when ``payload`` is an INSERT ('I' oid 'N' TupleData), else ``None``:
+    the hot path's framing, without building an :class:`Insert`."""
+    if len(payload) >= 8 and payload[0] == 73 and payload[5] == 78:  # 'I' … 'N'
+        return int.from_bytes(payload[1:5]), 6
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -449,12 +279,14 @@ class RowPlan:
     @classmethod
     def of(cls, rel: Relation) -> RowPlan:
         return cls(
-            rel, tuple(c.name for c in rel.columns), tuple(_row_converter(c.type_oid) for c in rel.columns)
+            rel,
+            tuple(c.name for c in rel.columns),
+            tuple(values.row_converter(c.type_oid) for c in rel.columns),
         )
 
     def decode(self, buf: bytes, pos: int) -> dict[str, Any] | None:
         """Parse and convert the TupleData at ``pos`` in one loop: the decoder's hot path (one call per
-        inserted row; JSON columns stay ``orjson.Fragment``, see :data:`_FAST`). ``None`` when
+        inserted row; JSON columns stay ``orjson.Fragment``, see :mod:`connectors.values`). ``None`` when
         the row needs the careful path: unchanged TOAST, a value a fast converter refuses, a column count
         mismatch or a truncated message."""
         try:
@@ -505,15 +337,15 @@ class RelationCache:
         return oid in self._by_oid
 
     @staticmethod
-    def row(rel: Relation, values: TupleData, fallback: dict[str, Any] | None = None) -> dict[str, Any]:
+    def row(rel: Relation, data: TupleData, fallback: dict[str, Any] | None = None) -> dict[str, Any]:
         """Typed row. Unchanged TOAST values are taken from ``fallback`` (the old row) when it has
         them; otherwise the row cannot be completed and :class:`DecodeError` is raised."""
-        if len(values) != len(rel.columns):
+        if len(data) != len(rel.columns):
             raise DecodeError(
-                "column count mismatch", f"{rel.name}: {len(values)} values for {len(rel.columns)} columns"
+                "column count mismatch", f"{rel.name}: {len(data)} values for {len(rel.columns)} columns"
             )
         row: dict[str, Any] = {}
-        for col, raw in zip(rel.columns, values, strict=True):
+        for col, raw in zip(rel.columns, data, strict=True):
             if raw is None:
                 row[col.name] = None
             elif raw is UNCHANGED:
@@ -522,5 +354,14 @@ class RelationCache:
                 row[col.name] = fallback[col.name]
             else:
                 assert isinstance(raw, bytes)
-                row[col.name] = convert(col.type_oid, raw)
+                row[col.name] = values.convert(col.type_oid, raw)
         return row
+
+    @staticmethod
+    def key_row(rel: Relation, key: TupleData) -> dict[str, Any]:
+        """Typed key columns of a key-only old tuple (DELETE/UPDATE under REPLICA IDENTITY DEFAULT)."""
+        key_cols = [c for c in rel.columns if c.is_key]
+        return {
+            c.name: (values.convert(c.type_oid, v) if isinstance(v, bytes) else None)
+            for c, v in zip(key_cols, key, strict=False)
+        }

@@ -16,12 +16,13 @@ from collections.abc import Awaitable, Iterable
 import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
-from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.producer.message_accumulator import BatchBuilder
 
 from connectors.transactions import Rejected
+from walduck.config import WalduckSettings
+from walduck.kafka_security import client_kwargs
 from walduck.metrics import DLQ_RECORDS
-from walduck.records import ChangeRecord, Kind
+from walduck.records import ChangeRecord, Kind, partition_of
 from walduck.timeutil import iso, utcnow
 
 
@@ -32,9 +33,10 @@ def best_compression() -> str:
     return "zstd" if has_zstd() else "gzip"
 
 
-def make_producer(bootstrap: str, client_id: str = "walduck-connector") -> AIOKafkaProducer:
+def make_producer(settings: WalduckSettings, client_id: str = "walduck-connector") -> AIOKafkaProducer:
+    """The connector's producer for ``settings.kafka_bootstrap`` with its security settings."""
     return AIOKafkaProducer(
-        bootstrap_servers=bootstrap,
+        **client_kwargs(settings),
         client_id=client_id,
         enable_idempotence=True,
         acks="all",
@@ -79,7 +81,6 @@ class ChangePublisher:
         self.topic = topic
         self._partitions: list[int] | None = None
         self._partition_of: dict[bytes, int] = {}
-        self._partitioner = DefaultPartitioner()
         self._open: dict[int, _OpenBatch] = {}
 
     async def partitions(self) -> list[int]:
@@ -93,7 +94,7 @@ class ChangePublisher:
     def _partition(self, key: bytes, parts: list[int]) -> int:
         p = self._partition_of.get(key)
         if p is None:
-            p = self._partition_of[key] = self._partitioner(key, parts, parts)
+            p = self._partition_of[key] = parts[partition_of(key, len(parts))]
         return p
 
     def _append_now(self, partition: int, key: bytes, value: bytes) -> asyncio.Future[None] | None:

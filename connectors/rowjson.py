@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from enum import IntEnum
 from typing import Any, Protocol
 
 import orjson
 
 from connectors import pgoutput as po
+from connectors import values
+from walduck.errors import WalduckError
 
 log = logging.getLogger(__name__)
 
@@ -36,38 +37,11 @@ except ImportError:  # no compiler when the package was installed: the Python en
     NativeRowEncoder = None
 
 
-class Kind(IntEnum):
-    """Column kinds of the native encoder (the numbers are ``_rowjson.pyx``'s enum)."""
-
-    OTHER = 0
-    TEXT = 1
-    INT = 2
-    BOOL = 3
-    JSON = 4
-    TIMESTAMP = 5
-
-
-_KINDS: dict[int, Kind] = {
-    po.TEXT: Kind.TEXT,
-    po.VARCHAR: Kind.TEXT,
-    po.BPCHAR: Kind.TEXT,
-    po.INT2: Kind.INT,
-    po.INT4: Kind.INT,
-    po.INT8: Kind.INT,
-    po.OID: Kind.INT,
-    po.BOOL: Kind.BOOL,
-    po.JSON: Kind.JSON,
-    po.JSONB: Kind.JSON,
-    po.TIMESTAMPTZ: Kind.TIMESTAMP,
-    po.TIMESTAMP: Kind.TIMESTAMP,
-}
-
-
 class RowEncoder(Protocol):
     def encode(self, buf: bytes, pos: int, /) -> tuple[bytes, tuple[Any, ...]] | None: ...
 
 
-class EncoderUnavailable(RuntimeError):
+class EncoderUnavailable(WalduckError, RuntimeError):
     """``WALDUCK_ROW_ENCODER=native`` but the compiled encoder was not built with this installation."""
 
 
@@ -104,7 +78,7 @@ def native_encoder(plan: po.RowPlan, wanted: Sequence[str]) -> RowEncoder:
     prefixes = [(b"{" if i == 0 else b",") + orjson.dumps(name) + b":" for i, name in enumerate(names)]
     index = {name: i for i, name in enumerate(names)}
     return NativeRowEncoder(
-        [int(_KINDS.get(c.type_oid, Kind.OTHER)) for c in cols],
+        [int(values.json_kind(c.type_oid)) for c in cols],
         prefixes,
         [_as_json(conv) for conv in plan.converters],
         [(index.get(n, -1), plan.converters[index[n]] if n in index else None) for n in wanted],

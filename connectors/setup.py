@@ -18,19 +18,17 @@ from __future__ import annotations
 import psycopg
 from psycopg import sql
 
+from walduck.catalog_tables import PUBLISHED_TABLES
 from walduck.config import WalduckSettings
-
-CATALOG_TABLES = (
-    "storage_targets",
-    "datasets",
-    "dataset_schema_versions",
-    "dataset_manifests",
-    "dataset_partitions",
-)
-"""Published tables, in foreign-key order (the snapshot reads them in this order)."""
 
 
 def ensure_state_table(conn: psycopg.Connection, state_schema: str) -> None:
+    """Create the state table when missing (no DDL when it exists: the connector's role may not create)."""
+    found = conn.execute(
+        "SELECT to_regclass(format('%%I.connector_state', %s::text)) IS NOT NULL", [state_schema]
+    ).fetchone()
+    if found and found[0]:
+        return
     conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(state_schema)))
     conn.execute(
         sql.SQL(
@@ -44,7 +42,7 @@ def ensure_state_table(conn: psycopg.Connection, state_schema: str) -> None:
 
 def ensure_publication(conn: psycopg.Connection, settings: WalduckSettings) -> None:
     schema = sql.Identifier(settings.catalog_schema)
-    tables = sql.SQL(", ").join(sql.SQL("{}.{}").format(schema, sql.Identifier(t)) for t in CATALOG_TABLES)
+    tables = sql.SQL(", ").join(sql.SQL("{}.{}").format(schema, sql.Identifier(t)) for t in PUBLISHED_TABLES)
     exists = conn.execute(
         "SELECT 1 FROM pg_publication WHERE pubname = %s", [settings.publication_name]
     ).fetchone()
@@ -52,8 +50,17 @@ def ensure_publication(conn: psycopg.Connection, settings: WalduckSettings) -> N
     if exists is None:
         conn.execute(sql.SQL("CREATE PUBLICATION {} FOR TABLE {}").format(pub, tables))
     else:
-        conn.execute(sql.SQL("ALTER PUBLICATION {} SET TABLE {}").format(pub, tables))
-    for t in CATALOG_TABLES:
+        published = {
+            (r[0], r[1])
+            for r in conn.execute(
+                "SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = %s",
+                [settings.publication_name],
+            )
+        }
+        # no DDL when already in place: the connector's own least-privilege role owns neither
+        if published != {(settings.catalog_schema, t) for t in PUBLISHED_TABLES}:
+            conn.execute(sql.SQL("ALTER PUBLICATION {} SET TABLE {}").format(pub, tables))
+    for t in PUBLISHED_TABLES:
         ident = conn.execute(
             "SELECT c.relreplident FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
             " WHERE n.nspname = %s AND c.relname = %s",
@@ -91,6 +98,6 @@ def setup(
                 pass
         return {
             "publication": settings.publication_name,
-            "tables": list(CATALOG_TABLES),
+            "tables": list(PUBLISHED_TABLES),
             "slot_created": created,
         }

@@ -26,10 +26,10 @@ from collections.abc import Awaitable
 import psycopg
 from psycopg import sql
 
-from connectors import pgoutput as po
+from connectors import values
 from connectors.protocol import ReplicationConnection, SlotInfo
 from connectors.publisher import ChangePublisher
-from connectors.setup import CATALOG_TABLES
+from walduck.catalog_tables import PUBLISHED_TABLES, dataset_of, routing_column
 from walduck.lsn import format_lsn
 from walduck.metrics import CONNECTOR_SNAPSHOT_ROWS
 from walduck.records import GLOBAL_KEY, ChangeRecord, Kind, Op, Source
@@ -71,12 +71,6 @@ async def _columns(conn: psycopg.AsyncConnection, schema: str, table: str) -> li
     return [(r[0], int(r[1])) for r in await cur.fetchall()]
 
 
-def _dataset_column(table: str) -> str | None:
-    if table == "storage_targets":
-        return None
-    return "id" if table == "datasets" else "dataset_id"
-
-
 async def snapshot(
     repl: ReplicationConnection,
     dsn: str,
@@ -100,8 +94,8 @@ async def snapshot(
         await conn.execute("SET LOCAL extra_float_digits = 1")
         # per-dataset sizes first (same snapshot), so every record carries its tx_size
         sizes: Counter[str] = Counter()
-        for table in CATALOG_TABLES:
-            col = _dataset_column(table)
+        for table in PUBLISHED_TABLES:
+            col = routing_column(table)
             if col is None:
                 query = sql.SQL("SELECT NULL, count(*) FROM {}.{}").format(schema, sql.Identifier(table))
             else:
@@ -112,7 +106,7 @@ async def snapshot(
                 sizes[ds or GLOBAL_KEY] += n
         total = sum(sizes.values())
         seen: Counter[str] = Counter()
-        for table in CATALOG_TABLES:
+        for table in PUBLISHED_TABLES:
             cols = await _columns(conn, catalog_schema, table)
             select = sql.SQL("SELECT {} FROM {}.{} ORDER BY id").format(
                 sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(c)) for c, _ in cols),
@@ -125,10 +119,10 @@ async def snapshot(
                 batch: list[ChangeRecord] = []
                 async for row in cur:
                     new = {
-                        name: None if v is None else po.convert(oid, v.encode())
+                        name: None if v is None else values.convert(oid, v.encode())
                         for (name, oid), v in zip(cols, row, strict=True)
                     }
-                    ds = None if table == "storage_targets" else new.get(_dataset_column(table) or "")
+                    ds = dataset_of(table, new)
                     key = ds or GLOBAL_KEY
                     batch.append(
                         ChangeRecord(

@@ -16,7 +16,11 @@ from typing import Any
 import orjson
 
 from connectors import pgoutput as po
+from connectors import values
+from connectors.errors import DecodeError
 from connectors.rowjson import RowEncoder, make_encoder
+from walduck.catalog_tables import dataset_of, routing_column
+from walduck.errors import InvariantBroken
 from walduck.records import ChangeRecord, Kind, Op, Source
 from walduck.timeutil import iso, utcnow
 
@@ -24,7 +28,7 @@ PRIMARY_KEYS: dict[str, tuple[str, ...]] = {}
 """Primary-key columns by table when not ``id`` (REPLICA IDENTITY FULL flags every column as key)."""
 
 
-class TransactionOrderError(RuntimeError):
+class TransactionOrderError(InvariantBroken, RuntimeError):
     """Begin inside a transaction, Commit/change outside one: the stream is not what pgoutput sends."""
 
 
@@ -55,16 +59,6 @@ class Transaction:
 class Heartbeat:
     record: ChangeRecord
     lsn: int
-
-
-def routing_column(table: str) -> str:
-    """The column holding a row's dataset id: its Kafka key (``datasets`` rows are their own dataset)."""
-    return "id" if table == "datasets" else "dataset_id"
-
-
-def dataset_of(table: str, row: dict[str, Any]) -> str | None:
-    value = row.get(routing_column(table))
-    return None if value is None else str(value)
 
 
 def key_columns(rel: po.Relation) -> tuple[str, ...]:
@@ -142,11 +136,12 @@ class TransactionAssembler:
         self._rejected = []
 
     def feed(self, wal_start: int, payload: bytes) -> Transaction | Heartbeat | None:
-        # the hot path: an INSERT ('I' … 'N') of a known relation, straight to JSON (connectors.rowjson)
-        if self._begin is not None and len(payload) >= 8 and payload[0] == 73 and payload[5] == 78:
-            enc = self._encoders.get(int.from_bytes(payload[1:5]))
+        # the hot path: an INSERT of a known relation, straight to JSON (connectors.rowjson)
+        insert = po.insert_tuple(payload) if self._begin is not None else None
+        if insert is not None:
+            enc = self._encoders.get(insert[0])
             if enc is not None:
-                out = enc[1].encode(payload, 6)
+                out = enc[1].encode(payload, insert[1])
                 if out is not None:
                     rel, keys = enc[0], enc[2]
                     new, wanted = out
@@ -167,7 +162,7 @@ class TransactionAssembler:
                     return None
         try:
             msg = po.decode(payload)
-        except po.DecodeError as exc:
+        except DecodeError as exc:
             if self._begin is None and payload[:1] in (b"B", b"C"):
                 raise
             self._reject(exc, payload, wal_start, None)
@@ -186,7 +181,9 @@ class TransactionAssembler:
             keys = key_columns(msg)
             plan = self.relations.plan(msg.oid)
             assert plan is not None
-            wanted = (*keys, routing_column(msg.name))  # the encoder returns these values beside the JSON
+            # the encoder returns these values beside the JSON; "" (no column has that name) reads as NULL for a
+            # table whose rows belong to no dataset
+            wanted = (*keys, routing_column(msg.name) or "")
             self._encoders[msg.oid] = (msg, make_encoder(plan, wanted, self.row_encoder), keys)
             return None
         if isinstance(msg, po.TypeMessage | po.Origin):
@@ -197,7 +194,7 @@ class TransactionAssembler:
             raise TransactionOrderError(f"{type(msg).__name__} outside a transaction at {wal_start}")
         try:
             self._change(msg, wal_start)
-        except po.DecodeError as exc:
+        except DecodeError as exc:
             table = None
             oid = getattr(msg, "relation_oid", None)
             if oid is not None and oid in self.relations:
@@ -205,7 +202,7 @@ class TransactionAssembler:
             self._reject(exc, payload, wal_start, table)
         return None
 
-    def _reject(self, exc: po.DecodeError, payload: bytes, lsn: int, table: str | None) -> None:
+    def _reject(self, exc: DecodeError, payload: bytes, lsn: int, table: str | None) -> None:
         xid = self._begin.xid if self._begin else None
         self._rejected.append(Rejected(exc.reason, exc.detail, bytes(payload), lsn, table, xid))
 
@@ -240,23 +237,19 @@ class TransactionAssembler:
                     _Change(rel.name, Op.DELETE, key_of(rel, old), None, old, dataset_of(rel.name, old), lsn)
                 )
             else:  # key only (REPLICA IDENTITY DEFAULT): no dataset to route by
-                key_cols = [c for c in rel.columns if c.is_key]
-                key = {
-                    c.name: (po.convert(c.type_oid, v) if isinstance(v, bytes) else None)
-                    for c, v in zip(key_cols, msg.old, strict=False)
-                }
+                key = self.relations.key_row(rel, msg.old)
                 self._changes.append(
                     _Change(rel.name, Op.DELETE, key, None, key, dataset_of(rel.name, key), lsn)
                 )
         else:  # pragma: no cover - decode() returns no other change type
-            raise po.DecodeError("unexpected message", type(msg).__name__)
+            raise DecodeError("unexpected message", type(msg).__name__)
 
     def _message(self, msg: po.Message) -> Heartbeat | None:
         if msg.prefix != self.heartbeat_prefix or msg.transactional:
             return None
         try:
-            ts = po.convert(po.TIMESTAMPTZ, msg.content)
-        except po.DecodeError:
+            ts = values.convert(values.TIMESTAMPTZ, msg.content)
+        except DecodeError:
             ts = iso(utcnow())
         record = ChangeRecord(
             kind=Kind.HEARTBEAT, source=Source.STREAM, lsn=msg.lsn, commit_lsn=msg.lsn, commit_ts=ts, key=None

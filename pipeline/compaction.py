@@ -45,25 +45,28 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from walduck.catalog_tables import (
+    DATASETS,
+    MANIFESTS,
+    PARTITIONS,
+    PUBLISHED_TABLES,
+    SCHEMA_VERSIONS,
+    STORAGE_TARGETS,
+    dataset_of,
+)
 from walduck.deltas import PARTITION_FIELDS, Delta, DeltaKind, ShardChange
+from walduck.errors import InvariantBroken, Unprocessable
 from walduck.records import GLOBAL_KEY, ChangeRecord, Kind, Op, Source
 from walduck.shardkey import LEGACY_SHARD, shard_for
 
-TABLE_DATASETS = "datasets"
-TABLE_SCHEMA_VERSIONS = "dataset_schema_versions"
-TABLE_MANIFESTS = "dataset_manifests"
-TABLE_PARTITIONS = "dataset_partitions"
-TABLE_STORAGE_TARGETS = "storage_targets"
-KNOWN_TABLES = frozenset(
-    {TABLE_DATASETS, TABLE_SCHEMA_VERSIONS, TABLE_MANIFESTS, TABLE_PARTITIONS, TABLE_STORAGE_TARGETS}
-)
+_KNOWN_TABLES = frozenset(PUBLISHED_TABLES)
 PUBLISHED = "published"
 DEFAULT_TABLE_NAME = "records"
 
 ShardKey = tuple[str, str]
 
 
-class InvalidChange(ValueError):
+class InvalidChange(Unprocessable, ValueError):
     """A decoded record that breaks the state machine's invariants; ``reason`` goes to the DLQ."""
 
     def __init__(self, reason: str) -> None:
@@ -71,7 +74,7 @@ class InvalidChange(ValueError):
         self.reason = reason
 
 
-class OffsetRegression(RuntimeError):
+class OffsetRegression(InvariantBroken, RuntimeError):
     """An input offset not above the previous one was fed (the runner seeked wrongly)."""
 
 
@@ -167,7 +170,7 @@ def _is_global(rec: ChangeRecord) -> bool:
     return (
         rec.kind is not Kind.CHANGE
         or rec.dataset_id in (None, GLOBAL_KEY)
-        or rec.table == TABLE_STORAGE_TARGETS
+        or rec.table == STORAGE_TARGETS
         or rec.op is Op.TRUNCATE
     )
 
@@ -363,17 +366,17 @@ class Compactor:
         if rec.op is Op.TRUNCATE:
             return None
         row = rec.row
-        if rec.table not in KNOWN_TABLES:
+        if rec.table not in _KNOWN_TABLES:
             return None  # other catalog tables: not ours, ignored
         if not isinstance(row.get("id"), str):
             return f"{rec.table} {rec.op} row without string id"
-        if rec.table in (TABLE_MANIFESTS, TABLE_PARTITIONS, TABLE_SCHEMA_VERSIONS) and not isinstance(
+        if rec.table in (MANIFESTS, PARTITIONS, SCHEMA_VERSIONS) and not isinstance(
             row.get("dataset_id"), str
         ):
             return f"{rec.table} row without dataset_id"
-        if rec.table == TABLE_PARTITIONS and not isinstance(row.get("manifest_id"), str):
+        if rec.table == PARTITIONS and not isinstance(row.get("manifest_id"), str):
             return "partition row without manifest_id"
-        if rec.table == TABLE_PARTITIONS and rec.op is not Op.DELETE and not row.get("file_path"):
+        if rec.table == PARTITIONS and rec.op is not Op.DELETE and not row.get("file_path"):
             return "partition row without file_path"
         return None
 
@@ -400,26 +403,26 @@ class Compactor:
             self._truncate(rec)
             return
         table = rec.table
-        if table not in KNOWN_TABLES:
+        if table not in _KNOWN_TABLES:
             return
-        if table == TABLE_STORAGE_TARGETS:
+        if table == STORAGE_TARGETS:
             self._gw().note(rec)
             row = rec.row
             self._window.storage_targets[row["id"]] = (
                 {"id": row["id"], "deleted": True} if rec.op is Op.DELETE else dict(rec.new or {})
             )
             return
-        dataset_id = rec.row.get("dataset_id") if table != TABLE_DATASETS else rec.row.get("id")
+        dataset_id = dataset_of(table, rec.row)
         dw = self._dw(dataset_id)
         dw.note(rec)
-        if table == TABLE_DATASETS:
+        if table == DATASETS:
             self._apply_dataset(rec, dw)
-        elif table == TABLE_SCHEMA_VERSIONS:
+        elif table == SCHEMA_VERSIONS:
             row = rec.row
             dw.schema_versions[row["id"]] = (
                 {"id": row["id"], "deleted": True} if rec.op is Op.DELETE else dict(rec.new or {})
             )
-        elif table == TABLE_MANIFESTS:
+        elif table == MANIFESTS:
             self._apply_manifest(rec)
         else:
             self._apply_partition(rec)
@@ -540,19 +543,19 @@ class Compactor:
 
     def _truncate(self, rec: ChangeRecord) -> None:
         table = rec.table
-        if table in (TABLE_PARTITIONS, TABLE_MANIFESTS, TABLE_DATASETS):
+        if table in (PARTITIONS, MANIFESTS, DATASETS):
             self.hidden.clear()
             for key, state in list(self.shards.items()):
-                if table == TABLE_PARTITIONS:
+                if table == PARTITIONS:
                     for part_id in list(state.partitions):
                         self._touch(key[0], key[1], part_id)
                     state.partitions.clear()
                     self._dw(key[0]).shards_touched.add(key[1])
                 elif state.published_manifest_id is not None:
                     self._unpublish(key, state.published_manifest_id)
-            if table != TABLE_PARTITIONS:
+            if table != PARTITIONS:
                 self.manifests.clear()
-        if table == TABLE_DATASETS:
+        if table == DATASETS:
             for ds_id in sorted(self.datasets):
                 self._dw(ds_id).dataset = {"id": ds_id, "deleted": True}
             self.datasets.clear()
@@ -723,28 +726,3 @@ def restore_from_deltas(src_partition: int, deltas: Iterable[Delta]) -> Restored
     compactor.force_boundary = group[0].src_offset_to
     compactor.skip_regenerated = {(d.kind.value, d.dataset_id) for d in group}
     return Restored(compactor, group[0].src_offset_from)
-
-
-def replay(deltas: Iterable[Delta], into: dict[ShardKey, dict[str, dict[str, Any]]] | None = None) -> dict:
-    """Reference consumer: apply deltas to ``{(dataset, shard): {partition_id: entry}}``.
-
-    Drops re-deliveries the way a context does (``src_offset_to`` not above the highest applied per
-    ``(src_partition, dataset)``)."""
-    visible = {} if into is None else into
-    applied: dict[tuple[int, str | None], int] = {}
-    for delta in deltas:
-        mark = (delta.src_partition, delta.dataset_id)
-        if delta.src_offset_to <= applied.get(mark, -1):
-            continue
-        applied[mark] = delta.src_offset_to
-        if delta.dataset_id is None:
-            continue
-        for shard, change in delta.shards.items():
-            parts = visible.setdefault((delta.dataset_id, shard), {})
-            for part_id in change.deletes:
-                parts.pop(part_id, None)
-            for entry in change.upserts:
-                parts[entry["id"]] = entry
-            if not parts:
-                del visible[(delta.dataset_id, shard)]
-    return visible

@@ -28,7 +28,8 @@ from typing import Any
 
 import orjson
 
-from walduck.records import MAX_RECORD_BYTES, MalformedRecord
+from walduck.records import GLOBAL_KEY, MAX_RECORD_BYTES, MalformedRecord
+from walduck.shardkey import shard_id
 
 DELTA_SCHEMA_VERSION = 1
 
@@ -85,9 +86,9 @@ class Delta:
 
     def kafka_key(self) -> bytes:
         if self.dataset_id is None:
-            return b"__global__"
+            return GLOBAL_KEY.encode()
         shards = list(self.shards)
-        return f"{self.dataset_id}/{shards[0] if len(shards) == 1 else '*'}".encode()
+        return shard_id(self.dataset_id, shards[0] if len(shards) == 1 else "*").encode()
 
     @property
     def entry_count(self) -> int:

@@ -42,10 +42,21 @@ from enum import StrEnum
 from typing import Any
 
 import orjson
+from aiokafka.partitioner import murmur2
+
+from walduck.errors import Unprocessable
 
 SCHEMA_VERSION = 1
 GLOBAL_KEY = "__global__"
 """Kafka key for rows that belong to no dataset (storage targets): broadcast to every partition."""
+
+
+def partition_of(key: str | bytes, partitions: int) -> int:
+    """The topic partition of a Kafka key among ``partitions``: Kafka's default partitioner (murmur2 of the key
+    bytes, positive, modulo the partition count), as the Java client and aiokafka's ``DefaultPartitioner`` do."""
+    raw = key.encode() if isinstance(key, str) else key
+    return (murmur2(raw) & 0x7FFFFFFF) % max(partitions, 1)
+
 
 MAX_RECORD_BYTES = 4 * 1024 * 1024
 
@@ -69,7 +80,7 @@ class Op(StrEnum):
     READ = "read"
 
 
-class MalformedRecord(ValueError):
+class MalformedRecord(Unprocessable, ValueError):
     """A record that cannot be decoded or violates the schema; ``reason`` goes to the DLQ."""
 
     def __init__(self, reason: str) -> None:

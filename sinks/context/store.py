@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import dataclasses
 import hashlib
 import logging
@@ -32,7 +33,7 @@ import pyarrow as pa
 from sinks.context import ddl
 from sinks.context.bulkload import insert_partitions
 from sinks.context.ddl import INDEX_SCHEMA as WD
-from sinks.context.file_presence import FilePresence
+from sinks.context.file_presence import FilePresence, FileState
 from sinks.context.locations import partition_location
 from sinks.context.naming import (
     alias_warning,
@@ -48,7 +49,9 @@ from sinks.settings import SinkSettings
 from walduck import metrics
 from walduck.config import ContextMode, WalduckSettings
 from walduck.deltas import Delta, DeltaKind
+from walduck.errors import WalduckError
 from walduck.lsn import format_lsn
+from walduck.records import GLOBAL_KEY, partition_of
 from walduck.timeutil import iso, parse_iso, utcnow
 
 log = logging.getLogger(__name__)
@@ -69,7 +72,7 @@ MISSING_FILE_MARKERS = ("no files found", "cannot open file", "no such file", "c
 _QUOTED_PATH = re.compile(r'"([^"]+)"')
 
 
-class ContextError(RuntimeError):
+class ContextError(WalduckError, RuntimeError):
     """Base of the context store's named errors."""
 
 
@@ -166,14 +169,22 @@ def covered_lsn(delta: Delta) -> int:
 
 def _stream_key(delta: Delta) -> tuple[int, str]:
     """Idempotence key of a delta: its changes-topic partition and its dataset (or the global stream)."""
-    return (delta.src_partition, delta.dataset_id or "__global__")
+    return (delta.src_partition, delta.dataset_id or GLOBAL_KEY)
 
 
-def kafka_partition_for(dataset_id: str, partitions: int) -> int:
-    """Kafka's default partitioner (murmur2) for the dataset key: where its deltas arrive."""
-    from aiokafka.partitioner import murmur2
+class _Borrowed:
+    """A pinned cursor lent to one read: ``close()`` is the owner's (:meth:`ContextStore.pinned_snapshot`)."""
 
-    return (murmur2(dataset_id.encode()) & 0x7FFFFFFF) % max(partitions, 1)
+    __slots__ = ("_cur",)
+
+    def __init__(self, cur: duckdb.DuckDBPyConnection) -> None:
+        self._cur = cur
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._cur, name)
+
+    def close(self) -> None:
+        pass
 
 
 class ContextStore:
@@ -185,6 +196,9 @@ class ContextStore:
         self.full_scan = walduck.context_mode == ContextMode.FULL_SCAN
         self._db: duckdb.DuckDBPyConnection | None = None
         self._writer: duckdb.DuckDBPyConnection | None = None
+        self._pinned: contextvars.ContextVar[_Borrowed | None] = contextvars.ContextVar(
+            f"walduck_pinned_snapshot_{id(self)}", default=None
+        )
         self._write_lock = threading.RLock()
         self._pool: queue.Queue[duckdb.DuckDBPyConnection] = queue.Queue()
         self._progress: dict[int, ShardProgress] = {}
@@ -201,7 +215,8 @@ class ContextStore:
         self._sv_cache: dict[str, dict[str, dict[str, str]]] = {}
         # local file existence from directory listings cached per directory mtime (no stat per file per
         # query); a directory's listing is dropped when DuckDB reports a missing file in it (reader())
-        self._presence = FilePresence()
+        self._presence = FilePresence(roots=[self.storage_root, *settings.allowed_directories])
+        self._outside_logged: set[str] = set()  # partition ids already logged as outside the root
         self._views_dirty: set[str] = set()
         self._rebuilds_running = 0
         self._view_owner: dict[str, str] = {}
@@ -222,14 +237,15 @@ class ContextStore:
     def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         Path(self.storage_root).mkdir(parents=True, exist_ok=True)
-        db = duckdb.connect(
-            str(self.path),
-            config={
-                "threads": self.settings.duckdb_threads,
-                "memory_limit": self.settings.duckdb_memory_limit,
-                "checkpoint_threshold": self.settings.duckdb_checkpoint_threshold,  # (see checkpoint())
-            },
-        )
+        config = {
+            "threads": self.settings.duckdb_threads,
+            "memory_limit": self.settings.duckdb_memory_limit,
+            "checkpoint_threshold": self.settings.duckdb_checkpoint_threshold,  # (see checkpoint())
+            "max_temp_directory_size": self.settings.duckdb_max_temp_directory_size,  # bounded spill
+        }
+        if self.settings.duckdb_temp_directory:
+            config["temp_directory"] = self.settings.duckdb_temp_directory
+        db = duckdb.connect(str(self.path), config=config)
         db.execute(ddl.TABLES)
         db.execute(ddl.RUNTIME_VIEWS)
         if self.settings.duckdb_parquet_metadata_cache:
@@ -383,7 +399,32 @@ class ContextStore:
             self._pool.put(cur)
 
     def _cursor(self) -> duckdb.DuckDBPyConnection:
+        """A cursor for one index read: the pinned snapshot's inside :meth:`pinned_snapshot`, else a new one."""
+        pinned = self._pinned.get()
+        if pinned is not None:
+            return pinned  # type: ignore[return-value]
         return self._require().cursor()
+
+    @contextlib.contextmanager
+    def pinned_snapshot(self) -> Iterator[None]:
+        """Every index read of this thread inside the block sees one DuckDB snapshot (one read transaction).
+
+        The query path plans (partition lists) and verifies the plan (``guard.files_outside``) inside one
+        block, so an apply committing in between cannot make the two disagree: the files verified are the
+        files planned, as the index listed them at one instant. Only reads may run inside the block."""
+        if self._pinned.get() is not None:
+            yield
+            return
+        cur = self._require().cursor()
+        cur.execute("BEGIN TRANSACTION")
+        token = self._pinned.set(_Borrowed(cur))
+        try:
+            yield
+        finally:
+            self._pinned.reset(token)
+            with contextlib.suppress(duckdb.Error):
+                cur.execute("ROLLBACK")
+            cur.close()
 
     # ------------------------------------------------------------------ apply
     def apply(self, delta: Delta, partition: int, offset: int) -> bool:
@@ -909,7 +950,7 @@ class ContextStore:
         def shard_of(did: str) -> int:
             if shard is not None:
                 return shard
-            return existing.get(did, kafka_partition_for(did, self.walduck.topic_partitions))
+            return existing.get(did, partition_of(did, self.walduck.topic_partitions))
 
         self._insert_rows(
             cur,
@@ -1526,10 +1567,15 @@ class ContextStore:
             cur.close()
         probe = self._presence.probe()
         missing: list[str] = []
+        outside: list[tuple[str, str]] = []
         groups: dict[str | None, FileGroup] = {}
         for pid, loc, svid in parts:
-            if probe.missing(loc):
-                missing.append(pid)
+            state = probe.state(loc)
+            if state is not FileState.PRESENT:
+                if state is FileState.MISSING:
+                    missing.append(pid)
+                else:
+                    outside.append((pid, loc))
                 continue
             key = svid if svid in versions else None
             group = groups.get(key)
@@ -1537,6 +1583,8 @@ class ContextStore:
                 group = groups[key] = FileGroup(versions.get(key) if key else None, [])
             group.locations.append(loc)
         warnings = self._skip_warnings(view.slug, missing, count_skips) if missing else []
+        if outside:
+            warnings.extend(self._outside_warnings(view.slug, outside, count_skips))
         if not groups:
             if parts:
                 warnings.append(
@@ -1567,6 +1615,27 @@ class ContextStore:
         finally:
             cur.close()
         return {svid: {n: t for n, t, _, _ in schema_columns(_as_dict(schema))} for svid, schema in rows}
+
+    def _outside_warnings(self, slug: str, outside: list[tuple[str, str]], count_skips: bool) -> list[str]:
+        """Partitions whose file lies outside the storage root: skipped (DuckDB would refuse the whole read)."""
+        if count_skips:
+            metrics.PARTITIONS_OUTSIDE_ROOT.inc(len(outside))
+            new = [(pid, loc) for pid, loc in outside if pid not in self._outside_logged]
+            if new:
+                if len(self._outside_logged) > 10_000:
+                    self._outside_logged.clear()
+                self._outside_logged.update(pid for pid, _ in new)
+                log.warning(
+                    "dataset %s: %d partition file(s) outside the storage root skipped, e.g. %s at %s",
+                    slug,
+                    len(new),
+                    new[0][0],
+                    new[0][1],
+                )
+        return [
+            f"Ignored partition {pid} from dataset {slug}: its file {loc} lies outside the storage root."
+            for pid, loc in outside
+        ]
 
     def _skip_warnings(self, slug: str, missing: list[str], count_skips: bool) -> list[str]:
         """Timestore's "Skipped partition …" text per missing file (built only when a file is missing)."""

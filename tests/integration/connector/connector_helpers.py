@@ -20,6 +20,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from connectors.connector import Connector
 from connectors.settings import ConnectorSettings
+from walduck.catalog_tables import PUBLISHED_TABLES
 from walduck.config import WalduckSettings
 from walduck.records import ChangeRecord, Kind, Op, Source
 
@@ -228,18 +229,12 @@ def record_identity(r: ChangeRecord) -> tuple[object, ...]:
     return (r.commit_lsn, r.lsn, r.tx_index, r.dataset_id, r.table, str(r.op), (r.key or {}).get("id"))
 
 
-CATALOG_TABLES = (
-    "storage_targets",
-    "datasets",
-    "dataset_schema_versions",
-    "dataset_manifests",
-    "dataset_partitions",
-)
+CATALOG_TABLES = PUBLISHED_TABLES
 
 
 def catalog_rows(dsn: str, schema: str = "timestore") -> dict[str, dict[str, dict[str, object]]]:
     """Every row of the five catalog tables, typed like the connector types them (text -> converters)."""
-    from connectors.pgoutput import convert
+    from connectors.values import convert
 
     out: dict[str, dict[str, dict[str, object]]] = {}
     with psycopg.connect(dsn, autocommit=True) as conn:

@@ -1,6 +1,6 @@
 """Can faust-streaming run the compactor with its guarantees? Measured against the real Kafka 4.1 broker.
 
-The experimental faust worker is ``pipeline/faust_app.py`` (agent + ``stream.noack()`` + manual acks after
+The experimental faust worker is ``tests/support/faust_app.py`` (agent + ``stream.noack()`` + manual acks after
 the deltas are acknowledged, state in a changelog-backed Table). Each test is one guarantee of issue 4.
 A test that fails for a real faust reason is ``xfail(strict=True)`` with the failure observed, so a
 faust fix shows up as XPASS. The conclusion is in ``docs/compactor.md`` ("faust-streaming decision").
@@ -31,13 +31,15 @@ from integration.pipeline.test_runner_kafka import (
     wait_committed,
 )
 
-from pipeline.compaction import Compactor, replay
-from pipeline.faust_app import STATE_TABLE, process
+from pipeline.compaction import Compactor
+from support.faust_app import STATE_TABLE, process
+from support.reference_consumer import replay
 from walduck.config import WalduckSettings
 from walduck.deltas import Delta
 
 pytestmark = pytest.mark.integration
 LOADED = "state loaded"
+TESTS_DIR = Path(__file__).resolve().parents[2]
 
 
 def start_worker(
@@ -53,9 +55,11 @@ def start_worker(
         "WALDUCK_TOPIC_PARTITIONS": str(PARTITIONS),
         "WALDUCK_FAUST_APP_ID": app_id,
         "WALDUCK_FAUST_DATADIR": str(datadir),
+        # the worker is a test module (tests/support/), not product code
+        "PYTHONPATH": os.pathsep.join([str(TESTS_DIR), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
     }
     return subprocess.Popen(
-        [sys.executable, "-m", "pipeline.faust_app", "worker", "-l", "info", "--without-web"],
+        [sys.executable, "-m", "support.faust_app", "worker", "-l", "info", "--without-web"],
         env=env,
         stdout=log.open("ab"),
         stderr=subprocess.STDOUT,

@@ -15,10 +15,11 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from pipeline.catalog_model import APPEND_HEAVY, OPERATIONS, CatalogModel, partition_of
-from pipeline.compaction import replay
+from support.catalog_model import APPEND_HEAVY, OPERATIONS, CatalogModel
+from support.reference_consumer import replay
 from walduck.config import WalduckSettings
 from walduck.deltas import Delta
+from walduck.records import partition_of
 
 pytestmark = pytest.mark.integration
 PARTITIONS = 4

@@ -16,7 +16,7 @@ import pytest
 import sinks.context.store as store_module
 from sinks.context.store import ContextStore
 from walduck import metrics
-from walduck.catalog.migrate import apply_migrations
+from stack.catalog.migrate import apply_migrations
 from walduck.config import ContextMode
 
 pytestmark = pytest.mark.integration

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 
 from connectors import pgoutput as po
+from connectors import values
+from connectors.errors import DecodeError
 
 FIXTURE = json.loads((Path(__file__).parent / "fixtures" / "pgoutput_v1.json").read_text())
 PAYLOADS = [bytes.fromhex(m["hex"]) for m in FIXTURE["messages"]]
@@ -46,9 +48,9 @@ def test_relation_columns_and_types() -> None:
     assert (rel.namespace, rel.name, rel.replica_identity) == ("cap", "dataset_partitions", "f")
     types = {c.name: c.type_oid for c in rel.columns}
     assert types == {
-        "id": po.TEXT, "dataset_id": po.TEXT, "row_count": po.INT8, "version": po.INT4, "ratio": po.FLOAT8,
-        "hot": po.BOOL, "tags": po.TEXT_ARRAY, "partition_key": po.JSONB, "start_time": po.TIMESTAMPTZ,
-        "metadata": po.JSONB,
+        "id": values.TEXT, "dataset_id": values.TEXT, "row_count": values.INT8, "version": values.INT4, "ratio": values.FLOAT8,
+        "hot": values.BOOL, "tags": values.TEXT_ARRAY, "partition_key": values.JSONB, "start_time": values.TIMESTAMPTZ,
+        "metadata": values.JSONB,
     }  # fmt: skip
 
 
@@ -81,7 +83,7 @@ def test_update_with_unchanged_toast_takes_old_value() -> None:
     new = cache.row(rel, upd.new, fallback=old)
     assert new["row_count"] == 2000 and old["row_count"] == 1000
     assert new["metadata"] == old["metadata"] and len(new["metadata"]["blob"]) == 9600
-    with pytest.raises(po.DecodeError) as err:
+    with pytest.raises(DecodeError) as err:
         cache.row(rel, upd.new)
     assert err.value.reason == "unchanged toast without old value"
 
@@ -100,33 +102,33 @@ def test_delete_message_and_truncate() -> None:
 
 
 def test_truncated_and_unknown_messages_raise_decode_error() -> None:
-    with pytest.raises(po.DecodeError, match="truncated"):
+    with pytest.raises(DecodeError, match="truncated"):
         po.decode(PAYLOADS[2][:-3])
-    with pytest.raises(po.DecodeError, match="unknown message type"):
+    with pytest.raises(DecodeError, match="unknown message type"):
         po.decode(b"Z\x00")
-    with pytest.raises(po.DecodeError):
+    with pytest.raises(DecodeError):
         po.decode(b"")
     bad_kind = b"I" + struct.pack("!i", 1) + b"N" + struct.pack("!h", 1) + b"x"
-    with pytest.raises(po.DecodeError, match="unknown tuple data kind"):
+    with pytest.raises(DecodeError, match="unknown tuple data kind"):
         po.decode(bad_kind)
 
 
 @pytest.mark.parametrize(
     ("oid", "text", "expected"),
     [
-        (po.TIMESTAMPTZ, "2024-03-01 12:00:00+00", "2024-03-01T12:00:00+00:00"),
-        (po.TIMESTAMPTZ, "2024-03-01 12:00:00-02:30", "2024-03-01T14:30:00+00:00"),
-        (po.JSON, "[1, 2]", [1, 2]),
-        (po.FLOAT8, "NaN", "nan"),
-        (po.TEXT_ARRAY, "{}", []),
-        (po.TEXT_ARRAY, '{"",NULL,"NULL"}', ["", None, "NULL"]),
-        (po.TEXT_ARRAY, '{"a\\\\b"}', ["a\\b"]),
-        (po.BOOL, "f", False),
+        (values.TIMESTAMPTZ, "2024-03-01 12:00:00+00", "2024-03-01T12:00:00+00:00"),
+        (values.TIMESTAMPTZ, "2024-03-01 12:00:00-02:30", "2024-03-01T14:30:00+00:00"),
+        (values.JSON, "[1, 2]", [1, 2]),
+        (values.FLOAT8, "NaN", "nan"),
+        (values.TEXT_ARRAY, "{}", []),
+        (values.TEXT_ARRAY, '{"",NULL,"NULL"}', ["", None, "NULL"]),
+        (values.TEXT_ARRAY, '{"a\\\\b"}', ["a\\b"]),
+        (values.BOOL, "f", False),
         (1186, "1 day", "1 day"),  # unknown types stay text
     ],
 )
 def test_convert(oid: int, text: str, expected: object) -> None:
-    value = po.convert(oid, text.encode())
+    value = values.convert(oid, text.encode())
     if expected == "nan":
         assert value != value
     else:
@@ -135,15 +137,15 @@ def test_convert(oid: int, text: str, expected: object) -> None:
 
 @pytest.mark.parametrize("text", ["infinity", "-infinity", "0044-03-15 00:00:00+00 BC"])
 def test_timestamps_without_iso_form_raise(text: str) -> None:
-    with pytest.raises(po.DecodeError) as err:
-        po.convert(po.TIMESTAMPTZ, text.encode())
+    with pytest.raises(DecodeError) as err:
+        values.convert(values.TIMESTAMPTZ, text.encode())
     assert err.value.reason == "timestamp out of range"
 
 
 def test_bad_values_raise_with_reason() -> None:
-    with pytest.raises(po.DecodeError, match="bad json"):
-        po.convert(po.JSONB, b"{nope")
-    with pytest.raises(po.DecodeError, match="bad value"):
-        po.convert(po.INT8, b"12x")
-    with pytest.raises(po.DecodeError, match="bad utf-8"):
-        po.convert(po.TEXT, b"\xff\xfe")
+    with pytest.raises(DecodeError, match="bad json"):
+        values.convert(values.JSONB, b"{nope")
+    with pytest.raises(DecodeError, match="bad value"):
+        values.convert(values.INT8, b"12x")
+    with pytest.raises(DecodeError, match="bad utf-8"):
+        values.convert(values.TEXT, b"\xff\xfe")

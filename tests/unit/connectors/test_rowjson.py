@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from connectors import pgoutput as po
-from connectors import rowjson
+from connectors import rowjson, values
 
 # a column type and a generator of its text form as the walsender could send it (plus malformed ones)
 _digits = st.integers(min_value=-(2**63), max_value=2**63 - 1).map(str)
@@ -39,17 +39,17 @@ _json = st.recursive(
     max_leaves=8,
 ).map(lambda v: orjson.dumps(v).decode())
 COLUMN_TYPES: dict[int, st.SearchStrategy[str]] = {
-    po.TEXT: _text | _ascii,
-    po.VARCHAR: _ascii,
-    po.INT4: _digits | _odd_ints,
-    po.INT8: _digits | _odd_ints,
-    po.BOOL: st.sampled_from(["t", "f", "x", "true", ""]),
-    po.JSONB: _json,
-    po.TIMESTAMPTZ: _ts | _odd_ts,
-    po.FLOAT8: st.floats(allow_nan=True).map(repr)
+    values.TEXT: _text | _ascii,
+    values.VARCHAR: _ascii,
+    values.INT4: _digits | _odd_ints,
+    values.INT8: _digits | _odd_ints,
+    values.BOOL: st.sampled_from(["t", "f", "x", "true", ""]),
+    values.JSONB: _json,
+    values.TIMESTAMPTZ: _ts | _odd_ts,
+    values.FLOAT8: st.floats(allow_nan=True).map(repr)
     | st.sampled_from(["NaN", "Infinity", "-Infinity", "1e+20"]),
-    po.TEXT_ARRAY: st.sampled_from(["{}", "{a,b}", '{"x y",NULL}', "{{1}}"]),
-    po.NUMERIC: st.sampled_from(["1.50", "-0", "NaN"]),
+    values.TEXT_ARRAY: st.sampled_from(["{}", "{a,b}", '{"x y",NULL}', "{{1}}"]),
+    values.NUMERIC: st.sampled_from(["1.50", "-0", "NaN"]),
 }
 
 
@@ -116,7 +116,7 @@ def test_native_encoder_is_built() -> None:
 
 
 def test_encoder_choice() -> None:
-    rel = po.Relation(1, "public", "t", "d", (po.Column("id", po.INT8, -1, True),))
+    rel = po.Relation(1, "public", "t", "d", (po.Column("id", values.INT8, -1, True),))
     plan = po.RowPlan.of(rel)
     assert isinstance(rowjson.make_encoder(plan, ("id",), "python"), rowjson.PyRowEncoder)
     assert not isinstance(rowjson.make_encoder(plan, ("id",), "native"), rowjson.PyRowEncoder)

@@ -42,3 +42,14 @@ def test_iso_has_offset_and_pg_epoch_roundtrip() -> None:
     assert parse_iso(iso(ts)) == ts
     assert pg_micros_to_datetime(datetime_to_pg_micros(ts)) == ts
     assert datetime_to_pg_micros(datetime(2000, 1, 1, tzinfo=UTC)) == 0
+
+
+@given(st.binary(min_size=0, max_size=40), st.integers(min_value=1, max_value=64))
+def test_partition_of_is_kafkas_default_partitioner(key: bytes, partitions: int) -> None:
+    """The one key -> partition rule agrees with aiokafka's own DefaultPartitioner (an independent twin)."""
+    from aiokafka.partitioner import DefaultPartitioner
+
+    from walduck.records import partition_of
+
+    parts = list(range(partitions))
+    assert partition_of(key, partitions) == DefaultPartitioner()(key, parts, parts)

@@ -7,8 +7,9 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.catalog_model import APPEND_HEAVY, OPERATIONS, CatalogModel
-from pipeline.compaction import Compactor, replay, restore_from_deltas
+from pipeline.compaction import Compactor, restore_from_deltas
+from support.catalog_model import APPEND_HEAVY, OPERATIONS, CatalogModel
+from support.reference_consumer import replay
 from walduck.deltas import PARTITION_FIELDS, Delta, DeltaKind
 
 ops_strategy = st.lists(st.sampled_from(OPERATIONS), min_size=1, max_size=60)
