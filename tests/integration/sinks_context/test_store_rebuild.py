@@ -15,8 +15,8 @@ import pytest
 
 import sinks.context.store as store_module
 from sinks.context.store import ContextStore
-from walduck import metrics
 from stack.catalog.migrate import apply_migrations
+from walduck import metrics
 from walduck.config import ContextMode
 
 pytestmark = pytest.mark.integration
