@@ -157,11 +157,10 @@ REBUILD_DURATION = Histogram(
     ["scope"],
     buckets=LATENCY_BUCKETS,
 )
-REBUILDS = Counter("walduck_rebuilds_total", "Context rebuilds from PostgreSQL, by scope.", ["scope"])
-REBUILD_FAILURES = Counter(
-    "walduck_rebuild_failures_total",
-    "Context rebuilds from PostgreSQL that raised (the context keeps its previous state), by scope.",
-    ["scope"],
+REBUILDS = Counter(
+    "walduck_rebuilds_total",
+    "Context rebuilds from PostgreSQL, by scope (dataset, shard, full) and result (ok, error).",
+    ["scope", "result"],
 )
 CACHE_EVENTS = Counter(
     "walduck_cache_events_total",

@@ -18,7 +18,6 @@ from sinks.service.state import ServiceState
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["Admin"], route_class=OffLoopJsonRoute)
-_background: set[asyncio.Task[Any]] = set()
 
 
 class InvalidateRequest(BaseModel):
@@ -48,15 +47,9 @@ async def runtime_cache(request: Request, detail: str | None = None) -> dict[str
 
 
 def _rebuild_in_background(s: ServiceState, dataset_id: str | None, reason: str) -> None:
-    async def run() -> None:
-        try:
-            await asyncio.to_thread(s.store.rebuild, dataset_id, reason)
-        except Exception:
-            log.exception("rebuild (dataset=%s, reason=%s) failed", dataset_id, reason)
-
-    task = asyncio.get_running_loop().create_task(run(), name=f"rebuild-{dataset_id or 'all'}")
-    _background.add(task)
-    task.add_done_callback(_background.discard)
+    """Queue the rebuild on the store's scheduler (one per scope, merged while one runs; its result and error
+    are kept in the admin snapshot). Returns at once: no request or executor thread waits for it."""
+    s.store.request_rebuild(dataset_id, reason)
 
 
 @router.post(

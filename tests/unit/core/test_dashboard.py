@@ -119,7 +119,6 @@ def test_the_dashboard_shows_what_operators_watch() -> None:
         "walduck_delta_apply_duration_seconds_bucket",
         "walduck_dlq_records_total",
         "walduck_rebuilds_total",
-        "walduck_rebuild_failures_total",
         "walduck_query_requests_total",
         "walduck_query_duration_seconds_bucket",
     ):
