@@ -172,6 +172,24 @@ def _stream_key(delta: Delta) -> tuple[int, str]:
     return (delta.src_partition, delta.dataset_id or GLOBAL_KEY)
 
 
+def _dataset_row(ds: dict[str, Any], shard: int) -> list[Any]:
+    """A catalog ``datasets`` row as the context's ``wd.datasets`` row (apply and rebuild write the same)."""
+    did = str(ds["id"])
+    return [
+        did,
+        shard,
+        ds.get("slug") or did,
+        ds.get("name") or ds.get("slug") or did,
+        ds.get("description"),
+        ds.get("status") or "active",
+        ds.get("write_format") or "parquet",
+        ds.get("default_storage_target_id"),
+        as_json_text(_as_dict(ds.get("metadata"))),
+        _naive_utc(ds.get("created_at")),
+        _naive_utc(ds.get("updated_at")),
+    ]
+
+
 class _Borrowed:
     """A pinned cursor lent to one read: ``close()`` is the owner's (:meth:`ContextStore.pinned_snapshot`)."""
 
@@ -823,19 +841,7 @@ class ContextStore:
             cur.execute(f"DELETE FROM {WD}.datasets WHERE id = ?", [did])
             cur.execute(
                 f"INSERT INTO {WD}.datasets VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    did,
-                    shard,
-                    ds.get("slug") or did,
-                    ds.get("name") or ds.get("slug") or did,
-                    ds.get("description"),
-                    ds.get("status") or "active",
-                    ds.get("write_format") or "parquet",
-                    ds.get("default_storage_target_id"),
-                    as_json_text(_as_dict(ds.get("metadata"))),
-                    _naive_utc(ds.get("created_at")),
-                    _naive_utc(ds.get("updated_at")),
-                ],
+                _dataset_row(ds, shard),
             )
 
     def _upsert_schema_versions(
@@ -955,22 +961,7 @@ class ContextStore:
         self._insert_rows(
             cur,
             "datasets",
-            [
-                [
-                    str(ds["id"]),
-                    shard_of(str(ds["id"])),
-                    ds.get("slug") or str(ds["id"]),
-                    ds.get("name") or ds.get("slug") or str(ds["id"]),
-                    ds.get("description"),
-                    ds.get("status") or "active",
-                    ds.get("write_format") or "parquet",
-                    ds.get("default_storage_target_id"),
-                    as_json_text(_as_dict(ds.get("metadata"))),
-                    _naive_utc(ds.get("created_at")),
-                    _naive_utc(ds.get("updated_at")),
-                ]
-                for ds in snap.datasets
-            ],
+            [_dataset_row(ds, shard_of(str(ds["id"]))) for ds in snap.datasets],
         )
         sv_ids = [str(sv["id"]) for sv in snap.schema_versions]
         if sv_ids:

@@ -36,20 +36,11 @@ from stack.bench.pipeline import SCOPES, make_stack
 from stack.bench.report import Result, percentile
 from stack.local import COMPONENTS, Stack
 from stack.procs import component_env
-from stack.workload.generator import Workload
+from stack.workload.generator import ALL_SHAPES_MIX, Workload
 from walduck.catalog_reader import partition_location, storage_targets, visible_partitions
 from walduck.lsn import format_lsn
 
-# every transaction shape, ingestion-heavy (the fault suite's mix)
-FAILOVER_MIX: dict[str, float] = {
-    "ingest": 5,
-    "new_manifest_version": 1,
-    "retention": 1,
-    "compaction": 1,
-    "schema_change": 0.5,
-    "metadata_change": 0.5,
-    "archive": 0.2,
-}
+FAILOVER_MIX = ALL_SHAPES_MIX
 GOAL_P99_S = 5.0
 GOAL_MAX_S = 10.0
 

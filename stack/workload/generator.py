@@ -64,6 +64,16 @@ DEFAULT_MIX: dict[str, float] = {
     "metadata_change": 0.07,
     "archive": 0.02,
 }
+# every transaction shape, ingestion-heavy: the mix the fault suite, the e2e tests and the failover bench run
+ALL_SHAPES_MIX: dict[str, float] = {
+    "ingest": 5,
+    "new_manifest_version": 1,
+    "retention": 1,
+    "compaction": 1,
+    "schema_change": 0.5,
+    "metadata_change": 0.5,
+    "archive": 0.2,
+}
 WORKLOAD_CREATED_BY = "walduck-workload"
 FILE_MODES = ("real", "linked")
 # linked mode: template files per (schema, day), rows per template

@@ -11,18 +11,10 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from stack.local import Stack
-from stack.workload.generator import RunSummary, Workload
+from stack.workload.generator import ALL_SHAPES_MIX, RunSummary, Workload
 from support.truth import assert_sql_matches_truth, run_verify, truth_from_postgres
 
-ALL_SHAPES: dict[str, float] = {
-    "ingest": 5,
-    "new_manifest_version": 1,
-    "retention": 1,
-    "compaction": 1,
-    "schema_change": 0.5,
-    "metadata_change": 0.5,
-    "archive": 0.2,
-}
+ALL_SHAPES = ALL_SHAPES_MIX
 
 
 @dataclass

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from stack.workload.generator import Workload
+from stack.workload.generator import ALL_SHAPES_MIX, Workload
 from support.truth import (
     assert_sql_matches_truth,
     deltas_replayed,
@@ -15,15 +15,7 @@ from support.truth import (
     visible_from_postgres,
 )
 
-ALL_SHAPES = {
-    "ingest": 5,
-    "new_manifest_version": 1,
-    "retention": 1,
-    "compaction": 1,
-    "schema_change": 0.5,
-    "metadata_change": 0.5,
-    "archive": 0.2,
-}
+ALL_SHAPES = ALL_SHAPES_MIX
 
 
 @pytest.mark.parametrize("mode", ["incremental", "full-scan"])
