@@ -30,7 +30,7 @@ import duckdb
 import orjson
 import pyarrow as pa
 
-from sinks.context import ddl
+from sinks.context import ddl, staleness
 from sinks.context.bulkload import insert_partitions
 from sinks.context.ddl import INDEX_SCHEMA as WD
 from sinks.context.file_presence import FilePresence, FileState
@@ -717,13 +717,11 @@ class ContextStore:
             metrics.DELTA_APPLY_DURATION.observe(elapsed)
         metrics.DELTAS_APPLIED.labels(result="applied").inc()
         metrics.SHARD_APPLIED_LSN.labels(shard=str(partition)).set(prog.applied_lsn)
-        with contextlib.suppress(ValueError, TypeError):
-            if delta.snapshot:
-                return  # a snapshot piece says nothing about freshness until the snapshot is complete
-            lag = (utcnow() - parse_iso(delta.commit_ts_max)).total_seconds()
-            metrics.SHARD_STALENESS.labels(shard=str(partition)).set(max(lag, 0.0))
-            if delta.kind == DeltaKind.DELTA and not delta.snapshot:
-                metrics.END_TO_END_LATENCY.observe(max(lag, 0.0))
+        if delta.snapshot:
+            return  # a snapshot piece says nothing about freshness until the snapshot is complete
+        lag = staleness.publish(partition, prog.newest_commit_ts)
+        if lag is not None and delta.kind == DeltaKind.DELTA:
+            metrics.END_TO_END_LATENCY.observe(staleness.of(delta.commit_ts_max) or 0.0)
 
     def _write_progress(
         self, cur: duckdb.DuckDBPyConnection, delta: Delta, partition: int, offset: int
@@ -1305,18 +1303,13 @@ class ContextStore:
         now = utcnow()
         out: dict[int, ShardProgress] = {}
         for shard, p in sorted(self._progress.items()):
-            staleness = None
-            if p.newest_commit_ts:
-                with contextlib.suppress(ValueError):
-                    staleness = max((now - parse_iso(p.newest_commit_ts)).total_seconds(), 0.0)
-                    metrics.SHARD_STALENESS.labels(shard=str(shard)).set(staleness)
             out[shard] = ShardProgress(
                 shard=shard,
                 applied_lsn=p.applied_lsn,
                 deltas_offset=p.deltas_offset,
                 src_offset=p.src_offset,
                 newest_commit_ts=p.newest_commit_ts,
-                staleness_s=staleness,
+                staleness_s=staleness.publish(shard, p.newest_commit_ts, now),
                 last_apply_ms=p.last_apply_ms,
                 last_error=p.last_error,
                 bootstrapped=p.bootstrapped,
@@ -1715,7 +1708,7 @@ class ContextStore:
     def snapshot(self, detail_partitions: bool = False) -> dict[str, Any]:
         views = self.datasets()
         prog = self.progress()
-        staleness = [p.staleness_s for p in prog.values() if p.staleness_s is not None]
+        context_staleness = staleness.overall(p.staleness_s for p in prog.values())
         signature = hashlib.sha1(
             "|".join(f"{v.id}:{v.partition_count}:{v.total_rows}:{v.updated_at}" for v in views).encode()
         ).hexdigest()
@@ -1781,7 +1774,7 @@ class ContextStore:
             "signature": signature,
             "builtAt": iso(self._opened_at) if self._opened_at else None,
             "expiresAt": None,
-            "stalenessSeconds": max(staleness) if staleness else None,
+            "stalenessSeconds": context_staleness,
             "datasetCount": len(views),
             "appliedLsn": format_lsn(self.applied_lsn()),
             "datasets": datasets,

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from sinks.context import staleness
 from sinks.service.audit import AuditSink
 from sinks.service.catalog import Catalog
 from sinks.service.iam import IamPolicy, Principal
@@ -49,13 +50,8 @@ class ServiceState:
         return self.iam.readable(principal, datasets)
 
     def staleness_seconds(self) -> float | None:
-        """Max over context shards of now − newest applied commit (None before anything applied)."""
-        values = [
-            p.staleness_s
-            for p in self.store.progress().values()
-            if getattr(p, "staleness_s", None) is not None
-        ]
-        return max(values) if values else None
+        """The context's staleness (``sinks.context.staleness``: max over its shards; None before anything)."""
+        return staleness.overall(getattr(p, "staleness_s", None) for p in self.store.progress().values())
 
     def bootstrapped(self) -> bool:
         progress = self.store.progress()
