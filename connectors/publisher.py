@@ -10,20 +10,19 @@ dataset (storage targets, truncates) and heartbeats/snapshot markers go to every
 from __future__ import annotations
 
 import asyncio
-import base64
 from collections.abc import Awaitable, Iterable
 
-import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from aiokafka.producer.message_accumulator import BatchBuilder
 
 from connectors.transactions import Rejected
 from walduck.config import WalduckSettings
+from walduck.dlq import DeadLetter
 from walduck.kafka_security import client_kwargs
+from walduck.lsn import format_lsn
 from walduck.metrics import DLQ_RECORDS
 from walduck.records import ChangeRecord, Kind, partition_of
-from walduck.timeutil import iso, utcnow
 
 
 def best_compression() -> str:
@@ -180,7 +179,8 @@ def _settle(acked: asyncio.Future[None], sent: asyncio.Future[object]) -> None:
 
 
 class DeadLetterPublisher:
-    """Undecodable rows -> ``settings.dlq_topic`` with the reason and the raw bytes (base64)."""
+    """Undecodable rows -> ``settings.dlq_topic`` as dead letters (``walduck.dlq``: the raw pgoutput message,
+    the reason, and table/xid/commit LSN headers)."""
 
     def __init__(self, producer: AIOKafkaProducer, topic: str, component: str = "connector") -> None:
         self.producer = producer
@@ -190,19 +190,24 @@ class DeadLetterPublisher:
     async def publish(self, rejected: Iterable[Rejected]) -> int:
         futures = []
         for r in rejected:
-            doc = {
-                "component": self.component,
-                "reason": r.reason,
-                "detail": r.detail,
-                "table": r.table,
-                "lsn": r.lsn,
-                "commit_lsn": r.commit_lsn,
-                "xid": r.xid,
-                "at": iso(utcnow()),
-                "raw_b64": base64.b64encode(r.raw).decode(),
-            }
-            key = (r.table or "unknown").encode()
-            futures.append((r.reason, await self.producer.send(self.topic, value=orjson.dumps(doc), key=key)))
+            extra = {"table": r.table or ""}
+            if r.xid is not None:
+                extra["xid"] = str(r.xid)
+            if r.commit_lsn is not None:
+                extra["commit_lsn"] = format_lsn(r.commit_lsn)
+            letter = DeadLetter(
+                self.component,
+                r.reason,
+                f"wal@{format_lsn(r.lsn)}",
+                r.raw,
+                r.detail,
+                (r.table or "unknown").encode(),
+                extra,
+            )
+            key, value, headers = letter.envelope()
+            futures.append(
+                (r.reason, await self.producer.send(self.topic, value=value, key=key, headers=headers))
+            )
         for reason, future in futures:
             await future
             DLQ_RECORDS.labels(component=self.component, reason=reason).inc()

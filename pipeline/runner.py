@@ -35,6 +35,7 @@ from pipeline.compaction import Compactor, InvalidChange, OffsetRegression, Reje
 from pipeline.settings import CompactorSettings
 from walduck.config import WalduckSettings
 from walduck.deltas import Delta
+from walduck.dlq import DeadLetter
 from walduck.errors import InvariantBroken
 from walduck.kafka_security import client_kwargs, start_client
 from walduck.metrics import (
@@ -57,9 +58,6 @@ from walduck.records import ChangeRecord, MalformedRecord
 
 log = logging.getLogger(__name__)
 COMPONENT = "compactor"
-# DLQ values above this are cut (header truncated_from = original size): a whole oversized record would make
-# the DLQ send fail, and the compactor would never commit past it
-DLQ_MAX_VALUE_BYTES = 256 * 1024
 
 
 class UnackedDelta(InvariantBroken, RuntimeError):
@@ -320,17 +318,13 @@ class CompactorRunner:
         assert self.producer is not None
         DLQ_RECORDS.labels(COMPONENT, reason_class).inc()
         log.warning("DLQ %s[%s]@%s: %s", tp.topic, tp.partition, offset, reason)
-        headers = [
-            ("reason", reason.encode()),
-            ("component", COMPONENT.encode()),
-            ("src", f"{tp.topic}/{tp.partition}/{offset}".encode()),
-        ]
-        if raw and len(raw) > DLQ_MAX_VALUE_BYTES:  # would exceed the producer's request size: keep the head
-            headers.append(("truncated_from", str(len(raw)).encode()))
-            raw = raw[:DLQ_MAX_VALUE_BYTES]
+        letter = DeadLetter(
+            COMPONENT, reason_class, f"{tp.topic}/{tp.partition}@{offset}", raw or b"", reason, key
+        )
+        key, value, headers = letter.envelope()
         work.dlq.append(
             asyncio.ensure_future(
-                self.producer.send(self.settings.dlq_topic, value=raw or b"", key=key, headers=headers)
+                self.producer.send(self.settings.dlq_topic, value=value, key=key, headers=headers)
             )
         )
 

@@ -29,13 +29,12 @@ from aiokafka.errors import KafkaError
 from sinks.context.store import ContextStore
 from walduck import metrics
 from walduck.deltas import Delta
+from walduck.dlq import DeadLetter
 from walduck.kafka_security import client_kwargs, start_client
 from walduck.records import MalformedRecord
 
 log = logging.getLogger(__name__)
 COMPONENT = "context"
-# DLQ values above this are cut (header truncated_from = original size), else the DLQ send fails
-DLQ_MAX_VALUE_BYTES = 256 * 1024
 
 
 class DeltaConsumer:
@@ -195,17 +194,12 @@ class DeltaConsumer:
         log.warning("deltas %s@%s -> DLQ (%s): %s", partition, offset, reason, detail)
         if self._producer is None:
             return
-        headers = [
-            ("component", COMPONENT.encode()),
-            ("reason", reason.encode()),
-            ("detail", detail[:1000].encode()),
-            ("source", f"{self.topic}/{partition}@{offset}".encode()),
-        ]
-        if value and len(value) > DLQ_MAX_VALUE_BYTES:  # the whole record would exceed the request size
-            headers.append(("truncated_from", str(len(value)).encode()))
-            value = value[:DLQ_MAX_VALUE_BYTES]
+        letter = DeadLetter(
+            COMPONENT, reason, f"{self.topic}/{partition}@{offset}", value or b"", detail, key
+        )
+        key, value, headers = letter.envelope()
         try:
-            await self._producer.send_and_wait(self.dlq_topic, value=value or b"", key=key, headers=headers)
+            await self._producer.send_and_wait(self.dlq_topic, value=value, key=key, headers=headers)
         except KafkaError as exc:
             log.error("could not write to DLQ %s: %s", self.dlq_topic, exc)
 

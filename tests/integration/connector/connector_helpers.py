@@ -22,6 +22,8 @@ from connectors.connector import Connector
 from connectors.settings import ConnectorSettings
 from walduck.catalog_tables import PUBLISHED_TABLES
 from walduck.config import WalduckSettings
+from walduck.dlq import DeadLetter
+from walduck.dlq import read as read_dead_letter
 from walduck.records import ChangeRecord, Kind, Op, Source
 
 
@@ -111,6 +113,27 @@ async def wait_slot(dsn: str, slot: str, wait_s: float = 60.0) -> None:
 
 def current_lsn(dsn: str) -> int:
     return slot_state(dsn, "")[1]
+
+
+async def read_dead_letters(bootstrap: str, topic: str, idle_ms: int = 1500) -> list[DeadLetter]:
+    """Every record of the DLQ topic, read back through the envelope (``walduck.dlq``)."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    try:
+        parts = [TopicPartition(topic, p) for p in await topic_partitions(bootstrap, topic)]
+        consumer.assign(parts)
+        await consumer.seek_to_beginning(*parts)
+        ends = await consumer.end_offsets(parts)
+        out: list[DeadLetter] = []
+        while [tp for tp in parts if await consumer.position(tp) < ends[tp]]:
+            batch = await consumer.getmany(timeout_ms=idle_ms, max_records=50_000)
+            for msgs in batch.values():
+                out += [read_dead_letter(m.value, m.headers, m.key) for m in msgs]
+        return out
+    finally:
+        await consumer.stop()
 
 
 async def read_topic(bootstrap: str, topic: str, idle_ms: int = 1500) -> dict[int, list[tuple[bytes, bytes]]]:

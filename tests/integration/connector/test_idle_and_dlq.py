@@ -4,17 +4,15 @@ unpublished tables write). (e) A row the decoder cannot decode goes to the DLQ a
 from __future__ import annotations
 
 import asyncio
-import base64
 import itertools
 import time
 
-import orjson
 import psycopg
 import pytest
 from connector_helpers import (  # type: ignore[import-not-found]
     current_lsn,
     read_changes,
-    read_topic,
+    read_dead_letters,
     running_connector,
     slot_state,
     wait_confirmed,
@@ -23,6 +21,7 @@ from connector_helpers import (  # type: ignore[import-not-found]
 
 from connectors import pgoutput as po
 from connectors.settings import ConnectorSettings
+from walduck.lsn import parse_lsn
 from walduck.records import Kind, Op, Source
 
 pytestmark = pytest.mark.integration
@@ -104,16 +103,13 @@ async def test_undecodable_row_goes_to_dlq_and_stream_continues(catalog_dsn: str
                 conn.execute(PARTITION_SQL, ["part-good-2", "c.parquet", "2024-01-01T02:00:00Z"])
             conn.execute(PARTITION_SQL, ["part-after", "d.parquet", "2024-01-01T03:00:00Z"])
         await wait_confirmed(catalog_dsn, settings.slot_name, current_lsn(catalog_dsn))
-    dlq = [
-        orjson.loads(v)
-        for msgs in (await read_topic(settings.kafka_bootstrap, settings.dlq_topic)).values()
-        for _, v in msgs
-    ]
+    dlq = await read_dead_letters(settings.kafka_bootstrap, settings.dlq_topic)
     assert len(dlq) == 1
     (dead,) = dlq
-    assert dead["component"] == "connector" and dead["reason"] == "timestamp out of range"
-    assert dead["table"] == "dataset_partitions" and "infinity" in dead["detail"]
-    msg = po.decode(base64.b64decode(dead["raw_b64"]))
+    assert dead.component == "connector" and dead.reason == "timestamp out of range"
+    assert dead.extra["table"] == "dataset_partitions" and "infinity" in dead.detail
+    assert dead.source.startswith("wal@") and "/" in dead.source
+    msg = po.decode(dead.raw)
     assert isinstance(msg, po.Insert) and msg.new[0] == b"part-bad"
     by_partition = await read_changes(settings.kafka_bootstrap, settings.changes_topic)
     parts = [
@@ -125,4 +121,4 @@ async def test_undecodable_row_goes_to_dlq_and_stream_continues(catalog_dsn: str
     assert [r.key["id"] for r in parts] == ["part-good-1", "part-good-2", "part-after"]
     same_tx = parts[:2]
     assert [(r.tx_index, r.tx_size, r.tx_total) for r in same_tx] == [(0, 2, 2), (1, 2, 2)]
-    assert dead["commit_lsn"] == same_tx[0].commit_lsn
+    assert parse_lsn(dead.extra["commit_lsn"]) == same_tx[0].commit_lsn

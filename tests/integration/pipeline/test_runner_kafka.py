@@ -250,8 +250,8 @@ async def test_malformed_record_goes_to_dlq_and_nothing_is_lost(
     dlq = await read_topic(settings.kafka_bootstrap, settings.dlq_topic)
     assert [m.value for m in dlq] == [bad]
     headers = dict(dlq[0].headers)
-    assert headers["reason"].startswith(b"not JSON")
-    assert headers["src"].startswith(f"{settings.changes_topic}/0/".encode())
+    assert headers["reason"] == b"malformed" and headers["detail"].startswith(b"not JSON")
+    assert headers["source"].startswith(f"{settings.changes_topic}/0@".encode())
 
 
 async def test_incomplete_transaction_expires_and_other_datasets_stay_readable(
@@ -317,7 +317,8 @@ async def test_incomplete_transaction_expires_and_other_datasets_stay_readable(
     dlq = await read_topic(settings.kafka_bootstrap, settings.dlq_topic)
     assert len(dlq) == 1
     headers = dict(dlq[0].headers)
-    assert headers["reason"].startswith(
+    assert headers["reason"] == b"incomplete_transaction_expired"
+    assert headers["detail"].startswith(
         b"incomplete_transaction_expired: 1 of 2 record(s) of key " + a.encode()
     )
     assert dlq[0].value == stuck.to_bytes()
