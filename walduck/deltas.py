@@ -26,8 +26,7 @@ from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
 
-import orjson
-
+from walduck.jsonexact import dumps_exact, loads_exact
 from walduck.records import GLOBAL_KEY, MAX_RECORD_BYTES, MalformedRecord
 from walduck.shardkey import shard_id
 
@@ -100,7 +99,7 @@ class Delta:
         )
 
     def to_bytes(self) -> bytes:
-        return orjson.dumps(asdict(self))
+        return dumps_exact(asdict(self))
 
     @classmethod
     def from_bytes(cls, raw: bytes | None) -> Delta:
@@ -110,8 +109,8 @@ class Delta:
         if len(raw) > MAX_RECORD_BYTES * 8:
             raise MalformedRecord(f"delta of {len(raw)} bytes is too large")
         try:
-            doc = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
+            doc = loads_exact(raw)
+        except (ValueError, RecursionError) as exc:
             raise MalformedRecord(f"not JSON: {exc}") from None
         if not isinstance(doc, dict):
             raise MalformedRecord("not a JSON object")

@@ -11,10 +11,13 @@ Version 1 fields (all present on every record; ``None`` where not applicable):
 ``table``      source table name without schema (``dataset_partitions`` …)
 ``op``         ``insert`` | ``update`` | ``delete`` | ``truncate`` | ``read`` (snapshot)
 ``key``        primary-key columns, e.g. ``{"id": "part-…"}``
-``new``        the new row (insert/update/read), typed (ints, floats, bools, dicts,
-               timestamps as ISO 8601 strings with offset). Inside the connector an
-               inserted row may already be encoded (``orjson.Fragment``); on the wire it is
-               always this JSON object
+``new``        the new row (insert/update/read), typed (ints, floats, bools, text
+               arrays as lists; JSON/JSONB columns are PostgreSQL's own JSON text
+               verbatim, so their numbers are exact: decode with
+               :func:`walduck.jsonexact.loads_exact`; timestamps as walduck's instant
+               text, see below). Inside the connector JSON columns and inserted rows
+               may already be encoded (``orjson.Fragment``); on the wire it is always
+               this JSON object
 ``old``        the old row (update/delete; complete because the connector sets
                REPLICA IDENTITY FULL on the catalog tables)
 ``dataset_id`` the dataset the row belongs to (the Kafka key); ``None`` for global rows
@@ -31,6 +34,13 @@ Version 1 fields (all present on every record; ``None`` where not applicable):
 ``tx_total``   number of records in the whole transaction
 =============  =====================================================================
 
+Timestamps (``timestamp``/``timestamptz`` columns) are UTC ISO 8601 with ``+00:00``
+(``2024-01-01T00:00:00.500000+00:00``, fraction only when non-zero). PostgreSQL instants plain ISO 8601
+cannot hold have this encoding (:mod:`walduck.timeutil`, round-trips exactly):
+``infinity`` and ``-infinity``; years above 9999 as expanded years with a sign
+(``+10000-01-01T00:00:00+00:00``); BC years as astronomical years, ``0000`` = 1 BC, ``-0001`` = 2 BC
+(``'0001-01-01 00:30:00+01'`` is ``0000-12-31T23:30:00+00:00``).
+
 Duplicates after a crash carry the same ``commit_lsn``/``lsn`` as the original, so a consumer
 that remembers the highest applied ``(commit_lsn, lsn)`` drops them.
 """
@@ -43,6 +53,8 @@ from typing import Any
 
 import orjson
 from aiokafka.partitioner import murmur2
+
+from walduck.jsonexact import dumps_exact, loads_exact
 
 SCHEMA_VERSION = 1
 GLOBAL_KEY = "__global__"
@@ -122,7 +134,7 @@ class ChangeRecord:
     def to_bytes(self) -> bytes:
         # orjson serialises the dataclass itself (fields in order, enums by value, and the connector's
         # orjson.Fragment JSON columns verbatim), without dataclasses.asdict's deep copy
-        return orjson.dumps(self)
+        return dumps_exact(self)
 
     @classmethod
     def from_bytes(cls, raw: bytes | None) -> ChangeRecord:
@@ -132,8 +144,8 @@ class ChangeRecord:
         if len(raw) > MAX_RECORD_BYTES:
             raise MalformedRecord(f"record of {len(raw)} bytes exceeds {MAX_RECORD_BYTES}")
         try:
-            doc = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
+            doc = loads_exact(raw)
+        except (ValueError, RecursionError) as exc:
             raise MalformedRecord(f"not JSON: {exc}") from None
         if not isinstance(doc, dict):
             raise MalformedRecord("not a JSON object")

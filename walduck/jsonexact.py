@@ -1,0 +1,71 @@
+"""Exact JSON: every number a PostgreSQL ``json``/``jsonb`` value can hold survives a load and a dump.
+
+``orjson`` (walduck's JSON library) parses numbers into float64 / 64-bit integers: ``1e400`` is refused
+("number is infinity when parsed as double"), ``123456789012345678901234567890`` becomes
+``1.2345678901234568e+29`` and ``0.10000000000000000000001`` becomes ``0.1``. jsonb holds arbitrary
+precision numerics, so every consumer that must round-trip a row uses :func:`loads_exact` /
+:func:`dumps_exact` instead.
+
+Representation (documented in ``docs/design.md``): a JSON number whose text float64 or int64/uint64 might not
+hold exactly is loaded as a :class:`decimal.Decimal` carrying the exact decimal value (integers too:
+``Decimal('123456789012345678901234567890')``); every other number is the usual ``int``/``float``.
+:func:`dumps_exact` writes a ``Decimal`` back as its exact decimal text (``str(Decimal)``, e.g. ``1E+400``).
+
+Speed: a document whose number tokens are all short (≤ 15 characters, exponent < 100) goes through orjson
+unchanged: ≤ 15 significant digits always round-trip through float64 and such integers fit in int64. Only
+documents holding a longer or larger token (checked by one regex over the bytes; a match inside a string only
+costs the slow path) are parsed by the standard library with ``parse_float``/``parse_int`` hooks.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from decimal import Decimal
+from typing import Any
+
+import orjson
+
+# a number token that is not certainly exact in orjson: >= 16 characters, or an exponent of 3+ digits
+_RISKY = re.compile(rb"(?:^|[:\[,])\s*-?[0-9](?:[0-9.eE+-]{15,}|[0-9.]*[eE][+-]?[0-9]{3,})")
+_INT64 = (-(2**63), 2**64 - 1)
+
+
+def _int(text: str) -> int | Decimal:
+    value = int(text)
+    return value if _INT64[0] <= value <= _INT64[1] else Decimal(text)
+
+
+def _float(text: str) -> float | Decimal:
+    return Decimal(text)
+
+
+def _constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def loads_exact(raw: bytes | str) -> Any:
+    """JSON text -> Python value with exact numbers (see the module docstring); raises ``ValueError``
+    (``orjson.JSONDecodeError`` or ``json.JSONDecodeError``, both subclasses) on invalid JSON."""
+    data = raw.encode() if isinstance(raw, str) else raw
+    if _RISKY.search(data) is None:
+        try:
+            return orjson.loads(data)
+        except orjson.JSONDecodeError:
+            pass  # e.g. a short token out of float64's range: the standard library decides
+    return json.loads(data, parse_float=_float, parse_int=_int, parse_constant=_constant)
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        if not value.is_finite():
+            raise TypeError(f"{value} is not a JSON number")
+        return orjson.Fragment(str(value).encode())
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def dumps_exact(value: Any, option: int | None = None) -> bytes:
+    """``orjson.dumps`` that writes :class:`~decimal.Decimal` numbers as their exact text."""
+    if option is None:
+        return orjson.dumps(value, default=_default)
+    return orjson.dumps(value, default=_default, option=option)
