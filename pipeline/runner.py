@@ -83,7 +83,7 @@ async def read_deltas(
             for msgs in (await consumer.getmany(tp, timeout_ms=1000, max_records=5000)).values():
                 for msg in msgs:
                     with contextlib.suppress(MalformedRecord):
-                        out.append(Delta.from_bytes(msg.value))
+                        out.append(Delta.from_bytes(msg.value, max_message_bytes))
         return out
     finally:
         await consumer.stop()
@@ -192,7 +192,7 @@ class CompactorRunner:
             work.window_started = time.monotonic()
         COMPACTOR_RECORDS_IN.inc()
         try:
-            record = ChangeRecord.from_bytes(msg.value)
+            record = ChangeRecord.from_bytes(msg.value, self.settings.max_message_bytes)
         except MalformedRecord as exc:
             compactor.skip(msg.offset)
             self._dlq(work, tp, msg.offset, msg.key, msg.value, "malformed", exc.reason)

@@ -26,8 +26,9 @@ from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from walduck.config import DEFAULT_MAX_MESSAGE_BYTES
 from walduck.jsonexact import dumps_exact, loads_exact
-from walduck.records import GLOBAL_KEY, MAX_RECORD_BYTES, MalformedRecord
+from walduck.records import GLOBAL_KEY, MalformedRecord
 from walduck.shardkey import shard_id
 
 DELTA_SCHEMA_VERSION = 1
@@ -102,12 +103,13 @@ class Delta:
         return dumps_exact(asdict(self))
 
     @classmethod
-    def from_bytes(cls, raw: bytes | None) -> Delta:
-        """Decode and validate; raises :class:`~walduck.records.MalformedRecord`."""
+    def from_bytes(cls, raw: bytes | None, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Delta:
+        """Decode and validate; raises :class:`~walduck.records.MalformedRecord`. ``max_bytes``: the one size
+        limit (``WALDUCK_MAX_MESSAGE_BYTES``, :mod:`walduck.sizepolicy`)."""
         if raw is None:
             raise MalformedRecord("empty value (tombstone)")
-        if len(raw) > MAX_RECORD_BYTES * 8:
-            raise MalformedRecord(f"delta of {len(raw)} bytes is too large")
+        if len(raw) > max_bytes:
+            raise MalformedRecord(f"delta of {len(raw)} bytes exceeds {max_bytes}")
         try:
             doc = loads_exact(raw)
         except (ValueError, RecursionError) as exc:

@@ -34,6 +34,15 @@ Version 1 fields (all present on every record; ``None`` where not applicable):
 ``tx_total``   number of records in the whole transaction
 =============  =====================================================================
 
+Two optional fields (absent or ``None`` on nearly every record) keep a record within the one size limit
+(``WALDUCK_MAX_MESSAGE_BYTES``; :mod:`walduck.sizepolicy`):
+
+``old_same_as_new``  columns whose old value equals the new one, carried once in ``new`` (an
+                     UPDATE of a row holding a large unchanged TOASTed value); :meth:`ChangeRecord.from_bytes`
+                     puts them back into ``old``
+``omitted``          columns no consumer reads, left out of ``new`` and ``old``; ``["*"]``: the row
+                     itself was over the limit (the record carries no row and is dead-lettered)
+
 Timestamps (``timestamp``/``timestamptz`` columns) are UTC ISO 8601 with ``+00:00``
 (``2024-01-01T00:00:00.500000+00:00``, fraction only when non-zero). PostgreSQL instants plain ISO 8601
 cannot hold have this encoding (:mod:`walduck.timeutil`, round-trips exactly):
@@ -54,6 +63,7 @@ from typing import Any
 import orjson
 from aiokafka.partitioner import murmur2
 
+from walduck.config import DEFAULT_MAX_MESSAGE_BYTES
 from walduck.jsonexact import dumps_exact, loads_exact
 
 SCHEMA_VERSION = 1
@@ -68,7 +78,8 @@ def partition_of(key: str | bytes, partitions: int) -> int:
     return (murmur2(raw) & 0x7FFFFFFF) % max(partitions, 1)
 
 
-MAX_RECORD_BYTES = 4 * 1024 * 1024
+OMITTED_ALL = "*"
+"""``omitted = ["*"]``: a record over the size limit that carries no row (:mod:`walduck.sizepolicy`)."""
 
 
 class Kind(StrEnum):
@@ -119,6 +130,8 @@ class ChangeRecord:
     tx_index: int = 0
     tx_size: int = 1
     tx_total: int = 1
+    old_same_as_new: list[str] | None = None
+    omitted: list[str] | None = None
     v: int = field(default=SCHEMA_VERSION)
 
     @property
@@ -137,12 +150,13 @@ class ChangeRecord:
         return dumps_exact(self)
 
     @classmethod
-    def from_bytes(cls, raw: bytes | None) -> ChangeRecord:
-        """Decode and validate; raises :class:`MalformedRecord` with a reason."""
+    def from_bytes(cls, raw: bytes | None, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> ChangeRecord:
+        """Decode and validate; raises :class:`MalformedRecord` with a reason. ``max_bytes`` is the one size
+        limit (``WALDUCK_MAX_MESSAGE_BYTES``, :mod:`walduck.sizepolicy`)."""
         if raw is None:
             raise MalformedRecord("empty value (tombstone)")
-        if len(raw) > MAX_RECORD_BYTES:
-            raise MalformedRecord(f"record of {len(raw)} bytes exceeds {MAX_RECORD_BYTES}")
+        if len(raw) > max_bytes:
+            raise MalformedRecord(f"record of {len(raw)} bytes exceeds {max_bytes}")
         try:
             doc = loads_exact(raw)
         except (ValueError, RecursionError) as exc:
@@ -165,6 +179,25 @@ class ChangeRecord:
             raise MalformedRecord("lsn and commit_lsn must be non-negative integers")
         if not isinstance(commit_ts, str):
             raise MalformedRecord("commit_ts must be an ISO 8601 string")
+        omitted = doc.get("omitted")
+        if omitted is not None and (
+            not isinstance(omitted, list) or not all(isinstance(c, str) for c in omitted)
+        ):
+            raise MalformedRecord("omitted must be a list of column names")
+        if omitted and OMITTED_ALL in omitted:
+            raise MalformedRecord("oversize record: its row exceeded the size limit (omitted *)")
+        same = doc.get("old_same_as_new")
+        if same is not None:
+            old_row, new_row = doc.get("old"), doc.get("new")
+            if (
+                not isinstance(same, list)
+                or not isinstance(old_row, dict)
+                or not isinstance(new_row, dict)
+                or not all(isinstance(c, str) and c in new_row for c in same)
+            ):
+                raise MalformedRecord("old_same_as_new without old and new rows holding those columns")
+            for column in same:  # carried once, in new: the consumer sees the complete old row
+                old_row[column] = new_row[column]
         op = None
         if kind is Kind.CHANGE:
             try:
@@ -196,4 +229,6 @@ class ChangeRecord:
             tx_index=tx_index,
             tx_size=tx_size,
             tx_total=tx_total,
+            old_same_as_new=same,
+            omitted=omitted,
         )

@@ -16,6 +16,7 @@ from connector_helpers import (  # type: ignore[import-not-found]
     current_lsn,
     fold,
     read_changes,
+    read_topic,
     running_connector,
     wait_confirmed,
     wait_snapshot_done,
@@ -205,3 +206,44 @@ async def test_exact_values_on_every_path(catalog_dsn: str, fresh_topics) -> Non
         (Source.STREAM, Op.DELETE),
     }
     assert_same_catalog(fold(by_partition), catalog_rows(catalog_dsn))
+
+
+async def test_update_of_a_row_with_a_large_toasted_value_fits_the_limit(
+    catalog_dsn: str, fresh_topics
+) -> None:
+    """Issue 16, finding 4: a 2.2 MB dataset name, then a status update: REPLICA IDENTITY FULL sends the name
+    in old and new (4.4 MB). With a 4 MiB limit the record carries it once (old_same_as_new) and decodes to
+    the complete change; the compactor's delta says inactive."""
+    from pipeline.compaction import Compactor
+    from walduck.records import ChangeRecord
+
+    limit = 4 * 1024 * 1024
+    settings = (await fresh_topics(partitions=2, pg_dsn=catalog_dsn)).model_copy(
+        update={"max_message_bytes": limit}
+    )
+    name = "n" * 2_200_000
+    async with running_connector(settings, ConnectorSettings(status_interval=0.2, heartbeat_interval=0)):
+        await wait_snapshot_done(catalog_dsn, settings.slot_name)
+        with psycopg.connect(catalog_dsn, autocommit=True) as conn:
+            conn.execute(
+                "INSERT INTO timestore.datasets (id, slug, name) VALUES ('ds-big', 'ds-big', %s)", [name]
+            )
+            conn.execute("UPDATE timestore.datasets SET status = 'inactive' WHERE id = 'ds-big'")
+        await wait_confirmed(catalog_dsn, settings.slot_name, current_lsn(catalog_dsn))
+    raw = [
+        v
+        for msgs in (await read_topic(settings.kafka_bootstrap, settings.changes_topic)).values()
+        for _, v in msgs
+        if b'"ds-big"' in v[:2000] or b'"op":"update"' in v[:400]
+    ]
+    updates = [ChangeRecord.from_bytes(v, limit) for v in raw]
+    updates = [r for r in updates if r.op is Op.UPDATE and r.dataset_id == "ds-big"]
+    assert len(updates) == 1
+    (upd,) = updates
+    assert upd.old_same_as_new and "name" in upd.old_same_as_new
+    assert upd.old["name"] == upd.new["name"] == name
+    assert (upd.old["status"], upd.new["status"]) == ("active", "inactive")
+    comp = Compactor(0)
+    comp.feed(upd, 0)
+    (delta,) = comp.flush()
+    assert delta.dataset is not None and delta.dataset["status"] == "inactive"
