@@ -41,6 +41,7 @@ from walduck.catalog_tables import (
     dataset_of,
 )
 from walduck.deltas import PARTITION_FIELDS, Delta, DeltaKind, ShardChange
+from walduck.jsonexact import dumps_exact
 from walduck.records import GLOBAL_KEY, ChangeRecord, Kind, Op, Source
 from walduck.shardkey import LEGACY_SHARD, shard_for
 
@@ -156,14 +157,24 @@ def _without_updated_at(row: dict[str, Any] | None) -> dict[str, Any]:
     return {k: v for k, v in (row or {}).items() if k != "updated_at"}
 
 
+def _json_text(value: Any) -> str | None:
+    """A JSON member as PostgreSQL's ``->>`` gives it: a string as is, anything else as its JSON text."""
+    if value is None or isinstance(value, str):
+        return value
+    return dumps_exact(value).decode()
+
+
 def partition_entry(row: dict[str, Any], manifest: ManifestInfo | None) -> dict[str, Any]:
-    """The delta entry of one partition row: exactly :data:`PARTITION_FIELDS`."""
-    meta = row.get("metadata") or {}
+    """The delta entry of one partition row: exactly :data:`PARTITION_FIELDS`. ``metadata`` may be any JSON
+    (an array, a string, a number: jsonb does not say); only an object's members count, read like ``->>``."""
+    meta = row.get("metadata")
+    if not isinstance(meta, dict):
+        meta = {}
     entry = {name: row.get(name) for name in PARTITION_FIELDS}
-    entry["schema_version_id"] = meta.get("schemaVersionId") or (
+    entry["schema_version_id"] = _json_text(meta.get("schemaVersionId")) or (
         manifest.schema_version_id if manifest else None
     )
-    entry["table_name"] = meta.get("tableName") or DEFAULT_TABLE_NAME
+    entry["table_name"] = _json_text(meta.get("tableName")) or DEFAULT_TABLE_NAME
     if not entry.get("manifest_shard"):
         entry["manifest_shard"] = manifest.shard if manifest else shard_for(row.get("start_time"))
     return entry

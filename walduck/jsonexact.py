@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import fields, is_dataclass
 from decimal import Decimal
 from typing import Any
 
@@ -64,8 +65,28 @@ def _default(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
+def _wide_ints(value: Any) -> Any:
+    # orjson refuses integers past 64 bits (and calls no default for them): make them Decimals
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return value if _INT64[0] <= value <= _INT64[1] else Decimal(value)
+    if isinstance(value, dict):
+        return {k: _wide_ints(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_wide_ints(v) for v in value]
+    if is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _wide_ints(getattr(value, f.name)) for f in fields(value)}
+    return value
+
+
 def dumps_exact(value: Any, option: int | None = None) -> bytes:
-    """``orjson.dumps`` that writes :class:`~decimal.Decimal` numbers as their exact text."""
-    if option is None:
-        return orjson.dumps(value, default=_default)
-    return orjson.dumps(value, default=_default, option=option)
+    """``orjson.dumps`` that writes :class:`~decimal.Decimal` numbers (and integers past 64 bits) as their
+    exact text."""
+    opts = {} if option is None else {"option": option}
+    try:
+        return orjson.dumps(value, default=_default, **opts)
+    except orjson.JSONEncodeError as exc:
+        if "64-bit" not in str(exc):
+            raise
+        return orjson.dumps(_wide_ints(value), default=_default, **opts)
