@@ -109,6 +109,46 @@ class MalformedRecord(ValueError):
         self.reason = reason
 
 
+@dataclass(frozen=True, slots=True)
+class SharePosition:
+    """Where a record sits in its transaction share: what a consumer needs to account for a record it rejects
+    (so the rest of the share still completes), read from a record too broken to decode
+    (:func:`share_position`)."""
+
+    dataset_id: str | None
+    source: Source
+    commit_lsn: int
+    xid: int | None
+    tx_index: int
+    tx_size: int
+
+
+def share_position(raw: bytes | None) -> SharePosition | None:
+    """The share position of a malformed change record, when its bytes still name one; else ``None``."""
+    if not raw:
+        return None
+    try:
+        doc = loads_exact(raw)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(doc, dict) or doc.get("kind") != Kind.CHANGE.value:
+        return None
+    try:
+        source = Source(doc.get("source"))
+    except ValueError:
+        return None
+    commit_lsn, xid = doc.get("commit_lsn"), doc.get("xid")
+    index, size, dataset_id = doc.get("tx_index", 0), doc.get("tx_size", 1), doc.get("dataset_id")
+    ints_ok = all(isinstance(x, int) and not isinstance(x, bool) for x in (commit_lsn, index, size))
+    if not ints_ok or not 0 <= index < size or commit_lsn < 0:
+        return None
+    if (xid is not None and not isinstance(xid, int)) or (
+        dataset_id is not None and not isinstance(dataset_id, str)
+    ):
+        return None
+    return SharePosition(dataset_id, source, commit_lsn, xid, index, size)
+
+
 @dataclass(slots=True)
 class ChangeRecord:
     """One change (or heartbeat) as published. Treated as a value: nothing mutates a record after it is built
