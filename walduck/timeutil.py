@@ -72,7 +72,7 @@ class InstantError(ValueError):
 def _days_from_civil(y: int, m: int, d: int) -> int:
     # Howard Hinnant's algorithm: days since 1970-01-01 of a proleptic Gregorian date, any (astronomical) year
     y -= m <= 2
-    era = (y if y >= 0 else y - 399) // 400
+    era = y // 400  # (floor division: the C original's "y - 399" adjusts for truncation, Python floors)
     yoe = y - era * 400
     doy = (153 * (m + (-3 if m > 2 else 9)) + 2) // 5 + d - 1
     doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
@@ -81,7 +81,7 @@ def _days_from_civil(y: int, m: int, d: int) -> int:
 
 def _civil_from_days(z: int) -> tuple[int, int, int]:
     z += 719_468
-    era = (z if z >= 0 else z - 146_096) // 146_097
+    era = z // 146_097
     doe = z - era * 146_097
     yoe = (doe - doe // 1460 + doe // 36_524 - doe // 146_096) // 365
     y = yoe + era * 400

@@ -54,3 +54,17 @@ def test_shard_of_any_instant() -> None:
     assert shard_for("+10000-01-01T00:00:00+00:00") == "+10000-01-01"
     assert shard_for("0000-12-31T23:30:00+00:00") == "0000-12-31"
     assert shard_for("infinity") == "infinity"
+
+
+def test_bc_instants_agree_with_postgres_epoch() -> None:
+    # extract(epoch FROM …) in PostgreSQL 15; the differential test against wal2json found walduck a day off
+    # for BC years before this was pinned
+    cases = {
+        "4713-01-01 00:00:00+00 BC": -210_863_520_000,
+        "0044-03-15 12:00:00+00 BC": -63_517_780_800,
+        "0001-01-01 00:30:00+01": -62_135_598_600,
+        "10000-01-01 00:00:00+00": 253_402_300_800,
+        "0001-01-01 00:00:00+00": -62_135_596_800,
+    }
+    for text, epoch in cases.items():
+        assert tu.instant_micros(tu.pg_timestamp(text)) == epoch * 1_000_000, text
