@@ -13,13 +13,12 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
-from psycopg.adapt import Loader
 from psycopg.rows import dict_row
-from psycopg.types.json import set_json_loads
 
-from walduck.jsonexact import dumps_exact, loads_exact
+from walduck.jsonexact import dumps_exact
 from walduck.lsn import parse_lsn
-from walduck.timeutil import iso, pg_timestamp
+from walduck.pgvalues import exact_loaders
+from walduck.timeutil import iso
 
 
 @dataclass(slots=True)
@@ -33,14 +32,6 @@ class CatalogSnapshot:
 
 def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
     return {k: iso(v) if isinstance(v, datetime) else v for k, v in row.items()}
-
-
-class _InstantLoader(Loader):
-    """timestamp/timestamptz as walduck's instant text, as the connector writes them (also ±infinity, years
-    > 9999 and BC, which psycopg's datetime loader refuses)."""
-
-    def load(self, data: Any) -> str:
-        return pg_timestamp(bytes(data).decode())
 
 
 def read_catalog(
@@ -58,9 +49,7 @@ def read_catalog(
     p_filter = sql.SQL(" AND p.dataset_id = ANY(%(ids)s)") if only else sql.SQL("")
     params = {"ids": list(dataset_ids or [])}
     with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
-        set_json_loads(loads_exact, cur)
-        for name in ("timestamptz", "timestamp"):
-            cur.adapters.register_loader(name, _InstantLoader)
+        exact_loaders(cur)  # jsonb exact, timestamps as the change records carry them
         cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         cur.execute("SET LOCAL DateStyle = ISO")
         cur.execute("SELECT pg_current_wal_lsn()::text AS lsn")
