@@ -13,22 +13,37 @@ hold exactly is loaded as a :class:`decimal.Decimal` carrying the exact decimal 
 
 Speed: a document whose number tokens are all short (≤ 15 characters, exponent < 100) goes through orjson
 unchanged: ≤ 15 significant digits always round-trip through float64 and such integers fit in int64. Only
-documents holding a longer or larger token (checked by one regex over the bytes; a match inside a string only
-costs the slow path) are parsed by the standard library with ``parse_float``/``parse_int`` hooks.
+documents holding a longer or larger token (checked over the bytes at C speed, ``_risky``; a match inside a
+string only costs the slow path) are parsed by the standard library with ``parse_float``/``parse_int`` hooks.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import fields, is_dataclass
 from decimal import Decimal
 from typing import Any
 
 import orjson
 
-# a number token that is not certainly exact in orjson: >= 16 characters, or an exponent of 3+ digits
-_RISKY = re.compile(rb"(?:^|[:\[,])\s*-?[0-9](?:[0-9.eE+-]{15,}|[0-9.]*[eE][+-]?[0-9]{3,})")
+# Pre-check in C speed (bytes.translate + substring search, ~1 us per KB; a regex costs ~50): a number token
+# that may not be exact in orjson has >= 16 characters of [0-9.eE+-] in a row, or an exponent of 3+ digits.
+# Matches inside strings only cost the slow path.
+_RUN = bytes.maketrans(b"0123456789.eE+-", b"1" * 15)
+_RUN_TABLE = bytes(b if chr(b) in "0123456789.eE+-" else 32 for b in range(256)).translate(_RUN)
+_EXP_TABLE = bytes(
+    49 if chr(b).isdigit() else 101 if chr(b) in "eE" else 43 if chr(b) in "+-" else 32 for b in range(256)
+)
+_LONG = b"1" * 16
+
+
+def _risky(data: bytes) -> bool:
+    if _LONG in data.translate(_RUN_TABLE):
+        return True
+    exp = data.translate(_EXP_TABLE)
+    return b"e111" in exp or b"e+111" in exp
+
+
 _INT64 = (-(2**63), 2**64 - 1)
 
 
@@ -49,7 +64,7 @@ def loads_exact(raw: bytes | str) -> Any:
     """JSON text -> Python value with exact numbers (see the module docstring); raises ``ValueError``
     (``orjson.JSONDecodeError`` or ``json.JSONDecodeError``, both subclasses) on invalid JSON."""
     data = raw.encode() if isinstance(raw, str) else raw
-    if _RISKY.search(data) is None:
+    if not _risky(data):
         try:
             return orjson.loads(data)
         except orjson.JSONDecodeError:
