@@ -210,3 +210,50 @@ def test_partition_entry_takes_metadata_of_any_shape() -> None:
         entry = partition_entry({"id": "p", "metadata": meta, "start_time": "infinity"}, None)
         assert entry["table_name"] is None or isinstance(entry["table_name"], str)
         assert entry["schema_version_id"] is None or isinstance(entry["schema_version_id"], str)
+
+
+def test_context_clamps_instants_outside_duckdb_range() -> None:
+    """docs/contexts.md "Values": what /sql/read shows for ±infinity, years > 9999 and BC."""
+    from datetime import datetime
+
+    from walduck.deltas import DeltaKind, ShardChange
+
+    store = _store()
+    n = next(_ids)
+    ds = f"ds-clamp-{n}"
+    entry = {
+        "id": f"p-clamp-{n}",
+        "dataset_id": ds,
+        "manifest_id": f"dm-{n}",
+        "manifest_shard": "2024-01-01",
+        "storage_target_id": None,
+        "file_path": "x.parquet",
+        "file_format": "parquet",
+        "start_time": "-4712-01-01T00:00:00+00:00",
+        "end_time": "infinity",
+        "row_count": 1,
+        "file_size_bytes": 1,
+        "schema_version_id": None,
+        "table_name": "records",
+        "partition_key": {},
+    }
+    delta = Delta(
+        DeltaKind.DELTA,
+        0,
+        0,
+        0,
+        1,
+        1,
+        "2024-01-01T00:00:00+00:00",
+        dataset_id=ds,
+        dataset={"id": ds, "slug": ds, "name": ds, "created_at": "+10000-01-01T00:00:00+00:00"},
+        shards={"2024-01-01": ShardChange(upserts=[entry], published_manifest_id=f"dm-{n}")},
+    )
+    store.apply(Delta.from_bytes(delta.to_bytes()), 0, _next_offset())
+    with store.reader() as cur:
+        times = cur.execute(
+            f"SELECT start_time, end_time FROM {WD}.partitions WHERE id = ?", [entry["id"]]
+        ).fetchone()
+        (created,) = cur.execute(f"SELECT created_at FROM {WD}.datasets WHERE id = ?", [ds]).fetchone()
+    assert times == (datetime(1, 1, 1), datetime(9999, 12, 31, 23, 59, 59, 999999))
+    assert created == datetime(9999, 12, 31, 23, 59, 59, 999999)
