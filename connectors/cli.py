@@ -1,4 +1,4 @@
-"""CLI commands of this component (wired into ``walduck.cli``): ``walduck connector run|setup``."""
+"""CLI commands of this component (wired into ``stack.cli``): ``walduck connector run|setup``."""
 
 from __future__ import annotations
 
@@ -24,15 +24,17 @@ def _settings(pg_dsn: str | None, kafka: str | None, slot: str | None, publicati
 
 @app.command()
 def setup(
-    pg_dsn: str = typer.Option(None, "--pg-dsn", help="[WALDUCK_PG_DSN]"),
+    pg_dsn: str = typer.Option(None, "--pg-dsn", help="[WALDUCK_PG_ADMIN_DSN, else WALDUCK_PG_DSN]"),
     slot: str = typer.Option(None, help="Replication slot [WALDUCK_SLOT_NAME]."),
     publication: str = typer.Option(None, help="Publication [WALDUCK_PUBLICATION_NAME]."),
     catalog_schema: str = typer.Option(None, help="[WALDUCK_CATALOG_SCHEMA]"),
 ) -> None:
-    """Idempotent: publication, REPLICA IDENTITY FULL, state table, logical slot."""
+    """Idempotent: publication, REPLICA IDENTITY FULL, state table, logical slot (as the admin DSN)."""
     from connectors.setup import setup as do_setup
 
     settings = _settings(pg_dsn, None, slot, publication, catalog_schema=catalog_schema)
+    if pg_dsn is None:  # setup owns tables and publications: WALDUCK_PG_ADMIN_DSN when set
+        settings.pg_dsn = settings.admin_dsn()
     result = do_setup(settings, ConnectorSettings().state_schema)
     typer.echo(result)
 
@@ -74,7 +76,7 @@ def run(
     }
     csettings = ConnectorSettings(**{k: v for k, v in overrides.items() if v is not None})
     if csettings.metrics_port:
-        serve_metrics(csettings.metrics_port)
+        serve_metrics(csettings.metrics_port, settings.metrics_host)
 
     # The delivery loop allocates a few small objects per column and holds up to max_inflight_records
     # records until Kafka acknowledges them: collect the young generation less often and keep the

@@ -36,6 +36,8 @@ from connectors.snapshot import clear_marker, marker_exists, snapshot, write_mar
 from connectors.transactions import Heartbeat, Transaction, TransactionAssembler
 from walduck import metrics as m
 from walduck.config import WalduckSettings
+from walduck.errors import InvariantBroken
+from walduck.kafka_security import start_client
 from walduck.lsn import format_lsn
 from walduck.records import ChangeRecord, Kind, Source
 from walduck.timeutil import parse_iso, utcnow
@@ -43,11 +45,11 @@ from walduck.timeutil import parse_iso, utcnow
 log = logging.getLogger(__name__)
 
 
-class LSNRegression(RuntimeError):
+class LSNRegression(InvariantBroken, RuntimeError):
     """A transaction (or heartbeat) ends at or before a position already handed to Kafka/confirmed."""
 
 
-class UnackedConfirmation(RuntimeError):
+class UnackedConfirmation(InvariantBroken, RuntimeError):
     """Confirming an LSN while an earlier transaction is still unacknowledged by Kafka."""
 
 
@@ -140,8 +142,8 @@ class Connector:
         """Returns True when the connector is done (stop requested or initial_only finished)."""
         self.sessions += 1
         s = self.settings
-        producer = make_producer(s.kafka_bootstrap, max_request_size=s.max_message_bytes)
-        await producer.start()
+        producer = make_producer(s)  # max_request_size: the one size limit (walduck/sizepolicy.py)
+        await start_client(producer, s)
         repl: ReplicationConnection | None = None
         try:
             publisher = ChangePublisher(producer, s.changes_topic, s.max_message_bytes)
@@ -152,15 +154,16 @@ class Connector:
             if start_lsn is None:
                 return True
             self.tracker = FlushTracker(await self._confirmed_flush_lsn())
-            await repl.start(
-                s.slot_name,
+            if not await self._start_replication(
+                repl,
                 start_lsn,
                 {
                     "proto_version": "1",
                     "publication_names": s.publication_name,
                     "messages": "true",
                 },
-            )
+            ):
+                return True
             encoder = rowjson.active(self.csettings.row_encoder)
             for name in ("native", "python"):
                 m.CONNECTOR_ROW_ENCODER.labels(name).set(1 if name == encoder else 0)
@@ -179,6 +182,62 @@ class Connector:
                     await repl.close()
             with contextlib.suppress(Exception):
                 await producer.stop()
+
+    async def _start_replication(
+        self, repl: ReplicationConnection, start_lsn: int, options: dict[str, str]
+    ) -> bool:
+        """START_REPLICATION, retried every ``slot_retry_interval`` while another walsender holds the slot
+        (optionally terminating the holder after ``slot_takeover_after``). False: stop requested meanwhile."""
+        s, cs = self.settings, self.csettings
+        began = time.monotonic()
+        took_over = False
+        last_log = 0.0
+        try:
+            while True:
+                try:
+                    await repl.start(s.slot_name, start_lsn, options)
+                    break
+                except psycopg.errors.ObjectInUse as exc:
+                    m.CONNECTOR_SLOT_BUSY.inc()
+                    waited = time.monotonic() - began
+                    m.CONNECTOR_SLOT_WAITING.set(max(waited, 1e-3))
+                    if time.monotonic() - last_log >= 5:
+                        log.warning("waiting for slot %s (%.1f s): %s", s.slot_name, waited, exc)
+                        last_log = time.monotonic()
+                    if cs.slot_takeover_after > 0 and waited >= cs.slot_takeover_after and not took_over:
+                        took_over = await self._terminate_slot_holder()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self.stop_event.wait(), cs.slot_retry_interval)
+                    if self.stop_event.is_set():
+                        return False
+        finally:
+            m.CONNECTOR_SLOT_WAITING.set(0)
+        acquired = time.monotonic() - began
+        m.CONNECTOR_SLOT_ACQUIRE.observe(acquired)
+        if acquired > cs.slot_retry_interval:
+            log.info("slot %s acquired after %.2f s", s.slot_name, acquired)
+        return True
+
+    async def _terminate_slot_holder(self) -> bool:
+        """pg_terminate_backend the walsender holding our slot (never our own backend)."""
+        async with await psycopg.AsyncConnection.connect(self.settings.pg_dsn, autocommit=True) as conn:
+            cur = await conn.execute(
+                "SELECT a.pid, pg_terminate_backend(a.pid) FROM pg_replication_slots r"
+                " JOIN pg_stat_activity a ON a.pid = r.active_pid"
+                " WHERE r.slot_name = %s AND a.backend_type = 'walsender' AND a.pid <> pg_backend_pid()",
+                [self.settings.slot_name],
+            )
+            row = await cur.fetchone()
+        if row is None:
+            return False
+        m.CONNECTOR_SLOT_TAKEOVERS.inc()
+        log.warning(
+            "terminated walsender %s holding slot %s for %.1f s (WALDUCK_SLOT_TAKEOVER_AFTER)",
+            row[0],
+            self.settings.slot_name,
+            self.csettings.slot_takeover_after,
+        )
+        return True
 
     async def _confirmed_flush_lsn(self) -> int:
         async with await psycopg.AsyncConnection.connect(self.settings.pg_dsn, autocommit=True) as conn:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from walduck.errors import Unprocessable
 
-class DecodeError(ValueError):
+
+class DecodeError(Unprocessable, ValueError):
     """A message or value the decoder cannot turn into a record; ``reason`` is short and bounded."""
 
     def __init__(self, reason: str, detail: str = "") -> None:

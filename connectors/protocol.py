@@ -18,6 +18,7 @@ import psycopg
 from psycopg import pq
 from psycopg.conninfo import conninfo_to_dict
 
+from walduck.errors import InvariantBroken, WalduckError
 from walduck.lsn import format_lsn, parse_lsn
 from walduck.timeutil import datetime_to_pg_micros, utcnow
 
@@ -26,11 +27,11 @@ _KEEPALIVE = struct.Struct("!cQqB")  # 'k', WAL end, server clock, reply request
 _STATUS = struct.Struct("!cQQQqB")  # 'r', write, flush, apply, client clock, reply
 
 
-class ProtocolError(RuntimeError):
+class ProtocolError(InvariantBroken, RuntimeError):
     """The walsender sent something this client does not understand."""
 
 
-class ReplicationEnded(RuntimeError):
+class ReplicationEnded(WalduckError, RuntimeError):
     """The server ended the COPY_BOTH stream (or the connection broke)."""
 
 

@@ -20,7 +20,8 @@ from aiokafka.errors import KafkaError
 from aiokafka.producer.message_accumulator import BatchBuilder
 
 from connectors.transactions import Rejected
-from walduck.config import DEFAULT_MAX_MESSAGE_BYTES
+from walduck.config import DEFAULT_MAX_MESSAGE_BYTES, WalduckSettings
+from walduck.kafka_security import client_kwargs
 from walduck.metrics import CONNECTOR_OVERSIZE_RECORDS, DLQ_RECORDS
 from walduck.records import ChangeRecord, Kind, partition_of
 from walduck.sizepolicy import fit_record
@@ -36,19 +37,18 @@ def best_compression() -> str:
     return "zstd" if has_zstd() else "gzip"
 
 
-def make_producer(
-    bootstrap: str, client_id: str = "walduck-connector", max_request_size: int = DEFAULT_MAX_MESSAGE_BYTES
-) -> AIOKafkaProducer:
-    """The connector's producer; ``max_request_size`` is the one size limit (:mod:`walduck.sizepolicy`)."""
+def make_producer(settings: WalduckSettings, client_id: str = "walduck-connector") -> AIOKafkaProducer:
+    """The connector's producer for ``settings.kafka_bootstrap`` with its security settings;
+    ``max_request_size`` is the one size limit, ``settings.max_message_bytes`` (:mod:`walduck.sizepolicy`)."""
     return AIOKafkaProducer(
-        bootstrap_servers=bootstrap,
+        **client_kwargs(settings),
         client_id=client_id,
         enable_idempotence=True,
         acks="all",
         compression_type=best_compression(),
         linger_ms=5,
         max_batch_size=1024 * 1024,
-        max_request_size=max_request_size,
+        max_request_size=settings.max_message_bytes,
         request_timeout_ms=30_000,
     )
 

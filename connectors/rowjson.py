@@ -27,6 +27,7 @@ import orjson
 
 from connectors import pgoutput as po
 from connectors import values
+from walduck.errors import WalduckError
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ class RowEncoder(Protocol):
     def encode(self, buf: bytes, pos: int, /) -> tuple[bytes, tuple[Any, ...]] | None: ...
 
 
-class EncoderUnavailable(RuntimeError):
+class EncoderUnavailable(WalduckError, RuntimeError):
     """``WALDUCK_ROW_ENCODER=native`` but the compiled encoder was not built with this installation."""
 
 

@@ -42,6 +42,13 @@ class ConnectorSettings(BaseSettings):
     state_schema: str = "walduck"
     # back-pressure: records produced but not yet acknowledged by Kafka
     max_inflight_records: int = 50_000
+    # the slot is still held by another walsender ("replication slot … is active for PID …", e.g. the one of a
+    # connector killed a moment ago, until PostgreSQL notices its socket is gone): retry START_REPLICATION
+    # this often (seconds), not with the reconnect backoff
+    slot_retry_interval: float = 0.2
+    # after waiting this long (seconds) for the slot, pg_terminate_backend its holder, once per wait; 0 = never.
+    # Only safe when no other live connector can hold the slot (k8s: one replica, strategy Recreate)
+    slot_takeover_after: float = 0.0
     # reconnect backoff (seconds): initial, doubled per failure up to max
     backoff_initial: float = 0.5
     backoff_max: float = 30.0

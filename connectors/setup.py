@@ -23,6 +23,12 @@ from walduck.config import WalduckSettings
 
 
 def ensure_state_table(conn: psycopg.Connection, state_schema: str) -> None:
+    """Create the state table when missing (no DDL when it exists: the connector's role may not create)."""
+    found = conn.execute(
+        "SELECT to_regclass(format('%%I.connector_state', %s::text)) IS NOT NULL", [state_schema]
+    ).fetchone()
+    if found and found[0]:
+        return
     conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(state_schema)))
     conn.execute(
         sql.SQL(
@@ -44,7 +50,16 @@ def ensure_publication(conn: psycopg.Connection, settings: WalduckSettings) -> N
     if exists is None:
         conn.execute(sql.SQL("CREATE PUBLICATION {} FOR TABLE {}").format(pub, tables))
     else:
-        conn.execute(sql.SQL("ALTER PUBLICATION {} SET TABLE {}").format(pub, tables))
+        published = {
+            (r[0], r[1])
+            for r in conn.execute(
+                "SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = %s",
+                [settings.publication_name],
+            )
+        }
+        # no DDL when already in place: the connector's own least-privilege role owns neither
+        if published != {(settings.catalog_schema, t) for t in PUBLISHED_TABLES}:
+            conn.execute(sql.SQL("ALTER PUBLICATION {} SET TABLE {}").format(pub, tables))
     for t in PUBLISHED_TABLES:
         ident = conn.execute(
             "SELECT c.relreplident FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"

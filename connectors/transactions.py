@@ -20,6 +20,7 @@ from connectors import values
 from connectors.errors import DecodeError
 from connectors.rowjson import RowEncoder, make_encoder
 from walduck.catalog_tables import dataset_of, routing_column
+from walduck.errors import InvariantBroken
 from walduck.records import ChangeRecord, Kind, Op, Source
 from walduck.timeutil import iso, utcnow
 
@@ -27,7 +28,7 @@ PRIMARY_KEYS: dict[str, tuple[str, ...]] = {}
 """Primary-key columns by table when not ``id`` (REPLICA IDENTITY FULL flags every column as key)."""
 
 
-class TransactionOrderError(RuntimeError):
+class TransactionOrderError(InvariantBroken, RuntimeError):
     """Begin inside a transaction, Commit/change outside one: the stream is not what pgoutput sends."""
 
 

@@ -1,4 +1,4 @@
-"""CLI commands of this component (wired into ``walduck.cli`` as ``walduck compactor …``)."""
+"""CLI commands of this component (wired into ``stack.cli`` as ``walduck compactor …``)."""
 
 from __future__ import annotations
 

@@ -41,6 +41,7 @@ from walduck.catalog_tables import (
     dataset_of,
 )
 from walduck.deltas import PARTITION_FIELDS, Delta, DeltaKind, ShardChange
+from walduck.errors import InvariantBroken, Unprocessable
 from walduck.jsonexact import dumps_exact
 from walduck.records import GLOBAL_KEY, ChangeRecord, Kind, Op, SharePosition, Source
 from walduck.shardkey import LEGACY_SHARD, shard_for
@@ -52,7 +53,7 @@ DEFAULT_TABLE_NAME = "records"
 ShardKey = tuple[str, str]
 
 
-class InvalidChange(ValueError):
+class InvalidChange(Unprocessable, ValueError):
     """A decoded record that breaks the state machine's invariants; ``reason`` goes to the DLQ."""
 
     def __init__(self, reason: str) -> None:
@@ -60,7 +61,7 @@ class InvalidChange(ValueError):
         self.reason = reason
 
 
-class OffsetRegression(RuntimeError):
+class OffsetRegression(InvariantBroken, RuntimeError):
     """An input offset not above the previous one was fed (the runner seeked wrongly)."""
 
 

@@ -9,6 +9,13 @@ exactly-once effect:
   partition ``p`` from the beginning (:func:`~pipeline.compaction.restore_from_deltas`), which also tells
   the exact input offset to resume at (the first offset of the last, possibly cut, window). Deltas already
   present for that window are not produced again, so the deltas topic holds no duplicate.
+
+Failover (``docs/compactor.md`` § Membership and failover): with ``WALDUCK_COMPACTOR_GROUP_INSTANCE_ID`` the
+member is static (KIP-345), so a restart under the same name gets its partitions back without a rebalance.
+aiokafka's group protocol is eager (every rebalance revokes everything), so a revoked partition's state is
+parked, not dropped: when the next assignment gives it back and nobody produced deltas for it or committed
+its offsets meanwhile, the parked state is reused as is. Only the other newly assigned partitions are
+restored, all in one pass over the deltas topic.
 """
 
 from __future__ import annotations
@@ -26,15 +33,20 @@ from aiokafka.structs import OffsetAndMetadata
 
 from pipeline.compaction import Compactor, InvalidChange, OffsetRegression, Rejected, restore_from_deltas
 from pipeline.settings import CompactorSettings
-from walduck.config import DEFAULT_MAX_MESSAGE_BYTES, WalduckSettings
+from walduck.config import WalduckSettings
 from walduck.deltas import Delta
+from walduck.errors import InvariantBroken
+from walduck.kafka_security import client_kwargs, start_client
 from walduck.metrics import (
+    COMPACTOR_ASSIGNED_PARTITIONS,
     COMPACTOR_COMMITS_LOST,
     COMPACTOR_DELTA_ENTRIES,
     COMPACTOR_DELTAS_OUT,
     COMPACTOR_FLUSH_LATENCY,
+    COMPACTOR_PARTITION_ASSIGNMENTS,
     COMPACTOR_RAW_CHANGES,
     COMPACTOR_RECORDS_IN,
+    COMPACTOR_RESTORE_DURATION,
     COMPACTOR_STATE_PARTITIONS,
     COMPACTOR_STATE_SHARDS,
     DLQ_RECORDS,
@@ -50,7 +62,7 @@ COMPONENT = "compactor"
 DLQ_MAX_VALUE_BYTES = 256 * 1024
 
 
-class UnackedDelta(RuntimeError):
+class UnackedDelta(InvariantBroken, RuntimeError):
     """Kafka did not acknowledge a delta or DLQ record: the input offsets must not be committed."""
 
 
@@ -60,30 +72,51 @@ class PartitionWork:
     committed: int  # next input offset committed to the group (-1: none yet)
     window_started: float | None = None
     dlq: list[asyncio.Future] = field(default_factory=list)
+    # end offset of the deltas partition after this member's last acknowledged delta: if it is still the
+    # end when a rebalance gives the partition back, nobody else produced for it meanwhile
+    deltas_end: int = 0
 
 
-async def read_deltas(
-    bootstrap: str, topic: str, partition: int, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
-) -> list[Delta]:
-    """Every delta in deltas partition ``partition``, from the beginning to the current end."""
+async def read_deltas(settings: WalduckSettings, partition: int) -> list[Delta]:
+    """Every delta in partition ``partition`` of ``settings.deltas_topic``, from the beginning to the end."""
+    return (await read_deltas_of(settings, [partition]))[partition][0]
+
+
+async def read_deltas_of(
+    settings: WalduckSettings, partitions: list[int]
+) -> dict[int, tuple[list[Delta], int]]:
+    """Every delta of each deltas partition in ``partitions`` with the partition's end offset, read in ONE
+    pass (one consumer fetching all of them at once, not one consumer per partition in turn)."""
+    topic = settings.deltas_topic
+    out: dict[int, tuple[list[Delta], int]] = {}
+    if not partitions:
+        return out
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
+        **client_kwargs(settings),
         enable_auto_commit=False,
         group_id=None,
-        max_partition_fetch_bytes=max_message_bytes,
+        max_partition_fetch_bytes=settings.max_message_bytes,
     )
-    await consumer.start()
+    await start_client(consumer, settings)
     try:
-        tp = TopicPartition(topic, partition)
-        consumer.assign([tp])
-        await consumer.seek_to_beginning(tp)
-        end = (await consumer.end_offsets([tp]))[tp]
-        out: list[Delta] = []
-        while await consumer.position(tp) < end:
-            for msgs in (await consumer.getmany(tp, timeout_ms=1000, max_records=5000)).values():
+        tps = [TopicPartition(topic, p) for p in partitions]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        got: dict[int, list[Delta]] = {p: [] for p in partitions}
+        pending = {tp for tp in tps if await consumer.position(tp) < ends[tp]}
+        while pending:
+            batch = await consumer.getmany(*pending, timeout_ms=1000, max_records=20000)
+            for tp, msgs in batch.items():
+                into = got[tp.partition]
                 for msg in msgs:
+                    if msg.offset >= ends[tp]:
+                        break
                     with contextlib.suppress(MalformedRecord):
-                        out.append(Delta.from_bytes(msg.value, max_message_bytes))
+                        into.append(Delta.from_bytes(msg.value, settings.max_message_bytes))
+            pending = {tp for tp in pending if await consumer.position(tp) < ends[tp]}
+        for tp in tps:
+            out[tp.partition] = (got[tp.partition], ends[tp])
         return out
     finally:
         await consumer.stop()
@@ -93,8 +126,9 @@ class CompactorRunner:
     def __init__(self, settings: WalduckSettings, knobs: CompactorSettings | None = None) -> None:
         self.settings = settings
         self.knobs = knobs or CompactorSettings()
-        self.bootstrap = settings.kafka_bootstrap
         self.work: dict[int, PartitionWork] = {}
+        # state of partitions revoked by the last rebalance, reused if the next assignment gives them back
+        self.parked: dict[int, PartitionWork] = {}
         self.lock = asyncio.Lock()
         self.stopping = asyncio.Event()
         self.consumer: AIOKafkaConsumer | None = None
@@ -102,14 +136,57 @@ class CompactorRunner:
 
     # ------------------------------------------------------------------------------ rebalance
     async def assign(self, partitions: list[TopicPartition]) -> None:
-        """Restore each assigned partition's state from the deltas it produced, then seek."""
+        """Take each assigned partition: reuse its parked state when it is still exact, else restore it from
+        the deltas it produced (every partition to restore in one pass); then seek."""
         assert self.consumer is not None
-        for tp in partitions:
-            if tp.topic != self.settings.changes_topic:
-                continue
-            deltas = await read_deltas(
-                self.bootstrap, self.settings.deltas_topic, tp.partition, self.settings.max_message_bytes
-            )
+        mine = [tp for tp in partitions if tp.topic == self.settings.changes_topic]
+        parked, self.parked = self.parked, {}
+        deltas_ends: dict[int, int] = {}
+        if parked:
+            deltas_tps = [TopicPartition(self.settings.deltas_topic, tp.partition) for tp in mine]
+            ends = await self.consumer_end_offsets(deltas_tps)
+            deltas_ends = {tp.partition: off for tp, off in ends.items()}
+        to_restore: list[TopicPartition] = []
+        for tp in mine:
+            work = parked.pop(tp.partition, None)
+            committed = await self.consumer.committed(tp)
+            if (
+                work is not None
+                and deltas_ends.get(tp.partition) == work.deltas_end
+                and (committed if committed is not None else -1) == work.committed
+            ):
+                # nobody produced deltas for it nor committed its offsets since this member let it go
+                self.work[tp.partition] = work
+                resume = work.compactor.last_offset + 1
+                if resume > 0:
+                    self.consumer.seek(tp, resume)
+                else:
+                    await self.consumer.seek_to_beginning(tp)
+                COMPACTOR_PARTITION_ASSIGNMENTS.labels("kept").inc()
+                log.info("partition %s kept across the rebalance, resuming at %s", tp.partition, resume)
+            else:
+                to_restore.append(tp)
+        if to_restore:
+            await self._restore(to_restore)
+        log.info("holding partitions %s", sorted(self.work))
+        self._state_gauges()
+
+    async def consumer_end_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        """End offsets of deltas partitions (a short-lived consumer: the group consumer only knows the
+        changes topic)."""
+        consumer = AIOKafkaConsumer(**client_kwargs(self.settings), enable_auto_commit=False, group_id=None)
+        await start_client(consumer, self.settings)
+        try:
+            return await consumer.end_offsets(tps)
+        finally:
+            await consumer.stop()
+
+    async def _restore(self, tps: list[TopicPartition]) -> None:
+        assert self.consumer is not None
+        started = time.monotonic()
+        read = await read_deltas_of(self.settings, [tp.partition for tp in tps])
+        for tp in tps:
+            deltas, deltas_end = read[tp.partition]
             restored = restore_from_deltas(tp.partition, deltas)
             committed = await self.consumer.committed(tp)
             if restored.resume_offset is None:
@@ -117,8 +194,9 @@ class CompactorRunner:
             else:
                 self.consumer.seek(tp, restored.resume_offset)
             self.work[tp.partition] = PartitionWork(
-                restored.compactor, committed if committed is not None else -1
+                restored.compactor, committed if committed is not None else -1, deltas_end=deltas_end
             )
+            COMPACTOR_PARTITION_ASSIGNMENTS.labels("restored").inc()
             log.info(
                 "partition %s restored from %d deltas, resuming at %s (committed %s)",
                 tp.partition,
@@ -126,13 +204,18 @@ class CompactorRunner:
                 restored.resume_offset,
                 committed,
             )
-        self._state_gauges()
+        elapsed = time.monotonic() - started
+        COMPACTOR_RESTORE_DURATION.observe(elapsed)
+        log.info("restore pass: %d partitions in %.2f s", len(tps), elapsed)
 
     async def revoke(self, partitions: list[TopicPartition]) -> None:
-        """Drop revoked partitions' state; the lock waits for an in-flight flush to be acknowledged first."""
+        """Park revoked partitions' state (the next assignment may give them back); the lock waits for an
+        in-flight flush to be acknowledged first."""
         async with self.lock:
             for tp in partitions:
-                self.work.pop(tp.partition, None)
+                work = self.work.pop(tp.partition, None)
+                if work is not None and tp.topic == self.settings.changes_topic:
+                    self.parked[tp.partition] = work
         self._state_gauges()
 
     # ------------------------------------------------------------------------------ main loop
@@ -148,24 +231,32 @@ class CompactorRunner:
                 await runner.assign(list(assigned))
 
         self.producer = AIOKafkaProducer(
-            bootstrap_servers=self.bootstrap,
+            **client_kwargs(self.settings),
             enable_idempotence=True,
             acks="all",
             linger_ms=5,
             max_request_size=self.settings.max_message_bytes,
         )
+        session_timeout_ms = knobs.resolved_session_timeout_ms()
+        log.info(
+            "group %s as %s, session timeout %d ms",
+            knobs.group_id,
+            f"static member {knobs.group_instance_id!r}" if knobs.static_member else "a dynamic member",
+            session_timeout_ms,
+        )
         self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap,
+            **client_kwargs(self.settings),
             group_id=knobs.group_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_poll_records=knobs.max_poll_records,
             max_partition_fetch_bytes=self.settings.max_message_bytes,
-            session_timeout_ms=knobs.session_timeout_ms,
-            heartbeat_interval_ms=max(knobs.session_timeout_ms // 4, 500),
+            group_instance_id=knobs.group_instance_id or None,
+            session_timeout_ms=session_timeout_ms,
+            heartbeat_interval_ms=max(min(session_timeout_ms // 4, 3000), 500),
         )
-        await self.producer.start()
-        await self.consumer.start()
+        await start_client(self.producer, self.settings)
+        await start_client(self.consumer, self.settings)
         self.consumer.subscribe([self.settings.changes_topic], listener=Listener())
         try:
             while not self.stopping.is_set():
@@ -274,10 +365,12 @@ class CompactorRunner:
         #    deltas topic and re-processes from the last window, so nothing is lost).
         for partition, work, _deltas, sends in sealed:
             try:
-                await asyncio.gather(*sends, *work.dlq)
+                metas = await asyncio.gather(*sends, *work.dlq)
                 await asyncio.gather(*(f.result() for f in work.dlq))
             except Exception as exc:
                 raise UnackedDelta(f"partition {partition}: {exc!r}") from exc
+            if sends:
+                work.deltas_end = max(work.deltas_end, metas[len(sends) - 1].offset + 1)
             work.dlq.clear()
         # 4. Only now commit the input offsets after the last sealed windows. They never go backwards: a
         #    regression means the compactor and the group disagree about what was processed.
@@ -330,13 +423,14 @@ class CompactorRunner:
         self._state_gauges()
 
     def _state_gauges(self) -> None:
+        COMPACTOR_ASSIGNED_PARTITIONS.set(len(self.work))
         COMPACTOR_STATE_SHARDS.set(sum(len(w.compactor.shards) for w in self.work.values()))
         COMPACTOR_STATE_PARTITIONS.set(sum(w.compactor.state_partitions for w in self.work.values()))
 
 
 async def run_compactor(settings: WalduckSettings, knobs: CompactorSettings) -> None:
     if knobs.metrics_port:
-        serve_metrics(knobs.metrics_port)
+        serve_metrics(knobs.metrics_port, settings.metrics_host)
     runner = CompactorRunner(settings, knobs)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

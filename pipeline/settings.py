@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+DYNAMIC_SESSION_TIMEOUT_MS = 10_000
+STATIC_SESSION_TIMEOUT_MS = 30_000
+
 
 class CompactorSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="WALDUCK_COMPACTOR_", extra="ignore")
@@ -15,10 +18,25 @@ class CompactorSettings(BaseSettings):
     metrics_port: int = 9102
     # consumer group of the compactor processes
     group_id: str = "walduck-compactor"
-    # a member that stops heartbeating loses its partitions after this long (broker minimum 6000). Short, so a
-    # crashed compactor's partitions move quickly; a member that stalls past it (seen with a 1M-record backlog
-    # on 2 cores) has its next offset commit refused, counts walduck_compactor_commits_lost_total and
-    # re-restores its partitions from the deltas topic instead of exiting
-    session_timeout_ms: int = 10000
+    # static group membership (KIP-345, aiokafka's group_instance_id): a stable name per member (k8s: the
+    # StatefulSet pod name). A member restarted under the same name within the session timeout gets its
+    # partitions back without a rebalance, and its peers keep theirs. Empty = dynamic membership. Never run
+    # two live members under one name (the broker fences the older one)
+    group_instance_id: str = ""
+    # a member that stops heartbeating loses its partitions after this long (broker minimum 6000). Unset: 10 s
+    # for dynamic members (a crashed member's partitions move quickly) and 30 s for static ones (a restart
+    # inside it costs no rebalance; a member that never comes back keeps its partitions dark this long). A
+    # member that stalls past it (seen with a 1M-record backlog on 2 cores) has its next offset commit
+    # refused, counts walduck_compactor_commits_lost_total and restores what it lost instead of exiting
+    session_timeout_ms: int | None = None
     # records per poll
     max_poll_records: int = 2000
+
+    @property
+    def static_member(self) -> bool:
+        return bool(self.group_instance_id)
+
+    def resolved_session_timeout_ms(self) -> int:
+        if self.session_timeout_ms is not None:
+            return self.session_timeout_ms
+        return STATIC_SESSION_TIMEOUT_MS if self.static_member else DYNAMIC_SESSION_TIMEOUT_MS

@@ -1,4 +1,4 @@
-"""CLI commands of this component (wired into ``walduck.cli`` as ``walduck query …``)."""
+"""CLI commands of this component (wired into ``stack.cli`` as ``walduck query …``)."""
 
 from __future__ import annotations
 

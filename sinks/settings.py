@@ -17,6 +17,11 @@ class SinkSettings(BaseSettings):
     # DuckDB instance limits (per instance, not per connection)
     duckdb_memory_limit: str = "2GB"
     duckdb_threads: int = 2
+    # where DuckDB spills what does not fit memory_limit (sorts, joins, aggregates of big reads); empty = DuckDB's
+    # default, <context file>.tmp. The spill is bounded: a query needing more answers 503 (docs/api.md, limits);
+    # DuckDB's own default is 90% of the free disk space of that drive
+    duckdb_temp_directory: str = ""
+    duckdb_max_temp_directory_size: str = "4GiB"
     # keep parsed Parquet footers across queries (DuckDB object cache, bounded by duckdb_memory_limit; ~7 KB per
     # 3-column partition file); without it every query re-reads every footer
     duckdb_parquet_metadata_cache: bool = True

@@ -21,7 +21,7 @@ import httpx
 import psycopg
 
 from sinks.settings import SinkSettings
-from walduck.catalog.visible import visible_partitions
+from walduck.catalog_reader import visible_partitions
 from walduck.config import WalduckSettings
 from walduck.lsn import parse_lsn
 

@@ -26,12 +26,12 @@ from typing import Protocol
 
 import pytest
 
+from stack.services.kafka import LocalKafka
+from stack.services.manager import ServiceEndpoints, ServiceManager
+from stack.services.postgres import LocalPostgres, create_database, drop_database
+from stack.services.proc import pid_alive
+from stack.services.topics import delete_topics, ensure_topics
 from walduck.config import WalduckSettings
-from walduck.services.kafka import LocalKafka
-from walduck.services.manager import ServiceEndpoints, ServiceManager
-from walduck.services.postgres import LocalPostgres, create_database, drop_database
-from walduck.services.proc import pid_alive
-from walduck.services.topics import delete_topics, ensure_topics
 
 TEST_DIR_PREFIX = "walduck-test-"
 _summary: dict[str, object] = {}
@@ -192,6 +192,4 @@ async def fresh_topics(services: ServiceEndpoints, tmp_path: Path) -> AsyncItera
     yield make
     for settings in made:
         with contextlib.suppress(Exception):
-            await delete_topics(
-                services.kafka_bootstrap, [settings.changes_topic, settings.deltas_topic, settings.dlq_topic]
-            )
+            await delete_topics(settings, [settings.changes_topic, settings.deltas_topic, settings.dlq_topic])

@@ -8,9 +8,14 @@ topic names and the data directory.
 
 from __future__ import annotations
 
-from enum import StrEnum
+import difflib
+import json
+from collections.abc import Iterable, Mapping
+from enum import Enum, StrEnum
 from pathlib import Path
+from typing import Any
 
+from pydantic import AliasChoices, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
@@ -21,14 +26,51 @@ class ContextMode(StrEnum):
     FULL_SCAN = "full-scan"
 
 
+class KafkaSecurityProtocol(StrEnum):
+    PLAINTEXT = "PLAINTEXT"
+    SSL = "SSL"
+    SASL_PLAINTEXT = "SASL_PLAINTEXT"
+    SASL_SSL = "SASL_SSL"
+
+
+class KafkaSaslMechanism(StrEnum):
+    SCRAM_SHA_512 = "SCRAM-SHA-512"
+    SCRAM_SHA_256 = "SCRAM-SHA-256"
+    PLAIN = "PLAIN"
+
+
 class WalduckSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="WALDUCK_", extra="ignore")
 
     # where everything local lives (PostgreSQL data dir, Kafka logs, DuckDB contexts, Parquet files)
     data_dir: Path = Path(".walduck")
     # external services; empty = the local ones `walduck services start` runs
+    # PostgreSQL, one DSN per role (docs/security.md "Roles"; created by `walduck catalog roles`):
+    # pg_dsn is the connector's (walduck_connector: REPLICATION + SELECT on the published tables), and the
+    # fallback of the others when they are unset (a single-DSN deployment keeps working)
     pg_dsn: str = ""
+    # setup only (migrations, `connector setup`, `catalog roles`): the catalog owner or a superuser
+    pg_admin_dsn: str = ""
+    # the query service's catalog reads (walduck_reader)
+    pg_read_dsn: str = ""
+    # the query service's /sql/exec (walduck_exec; refused on a privileged role unless allowed)
+    pg_exec_dsn: str = ""
     kafka_bootstrap: str = ""
+    # Kafka security (every client: walduck/kafka_security.py; docs/security.md "Kafka")
+    kafka_security_protocol: KafkaSecurityProtocol = KafkaSecurityProtocol.PLAINTEXT
+    kafka_sasl_mechanism: KafkaSaslMechanism | None = None
+    kafka_sasl_username: str = ""
+    kafka_sasl_password: SecretStr | None = None
+    # a file holding the password (a mounted k8s Secret key); read at each client start, so a rotated
+    # Secret is picked up by the next connection
+    kafka_sasl_password_file: Path | None = None
+    # PEM files: the CA that signed the brokers' certificates (empty: the system trust store), and the
+    # client certificate + key for mutual TLS (Strimzi `tls` authentication)
+    kafka_ssl_cafile: Path | None = None
+    kafka_ssl_certfile: Path | None = None
+    kafka_ssl_keyfile: Path | None = None
+    kafka_ssl_key_password: SecretStr | None = None
+    kafka_ssl_check_hostname: bool = True
     # the Timestore catalog schema (TIMESTORE_PG_SCHEMA in Timestore)
     catalog_schema: str = "timestore"
     # where local storage targets keep Parquet files (the workload writes here)
@@ -50,11 +92,142 @@ class WalduckSettings(BaseSettings):
     # contexts
     context_mode: ContextMode = ContextMode.INCREMENTAL
 
+    # address the connector's and the compactor's /metrics servers bind; 127.0.0.1 keeps them local, k8s sets
+    # 0.0.0.0 so Prometheus (PodMonitor) can scrape each pod (the query service serves /metrics on its own port)
+    metrics_host: str = "127.0.0.1"
+
+    def admin_dsn(self) -> str:
+        return self.pg_admin_dsn or self.pg_dsn
+
+    def read_dsn(self) -> str:
+        return self.pg_read_dsn or self.pg_dsn
+
+    def exec_dsn(self) -> str:
+        return self.pg_exec_dsn or self.pg_dsn
+
+    @model_validator(mode="after")
+    def _check_kafka_security(self) -> WalduckSettings:
+        problems = kafka_security_problems(self)
+        if problems:
+            raise ValueError("invalid Kafka security settings: " + "; ".join(problems))
+        return self
+
     def resolved_storage_root(self) -> Path:
         return self.storage_root.resolve()
+
+
+def kafka_security_problems(s: WalduckSettings) -> list[str]:
+    """What is inconsistent in the ``WALDUCK_KAFKA_*`` security settings (empty: nothing)."""
+    problems: list[str] = []
+    protocol = s.kafka_security_protocol
+    sasl = protocol in (KafkaSecurityProtocol.SASL_PLAINTEXT, KafkaSecurityProtocol.SASL_SSL)
+    tls = protocol in (KafkaSecurityProtocol.SSL, KafkaSecurityProtocol.SASL_SSL)
+    has_password = s.kafka_sasl_password is not None or s.kafka_sasl_password_file is not None
+    if sasl:
+        if s.kafka_sasl_mechanism is None:
+            problems.append(
+                f"WALDUCK_KAFKA_SECURITY_PROTOCOL={protocol} needs WALDUCK_KAFKA_SASL_MECHANISM "
+                f"({', '.join(m.value for m in KafkaSaslMechanism)})"
+            )
+        if not s.kafka_sasl_username:
+            problems.append(f"WALDUCK_KAFKA_SECURITY_PROTOCOL={protocol} needs WALDUCK_KAFKA_SASL_USERNAME")
+        if not has_password:
+            problems.append(
+                f"WALDUCK_KAFKA_SECURITY_PROTOCOL={protocol} needs WALDUCK_KAFKA_SASL_PASSWORD "
+                "or WALDUCK_KAFKA_SASL_PASSWORD_FILE"
+            )
+        if s.kafka_sasl_password is not None and s.kafka_sasl_password_file is not None:
+            problems.append("set WALDUCK_KAFKA_SASL_PASSWORD or WALDUCK_KAFKA_SASL_PASSWORD_FILE, not both")
+    elif s.kafka_sasl_mechanism is not None or s.kafka_sasl_username or has_password:
+        problems.append(
+            f"SASL settings are given but WALDUCK_KAFKA_SECURITY_PROTOCOL={protocol} does not use SASL "
+            "(SASL_PLAINTEXT or SASL_SSL)"
+        )
+    tls_files = {
+        "WALDUCK_KAFKA_SSL_CAFILE": s.kafka_ssl_cafile,
+        "WALDUCK_KAFKA_SSL_CERTFILE": s.kafka_ssl_certfile,
+        "WALDUCK_KAFKA_SSL_KEYFILE": s.kafka_ssl_keyfile,
+    }
+    if not tls and any(tls_files.values()):
+        problems.append(
+            f"TLS files are given but WALDUCK_KAFKA_SECURITY_PROTOCOL={protocol} does not use TLS (SSL or SASL_SSL)"
+        )
+    if s.kafka_ssl_keyfile is not None and s.kafka_ssl_certfile is None:
+        problems.append("WALDUCK_KAFKA_SSL_KEYFILE needs WALDUCK_KAFKA_SSL_CERTFILE")
+    files = {**tls_files, "WALDUCK_KAFKA_SASL_PASSWORD_FILE": s.kafka_sasl_password_file}
+    for name, path in files.items():
+        if path is not None and not path.is_file():
+            problems.append(f"{name}={path}: no such file")
+    return problems
 
 
 def load_settings(**overrides: object) -> WalduckSettings:
     """Settings from the environment, with explicit (CLI flag) overrides on top."""
     clean = {k: v for k, v in overrides.items() if v is not None}
     return WalduckSettings(**clean)
+
+
+def _env_value(value: Any) -> str:
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    if isinstance(value, Enum):
+        return str(value.value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list | dict | tuple | set):
+        return json.dumps(list(value) if isinstance(value, set | tuple) else value)
+    return str(value)
+
+
+def env_names(settings_class: type[BaseSettings]) -> dict[str, list[str]]:
+    """Field name -> the environment variables that set it, upper case, the primary one first (the prefixed
+    field name, or the first of its aliases)."""
+    prefix = settings_class.model_config.get("env_prefix", "")
+    names: dict[str, list[str]] = {}
+    for name, field in settings_class.model_fields.items():
+        alias = field.validation_alias
+        if isinstance(alias, str):
+            found = [alias]
+        elif isinstance(alias, AliasChoices):
+            found = [c for c in alias.choices if isinstance(c, str)]
+        else:
+            found = [f"{prefix}{name}"]
+        names[name] = [n.upper() for n in found]
+    return names
+
+
+def settings_env(settings: BaseSettings) -> dict[str, str]:
+    """The environment that recreates ``settings`` in a child process, built from the model (every field that
+    is not ``None``, under its primary variable), so a hand-written copy can never forget a field."""
+    names = env_names(type(settings))
+    return {
+        names[name][0]: _env_value(getattr(settings, name))
+        for name in type(settings).model_fields
+        if getattr(settings, name) is not None
+    }
+
+
+def unknown_variables(
+    environ: Mapping[str, str],
+    settings_classes: Iterable[type[BaseSettings]],
+    also_known: Iterable[str] = (),
+    prefix: str = "WALDUCK_",
+) -> list[tuple[str, str | None]]:
+    """``(variable, closest known name or None)`` for every ``WALDUCK_*`` variable no settings class reads:
+    a misspelt variable is otherwise silently ignored (the classes use ``extra="ignore"`` because one
+    environment carries every component's settings)."""
+    known: set[str] = {name.upper() for name in also_known}
+    for cls in settings_classes:
+        for names in env_names(cls).values():
+            known.update(names)
+    unknown = []
+    for variable in sorted(environ):
+        upper = variable.upper()
+        if (
+            upper.startswith(prefix)
+            and upper not in known
+            and not any(upper.startswith(k) for k in known if k.endswith("_"))
+        ):
+            close = difflib.get_close_matches(upper, sorted(known), n=1, cutoff=0.8)
+            unknown.append((variable, close[0] if close else None))
+    return unknown

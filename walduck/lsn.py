@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import re
 
+from walduck.errors import WalduckError
+
 _LSN_RE = re.compile(r"^\s*([0-9A-Fa-f]{1,8})/([0-9A-Fa-f]{1,8})\s*$")
 
 
-class InvalidLSN(ValueError):
+class InvalidLSN(WalduckError, ValueError):
     """Raised when a string is not an ``X/Y`` LSN."""
 
 

@@ -61,6 +61,23 @@ CONNECTOR_ROW_ENCODER = Gauge(
     "1 for the row encoder in use (native: compiled connectors._rowjson; python: the pure-Python fallback).",
     ["encoder"],
 )
+CONNECTOR_SLOT_WAITING = Gauge(
+    "walduck_connector_slot_waiting_seconds",
+    "How long the connector has been waiting for its replication slot, held by another walsender (0 = not waiting).",
+)
+CONNECTOR_SLOT_BUSY = Counter(
+    "walduck_connector_slot_busy_total",
+    "START_REPLICATION attempts refused because another walsender held the slot (retried every slot_retry_interval).",
+)
+CONNECTOR_SLOT_TAKEOVERS = Counter(
+    "walduck_connector_slot_takeovers_total",
+    "Walsenders holding the slot terminated by the connector (WALDUCK_SLOT_TAKEOVER_AFTER).",
+)
+CONNECTOR_SLOT_ACQUIRE = Histogram(
+    "walduck_connector_slot_acquire_seconds",
+    "From a session's first START_REPLICATION attempt to streaming (includes any wait for the slot).",
+    buckets=LATENCY_BUCKETS,
+)
 CONNECTOR_SNAPSHOT_ROWS = Counter(
     "walduck_connector_snapshot_rows_total", "Rows read by the initial snapshot.", ["table"]
 )
@@ -85,6 +102,20 @@ COMPACTOR_STATE_PARTITIONS = Gauge(
     "walduck_compactor_state_partitions", "Visible partitions tracked in compactor state."
 )
 COMPACTOR_STATE_SHARDS = Gauge("walduck_compactor_state_shards", "Shards tracked in compactor state.")
+COMPACTOR_PARTITION_ASSIGNMENTS = Counter(
+    "walduck_compactor_partition_assignments_total",
+    "Changes partitions assigned to this member, by outcome (restored: state replayed from the deltas topic; "
+    "kept: the member's own state reused after a rebalance gave the partition back).",
+    ["outcome"],
+)
+COMPACTOR_ASSIGNED_PARTITIONS = Gauge(
+    "walduck_compactor_assigned_partitions", "Changes partitions this member holds now."
+)
+COMPACTOR_RESTORE_DURATION = Histogram(
+    "walduck_compactor_restore_duration_seconds",
+    "One assignment's restore pass: reading the deltas of every newly assigned partition and rebuilding state.",
+    buckets=LATENCY_BUCKETS,
+)
 COMPACTOR_COMMITS_LOST = Counter(
     "walduck_compactor_commits_lost_total",
     "Offset commits refused because the group rebalanced meanwhile (partitions re-restored from deltas).",
@@ -140,6 +171,10 @@ CACHE_EVENTS = Counter(
 SKIPPED_PARTITIONS = Counter(
     "walduck_skipped_partitions_total", "Partitions skipped because their file was missing."
 )
+PARTITIONS_OUTSIDE_ROOT = Counter(
+    "walduck_partitions_outside_root_total",
+    "Partitions skipped because their file lies outside the storage root (or resolves through a symlink outside it).",
+)
 
 # --- query service (sinks/) ----------------------------------------------------------------
 QUERY_REQUESTS = Counter(
@@ -155,6 +190,11 @@ QUERY_PLANNING = Histogram(
     buckets=LATENCY_BUCKETS,
 )
 
+QUERY_LIMITS = Counter(
+    "walduck_query_limits_total",
+    "Requests a limit refused or cut, by limit (body_size, byte_cap, row_cap, memory, temp_space).",
+    ["limit"],
+)
 QUERY_GUARD_REFUSALS = Counter(
     "walduck_query_guard_refusals_total",
     "Planned reads the execution guard refused (a policy or planner bug caught by the second layer), by reason.",
@@ -162,6 +202,7 @@ QUERY_GUARD_REFUSALS = Counter(
 )
 
 
-def serve_metrics(port: int, addr: str = "127.0.0.1") -> None:
-    """Expose ``/metrics`` on its own port (connector, compactor). The query service mounts it."""
+def serve_metrics(port: int, addr: str) -> None:
+    """Expose ``/metrics`` on its own port (connector, compactor) at ``addr`` (``WALDUCK_METRICS_HOST``).
+    The query service mounts it on its HTTP port."""
     start_http_server(port, addr=addr)

@@ -64,6 +64,7 @@ import orjson
 from aiokafka.partitioner import murmur2
 
 from walduck.config import DEFAULT_MAX_MESSAGE_BYTES
+from walduck.errors import Unprocessable
 from walduck.jsonexact import dumps_exact, loads_exact
 
 SCHEMA_VERSION = 1
@@ -101,7 +102,7 @@ class Op(StrEnum):
     READ = "read"
 
 
-class MalformedRecord(ValueError):
+class MalformedRecord(Unprocessable, ValueError):
     """A record that cannot be decoded or violates the schema; ``reason`` goes to the DLQ."""
 
     def __init__(self, reason: str) -> None:

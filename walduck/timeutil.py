@@ -6,6 +6,8 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 
+from walduck.errors import Unprocessable
+
 PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 
 
@@ -65,8 +67,10 @@ _ISO_EXPANDED = re.compile(
 _EPOCH_DAYS = 719_162  # days from 0001-01-01 to 1970-01-01 (proleptic Gregorian)
 
 
-class InstantError(ValueError):
+class InstantError(Unprocessable, ValueError):
     """Text that is not a PostgreSQL timestamp (nor walduck's encoding of one)."""
+
+    reason = "bad timestamp"
 
 
 def _days_from_civil(y: int, m: int, d: int) -> int:

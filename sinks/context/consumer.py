@@ -29,6 +29,7 @@ from aiokafka.errors import KafkaError
 from sinks.context.store import ContextStore
 from walduck import metrics
 from walduck.deltas import Delta
+from walduck.kafka_security import client_kwargs, start_client
 from walduck.records import MalformedRecord
 
 log = logging.getLogger(__name__)
@@ -77,10 +78,14 @@ class DeltaConsumer:
                     await client.stop()
         self._consumer = self._producer = None
 
+    def _client_kwargs(self) -> dict[str, Any]:
+        """The store's Kafka security settings, with this consumer's bootstrap address."""
+        return {**client_kwargs(self.store.walduck), "bootstrap_servers": self.bootstrap}
+
     async def _run_once(self) -> None:
         settings = self.store.settings
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap,
+            **self._client_kwargs(),
             group_id=None,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
@@ -88,7 +93,7 @@ class DeltaConsumer:
             max_partition_fetch_bytes=self.store.walduck.max_message_bytes,
         )
         self._consumer = consumer
-        await consumer.start()
+        await start_client(consumer, self.store.walduck)
         partitions = consumer.partitions_for_topic(self.topic)
         if not partitions:
             await consumer._client.force_metadata_update()
@@ -106,8 +111,8 @@ class DeltaConsumer:
                 self._bootstrap_targets[tp.partition] = ends[tp]
                 if self._check_bootstrapped(tp.partition, stored + 1):
                     self.store.mark_bootstrapped(tp.partition)
-        self._producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap)
-        await self._producer.start()
+        self._producer = AIOKafkaProducer(**self._client_kwargs())
+        await start_client(self._producer, self.store.walduck)
         loop = asyncio.get_running_loop()
         last_delta = time.monotonic()
         checkpoint_due = False  # changes applied since the last idle checkpoint

@@ -12,9 +12,8 @@ leak a file or a catalog object. It holds, or the read is refused before executi
    Anything else (a name DuckDB would bind to a file, a view, ``duckdb_*``/``pg_*``/``sqlite_master``, a
    ``SHOW``/``DESCRIBE`` reference) is refused.
 2. ``read_parquet`` takes its files only as a planner parameter, and every file of that list is listed
-   by the partition index, now, for a dataset the caller may read (``ContextStore.files_outside``). A
-   file the index no longer lists (retention deleted it since planning) raises :class:`FilesNotListed`,
-   which the caller answers by planning again.
+   by the partition index for a dataset the caller may read (``ContextStore.files_outside``), in the same
+   index snapshot the plan was made from (:func:`plan_verified`); otherwise :class:`FilesNotListed`.
 3. No function of the denied list (``scope.DENIED_FUNCTION``: file readers, settings, ``getenv`` …) and no
    schema-qualified function appears anywhere; planner parameters appear only where the planner put them.
 4. The parse contains only node kinds this module knows; an unknown one is refused (fail closed).

@@ -9,7 +9,7 @@ from typing import Any
 def partition_location(storage_target: dict[str, Any] | None, file_path: str, default_root: str) -> str:
     """local ``<config.root or default root>/<file_path>``; ``s3://``, ``gs://``, ``azure://`` otherwise.
 
-    Mirrors ``walduck.catalog.visible.partition_location`` (same signature) so either can be used.
+    Mirrors ``walduck.catalog_reader.partition_location`` (same signature) so either can be used.
     """
     if file_path.startswith(("s3://", "gs://", "azure://", "/")):
         return file_path

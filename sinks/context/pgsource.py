@@ -1,6 +1,6 @@
 """The catalog read straight from PostgreSQL (rebuilds, full-scan mode, verify).
 
-One function, :func:`read_catalog`, so it can be swapped for ``walduck.catalog.visible`` once that
+One function, :func:`read_catalog`, so it can be swapped for ``walduck.catalog_reader`` once that
 module exists. Rows come out in the delta shapes (``walduck/deltas.py``), times as ISO 8601 UTC.
 Visible partitions = partitions of the published manifest of their (dataset, shard).
 """

@@ -24,6 +24,7 @@ from sqlglot import exp
 
 from sinks.context.naming import RUNTIME_SCHEMA, VIEW_SCHEMA
 from sinks.context.scope import Binding, bind_relations
+from walduck.errors import WalduckError
 
 if TYPE_CHECKING:
     from sinks.context.store import ContextStore, DatasetView
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
 RUNTIME_TABLES = {"datasets": "dataset_id", "partitions": "dataset_slug", "columns": "dataset_slug"}
 
 
-class PlanError(ValueError):
+class PlanError(WalduckError, ValueError):
     """Base of the planner's named errors."""
 
 

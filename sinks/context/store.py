@@ -32,7 +32,7 @@ import pyarrow as pa
 
 from sinks.context import ddl
 from sinks.context.ddl import INDEX_SCHEMA as WD
-from sinks.context.file_presence import FilePresence
+from sinks.context.file_presence import FilePresence, FileState
 from sinks.context.locations import partition_location
 from sinks.context.naming import (
     alias_warning,
@@ -47,6 +47,7 @@ from sinks.settings import SinkSettings
 from walduck import metrics
 from walduck.config import ContextMode, WalduckSettings
 from walduck.deltas import Delta, DeltaKind
+from walduck.errors import WalduckError
 from walduck.jsonexact import loads_exact
 from walduck.lsn import format_lsn
 from walduck.records import GLOBAL_KEY, partition_of
@@ -70,7 +71,7 @@ MISSING_FILE_MARKERS = ("no files found", "cannot open file", "no such file", "c
 _QUOTED_PATH = re.compile(r'"([^"]+)"')
 
 
-class ContextError(RuntimeError):
+class ContextError(WalduckError, RuntimeError):
     """Base of the context store's named errors."""
 
 
@@ -215,7 +216,8 @@ class ContextStore:
         self._sv_cache: dict[str, dict[str, dict[str, str]]] = {}
         # local file existence from directory listings cached per directory mtime (no stat per file per
         # query); a directory's listing is dropped when DuckDB reports a missing file in it (reader())
-        self._presence = FilePresence()
+        self._presence = FilePresence(roots=[self.storage_root, *settings.allowed_directories])
+        self._outside_logged: set[str] = set()  # partition ids already logged as outside the root
         self._views_dirty: set[str] = set()
         self._rebuilds_running = 0
         self._view_owner: dict[str, str] = {}
@@ -233,14 +235,15 @@ class ContextStore:
     def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         Path(self.storage_root).mkdir(parents=True, exist_ok=True)
-        db = duckdb.connect(
-            str(self.path),
-            config={
-                "threads": self.settings.duckdb_threads,
-                "memory_limit": self.settings.duckdb_memory_limit,
-                "checkpoint_threshold": self.settings.duckdb_checkpoint_threshold,  # (see checkpoint())
-            },
-        )
+        config = {
+            "threads": self.settings.duckdb_threads,
+            "memory_limit": self.settings.duckdb_memory_limit,
+            "checkpoint_threshold": self.settings.duckdb_checkpoint_threshold,  # (see checkpoint())
+            "max_temp_directory_size": self.settings.duckdb_max_temp_directory_size,  # bounded spill
+        }
+        if self.settings.duckdb_temp_directory:
+            config["temp_directory"] = self.settings.duckdb_temp_directory
+        db = duckdb.connect(str(self.path), config=config)
         db.execute(ddl.TABLES)
         db.execute(ddl.RUNTIME_VIEWS)
         if self.settings.duckdb_parquet_metadata_cache:
@@ -1340,10 +1343,15 @@ class ContextStore:
             cur.close()
         probe = self._presence.probe()
         missing: list[str] = []
+        outside: list[tuple[str, str]] = []
         groups: dict[str | None, FileGroup] = {}
         for pid, loc, svid in parts:
-            if probe.missing(loc):
-                missing.append(pid)
+            state = probe.state(loc)
+            if state is not FileState.PRESENT:
+                if state is FileState.MISSING:
+                    missing.append(pid)
+                else:
+                    outside.append((pid, loc))
                 continue
             key = svid if svid in versions else None
             group = groups.get(key)
@@ -1351,6 +1359,8 @@ class ContextStore:
                 group = groups[key] = FileGroup(versions.get(key) if key else None, [])
             group.locations.append(loc)
         warnings = self._skip_warnings(view.slug, missing, count_skips) if missing else []
+        if outside:
+            warnings.extend(self._outside_warnings(view.slug, outside, count_skips))
         if not groups:
             if parts:
                 warnings.append(
@@ -1381,6 +1391,27 @@ class ContextStore:
         finally:
             cur.close()
         return {svid: {n: t for n, t, _, _ in schema_columns(_as_dict(schema))} for svid, schema in rows}
+
+    def _outside_warnings(self, slug: str, outside: list[tuple[str, str]], count_skips: bool) -> list[str]:
+        """Partitions whose file lies outside the storage root: skipped (DuckDB would refuse the whole read)."""
+        if count_skips:
+            metrics.PARTITIONS_OUTSIDE_ROOT.inc(len(outside))
+            new = [(pid, loc) for pid, loc in outside if pid not in self._outside_logged]
+            if new:
+                if len(self._outside_logged) > 10_000:
+                    self._outside_logged.clear()
+                self._outside_logged.update(pid for pid, _ in new)
+                log.warning(
+                    "dataset %s: %d partition file(s) outside the storage root skipped, e.g. %s at %s",
+                    slug,
+                    len(new),
+                    new[0][0],
+                    new[0][1],
+                )
+        return [
+            f"Ignored partition {pid} from dataset {slug}: its file {loc} lies outside the storage root."
+            for pid, loc in outside
+        ]
 
     def _skip_warnings(self, slug: str, missing: list[str], count_skips: bool) -> list[str]:
         """Timestore's "Skipped partition …" text per missing file (built only when a file is missing)."""

@@ -10,12 +10,14 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 
-from sinks.service.errors import ApiError, error_json
-from sinks.service.iam import can_read_dataset, principal_from_headers, require
+from sinks.service.audit import ACTION_RUNTIME_INVALIDATE, record_action
+from sinks.service.body_limit import OffLoopJsonRoute
+from sinks.service.errors import ApiError, error_json, not_readable
+from sinks.service.iam import Principal, can_read_dataset, principal_from_headers, require
 from sinks.service.state import ServiceState
 
 log = logging.getLogger(__name__)
-router = APIRouter(tags=["Admin"])
+router = APIRouter(tags=["Admin"], route_class=OffLoopJsonRoute)
 _background: set[asyncio.Task[Any]] = set()
 
 
@@ -31,13 +33,11 @@ def svc(request: Request) -> ServiceState:
     return request.app.state.svc  # type: ignore[no-any-return]
 
 
-def authorize_admin(request: Request) -> None:
+def authorize_admin(request: Request) -> Principal:
     scopes = svc(request).settings.admin_scopes()
-    require(
-        principal_from_headers(request.headers),
-        scopes,
-        f"Missing required admin scope {scopes[0] if scopes else ''}".strip(),
-    )
+    p = principal_from_headers(request.headers)
+    require(p, scopes, f"Missing required admin scope {scopes[0] if scopes else ''}".strip())
+    return p
 
 
 @router.get("/admin/sql/runtime-cache", summary="Snapshot of the DuckDB context (admin)")
@@ -66,7 +66,7 @@ def _rebuild_in_background(s: ServiceState, dataset_id: str | None, reason: str)
     summary="Rebuild one dataset or all from PostgreSQL",
 )
 async def runtime_cache_invalidate(request: Request, body: InvalidateRequest | None = None) -> JSONResponse:
-    authorize_admin(request)
+    p = authorize_admin(request)
     s = svc(request)
     body = body or InvalidateRequest()
     has_target = bool(body.datasetId or body.datasetSlug)
@@ -74,12 +74,26 @@ async def runtime_cache_invalidate(request: Request, body: InvalidateRequest | N
     if scope == "dataset" and not has_target:
         return error_json(400, "datasetId or datasetSlug is required when scope is dataset")
     dataset_id: str | None = None
+    audit_slug: str | None = None
     if scope == "dataset":
         dataset_id = body.datasetId
+        known = await asyncio.to_thread(s.store.datasets)
         if dataset_id is None and body.datasetSlug:
-            match = [d for d in await asyncio.to_thread(s.store.datasets) if d.slug == body.datasetSlug]
+            match = [d for d in known if d.slug == body.datasetSlug]
             dataset_id = match[0].id if match else None  # unknown slug: full rebuild (as Timestore)
-    _rebuild_in_background(s, dataset_id, body.reason or "admin-invalidate")
+        by_id = [d for d in known if d.id == dataset_id]
+        audit_slug = by_id[0].slug if by_id else (body.datasetSlug or dataset_id)
+    reason = body.reason or "admin-invalidate"
+    record_action(
+        s.audit,
+        p,
+        ACTION_RUNTIME_INVALIDATE,
+        True,
+        {"scope": scope, "reason": reason, "rebuild": "dataset" if dataset_id else "all"},
+        dataset_id=dataset_id,
+        dataset_slug=audit_slug,
+    )
+    _rebuild_in_background(s, dataset_id, reason)
     return JSONResponse(
         {
             "status": "invalidated",
@@ -101,16 +115,15 @@ async def dataset_manifest(
     if s.catalog is None:
         raise ApiError(503, "No PostgreSQL catalog configured (WALDUCK_PG_DSN)")
     dataset = await s.catalog.find_dataset(dataset_ref)
-    if dataset is None:
-        raise ApiError(404, f"Dataset {dataset_ref} not found")
     p = principal_from_headers(request.headers)
-    if not can_read_dataset(
-        p,
-        dataset.get("metadata") or {},
-        admin_scopes=s.settings.admin_scopes(),
-        fallback=s.settings.dataset_read_fallback(),
+    admin = s.settings.admin_scopes()
+    if dataset is None and bool(admin) and p.has_any(admin):
+        raise ApiError(404, f"Dataset {dataset_ref} not found")
+    if dataset is None or not can_read_dataset(
+        p, dataset.get("metadata") or {}, admin_scopes=admin, fallback=s.settings.dataset_read_fallback()
     ):
-        raise ApiError(403, f"Missing required scope for dataset {dataset['slug']}")
+        # unknown and forbidden answer alike, naming the reference as given (no existence oracle)
+        raise not_readable(dataset_ref)
     manifests = await s.catalog.published_manifests(dataset["id"], shard)
     staging = {"totalRows": 0, "batches": []}
     if shard:

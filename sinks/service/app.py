@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import psycopg
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -20,10 +21,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sinks.service import admin_routes, sql_routes
 from sinks.service.audit import AuditSink, AuditWriter, MemoryAudit
+from sinks.service.body_limit import BodyLimit
 from sinks.service.catalog import Catalog
 from sinks.service.errors import ApiError
 from sinks.service.iam import Forbidden, principal_from_headers, require
 from sinks.service.limits import QueryRunner
+from sinks.service.nul_guard import RejectNul
 from sinks.service.settings import QuerySettings
 from sinks.service.state import Planner, ServiceState, Store
 from walduck.lsn import format_lsn
@@ -41,13 +44,15 @@ def create_app(
     settings: QuerySettings | None = None,
     *,
     pg_dsn: str | None = None,
+    exec_dsn: str | None = None,
     catalog_schema: str = "timestore",
     planner: Planner | None = None,
     audit: AuditSink | None = None,
 ) -> FastAPI:
-    """The FastAPI app. ``pg_dsn`` enables /sql/exec, saved queries, manifests and the audit writer."""
+    """The FastAPI app. ``pg_dsn`` enables /sql/exec, saved queries, manifests and the audit writer;
+    ``exec_dsn`` (default ``pg_dsn``) is the role /sql/exec runs as."""
     settings = settings or QuerySettings()
-    catalog = Catalog(pg_dsn, catalog_schema) if pg_dsn else None
+    catalog = Catalog(pg_dsn, catalog_schema, exec_dsn=exec_dsn) if pg_dsn else None
     if audit is None:
         audit = (
             AuditWriter(
@@ -97,6 +102,8 @@ def create_app(
     app.include_router(sql_routes.router)
     app.include_router(admin_routes.router)
     _install_error_handlers(app)
+    app.add_middleware(BodyLimit, max_body_bytes=settings.max_body_bytes)  # inside the metrics middleware
+    app.add_middleware(RejectNul)
     _install_metrics_middleware(app)
     _install_ops_routes(app, state)
     return app
@@ -122,6 +129,11 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         return ApiError(exc.status_code, str(exc.detail), headers=dict(exc.headers or {})).response()
+
+    @app.exception_handler(psycopg.DataError)
+    async def data_error(_: Request, exc: psycopg.DataError) -> JSONResponse:
+        # a value PostgreSQL cannot store (NUL in text, bad encoding) sent by the caller: 400, not 500
+        return ApiError(400, str(exc).strip() or "invalid value").response()
 
     @app.exception_handler(Exception)
     async def unexpected(_: Request, exc: Exception) -> JSONResponse:

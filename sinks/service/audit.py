@@ -4,11 +4,14 @@ Requests only :meth:`AuditWriter.record` (a non-blocking queue put); a backgroun
 queue in batches with one multi-row INSERT. If PostgreSQL is down the batch is retried with backoff;
 when the queue is full new entries are dropped and counted (a slow audit store never slows reads).
 One row per referenced dataset; a read that references no dataset gets one row with slug ``*``.
+``/sql/exec``, saved-query writes and admin invalidations leave one row each (:func:`record_action`),
+with the dataset when the request names one, else slug ``*``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from dataclasses import dataclass, field
@@ -21,6 +24,10 @@ from psycopg.types.json import Jsonb
 log = logging.getLogger(__name__)
 
 ACTION_SQL_READ = "sql.read"
+ACTION_SQL_EXEC = "sql.exec"
+ACTION_SAVED_UPSERT = "sql.saved.upsert"
+ACTION_SAVED_DELETE = "sql.saved.delete"
+ACTION_RUNTIME_INVALIDATE = "admin.sql_runtime_cache.invalidate"
 NO_DATASET_SLUG = "*"
 
 
@@ -37,6 +44,30 @@ class AuditEntry:
 
 class AuditSink(Protocol):
     def record(self, entry: AuditEntry) -> None: ...
+
+
+def record_action(
+    sink: AuditSink,
+    principal: Any,
+    action: str,
+    success: bool,
+    metadata: dict[str, Any],
+    *,
+    dataset_id: str | None = None,
+    dataset_slug: str | None = None,
+) -> None:
+    """One audit row for a request that is not a dataset read (``principal``: ``iam.Principal``)."""
+    sink.record(
+        AuditEntry(
+            dataset_id=dataset_id,
+            dataset_slug=dataset_slug or NO_DATASET_SLUG,
+            actor_id=principal.actor_id,
+            actor_scopes=list(principal.scopes),
+            action=action,
+            success=success,
+            metadata=metadata,
+        )
+    )
 
 
 class MemoryAudit:
@@ -65,6 +96,8 @@ class AuditWriter:
         self.flush_interval_s = flush_interval_s
         self._queue: asyncio.Queue[AuditEntry] = asyncio.Queue(maxsize=max_queue)
         self._task: asyncio.Task[None] | None = None
+        self._pending: list[AuditEntry] = []  # the batch being written (kept until it lands)
+        self._inflight: asyncio.Future[None] | None = None
         self.dropped = 0
         self.written = 0
 
@@ -79,16 +112,25 @@ class AuditWriter:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="audit-writer")
 
     async def stop(self) -> None:
-        """Flush what is queued, then stop."""
+        """Flush what is queued, then stop. A write in flight is awaited, never cancelled: cancelling psycopg
+        mid-pipeline broke the connection and raised from the task (AssertionError in psycopg's pipeline
+        exit), and lost that batch."""
         if self._task is None:
             return
         self._task.cancel()
-        try:
+        with contextlib.suppress(asyncio.CancelledError):
             await self._task
-        except asyncio.CancelledError:
-            pass
         self._task = None
-        rest = self._drain(self._queue.qsize())
+        rest = list(self._pending)
+        self._pending = []
+        if self._inflight is not None:
+            try:
+                await self._inflight
+                rest = []  # the in-flight write was the pending batch, and it landed
+            except (psycopg.Error, OSError):
+                pass  # written again below with the rest
+            self._inflight = None
+        rest += self._drain(self._queue.qsize())
         if rest:
             try:
                 await self._write(rest)
@@ -115,15 +157,23 @@ class AuditWriter:
         while True:
             first = await self._queue.get()
             await asyncio.sleep(self.flush_interval_s)
-            batch = [first, *self._drain(self.batch_size - 1)]
+            self._pending = [first, *self._drain(self.batch_size - 1)]
             while True:
+                # shielded: a stop() waits for this write instead of cancelling it half-way
+                self._inflight = asyncio.ensure_future(self._write(self._pending))
                 try:
-                    await self._write(batch)
+                    await asyncio.shield(self._inflight)
+                    self._inflight = None
+                    self._pending = []
                     backoff = 0.5
                     break
                 except (psycopg.Error, OSError) as exc:
+                    self._inflight = None
                     log.warning(
-                        "audit: write of %d rows failed (%s); retrying in %.1fs", len(batch), exc, backoff
+                        "audit: write of %d rows failed (%s); retrying in %.1fs",
+                        len(self._pending),
+                        exc,
+                        backoff,
                     )
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 10.0)

@@ -17,15 +17,24 @@ from psycopg.types.json import Jsonb
 
 from sinks.service.formats import iso_millis
 
+# predefined roles that reach the server's OS: COPY … TO/FROM PROGRAM, server-side file reads and writes
+SERVER_ACCESS_ROLES = ("pg_execute_server_program", "pg_read_server_files", "pg_write_server_files")
+
 
 class Catalog:
-    def __init__(self, dsn: str, schema: str = "timestore") -> None:
+    """``dsn``: the catalog reads and the service's own writes; ``exec_dsn``: ``/sql/exec`` (default ``dsn``)."""
+
+    def __init__(self, dsn: str, schema: str = "timestore", *, exec_dsn: str | None = None) -> None:
         self.dsn = dsn
+        self.exec_dsn = exec_dsn or dsn
         self.schema = schema
 
     @asynccontextmanager
-    async def connect(self, *, autocommit: bool = True) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
-        conn = await psycopg.AsyncConnection.connect(self.dsn, autocommit=autocommit)
+    async def connect(
+        self, *, autocommit: bool = True, exec_role: bool = False
+    ) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        dsn = self.exec_dsn if exec_role else self.dsn
+        conn = await psycopg.AsyncConnection.connect(dsn, autocommit=autocommit)
         try:
             await conn.execute(sql.SQL("SET search_path TO {}, public").format(sql.Identifier(self.schema)))
             yield conn
@@ -220,6 +229,17 @@ def partition_json(row: dict[str, Any]) -> dict[str, Any]:
 def command_of(status: str | None) -> str:
     """``'INSERT 0 1'`` -> ``'INSERT'`` (node-postgres ``result.command``)."""
     return (status or "UNKNOWN").split(" ", 1)[0] or "UNKNOWN"
+
+
+async def privileged_reach(conn: psycopg.AsyncConnection[Any]) -> list[str]:
+    """What makes this connection dangerous for arbitrary SQL: the superuser roles and server-access roles
+    its session user is, or can ``SET ROLE`` to (membership). Empty for a least-privilege role."""
+    cur = await conn.execute(
+        "SELECT p.rolname FROM pg_roles p WHERE pg_has_role(session_user, p.oid, 'MEMBER')"
+        " AND (p.rolsuper OR p.rolname = ANY(%s)) ORDER BY p.rolsuper DESC, p.rolname",
+        [list(SERVER_ACCESS_ROLES)],
+    )
+    return [row[0] for row in await cur.fetchall()]
 
 
 async def exec_statement(

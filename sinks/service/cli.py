@@ -22,9 +22,15 @@ def serve(
 ) -> None:
     """Serve the Timestore-compatible SQL API over the live DuckDB context."""
     from sinks.service.server import serve as run
-    from sinks.service.settings import QuerySettings
+    from sinks.service.settings import IamNotConfigured, QuerySettings, require_iam_mode
     from sinks.settings import SinkSettings
     from walduck.config import load_settings
 
     overrides = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
-    run(QuerySettings(**overrides), SinkSettings(), load_settings(), consume=not no_consume)
+    query = QuerySettings(**overrides)
+    try:
+        require_iam_mode(query)
+    except IamNotConfigured as exc:
+        typer.echo(f"walduck query serve: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    run(query, SinkSettings(), load_settings(), consume=not no_consume)

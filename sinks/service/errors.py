@@ -10,8 +10,10 @@ from typing import Any
 
 from fastapi.responses import JSONResponse
 
+from walduck.errors import WalduckError
 
-class ApiError(Exception):
+
+class ApiError(WalduckError):
     """Rendered as ``{statusCode, error: <reason phrase>, message, **extra}``."""
 
     def __init__(
@@ -46,3 +48,11 @@ class ApiError(Exception):
 def error_json(status: int, error: str, headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
     """A handler-built ``{error, ...}`` body."""
     return JSONResponse({"error": error, **extra}, status_code=status, headers=headers)
+
+
+def not_readable(name: str) -> ApiError:
+    """What a caller who may not read every dataset hears for a forbidden *and* for an unknown dataset
+    (same status, same body: no existence oracle), naming the reference as the caller gave it."""
+    return ApiError(
+        403, f"Missing required scope for dataset {name} (or no such dataset)", extra={"dataset": name}
+    )

@@ -20,6 +20,8 @@ from typing import Any
 import orjson
 import pyarrow as pa
 
+from walduck.errors import WalduckError
+
 READ_FORMATS = ("json", "csv", "table", "arrow")
 EXEC_FORMATS = ("json", "csv", "table")
 MAX_SAFE_INTEGER = 2**53 - 1
@@ -31,7 +33,7 @@ CONTENT_TYPES = {
 }
 
 
-class UnsupportedFormat(Exception):
+class UnsupportedFormat(WalduckError):
     def __init__(self, requested: str, supported: Sequence[str]) -> None:
         self.message = f'Unsupported format "{requested}". Supported formats: {", ".join(supported)}'
         super().__init__(self.message)
@@ -184,6 +186,67 @@ def arrow_ipc(table: pa.Table) -> bytes:
     with pa.ipc.new_stream(sink, table.schema) as writer:
         writer.write_table(table)
     return sink.getvalue().to_pybytes()
+
+
+def json_rows_within(rows: Sequence[dict[str, Any]], budget: int) -> tuple[bytes, int]:
+    """The JSON array of the longest prefix of ``rows`` that fits ``budget`` bytes, and its length."""
+    pieces: list[bytes] = []
+    size = 2
+    for row in rows:
+        piece = json_bytes(row)
+        size += len(piece) + (1 if pieces else 0)
+        if size > budget:
+            break
+        pieces.append(piece)
+    return b"[" + b",".join(pieces) + b"]", len(pieces)
+
+
+def csv_rows_within(columns: Sequence[str], rows: Sequence[dict[str, Any]], budget: int) -> int:
+    """How many leading ``rows`` the csv body can hold within ``budget`` bytes."""
+    if not columns:
+        return len(rows)
+    size = len(",".join(escape_csv(name) for name in columns).encode())
+    for i, row in enumerate(rows):
+        line = ",".join(escape_csv(format_cell(row.get(name))) for name in columns)
+        size += 1 + len(line.encode())
+        if size > budget:
+            return i
+    return len(rows)
+
+
+def table_rows_within(columns: Sequence[str], rows: Sequence[dict[str, Any]], budget: int) -> int:
+    """How many leading ``rows`` the table body can hold within ``budget`` bytes.
+
+    Every line is padded to the widest cell of each column, so one wide cell widens every line: the bound
+    is (lines) x (widest line), per column the widest cell in characters plus the most bytes a cell
+    needs beyond its characters (UTF-8).
+    """
+    if not columns:
+        return len(rows)
+    widths = [len(name) for name in columns]
+    extra = [len(name.encode()) - len(name) for name in columns]
+    gaps = 3 * (len(columns) - 1)
+    for i, row in enumerate(rows):
+        for c, name in enumerate(columns):
+            cell = format_table_cell(row.get(name))
+            widths[c] = max(widths[c], len(cell))
+            extra[c] = max(extra[c], len(cell.encode()) - len(cell))
+        line = sum(widths) + sum(extra) + gaps + 1
+        count = i + 1
+        if (count + 2) * line + len(_rows_label(count)) > budget:
+            return i
+    return len(rows)
+
+
+def arrow_within(table: pa.Table, budget: int) -> tuple[bytes, int]:
+    """The Arrow IPC stream of the longest prefix of ``table`` found to fit ``budget`` bytes."""
+    rows = table.num_rows
+    data = arrow_ipc(table)
+    while len(data) > budget and rows > 0:
+        shrunk = int(rows * budget / len(data) * 0.95)
+        rows = shrunk if shrunk < rows else rows - 1
+        data = arrow_ipc(table.slice(0, rows))
+    return data, rows
 
 
 def table_rows(table: pa.Table) -> list[dict[str, Any]]:

@@ -11,6 +11,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from walduck.errors import WalduckError
+
 ACTOR_HEADERS = ("x-iam-user", "x-user-id", "x-actor-id")
 
 
@@ -24,7 +26,7 @@ class Principal:
         return not required or any(scope in self.scopes for scope in required)
 
 
-class Forbidden(Exception):
+class Forbidden(WalduckError):
     """A missing scope (403). ``message`` is what the client sees."""
 
     def __init__(self, message: str, dataset_slug: str | None = None) -> None:

@@ -6,8 +6,9 @@
 * A :class:`threading.Timer` calls ``cursor.interrupt()`` when the request timeout expires; DuckDB ends
   the query with an interrupt error, the cursor's result is destroyed and the cursor goes back to the
   store's pool, so the worker is free again (:class:`QueryTimeout`, HTTP 504).
-* Rows are pulled as Arrow batches; reading stops at ``row_cap`` rows or ``byte_cap`` bytes of Arrow
-  buffers, and the result says ``truncated``.
+* Rows are pulled as Arrow batches of 256 rows; reading stops at ``row_cap`` rows or ``byte_cap`` bytes of
+  Arrow buffers, cutting inside a batch, and the result says ``truncated`` exactly when rows were withheld
+  (the route then cuts again on the encoded body: ``formats.render_read``).
 """
 
 from __future__ import annotations
@@ -24,19 +25,20 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
+from walduck.errors import WalduckError
 from walduck.metrics import QUERY_INFLIGHT
 
-BATCH_ROWS = 2048
+BATCH_ROWS = 256
 
 
-class Saturated(Exception):
+class Saturated(WalduckError):
     def __init__(self, limit: int, retry_after_s: int = 1) -> None:
         self.limit = limit
         self.retry_after_s = retry_after_s
         super().__init__(f"Too many concurrent SQL queries (limit {limit}); retry later")
 
 
-class QueryTimeout(Exception):
+class QueryTimeout(WalduckError):
     def __init__(self, timeout_s: float) -> None:
         self.timeout_s = timeout_s
         super().__init__(f"SQL query exceeded the {timeout_s:g} s timeout and was cancelled")
@@ -50,10 +52,29 @@ class ReadResult:
     elapsed_ms: float
 
 
+def _rows_within(batch: pa.RecordBatch, budget: int) -> int:
+    """The longest prefix of ``batch`` whose Arrow bytes fit ``budget`` (binary search on slices:
+    ``nbytes`` of a slice counts only the buffer ranges it references)."""
+    lo, hi = 0, batch.num_rows
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if batch.slice(0, mid).nbytes <= budget:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
 def run_capped(
     cursor: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any], row_cap: int, byte_cap: int
 ) -> tuple[pa.Table, list[str], bool]:
-    """Execute and read at most ``row_cap`` rows / ``byte_cap`` Arrow bytes; always destroys the result."""
+    """Execute and read at most ``row_cap`` rows / ``byte_cap`` Arrow bytes; always destroys the result.
+
+    Batches of ``BATCH_ROWS`` rows; the batch that would pass a cap is cut inside, at the last row that
+    fits, so the cap holds whatever the row size (a single row larger than the cap sends no rows).
+    ``truncated`` is true exactly when rows were withheld: at a cap, one more batch is pulled to see
+    whether anything is left.
+    """
     relation = cursor.sql(sql, params=list(params) if params else None)
     types = [str(t).upper() for t in relation.types]
     reader = relation.to_arrow_reader(BATCH_ROWS)
@@ -62,22 +83,23 @@ def run_capped(
     truncated = False
     try:
         for batch in reader:
-            if rows + batch.num_rows > row_cap:
-                batch = batch.slice(0, row_cap - rows)
-                truncated = True
-            if size + batch.nbytes > byte_cap and batches:
-                truncated = True
+            if batch.num_rows == 0:
+                continue
+            if rows >= row_cap or size >= byte_cap:
+                truncated = True  # a non-empty batch is left after the caps were reached
                 break
-            batches.append(batch)
-            rows += batch.num_rows
-            size += batch.nbytes
-            if truncated or size >= byte_cap:
-                truncated = truncated or size > byte_cap
+            take = min(batch.num_rows, row_cap - rows)
+            if size + batch.slice(0, take).nbytes > byte_cap:
+                take = _rows_within(batch.slice(0, take), byte_cap - size)
+            if take < batch.num_rows:
+                batch = batch.slice(0, take)
+                truncated = True
+            if take:
+                batches.append(batch)
+                rows += take
+                size += batch.nbytes
+            if truncated:
                 break
-        if not truncated and rows == row_cap:
-            # exactly at the cap: truncated only if something is left
-            nxt = next(iter(reader), None)
-            truncated = nxt is not None and nxt.num_rows > 0
     finally:
         reader.close()
         try:

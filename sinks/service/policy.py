@@ -33,6 +33,7 @@ from sqlglot.errors import SqlglotError
 from sqlglot.tokens import TokenType
 
 from sinks.context.scope import ALLOWED_TABLE_FUNCTIONS, DENIED_FUNCTION, bind_relations
+from walduck.errors import WalduckError
 
 NOT_SINGLE_SELECT = "Only single SELECT statements are permitted on /sql/read"
 VIEW_SCHEMA = "timestore"
@@ -74,7 +75,7 @@ _FORBIDDEN_NODES: tuple[type[exp.Expression], ...] = tuple(
 _QUERY_ROOTS: tuple[type[exp.Expression], ...] = (exp.Select, exp.SetOperation, exp.Subquery)
 
 
-class PolicyViolation(Exception):
+class PolicyViolation(WalduckError):
     """The statement is not allowed on /sql/read (400). ``message`` is what the client sees."""
 
     def __init__(self, message: str) -> None:

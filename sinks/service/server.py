@@ -14,7 +14,7 @@ import uvicorn
 from sinks.context.consumer import DeltaConsumer
 from sinks.context.store import ContextStore
 from sinks.service.app import create_app
-from sinks.service.settings import QuerySettings
+from sinks.service.settings import QuerySettings, require_iam_mode
 from sinks.settings import SinkSettings
 from walduck.config import WalduckSettings
 from walduck.gctuning import tune_for_streaming
@@ -25,17 +25,36 @@ log = logging.getLogger(__name__)
 async def serve_async(
     query: QuerySettings, sink: SinkSettings, walduck: WalduckSettings, *, consume: bool = True
 ) -> None:
-    store = ContextStore(sink, walduck)
+    # catalog reads (context rebuilds, manifests, saved queries, audit) run as the read role, /sql/exec as the exec
+    # role (docs/security.md "Roles"); both fall back to WALDUCK_PG_DSN
+    reads = walduck.model_copy(update={"pg_dsn": walduck.read_dsn()})
+    open_groups = require_iam_mode(query)  # raises IamNotConfigured before anything is opened
+    if open_groups:
+        log.warning("IAM OPEN (WALDUCK_IAM_OPEN=true): any caller reaches %s", "; ".join(open_groups))
+    store = ContextStore(sink, reads)
     store.open()
     tune_for_streaming()  # the open context's caches stay out of every collection (apply outliers)
     consumer = DeltaConsumer(store) if consume else None
-    app = create_app(store, query, pg_dsn=walduck.pg_dsn or None, catalog_schema=walduck.catalog_schema)
+    app = create_app(
+        store,
+        query,
+        pg_dsn=reads.pg_dsn or None,
+        exec_dsn=walduck.exec_dsn() or None,
+        catalog_schema=walduck.catalog_schema,
+    )
     server = uvicorn.Server(
         uvicorn.Config(app, host=query.host, port=query.port, log_level="info", lifespan="on")
     )
     consumer_task = asyncio.create_task(consumer.run(), name="delta-consumer") if consumer else None
+    if consumer_task is not None:
+        # a consumer that cannot log in (KafkaSecurityError) would leave the contexts stale for good: stop
+        consumer_task.add_done_callback(lambda _task: setattr(server, "should_exit", True))
     try:
         await server.serve()
+        if consumer_task is not None and consumer_task.done() and not consumer_task.cancelled():
+            failure = consumer_task.exception()
+            if failure is not None:
+                raise failure
     finally:
         if consumer is not None and consumer_task is not None:
             await consumer.stop()

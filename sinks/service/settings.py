@@ -5,6 +5,8 @@ from __future__ import annotations
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from walduck.errors import WalduckError
+
 
 def _env(name: str, *timestore: str) -> AliasChoices:
     """``WALDUCK_<NAME>`` first, then Timestore's variable names (reference §4)."""
@@ -17,14 +19,22 @@ class QuerySettings(BaseSettings):
     host: str = Field("127.0.0.1", validation_alias=_env("query_host"))
     port: int = Field(8080, validation_alias=_env("query_port"))
 
-    # IAM (reference §4): comma lists; empty = the check is open
+    # IAM (reference §4): comma lists; empty = the check is open. The service refuses to start while a route group
+    # is open unless iam_open says so explicitly (Timestore's open mode, logged as a warning at start)
+    iam_open: bool = Field(False, validation_alias=_env("iam_open"))
     require_scope: str = Field("", validation_alias=_env("require_scope", "TIMESTORE_REQUIRE_SCOPE"))
     admin_scope: str = Field("", validation_alias=_env("admin_scope", "TIMESTORE_ADMIN_SCOPE"))
     sql_read_scope: str = Field("", validation_alias=_env("sql_read_scope", "TIMESTORE_SQL_READ_SCOPE"))
     sql_exec_scope: str = Field("", validation_alias=_env("sql_exec_scope", "TIMESTORE_SQL_EXEC_SCOPE"))
     metrics_scope: str = Field("", validation_alias=_env("metrics_scope", "TIMESTORE_METRICS_SCOPE"))
 
+    # /sql/exec on a superuser connection, or one that reaches pg_execute_server_program / pg_read_server_files /
+    # pg_write_server_files, is refused (403) unless this says otherwise (docs/security.md "Roles")
+    exec_allow_superuser: bool = Field(False, validation_alias=_env("exec_allow_superuser"))
+
     # request limits
+    # request bodies above this many bytes are refused with 413 before parsing (Fastify's bodyLimit default)
+    max_body_bytes: int = Field(1024 * 1024, validation_alias=_env("query_max_body_bytes"))
     sql_max_length: int = Field(10_000, validation_alias=_env("sql_max_length", "TIMESTORE_SQL_MAX_LENGTH"))
     request_timeout_s: float = Field(30.0, validation_alias=_env("query_timeout_s"))
     row_cap: int = Field(100_000, validation_alias=_env("query_row_cap"))
@@ -61,3 +71,30 @@ class QuerySettings(BaseSettings):
 
     def dataset_read_fallback(self) -> list[str]:
         return self._split(self.require_scope)[:1]
+
+    def open_route_groups(self) -> list[str]:
+        """Route groups any caller reaches because no scope guards them (empty when IAM is fully configured)."""
+        groups = {
+            "/sql/read, /sql/schema, /sql/saved (WALDUCK_SQL_READ_SCOPE or WALDUCK_REQUIRE_SCOPE)": self.sql_read_scopes(),
+            "/sql/exec (WALDUCK_SQL_EXEC_SCOPE or WALDUCK_ADMIN_SCOPE)": self.sql_exec_scopes(),
+            "/admin/* and every dataset (WALDUCK_ADMIN_SCOPE or WALDUCK_REQUIRE_SCOPE)": self.admin_scopes(),
+            "/metrics (WALDUCK_METRICS_SCOPE or WALDUCK_ADMIN_SCOPE)": self.metrics_scopes(),
+        }
+        return [name for name, scopes in groups.items() if not scopes]
+
+
+class IamNotConfigured(WalduckError, RuntimeError):
+    """The service would start with routes open to any caller, and WALDUCK_IAM_OPEN=true was not given."""
+
+
+def require_iam_mode(settings: QuerySettings) -> list[str]:
+    """At start: refuse open route groups unless ``iam_open``; returns the open groups (logged by the caller)."""
+    groups = settings.open_route_groups()
+    if groups and not settings.iam_open:
+        raise IamNotConfigured(
+            "refusing to start: these routes would answer any caller: "
+            + "; ".join(groups)
+            + ". Configure the scopes (Timestore's names: docs/security.md, 'Scopes'), or set WALDUCK_IAM_OPEN=true"
+            " to run open on purpose"
+        )
+    return groups

@@ -13,24 +13,36 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import duckdb
+import orjson
+import psycopg
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from sinks.context import guard
 from sinks.service import formats
-from sinks.service.audit import ACTION_SQL_READ, NO_DATASET_SLUG, AuditEntry
-from sinks.service.catalog import command_of, exec_statement
-from sinks.service.errors import ApiError, error_json
+from sinks.service.audit import (
+    ACTION_SAVED_DELETE,
+    ACTION_SAVED_UPSERT,
+    ACTION_SQL_EXEC,
+    ACTION_SQL_READ,
+    NO_DATASET_SLUG,
+    AuditEntry,
+    record_action,
+)
+from sinks.service.body_limit import OffLoopJsonRoute
+from sinks.service.catalog import command_of, exec_statement, privileged_reach
+from sinks.service.errors import ApiError, error_json, not_readable
+from sinks.service.exec_params import bind_params
 from sinks.service.iam import Principal, principal_from_headers, require
 from sinks.service.limits import QueryTimeout, Saturated
 from sinks.service.policy import NOT_SINGLE_SELECT, PolicyViolation, check_read_sql, is_select_only
 from sinks.service.state import ServiceState
 from walduck.lsn import InvalidLSN, format_lsn, parse_lsn
-from walduck.metrics import CACHE_EVENTS, QUERY_GUARD_REFUSALS, QUERY_PLANNING
+from walduck.metrics import CACHE_EVENTS, QUERY_GUARD_REFUSALS, QUERY_LIMITS, QUERY_PLANNING
 
 log = logging.getLogger(__name__)
-router = APIRouter(tags=["SQL"])
+router = APIRouter(tags=["SQL"], route_class=OffLoopJsonRoute)
 
 NO_FILES_WARNING = "Some partitions were unavailable and were skipped after refreshing the SQL runtime."
 
@@ -179,10 +191,31 @@ def _audit(
         )
 
 
+def reads_everything(s: ServiceState, p: Principal) -> bool:
+    """The admin scope reads every dataset: to such a caller an unknown dataset can be called unknown."""
+    admin = s.settings.admin_scopes()
+    return bool(admin) and p.has_any(admin)
+
+
 def _forbidden_slug(exc: Exception) -> str | None:
     if type(exc).__name__ == "ForbiddenDataset":
         return getattr(exc, "slug", None) or (str(exc.args[0]) if exc.args else "?")
     return None
+
+
+OFF_LOOP_SQL_CHARS = 4096
+
+
+def _check_text(sql: str, max_length: int) -> Any:
+    """Read-only text check (400), length (413), sandbox policy (400), in Timestore's order."""
+    if not is_select_only(sql):
+        raise ApiError(400, NOT_SINGLE_SELECT)
+    if len(sql) > max_length:
+        raise ApiError(413, f"SQL statement exceeds maximum length of {max_length} characters")
+    try:
+        return check_read_sql(sql)
+    except PolicyViolation as exc:
+        raise ApiError(400, exc.message) from exc
 
 
 @router.post(
@@ -213,14 +246,11 @@ async def sql_read(
     except formats.UnsupportedFormat as exc:
         raise ApiError(406, exc.message) from exc
     sql = body.sql
-    if not is_select_only(sql):
-        raise ApiError(400, NOT_SINGLE_SELECT)
-    if len(sql) > s.settings.sql_max_length:
-        raise ApiError(413, f"SQL statement exceeds maximum length of {s.settings.sql_max_length} characters")
-    try:
-        checked = check_read_sql(sql)
-    except PolicyViolation as exc:
-        raise ApiError(400, exc.message) from exc
+    # Timestore's text checks scan the statement in Python (~0.3 s per MB): off the event loop when long
+    if len(sql) > OFF_LOOP_SQL_CHARS:
+        checked = await asyncio.to_thread(_check_text, sql, s.settings.sql_max_length)
+    else:
+        checked = _check_text(sql, s.settings.sql_max_length)
 
     request_id = f"sql-{uuid.uuid4()}"
     audit_meta = {"requestId": request_id, "fingerprint": fingerprint(sql)}
@@ -248,12 +278,17 @@ async def sql_read(
     allowed = s.readable(p, datasets)
     referenced = _referenced(s, datasets, checked.views)
     audit_targets: list[tuple[str | None, str]] = []
-    for _name, candidates in sorted(referenced.items()):
+    everything = reads_everything(s, p)
+    for name, candidates in sorted(referenced.items()):
         permitted = [d for d in candidates if d.id in allowed]
         if candidates and not permitted:
             slug = candidates[0].slug
             _audit(s, p, [(candidates[0].id, slug)], False, {**audit_meta, "reason": "forbidden"})
-            raise ApiError(403, f"Missing required scope for dataset {slug}", extra={"dataset": slug})
+            raise not_readable(name)
+        if not candidates and not everything:
+            # an unknown dataset answers as a forbidden one: no existence oracle (issue 13 finding 7)
+            _audit(s, p, [(None, name)], False, {**audit_meta, "reason": "unknown"})
+            raise not_readable(name)
         if permitted:
             audit_targets.append((permitted[0].id, permitted[0].slug))
 
@@ -289,6 +324,9 @@ async def sql_read(
             except QueryTimeout as exc:
                 _audit(s, p, audit_targets, False, {**audit_meta, "reason": "timeout"})
                 raise ApiError(504, str(exc)) from exc
+            except duckdb.OutOfMemoryException as exc:
+                _audit(s, p, audit_targets, False, {**audit_meta, "reason": "memory"})
+                raise _out_of_memory(exc) from exc
             except duckdb.Error as exc:
                 message = str(exc)
                 if not _missing_file(message):
@@ -343,6 +381,20 @@ async def _catch_up_with_catalog(s: ServiceState, deadline: float) -> bool:
     return await s.store.wait_for_lsn(lsn, min(CATCH_UP_WAIT_S, max(deadline - time.perf_counter(), 0.0)))
 
 
+def _out_of_memory(exc: BaseException) -> ApiError:
+    """DuckDB's memory_limit or max_temp_directory_size reached: the service is busy, not broken (503)."""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    temp = "max_temp_directory_size" in str(exc)
+    QUERY_LIMITS.labels(limit="temp_space" if temp else "memory").inc()
+    setting = "WALDUCK_DUCKDB_MAX_TEMP_DIRECTORY_SIZE" if temp else "WALDUCK_DUCKDB_MEMORY_LIMIT"
+    return ApiError(
+        503,
+        f"The query needs more {'temporary disk space' if temp else 'memory'} than the SQL runtime allows "
+        f"({setting}); retry later or read less. {first}" + (" (max_temp_directory_size)" if temp else ""),
+        headers={"Retry-After": "1"},
+    )
+
+
 def _missing_file(message: str) -> bool:
     lowered = message.lower()
     return any(marker in lowered for marker in _MISSING_FILE_MARKERS)
@@ -368,9 +420,11 @@ async def _plan(s: ServiceState, p: Any, checked: Any, allowed: set[str], audit_
         slug = _forbidden_slug(exc)
         if slug is not None:
             _audit(s, p, [(None, slug)], False, {**audit_meta, "reason": "forbidden"})
-            raise ApiError(
-                403, f"Missing required scope for dataset {slug}", extra={"dataset": slug}
-            ) from exc
+            raise not_readable(slug) from exc
+        unknown = getattr(exc, "name", "") if type(exc).__name__ == "UnknownRelation" else ""
+        if unknown.startswith("timestore.") and not reads_everything(s, p):
+            _audit(s, p, [(None, unknown[10:])], False, {**audit_meta, "reason": "unknown"})
+            raise not_readable(unknown[10:]) from exc
         if type(exc).__name__ in {
             "UnknownRelation",
             "AmbiguousRelation",
@@ -379,6 +433,13 @@ async def _plan(s: ServiceState, p: Any, checked: Any, allowed: set[str], audit_
         }:
             raise ApiError(400, str(exc)) from exc
         raise
+
+
+def _cut(truncated: bool, withheld: bool) -> bool:
+    """Rows withheld while rendering (the byte cap on the encoded body); counted once per request."""
+    if withheld and not truncated:
+        QUERY_LIMITS.labels(limit="byte_cap").inc()
+    return truncated or withheld
 
 
 def _read_response(
@@ -397,6 +458,7 @@ def _read_response(
     if warnings:
         # JSON array, non-ASCII escaped (header values must be latin-1; parses to the same strings)
         headers["x-sql-warnings"] = json.dumps(warnings, ensure_ascii=True, separators=(",", ":"))
+    cap = s.settings.byte_cap
     if empty:
         names: list[str] = []
         rows: list[dict[str, Any]] = []
@@ -407,30 +469,49 @@ def _read_response(
         types = result.column_types
         truncated = result.truncated
         rows = [] if fmt == "arrow" else formats.table_rows(result.table)
-    headers["x-sql-truncated"] = "true" if truncated else "false"
-    elapsed_ms = (time.perf_counter() - received) * 1000.0
+    # the byte cap holds on the encoded body: rows past it are withheld (truncated), whatever their size
+    if not empty and result.truncated:
+        at_row_cap = result.table.num_rows >= s.settings.row_cap
+        QUERY_LIMITS.labels(limit="row_cap" if at_row_cap else "byte_cap").inc()
     if fmt == "json":
-        payload = {
-            "executionId": execution_id,
-            "columns": [
-                {"name": n, "type": types[i] if i < len(types) else "UNKNOWN", "description": None}
-                for i, n in enumerate(names)
-            ],
-            "rows": rows,
-            "truncated": truncated,
-            "warnings": warnings,
-            "statistics": {"rowCount": len(rows), "elapsedMs": elapsed_ms},
-            "appliedLsn": applied,
-            "stalenessSeconds": staleness,
-        }
-        return Response(formats.json_bytes(payload), media_type="application/json", headers=headers)
-    if fmt == "csv":
-        body = "" if empty else formats.render_csv(names, rows)
-        return Response(body.encode(), headers={**headers, "content-type": formats.CONTENT_TYPES["csv"]})
-    if fmt == "table":
-        body = "" if empty else formats.render_table(names, rows)
-        return Response(body.encode(), headers={**headers, "content-type": formats.CONTENT_TYPES["table"]})
-    data = b"" if empty else formats.arrow_ipc(result.table)
+        columns = [
+            {"name": n, "type": types[i] if i < len(types) else "UNKNOWN", "description": None}
+            for i, n in enumerate(names)
+        ]
+
+        def envelope(rows_json: bytes, count: int, elapsed_ms: float, truncated: bool) -> dict[str, Any]:
+            return {
+                "executionId": execution_id,
+                "columns": columns,
+                "rows": orjson.Fragment(rows_json),
+                "truncated": truncated,
+                "warnings": warnings,
+                "statistics": {"rowCount": count, "elapsedMs": elapsed_ms},
+                "appliedLsn": applied,
+                "stalenessSeconds": staleness,
+            }
+
+        # the envelope without rows, with room for the longest rowCount/elapsedMs values
+        frame = len(formats.json_bytes(envelope(b"[]", 10**15, -1.2345678901234567e-300, False)))
+        rows_json, sent = formats.json_rows_within(rows, cap - frame)
+        truncated = _cut(truncated, sent < len(rows))
+        headers["x-sql-truncated"] = "true" if truncated else "false"
+        elapsed_ms = (time.perf_counter() - received) * 1000.0
+        body = formats.json_bytes(envelope(rows_json, sent, elapsed_ms, truncated))
+        return Response(body, media_type="application/json", headers=headers)
+    if fmt in ("csv", "table"):
+        within = formats.csv_rows_within if fmt == "csv" else formats.table_rows_within
+        sent = within(names, rows, cap)
+        truncated = _cut(truncated, sent < len(rows))
+        headers["x-sql-truncated"] = "true" if truncated else "false"
+        render = formats.render_csv if fmt == "csv" else formats.render_table
+        text = "" if empty else render(names, rows[:sent])
+        return Response(text.encode(), headers={**headers, "content-type": formats.CONTENT_TYPES[fmt]})
+    data = b""
+    if not empty:
+        data, sent = formats.arrow_within(result.table, cap)
+        truncated = _cut(truncated, sent < result.table.num_rows)
+    headers["x-sql-truncated"] = "true" if truncated else "false"
     return Response(data, headers={**headers, "content-type": formats.CONTENT_TYPES["arrow"]})
 
 
@@ -461,18 +542,31 @@ async def saved_get(request: Request, query_id: str) -> Any:
 @router.put("/sql/saved/{query_id}", summary="Create or update a saved SQL query")
 async def saved_put(request: Request, query_id: str, body: SavedQueryUpsert) -> Any:
     p = authorize_sql_read(request)
+    s = svc(request)
     label = body.label.strip() if body.label is not None else None
     stats = body.stats.model_dump(exclude_none=True) if body.stats is not None else None
-    record = await _catalog(svc(request)).upsert_saved(
-        query_id, body.statement, label or None, stats, p.actor_id
-    )
+    meta = {"savedQueryId": query_id, "fingerprint": fingerprint(body.statement)}
+    try:
+        record = await _catalog(s).upsert_saved(query_id, body.statement, label or None, stats, p.actor_id)
+    except ApiError:
+        raise
+    except Exception:
+        record_action(s.audit, p, ACTION_SAVED_UPSERT, False, {**meta, "reason": "error"})
+        raise
+    record_action(s.audit, p, ACTION_SAVED_UPSERT, True, meta)
     return {"savedQuery": record}
 
 
 @router.delete("/sql/saved/{query_id}", status_code=204, summary="Delete a saved SQL query")
 async def saved_delete(request: Request, query_id: str) -> Response:
-    authorize_sql_read(request)
-    if not await _catalog(svc(request)).delete_saved(query_id):
+    p = authorize_sql_read(request)
+    s = svc(request)
+    deleted = await _catalog(s).delete_saved(query_id)
+    meta: dict[str, Any] = {"savedQueryId": query_id}
+    record_action(
+        s.audit, p, ACTION_SAVED_DELETE, deleted, meta if deleted else {**meta, "reason": "not-found"}
+    )
+    if not deleted:
         return error_json(404, f"Saved query {query_id} not found")
     return Response(status_code=204)
 
@@ -488,6 +582,8 @@ def _exec_error_status(exc: BaseException) -> int:
     """400 for statements PostgreSQL rejects as wrong (syntax, unknown column, constraint); anything else,
     the statement timeout included, stays 500 as in Timestore."""
     sqlstate = getattr(exc, "sqlstate", None) or ""
+    if not sqlstate and isinstance(exc, psycopg.DataError | psycopg.ProgrammingError):
+        return 400  # refused by psycopg before PostgreSQL saw it: a value it cannot send (NUL in text …)
     return 400 if sqlstate[:2] in _CLIENT_SQLSTATE_CLASSES else 500
 
 
@@ -506,18 +602,30 @@ async def sql_exec(
         raise ApiError(406, exc.message) from exc
     if len(body.sql) > s.settings.sql_max_length:
         raise ApiError(413, f"SQL statement exceeds maximum length of {s.settings.sql_max_length} characters")
+    if "\x00" in body.sql:
+        # libpq would cut the statement at the NUL and run the prefix
+        raise ApiError(400, "SQL statement contains a NUL character")
     catalog = _catalog(s)
     request_id = f"sql-{uuid.uuid4()}"
-    conn_cm = catalog.connect()
+    audit_meta: dict[str, Any] = {"requestId": request_id, "fingerprint": fingerprint(body.sql)}
+    conn_cm = catalog.connect(exec_role=True)
     conn = await conn_cm.__aenter__()
+    if not s.settings.exec_allow_superuser:
+        await _refuse_privileged(s, p, conn, conn_cm, audit_meta)
     try:
-        cur = await exec_statement(conn, body.sql, body.params or [], s.settings.exec_statement_timeout_ms)
+        cur = await exec_statement(
+            conn, body.sql, bind_params(body.params or []), s.settings.exec_statement_timeout_ms
+        )
     except Exception as exc:
         await conn_cm.__aexit__(type(exc), exc, exc.__traceback__)
-        raise ApiError(_exec_error_status(exc), str(exc).strip()) from exc
+        status = _exec_error_status(exc)
+        record_action(s.audit, p, ACTION_SQL_EXEC, False, {**audit_meta, "reason": "error", "status": status})
+        raise ApiError(status, str(exc).strip()) from exc
+    command = command_of(cur.statusmessage)
+    record_action(s.audit, p, ACTION_SQL_EXEC, True, {**audit_meta, "command": command})
     columns = [d.name for d in (cur.description or [])]
     if not columns:
-        command, count = command_of(cur.statusmessage), max(cur.rowcount, 0)
+        count = max(cur.rowcount, 0)
         await conn_cm.__aexit__(None, None, None)
         return Response(
             formats.json_bytes({"command": command, "rowCount": count}),
@@ -534,6 +642,33 @@ async def sql_exec(
         _exec_body(fmt, columns, all_rows(), conn_cm),
         media_type=formats.CONTENT_TYPES[fmt],
         headers={"x-sql-request-id": request_id},
+    )
+
+
+EXEC_PRIVILEGED = "WALDUCK_EXEC_PRIVILEGED_CONNECTION"
+
+
+async def _refuse_privileged(
+    s: ServiceState, p: Principal, conn: Any, conn_cm: Any, audit_meta: dict[str, Any]
+) -> None:
+    """403 before anything runs when the exec role could reach the OS (superuser, COPY … PROGRAM, files)."""
+    try:
+        reach = await privileged_reach(conn)
+    except Exception as exc:
+        await conn_cm.__aexit__(type(exc), exc, exc.__traceback__)
+        raise
+    if not reach:
+        return
+    await conn_cm.__aexit__(None, None, None)
+    record_action(
+        s.audit, p, ACTION_SQL_EXEC, False, {**audit_meta, "reason": "privileged-connection", "status": 403}
+    )
+    raise ApiError(
+        403,
+        f"/sql/exec refuses to run on a privileged PostgreSQL connection (its role reaches {', '.join(reach)}):"
+        " set WALDUCK_PG_EXEC_DSN to the walduck_exec role (`walduck catalog roles`), or"
+        " WALDUCK_EXEC_ALLOW_SUPERUSER=true to accept the risk",
+        code=EXEC_PRIVILEGED,
     )
 
 

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from stack.local import free_port
+from stack.services.kafka import LocalKafka
+from stack.services.postgres import LocalPostgres, create_database
 from support.stacks import IAM_ENV, make_stack, new_stack
 from walduck.config import WalduckSettings
-from walduck.services.kafka import LocalKafka
-from walduck.services.postgres import LocalPostgres, create_database
-from walduck.stack import free_port
 
 __all__ = ["IAM_ENV", "make_stack", "new_stack"]
 

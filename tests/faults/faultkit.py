@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from stack.local import Stack
+from stack.workload.generator import RunSummary, Workload
 from support.truth import assert_sql_matches_truth, run_verify, truth_from_postgres
-from walduck.stack import Stack
-from walduck.workload.generator import RunSummary, Workload
 
 ALL_SHAPES: dict[str, float] = {
     "ingest": 5,

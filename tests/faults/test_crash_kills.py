@@ -10,7 +10,7 @@ import time
 import pytest
 
 from faults.faultkit import BackgroundWorkload, assert_zero_drift
-from walduck.stack import COMPONENTS, Stack
+from stack.local import COMPONENTS, Stack
 
 
 def kill_in_turn(stack: Stack, kills: int, seed: int) -> list[tuple[str, float, float]]:

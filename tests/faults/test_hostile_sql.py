@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from sinks.context.naming import sanitize_view_name
+from stack.local import Stack
+from stack.workload.generator import Workload
 from support.hostile_sql import BINDS_TO_A_CTE, CATALOG_RELATIONS, bypass_shapes
-from walduck.stack import Stack
-from walduck.workload.generator import Workload
 
 ADMIN = "timestore:admin"
 SQL_ONLY = "timestore:sql:read"  # SQL read, but not the datasets' read scope (timestore:read)

@@ -9,7 +9,7 @@ import time
 
 from faults.conftest import IAM_ENV, OwnServices, new_stack
 from faults.faultkit import BackgroundWorkload, assert_zero_drift
-from walduck.stack import COMPONENTS, Stack
+from stack.local import COMPONENTS, Stack
 
 
 def restart_and_time(stack: Stack, restart, timeout: float = 240) -> tuple[float, float]:  # type: ignore[no-untyped-def]

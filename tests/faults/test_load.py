@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from faults.faultkit import BackgroundWorkload, assert_zero_drift
-from walduck.stack import Stack
+from stack.local import Stack
 
 SCOPES = {"x-iam-scopes": "timestore:admin,timestore:sql:read,timestore:read"}
 CLIENTS = 50

@@ -14,7 +14,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from faults.faultkit import BackgroundWorkload, assert_zero_drift, metric_value
-from walduck.stack import Stack
+from stack.local import Stack
 
 BIG = 5 * 1024 * 1024
 TOPIC_MAX_BYTES = str(8 * 1024 * 1024)

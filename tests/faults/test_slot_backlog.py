@@ -9,7 +9,7 @@ import time
 import psycopg
 
 from faults.faultkit import BackgroundWorkload, assert_zero_drift, metric_value
-from walduck.stack import Stack
+from stack.local import Stack
 
 LAG = "walduck_connector_replication_lag_bytes"
 

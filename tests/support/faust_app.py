@@ -34,8 +34,9 @@ import faust
 from faust.types import EventT
 
 from pipeline.compaction import Compactor, InvalidChange
-from walduck.config import WalduckSettings
+from walduck.config import KafkaSecurityProtocol, WalduckSettings
 from walduck.deltas import Delta
+from walduck.kafka_security import SASL_PROTOCOLS, security_kwargs
 from walduck.records import ChangeRecord, MalformedRecord
 
 log = logging.getLogger("walduck.faust_compactor")
@@ -64,12 +65,28 @@ def process(compactor: Compactor, raw: bytes, offset: int) -> list[Delta]:
     return compactor.flush() if compactor.clean else []
 
 
+def faust_credentials(settings: WalduckSettings) -> faust.SASLCredentials | faust.SSLCredentials | None:
+    """The ``WALDUCK_KAFKA_*`` security settings as faust ``broker_credentials`` (None for PLAINTEXT)."""
+    if settings.kafka_security_protocol is KafkaSecurityProtocol.PLAINTEXT:
+        return None
+    kw = security_kwargs(settings)
+    if settings.kafka_security_protocol in SASL_PROTOCOLS:
+        return faust.SASLCredentials(
+            username=kw["sasl_plain_username"],
+            password=kw["sasl_plain_password"],
+            ssl_context=kw.get("ssl_context"),
+            mechanism=kw["sasl_mechanism"],
+        )
+    return faust.SSLCredentials(kw["ssl_context"])
+
+
 def create_app() -> faust.App:
     settings = WalduckSettings()
     app_id = os.environ.get("WALDUCK_FAUST_APP_ID", "walduck-faust-compactor")
     app = faust.App(
         app_id,
         broker=f"kafka://{settings.kafka_bootstrap}",
+        broker_credentials=faust_credentials(settings),
         store="memory://",
         datadir=os.environ.get("WALDUCK_FAUST_DATADIR", "/tmp/walduck-faust"),
         processing_guarantee="at_least_once",

@@ -11,9 +11,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from sinks.context.naming import sanitize_view_name
-from walduck.catalog.visible import partition_location, storage_targets, visible_partitions
-from walduck.procs import component_env
-from walduck.stack import Stack
+from stack.local import Stack
+from stack.procs import component_env
+from walduck.catalog_reader import partition_location, storage_targets, visible_partitions
 
 ADMIN = "timestore:admin,timestore:sql:read,timestore:read"
 
@@ -70,7 +70,7 @@ def assert_sql_matches_truth(stack: Stack, truth: dict[str, Truth], min_lsn: int
 def run_verify(stack: Stack) -> subprocess.CompletedProcess[str]:
     env = component_env(stack.settings, WALDUCK_SERVICE_URL=stack.base_url, **stack.extra_env)
     return subprocess.run(
-        [sys.executable, "-m", "walduck.cli", "verify", "--url", stack.base_url],
+        [sys.executable, "-m", "stack.cli", "verify", "--url", stack.base_url],
         env=env,
         capture_output=True,
         text=True,
@@ -84,10 +84,11 @@ async def deltas_replayed(stack: Stack) -> dict[tuple[str, str], dict[str, dict]
 
     from support.reference_consumer import replay
     from walduck.deltas import Delta
+    from walduck.kafka_security import client_kwargs, start_client
 
     s = stack.settings
-    consumer = AIOKafkaConsumer(bootstrap_servers=s.kafka_bootstrap, enable_auto_commit=False)
-    await consumer.start()
+    consumer = AIOKafkaConsumer(**client_kwargs(s), enable_auto_commit=False)
+    await start_client(consumer, s)
     try:
         tps = [TopicPartition(s.deltas_topic, p) for p in range(s.topic_partitions)]
         consumer.assign(tps)

@@ -10,9 +10,19 @@ from pathlib import Path
 import orjson
 import pytest
 
-from walduck.services.manager import ServiceEndpoints
+from stack.services.manager import ServiceEndpoints
 
-SCENARIOS = ("connector", "freshness", "apply", "bootstrap", "planner", "query", "hit-ratio", "memory")
+SCENARIOS = (
+    "connector",
+    "freshness",
+    "apply",
+    "bootstrap",
+    "planner",
+    "query",
+    "hit-ratio",
+    "memory",
+    "failover",
+)
 
 
 @pytest.mark.integration
@@ -28,12 +38,12 @@ def test_bench_all_quick_writes_every_scenario(services: ServiceEndpoints, fresh
     }
     env.pop("WALDUCK_BENCH_KEEP", None)
     done = subprocess.run(
-        [sys.executable, "-m", "walduck.cli", "bench", "all", "--quick", "--out", str(out)],
+        [sys.executable, "-m", "stack.cli", "bench", "all", "--quick", "--out", str(out)],
         env=env,
         cwd=tmp_path,
         capture_output=True,
         text=True,
-        timeout=420,
+        timeout=600,  # failover adds ~40 s
     )
     assert done.returncode == 0, f"bench all crashed:\n{done.stdout[-6000:]}\n{done.stderr[-3000:]}"
     for name in SCENARIOS:
@@ -55,6 +65,11 @@ def test_bench_all_quick_writes_every_scenario(services: ServiceEndpoints, fresh
     assert len(apply_doc["series"]["apply_1000_s"]) >= 10
     fresh = orjson.loads((out / "freshness.json").read_bytes())
     assert fresh["series"]["points"], "freshness took no samples"
+    failover = orjson.loads((out / "failover.json").read_bytes())
+    assert [e["component"] for e in failover["series"]["events"]] == ["connector", "compactor", "query"]
+    assert all(e["recovered_s"] is not None and e["recovered_s"] > 0 for e in failover["series"]["events"])
+    drift = next(r for r in failover["rows"] if r["metric"] == "Parquet recount mismatches")
+    assert drift["value"] == 0 and drift["ok"] is True
     # the databases the bench made are gone again
     import psycopg
 

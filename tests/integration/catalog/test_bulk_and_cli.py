@@ -10,10 +10,10 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from walduck.catalog.migrate import apply_migrations
-from walduck.catalog.visible import visible_partitions
-from walduck.cli import app
-from walduck.workload.bulk import bulk_load
+from stack.catalog.migrate import apply_migrations
+from stack.cli import app
+from stack.workload.bulk import bulk_load
+from walduck.catalog_reader import visible_partitions
 
 pytestmark = pytest.mark.integration
 

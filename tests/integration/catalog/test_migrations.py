@@ -5,7 +5,7 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from walduck.catalog.migrate import apply_migrations, migration_files
+from stack.catalog.migrate import apply_migrations, migration_files
 
 pytestmark = pytest.mark.integration
 

@@ -11,8 +11,8 @@ import psycopg
 import pyarrow.parquet as pq
 import pytest
 
-from walduck.catalog.migrate import apply_migrations
-from walduck.workload.generator import Workload
+from stack.catalog.migrate import apply_migrations
+from stack.workload.generator import Workload
 
 pytestmark = pytest.mark.integration
 

@@ -10,11 +10,11 @@ import psycopg
 import pyarrow.parquet as pq
 import pytest
 
-from walduck.catalog.migrate import apply_migrations
-from walduck.catalog.visible import partition_location, storage_targets, visible_partitions
+from stack.catalog.migrate import apply_migrations
+from stack.workload.generator import DEFAULT_STORAGE_TARGET_ID, Workload
+from walduck.catalog_reader import partition_location, storage_targets, visible_partitions
 from walduck.deltas import PARTITION_FIELDS
 from walduck.timeutil import parse_iso
-from walduck.workload.generator import DEFAULT_STORAGE_TARGET_ID, Workload
 
 pytestmark = pytest.mark.integration
 
@@ -84,7 +84,7 @@ def _check_files_match_catalog(dsn: str, storage: Path) -> None:
 def test_parallel_writers_linked_files_match_catalog(fresh_db, tmp_path: Path) -> None:
     """run_writers: several writer processes on their own datasets; every commit counted, ingestion signatures
     unique although partitions share template files, files consistent with the catalog."""
-    from walduck.workload.writers import run_writers
+    from stack.workload.writers import run_writers
 
     dsn = fresh_db()
     apply_migrations(dsn)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from walduck.catalog.migrate import apply_migrations
+from stack.catalog.migrate import apply_migrations
 
 sys.path.insert(0, str(Path(__file__).parent))
 

@@ -19,8 +19,8 @@ from connector_helpers import (  # type: ignore[import-not-found]
 )
 
 from connectors.settings import ConnectorSettings
+from stack.workload.bulk import bulk_load
 from walduck.records import Kind, Source
-from walduck.workload.bulk import bulk_load
 
 pytestmark = pytest.mark.integration
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from walduck.workload.generator import Workload
+from stack.workload.generator import Workload
 
 
 def every_shape(dsn: str, storage_root: Path, seed: int = 7, extra_commits: int = 30) -> int:

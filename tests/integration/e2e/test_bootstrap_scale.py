@@ -8,9 +8,9 @@ import time
 
 import pytest
 
+from stack.workload.bulk import bulk_load
+from stack.workload.generator import Workload
 from support.truth import assert_sql_matches_truth, run_verify, truth_from_postgres
-from walduck.workload.bulk import bulk_load
-from walduck.workload.generator import Workload
 
 
 async def _bootstrap_then_stream(make_stack, partitions: int) -> dict[str, float]:

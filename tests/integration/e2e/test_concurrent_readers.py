@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from sinks.context.naming import sanitize_view_name
-from walduck.workload.generator import Workload
+from stack.workload.generator import Workload
 
 ADMIN = {"x-iam-scopes": "timestore:admin"}
 

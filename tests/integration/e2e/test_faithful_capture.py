@@ -8,8 +8,8 @@ import asyncio
 import psycopg
 import pytest
 
+from stack.workload.generator import Workload
 from support.truth import deltas_replayed, run_verify
-from walduck.workload.generator import Workload
 
 pytestmark = pytest.mark.integration
 

@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 
+from stack.workload.generator import Workload
 from support.truth import (
     assert_sql_matches_truth,
     deltas_replayed,
@@ -13,7 +14,6 @@ from support.truth import (
     truth_from_postgres,
     visible_from_postgres,
 )
-from walduck.workload.generator import Workload
 
 ALL_SHAPES = {
     "ingest": 5,

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from stack.services.kafka import LocalKafka
+from stack.services.topics import ensure_topics
 from walduck.config import WalduckSettings
-from walduck.services.kafka import LocalKafka
-from walduck.services.topics import ensure_topics
 
 
 @pytest.fixture(scope="session")

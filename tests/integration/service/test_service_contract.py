@@ -8,6 +8,7 @@ real Parquet partition (shard 2024-01-01, timestamp/site/value) and a guarded da
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from collections.abc import AsyncIterator
@@ -28,7 +29,8 @@ from sinks.service.app import create_app
 from sinks.service.audit import AuditWriter
 from sinks.service.settings import QuerySettings
 from sinks.settings import SinkSettings
-from walduck.catalog.migrate import apply_migrations
+from stack.catalog.migrate import apply_migrations
+from stack.catalog.roles import EXEC_ROLE, ensure_roles
 from walduck.config import WalduckSettings
 
 pytestmark = pytest.mark.integration
@@ -113,6 +115,12 @@ def seed_catalog(dsn: str, storage: Path) -> None:
 
 @pytest.fixture
 async def env(fresh_db: Any, tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
+    async with serve_env(fresh_db, tmp_path) as e:
+        yield e
+
+
+@contextlib.asynccontextmanager
+async def serve_env(fresh_db: Any, tmp_path: Path, **sink: Any) -> AsyncIterator[dict[str, Any]]:
     dsn = fresh_db()
     storage = tmp_path / "storage"
     storage.mkdir()
@@ -121,7 +129,7 @@ async def env(fresh_db: Any, tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
         data_dir=tmp_path / "data", storage_root=storage, pg_dsn=dsn, topic_partitions=1
     )
     store = ContextStore(
-        SinkSettings(context_path=tmp_path / "ctx" / "c.duckdb", view_refresh_interval_s=0.0), walduck
+        SinkSettings(context_path=tmp_path / "ctx" / "c.duckdb", view_refresh_interval_s=0.0, **sink), walduck
     )
     store.open()
     store.rebuild(None, "test-bootstrap")
@@ -129,7 +137,9 @@ async def env(fresh_db: Any, tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
         sql_read_scope="sql:read", sql_exec_scope="sql:exec", admin_scope="admin", request_timeout_s=3.0
     )
     audit = AuditWriter(dsn, "timestore", flush_interval_s=0.05)
-    app = create_app(store, settings, pg_dsn=dsn, audit=audit)
+    # /sql/exec as the least-privilege exec role (`walduck catalog roles`), as deployed
+    exec_dsn = ensure_roles(dsn, walduck)[EXEC_ROLE]
+    app = create_app(store, settings, pg_dsn=dsn, exec_dsn=exec_dsn, audit=audit)
     audit.start()
     client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t", timeout=30)
     try:
@@ -247,7 +257,8 @@ async def test_schema_and_iam(env: dict[str, Any]) -> None:
     ]:
         r = await client.post("/sql/read", json={"sql": sql}, headers=READ)
         assert (
-            r.status_code == 403 and r.json()["message"] == "Missing required scope for dataset secret_ds"
+            r.status_code == 403
+            and r.json()["message"] == "Missing required scope for dataset secret_ds (or no such dataset)"
         ), sql
     r = await client.post(
         "/sql/read",
@@ -331,7 +342,8 @@ async def test_manifest_endpoint(env: dict[str, Any]) -> None:
     assert r.status_code == 404 and r.json() == {"error": "no published manifest for shard 2024-02-02"}
     r = await client.get("/admin/datasets/secret_ds/manifest", headers=READ)
     assert r.status_code == 403
-    assert (await client.get("/admin/datasets/nope/manifest", headers=READ)).status_code == 404
+    # an unknown dataset answers as a forbidden one to a caller who may not read everything (finding 7)
+    assert (await client.get("/admin/datasets/nope/manifest", headers=READ)).status_code == 403
 
 
 async def test_runtime_cache_invalidate_rebuilds(env: dict[str, Any]) -> None:
@@ -388,3 +400,192 @@ async def test_duckdb_layer_refuses(env: dict[str, Any], sql: str) -> None:
         with store.reader() as cur:
             cur.execute(sql).fetchall()
     assert not await asyncio.to_thread(os.path.exists, "/tmp/walduck-escape.csv")
+
+
+async def test_no_existence_oracle(env: dict[str, Any]) -> None:
+    """To a caller without read access an unknown dataset and a forbidden one answer alike (finding 7)."""
+    client: httpx.AsyncClient = env["client"]
+    for route in ("/admin/datasets/{}/manifest", "/admin/datasets/{}/manifest?shard=2024-01-01"):
+        forbidden = await client.get(route.format("secret_ds"), headers=READ)
+        unknown = await client.get(route.format("secret_dx"), headers=READ)
+        assert forbidden.status_code == unknown.status_code == 403, (forbidden.text, unknown.text)
+        assert forbidden.json() == {
+            "statusCode": 403,
+            "error": "Forbidden",
+            "message": "Missing required scope for dataset secret_ds (or no such dataset)",
+            "dataset": "secret_ds",
+        }
+        assert unknown.json() == {
+            **forbidden.json(),
+            "message": "Missing required scope for dataset secret_dx (or no such dataset)",
+            "dataset": "secret_dx",
+        }
+    # by id too: the id of a forbidden dataset is not confirmed either
+    by_id = await client.get("/admin/datasets/ds-secret_ds/manifest", headers=READ)
+    assert by_id.status_code == 403 and by_id.json()["dataset"] == "ds-secret_ds"
+    forbidden = await client.post(
+        "/sql/read", json={"sql": "SELECT * FROM timestore.secret_ds"}, headers=READ
+    )
+    unknown = await client.post("/sql/read", json={"sql": "SELECT * FROM timestore.secret_dx"}, headers=READ)
+    assert forbidden.status_code == unknown.status_code == 403
+    assert unknown.json() == {
+        **forbidden.json(),
+        "message": "Missing required scope for dataset secret_dx (or no such dataset)",
+        "dataset": "secret_dx",
+    }
+    # a caller who reads every dataset (admin) still learns that a dataset does not exist
+    assert (await client.get("/admin/datasets/nope/manifest", headers=ADMIN)).status_code == 404
+    assert (await client.get("/admin/datasets/secret_ds/manifest", headers=ADMIN)).status_code == 200
+
+
+# --- 5xx that were the caller's fault or a warning (issue 13 finding 6) ----------------------------
+
+
+async def test_nul_in_path_query_and_body_is_400(env: dict[str, Any]) -> None:
+    client: httpx.AsyncClient = env["client"]
+    for method, url in [
+        ("GET", "/sql/saved/%00"),
+        ("DELETE", "/sql/saved/a%00b"),
+        ("GET", "/admin/datasets/%00/manifest"),
+        ("GET", "/admin/datasets/observatory_timeseries/manifest?shard=%00"),
+    ]:
+        r = await client.request(method, url, headers=READ)
+        assert r.status_code == 400, (url, r.status_code, r.text)
+        assert "NUL" in r.json()["message"]
+    r = await client.put("/sql/saved/%00", json={"statement": "SELECT 1"}, headers=READ)
+    assert r.status_code == 400, r.text
+    r = await client.put("/sql/saved/q1", json={"statement": "SELECT '\u0000'"}, headers=READ)
+    assert r.status_code == 400 and "NUL" in r.json()["message"], r.text
+    r = await client.post("/sql/exec", json={"sql": "SELECT '\u0000'"}, headers=EXEC)
+    assert r.status_code == 400 and "NUL" in r.json()["message"], r.text
+    r = await client.post("/sql/exec", json={"sql": "SELECT $1::text", "params": ["a\u0000b"]}, headers=EXEC)
+    assert r.status_code == 400 and "NUL" in r.json()["message"], r.text
+    r = await client.post("/sql/read", json={"sql": "SELECT '\u0000' AS x"}, headers=READ)
+    assert r.status_code < 500, r.text
+
+
+async def test_exec_params_objects_and_arrays_bound_as_json(env: dict[str, Any]) -> None:
+    client: httpx.AsyncClient = env["client"]
+    r = await client.post(
+        "/sql/exec", json={"sql": "SELECT $1::jsonb ->> 'a' AS a", "params": [{"a": "x"}]}, headers=EXEC
+    )
+    assert r.status_code == 200 and r.json() == [{"a": "x"}], r.text
+    r = await client.post(
+        "/sql/exec",
+        json={"sql": "SELECT jsonb_array_length($1::jsonb) AS n", "params": [[{"a": 1}, [2]]]},
+        headers=EXEC,
+    )
+    assert r.status_code == 200 and r.json() == [{"n": 2}], r.text
+    # a flat list of one scalar type stays a PostgreSQL array (node-postgres does the same)
+    r = await client.post(
+        "/sql/exec", json={"sql": "SELECT $1::int[] AS a", "params": [[1, 2]]}, headers=EXEC
+    )
+    assert r.status_code == 200 and r.json() == [{"a": [1, 2]}], r.text
+    # mixed scalars cannot be an array: bound as JSON too, never a 500
+    r = await client.post(
+        "/sql/exec", json={"sql": "SELECT $1::jsonb AS a", "params": [[1, "a", None]]}, headers=EXEC
+    )
+    assert r.status_code == 200 and r.json() == [{"a": [1, "a", None]}], r.text
+    r = await client.post("/sql/exec", json={"sql": "SELECT $1 AS a", "params": [{"a": 1}]}, headers=EXEC)
+    assert r.status_code < 500, r.text
+
+
+async def test_duckdb_memory_and_temp_space_exhausted_is_503(fresh_db: Any, tmp_path: Path) -> None:
+    """DuckDB's memory_limit / max_temp_directory_size reached: 503 + Retry-After, not 500; the reader
+    is usable again afterwards; both settings reach DuckDB."""
+    from walduck.metrics import QUERY_LIMITS
+
+    temp = tmp_path / "spill"
+    async with serve_env(
+        fresh_db,
+        tmp_path,
+        duckdb_memory_limit="64MB",
+        duckdb_threads=1,
+        duckdb_temp_directory=str(temp),
+        duckdb_max_temp_directory_size="1MB",
+    ) as e:
+        client: httpx.AsyncClient = e["client"]
+        with e["store"].reader() as cur:
+            settings = cur.execute(
+                "SELECT current_setting('temp_directory'), current_setting('max_temp_directory_size')"
+            ).fetchone()
+        assert settings == (str(temp), "976.5 KiB")
+        before = QUERY_LIMITS.labels(limit="temp_space")._value.get()
+        sql = "SELECT i, repeat('x', 100) || i AS s FROM range(2000000) t(i) ORDER BY s DESC"
+        r = await client.post("/sql/read", json={"sql": sql}, headers=READ)
+        assert r.status_code == 503, r.text
+        assert r.headers["retry-after"] == "1"
+        assert "max_temp_directory_size" in r.json()["message"] and "\n" not in r.json()["message"]
+        assert QUERY_LIMITS.labels(limit="temp_space")._value.get() == before + 1
+        r = await client.post("/sql/read", json=SQL, headers=READ)
+        assert r.status_code == 200 and len(r.json()["rows"]) == 2
+
+
+def _add_partition(dsn: str, pid: str, file_path: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO timestore.dataset_partitions (id, dataset_id, manifest_id, manifest_shard, partition_key,"
+            " storage_target_id, file_format, file_path, file_size_bytes, row_count, start_time, end_time,"
+            " metadata) VALUES (%s, 'ds-observatory_timeseries', 'dm-observatory_timeseries', '2024-01-01',"
+            " %s, 'st-timestore-default-local', 'parquet', %s, 100, 1, %s, %s, %s)",
+            [
+                pid,
+                Jsonb({"window": "2024-01-01"}),
+                file_path,
+                T0,
+                datetime(2024, 1, 1, 1, tzinfo=UTC),
+                Jsonb({"tableName": "records"}),
+            ],
+        )
+
+
+async def test_partition_outside_storage_root_is_skipped_with_a_warning(
+    env: dict[str, Any], tmp_path: Path
+) -> None:
+    """A catalog file_path outside the storage root, or resolving through a symlink outside it, was a
+    Permission Error for the whole dataset: now that partition is skipped with a warning and counted."""
+    from walduck.metrics import PARTITIONS_OUTSIDE_ROOT
+
+    storage: Path = env["storage"]
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    leaked = pa.table(
+        {
+            "timestamp": pa.array([datetime(2024, 1, 1, 0, 30)], pa.timestamp("us")),
+            "site": ["leak"],
+            "value": [1.0],
+        }
+    )
+    pq.write_table(leaked, outside / "f.parquet")
+    day = storage / "observatory_timeseries" / "window=2024-01-01"
+    (day / "link.parquet").symlink_to(outside / "f.parquet")
+    (storage / "linked").symlink_to(outside, target_is_directory=True)
+    cases = {
+        "part-dotdot": "../outside/f.parquet",
+        "part-absolute": str(outside / "f.parquet"),
+        "part-file-link": "observatory_timeseries/window=2024-01-01/link.parquet",
+        "part-dir-link": "linked/f.parquet",
+    }
+    for pid, fp in cases.items():
+        _add_partition(env["dsn"], pid, fp)
+    env["store"].rebuild(None, "test")
+    before = PARTITIONS_OUTSIDE_ROOT._value.get()
+    r = await env["client"].post(
+        "/sql/read",
+        json={"sql": "SELECT site FROM timestore.observatory_timeseries ORDER BY site"},
+        headers=READ,
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["rows"] == [{"site": "alpha"}, {"site": "beta"}]  # the dataset still answers, no leak
+    warnings = r.json()["warnings"]
+    for pid in cases:
+        assert any(pid in w and "outside the storage root" in w for w in warnings), (pid, warnings)
+    assert PARTITIONS_OUTSIDE_ROOT._value.get() == before + len(cases)
+    # a symlink that stays inside the root is an ordinary partition
+    (storage / "inside").symlink_to(day, target_is_directory=True)
+    _add_partition(env["dsn"], "part-inside-link", "inside/part-observatory_timeseries.parquet")
+    env["store"].rebuild(None, "test")
+    r = await env["client"].post(
+        "/sql/read", json={"sql": "SELECT count(*) AS n FROM timestore.observatory_timeseries"}, headers=READ
+    )
+    assert r.json()["rows"] == [{"n": 4}], r.text

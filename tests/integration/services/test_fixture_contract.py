@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from walduck.services.kafka import LocalKafka
-from walduck.services.postgres import LocalPostgres
-from walduck.services.proc import pids_mentioning
+from stack.services.kafka import LocalKafka
+from stack.services.postgres import LocalPostgres
+from stack.services.proc import pids_mentioning
 
 REPO = Path(__file__).resolve().parents[3]
 THIS = Path(__file__).resolve().relative_to(REPO)

@@ -17,12 +17,12 @@ import psycopg
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from stack.services.errors import PortInUse
+from stack.services.kafka import KAFKA_VERSION, LocalKafka
+from stack.services.postgres import LocalPostgres
+from stack.services.proc import pid_alive, pids_mentioning
+from stack.services.topics import ensure_topics, topic_partitions
 from walduck.config import WalduckSettings
-from walduck.services.errors import PortInUse
-from walduck.services.kafka import KAFKA_VERSION, LocalKafka
-from walduck.services.postgres import LocalPostgres
-from walduck.services.proc import pid_alive, pids_mentioning
-from walduck.services.topics import ensure_topics, topic_partitions
 
 pytestmark = pytest.mark.integration
 
@@ -108,12 +108,12 @@ def test_kafka_restart_keeps_topics_and_stop_leaves_no_jvm(own_dir: Path) -> Non
     assert kafka.restart() == bootstrap  # same ports, same data
     assert kafka.pid() not in (None, first_pid)
     assert not pid_alive(first_pid)
-    assert asyncio.run(topic_partitions(bootstrap, names)) == dict.fromkeys(names, 2)
+    assert asyncio.run(topic_partitions(settings, names)) == dict.fromkeys(names, 2)
     assert asyncio.run(_consume_all(bootstrap, settings.changes_topic, 1)) == [b"before restart"]
 
     # status/stop from another process, through the CLI
     status = subprocess.run(
-        [sys.executable, "-m", "walduck.cli", "services", "status", "--json", "--data-dir", str(own_dir)],
+        [sys.executable, "-m", "stack.cli", "services", "status", "--json", "--data-dir", str(own_dir)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -124,7 +124,7 @@ def test_kafka_restart_keeps_topics_and_stop_leaves_no_jvm(own_dir: Path) -> Non
     second_pid = kafka.pid()
     assert second_pid is not None
     stop = subprocess.run(
-        [sys.executable, "-m", "walduck.cli", "services", "stop", "--data-dir", str(own_dir)],
+        [sys.executable, "-m", "stack.cli", "services", "stop", "--data-dir", str(own_dir)],
         capture_output=True,
         text=True,
         timeout=120,

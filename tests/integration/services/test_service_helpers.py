@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from stack.services import kafka as kafka_mod
+from stack.services import postgres as pg_mod
+from stack.services.errors import BinariesMissing, PortInUse
+from stack.services.proc import choose_port, free_port, pid_alive, port_is_free, read_state, write_state
+from stack.services.topics import topic_specs
 from walduck.config import WalduckSettings
-from walduck.services import kafka as kafka_mod
-from walduck.services import postgres as pg_mod
-from walduck.services.errors import BinariesMissing, PortInUse
-from walduck.services.proc import choose_port, free_port, pid_alive, port_is_free, read_state, write_state
-from walduck.services.topics import topic_specs
 
 
 def test_free_port_is_bindable_and_listening_port_is_not() -> None:

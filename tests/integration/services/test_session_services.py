@@ -12,7 +12,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.conn import create_conn
 
-from walduck.services.topics import ensure_topics, topic_partitions
+from stack.services.topics import ensure_topics, topic_partitions
 
 pytestmark = pytest.mark.integration
 
@@ -101,7 +101,7 @@ async def test_broker_speaks_kafka_4_protocol(kafka_bootstrap: str) -> None:
 async def test_ensure_topics_partitions_retention_and_idempotence(kafka_bootstrap: str, fresh_topics) -> None:
     settings = await fresh_topics(partitions=3)
     names = [settings.changes_topic, settings.deltas_topic, settings.dlq_topic]
-    assert await topic_partitions(kafka_bootstrap, names) == dict.fromkeys(names, 3)
+    assert await topic_partitions(settings, names) == dict.fromkeys(names, 3)
     assert await ensure_topics(kafka_bootstrap, settings) == []  # already there: nothing created
     admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
     await admin.start()

@@ -13,8 +13,8 @@ from sinks.context.consumer import DeltaConsumer
 from sinks.context.store import ContextStore
 from sinks.settings import SinkSettings
 from sinks.verify import verify
+from stack.catalog.migrate import apply_migrations
 from walduck import metrics
-from walduck.catalog.migrate import apply_migrations
 from walduck.config import ContextMode
 
 pytestmark = pytest.mark.integration

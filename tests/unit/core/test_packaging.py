@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[3]
 PRODUCT = ("walduck", "connectors", "pipeline", "sinks")
 NOT_RUNTIME = {"faust", "matplotlib", "pytest", "hypothesis", "schemathesis", "pyinstrument"}
 # modules a product file may import lazily, inside a function, because an extra provides them
-LAZY_EXTRAS = {("walduck/bench/report.py", "matplotlib")}
+LAZY_EXTRAS = {("stack/bench/report.py", "matplotlib")}
 
 
 def _project() -> dict:

@@ -48,8 +48,10 @@ class FakeDataset:
 
 
 class FakeStore:
-    def __init__(self, pool_size: int = 4, trace_files: bool = False) -> None:
-        self.db = duckdb.connect(":memory:")
+    def __init__(
+        self, pool_size: int = 4, trace_files: bool = False, memory_limit: str | None = None
+    ) -> None:
+        self.db = duckdb.connect(":memory:", config={"memory_limit": memory_limit} if memory_limit else {})
         self.db.execute(
             """
             CREATE SCHEMA data; CREATE SCHEMA timestore_runtime;

@@ -196,7 +196,7 @@ async def test_forbidden_dataset_403(client_factory: Any, sql: str, planner_kind
     client, _, audit = await client_factory(planner=planner)
     r = await client.post("/sql/read", json={"sql": sql}, headers=READ)
     assert r.status_code == 403, r.text
-    assert r.json()["message"] == "Missing required scope for dataset secret"
+    assert r.json()["message"] == "Missing required scope for dataset secret (or no such dataset)"
     assert any(e.dataset_slug == "secret" and e.success is False for e in audit.entries)
     # with the dataset's read scope it works
     r = await client.post("/sql/read", json={"sql": sql}, headers=SECRET)
@@ -206,7 +206,10 @@ async def test_forbidden_dataset_403(client_factory: Any, sql: str, planner_kind
 async def test_forbidden_dataset_case_insensitive(client_factory: Any) -> None:
     client, _, _ = await client_factory(planner=permissive_planner)
     r = await client.post("/sql/read", json={"sql": "SELECT * FROM timestore.SECRET"}, headers=READ)
-    assert r.status_code == 403 and r.json()["message"] == "Missing required scope for dataset secret"
+    assert (
+        r.status_code == 403
+        and r.json()["message"] == "Missing required scope for dataset secret (or no such dataset)"
+    )
 
 
 async def test_admin_scope_bypasses_dataset_scopes(client_factory: Any) -> None:
@@ -371,3 +374,229 @@ async def test_health_ready_metrics_openapi(client_factory: Any) -> None:
     assert (await client.get("/metrics")).status_code == 403
     spec = orjson.loads((await client.get("/openapi.json")).content)
     assert "/sql/read" in spec["paths"] and "/admin/datasets/{dataset_ref}/manifest" in spec["paths"]
+
+
+# --- byte cap at any row size (issue 13 finding 4) ------------------------------------------------
+
+BIG_ROWS = "SELECT repeat('x', 1000000) AS s FROM range(400)"
+
+
+@pytest.mark.parametrize("fmt", ["json", "csv", "table", "arrow"])
+async def test_byte_cap_holds_for_huge_rows(client_factory: Any, fmt: str) -> None:
+    cap = 4_000_000
+    client, _, _ = await client_factory(byte_cap=cap)
+    r = await client.post(f"/sql/read?format={fmt}", json={"sql": BIG_ROWS}, headers=READ)
+    assert r.status_code == 200, r.text[:300]
+    assert len(r.content) <= cap, len(r.content)
+    assert r.headers["x-sql-truncated"] == "true"
+    if fmt == "json":
+        body = r.json()
+        assert body["truncated"] is True and 0 < body["statistics"]["rowCount"] < 4
+    if fmt == "arrow":
+        assert 0 < pa.ipc.open_stream(r.content).read_all().num_rows < 4
+
+
+async def test_byte_cap_single_row_larger_than_cap_sends_no_rows(client_factory: Any) -> None:
+    client, _, _ = await client_factory(byte_cap=500_000)
+    r = await client.post("/sql/read", json={"sql": BIG_ROWS}, headers=READ)
+    body = r.json()
+    assert len(r.content) <= 500_000
+    assert body["truncated"] is True and body["rows"] == [] and body["statistics"]["rowCount"] == 0
+
+
+@pytest.mark.parametrize("fmt", ["json", "csv", "table", "arrow"])
+async def test_byte_cap_fitting_result_not_truncated(client_factory: Any, fmt: str) -> None:
+    # 100 rows of 30 kB = 3 MB under a 4 MB cap: every row sent, truncated false
+    client, _, _ = await client_factory(byte_cap=4_000_000)
+    sql = {"sql": "SELECT repeat('x', 30000) AS s FROM range(100)"}
+    r = await client.post(f"/sql/read?format={fmt}", json=sql, headers=READ)
+    assert r.headers["x-sql-truncated"] == "false"
+    if fmt == "json":
+        assert r.json()["truncated"] is False and r.json()["statistics"]["rowCount"] == 100
+    if fmt == "csv":
+        assert r.text.count("\n") == 100
+    if fmt == "arrow":
+        assert pa.ipc.open_stream(r.content).read_all().num_rows == 100
+
+
+async def test_byte_cap_truncated_exactly_when_rows_withheld(client_factory: Any) -> None:
+    # a result that fills the cap almost exactly: every row is sent, so truncated is false
+    client, _, _ = await client_factory(byte_cap=1_000_000)
+    r = await client.post(
+        "/sql/read", json={"sql": "SELECT repeat('x', 9000) AS s FROM range(100)"}, headers=READ
+    )
+    body = r.json()
+    assert len(r.content) <= 1_000_000
+    assert body["statistics"]["rowCount"] == 100 and body["truncated"] is False
+    r = await client.post(
+        "/sql/read", json={"sql": "SELECT repeat('x', 9000) AS s FROM range(120)"}, headers=READ
+    )
+    body = r.json()
+    assert len(r.content) <= 1_000_000
+    assert body["truncated"] is True and 100 <= body["statistics"]["rowCount"] < 120
+
+
+async def test_byte_cap_table_padding_counted(client_factory: Any) -> None:
+    # one wide cell pads every row of the table format: the cap holds on the rendered body
+    client, _, _ = await client_factory(byte_cap=1_000_000)
+    sql = "SELECT CASE WHEN i = 0 THEN repeat('y', 100000) ELSE 'a' END AS s FROM range(1000) t(i)"
+    r = await client.post("/sql/read?format=table", json={"sql": sql}, headers=READ)
+    assert len(r.content) <= 1_000_000 and r.headers["x-sql-truncated"] == "true"
+
+
+async def test_byte_cap_default_holds_for_issue_query(client_factory: Any) -> None:
+    # the reported shape at the default 64 MiB cap: was a 400 MB body; 100 rows (100 MB) were truncated:true
+    # with every row sent
+    client, _, _ = await client_factory()
+    r = await client.post("/sql/read", json={"sql": BIG_ROWS}, headers=READ)
+    assert r.status_code == 200 and len(r.content) <= 64 * 1024 * 1024
+    body = orjson.loads(r.content)
+    assert body["truncated"] is True and body["statistics"]["rowCount"] == len(body["rows"]) == 67
+
+
+# --- request body size (issue 13 finding 5) -------------------------------------------------------
+
+
+async def test_oversized_body_refused_from_content_length(client_factory: Any) -> None:
+    client, _, audit = await client_factory(max_body_bytes=100_000)
+    body = orjson.dumps({"sql": "SELECT 1 " + "x" * 200_000})
+    started = time.perf_counter()
+    r = await client.post("/sql/read", content=body, headers={**READ, "content-type": "application/json"})
+    assert time.perf_counter() - started < 1.0
+    assert r.status_code == 413, r.text
+    assert r.json() == {
+        "statusCode": 413,
+        "code": "FST_ERR_CTP_BODY_TOO_LARGE",
+        "error": "Request Entity Too Large",
+        "message": "Request body is too large (limit 100000 bytes)",
+    }
+    assert audit.entries == []
+    # the same on every route with a body
+    r = await client.put("/sql/saved/q1", content=body, headers={**READ, "content-type": "application/json"})
+    assert r.status_code == 413
+
+
+async def test_oversized_body_refused_while_streaming(client_factory: Any) -> None:
+    client, _, _ = await client_factory(max_body_bytes=100_000)
+    sent = 0
+
+    async def chunks() -> AsyncIterator[bytes]:
+        nonlocal sent
+        yield b'{"sql": "SELECT 1 '
+        for _ in range(100):  # 1 MB in 10 kB chunks, no Content-Length (chunked)
+            sent += 10_000
+            yield b"x" * 10_000
+        yield b'"}'
+
+    r = await client.post("/sql/read", content=chunks(), headers={**READ, "content-type": "application/json"})
+    assert r.status_code == 413, r.text
+    assert r.json()["code"] == "FST_ERR_CTP_BODY_TOO_LARGE"
+
+
+async def test_body_under_the_limit_served(client_factory: Any) -> None:
+    client, _, _ = await client_factory(max_body_bytes=100_000)
+    r = await client.post("/sql/read", json={"sql": "SELECT 1 AS x", "params": None}, headers=READ)
+    assert r.status_code == 200 and r.json()["rows"] == [{"x": 1}]
+
+
+async def test_default_body_limit_is_one_mib(client_factory: Any) -> None:
+    client, _, _ = await client_factory()
+    body = orjson.dumps({"sql": "SELECT 1 " + "x" * (1024 * 1024)})
+    r = await client.post("/sql/read", content=body, headers={**READ, "content-type": "application/json"})
+    assert r.status_code == 413 and "limit 1048576 bytes" in r.json()["message"]
+
+
+async def test_health_answers_while_a_large_body_is_checked(client_factory: Any) -> None:
+    # ~1 MB of SQL with a ';': Timestore's statement scan takes ~0.3 s of Python; it must not hold the loop
+    client, _, _ = await client_factory()
+    sql = "SELECT 1 " + "x" * 1_000_000 + "; SELECT 2"
+    t0 = time.perf_counter()
+    done: dict[str, float] = {}
+    big = asyncio.create_task(client.post("/sql/read", json={"sql": sql}, headers=READ))
+    big.add_done_callback(lambda _: done.setdefault("big", time.perf_counter() - t0))
+    await asyncio.sleep(0.02)
+    r = await client.get("/health")
+    done["health"] = time.perf_counter() - t0
+    assert r.status_code == 200
+    assert (await big).status_code == 400
+    # measured: /health at 40-60 ms, the big request at 0.3-0.45 s (was /health at 0.55 s, after it)
+    assert done["health"] < 0.25 and done["health"] < done["big"], done
+
+
+# --- existence oracle (issue 13 finding 7) ---------------------------------------------------------
+
+ORACLE_SHAPES = [
+    "SELECT * FROM timestore.{name}",
+    "WITH s AS (SELECT * FROM timestore.{name}) SELECT * FROM s",
+    "SELECT o.site FROM timestore.observatory o JOIN timestore.{name} s ON o.timestamp = s.timestamp",
+    "SELECT 1 UNION ALL SELECT count(*) FROM timestore.{name}",
+]
+
+
+@pytest.mark.parametrize("planner_kind", ["service-guard-only", "real-planner"])
+@pytest.mark.parametrize("shape", ORACLE_SHAPES)
+async def test_unknown_and_forbidden_dataset_answer_alike(
+    client_factory: Any, shape: str, planner_kind: str
+) -> None:
+    planner = permissive_planner if planner_kind == "service-guard-only" else None
+    client, _, _ = await client_factory(planner=planner)
+    forbidden = await client.post("/sql/read", json={"sql": shape.format(name="secret")}, headers=READ)
+    unknown = await client.post("/sql/read", json={"sql": shape.format(name="sekret")}, headers=READ)
+    assert forbidden.status_code == unknown.status_code == 403
+    assert forbidden.json() == {
+        "statusCode": 403,
+        "error": "Forbidden",
+        "message": "Missing required scope for dataset secret (or no such dataset)",
+        "dataset": "secret",
+    }
+    assert unknown.json() == {
+        **forbidden.json(),
+        "message": forbidden.json()["message"].replace("secret", "sekret"),
+        "dataset": "sekret",
+    }
+
+
+async def test_unknown_dataset_still_named_to_a_caller_who_reads_everything(client_factory: Any) -> None:
+    client, _, _ = await client_factory()
+    r = await client.post(
+        "/sql/read",
+        json={"sql": "SELECT * FROM timestore.sekret"},
+        headers={"x-iam-scopes": "sql:read,admin"},
+    )
+    assert r.status_code == 400 and r.json()["message"] == "unknown relation timestore.sekret"
+
+
+# --- 4xx, not 5xx (issue 13 finding 6; the catalog-backed cases are in the integration contract) ----
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/sql/saved/%00",
+        "/admin/datasets/%00/manifest",
+        "/admin/datasets/x/manifest?shard=%00",
+        "/sql/schema?x=a%00",
+    ],
+)
+async def test_nul_in_path_or_query_is_400(client_factory: Any, url: str) -> None:
+    client, _, _ = await client_factory()
+    r = await client.get(url, headers=READ)
+    assert r.status_code == 400, r.text
+    assert r.json()["message"] == "NUL characters (%00) are not allowed in the request path or query"
+
+
+async def test_duckdb_out_of_memory_is_503_with_retry_after(client_factory: Any) -> None:
+    from walduck.metrics import QUERY_LIMITS
+
+    client, store, _ = await client_factory(FakeStore(memory_limit="64MB"))
+    before = QUERY_LIMITS.labels(limit="memory")._value.get()
+    r = await client.post(
+        "/sql/read", json={"sql": "SELECT list(repeat('x', 100)) AS l FROM range(2000000)"}, headers=READ
+    )
+    assert r.status_code == 503, r.text
+    assert r.headers["retry-after"] == "1"
+    assert r.json()["message"].startswith("The query needs more memory than the SQL runtime allows")
+    assert "Out of Memory Error" in r.json()["message"]
+    assert QUERY_LIMITS.labels(limit="memory")._value.get() == before + 1
+    r = await client.post("/sql/read", json={"sql": "SELECT 1 AS x"}, headers=READ)
+    assert r.status_code == 200 and store.pool.qsize() == 4

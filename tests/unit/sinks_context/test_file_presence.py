@@ -80,3 +80,29 @@ def test_groups_with_the_same_select_list_become_one_scan() -> None:
         cols, [FileGroup(same, ["/a.parquet"]), FileGroup({"ts": "TIMESTAMP"}, ["/b.parquet"])]
     )
     assert older.count("read_parquet") == 2 and "CAST(NULL AS DOUBLE)" in older
+
+
+def test_outside_the_roots(tmp_path: Path) -> None:
+    from sinks.context.file_presence import FileState
+
+    root, out = tmp_path / "root", tmp_path / "out"
+    (root / "d").mkdir(parents=True)
+    out.mkdir()
+    (root / "d" / "a.parquet").write_bytes(b"x")
+    (out / "f.parquet").write_bytes(b"x")
+    (root / "d" / "link.parquet").symlink_to(out / "f.parquet")
+    (root / "d" / "inner.parquet").symlink_to(root / "d" / "a.parquet")
+    (root / "d" / "dangling.parquet").symlink_to(root / "d" / "gone.parquet")
+    (root / "dirlink").symlink_to(out, target_is_directory=True)
+    probe = FilePresence(racy_s=0.0, roots=[str(root)]).probe()
+    assert probe.state(str(root / "d" / "a.parquet")) is FileState.PRESENT
+    assert probe.state(str(root / "d" / "inner.parquet")) is FileState.PRESENT
+    assert probe.state(str(root / "d" / "dangling.parquet")) is FileState.MISSING
+    assert probe.state(str(root / "d" / "nope.parquet")) is FileState.MISSING
+    assert probe.state(str(root / "d" / "link.parquet")) is FileState.OUTSIDE
+    assert probe.state(str(root / "dirlink" / "f.parquet")) is FileState.OUTSIDE
+    assert probe.state(f"{root}/d/../../out/f.parquet") is FileState.OUTSIDE
+    assert probe.state(str(out / "f.parquet")) is FileState.OUTSIDE
+    assert probe.state(f"{root}x/f.parquet") is FileState.OUTSIDE  # a sibling sharing the root's prefix
+    assert probe.state("s3://bucket/a.parquet") is FileState.PRESENT
+    assert not probe.missing(str(root / "d" / "link.parquet"))  # outside is not "missing"

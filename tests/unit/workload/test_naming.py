@@ -9,8 +9,7 @@ from collections import Counter
 
 import pytest
 
-from walduck.catalog.visible import partition_location
-from walduck.workload.naming import (
+from stack.workload.naming import (
     IdFactory,
     choose_weighted,
     ingestion_signature,
@@ -18,6 +17,7 @@ from walduck.workload.naming import (
     sanitize_segment,
     schema_checksum,
 )
+from walduck.catalog_reader import partition_location
 
 UUID4 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
 

@@ -6,9 +6,9 @@ import math
 
 import pytest
 
-from walduck.bench.freshness import default_writers, histogram_quantile
-from walduck.workload.generator import RunSummary
-from walduck.workload.writers import merge_summaries, split_datasets
+from stack.bench.freshness import default_writers, histogram_quantile
+from stack.workload.generator import RunSummary
+from stack.workload.writers import merge_summaries, split_datasets
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,186 @@
+"""``walduck bench connector``: change records/s decoded from pgoutput and acknowledged by Kafka.
+
+Two pgoutput slots are created at (nearly) the same LSN before the workload: the connector's and the
+baseline's. The workload (bulk COPY of partitions) is committed first; then, on the same WAL:
+
+* baseline: Debian's ``pg_recvlogical`` streams its slot (``proto_version=1``, same publication) to
+  /dev/null and exits at the end LSN (``--endpos``);
+* walduck: ``walduck connector run`` (snapshot mode ``never``) streams its slot to Kafka; done when the
+  slot's ``confirmed_flush_lsn`` (confirmed only after Kafka acknowledged) reaches the end LSN.
+
+records/s = change records the connector wrote to the changes topic / wall time; the baseline decodes the
+same WAL, so the same record count is used for it.
+"""
+
+from __future__ import annotations
+
+import resource
+import subprocess
+import time
+
+import psycopg
+
+from stack.bench.env import BenchServices, scenario_env
+from stack.bench.pipeline import (
+    component_pid,
+    confirmed_flush_lsn,
+    cpu_seconds,
+    make_stack,
+    pg_bin,
+    slot_active,
+    slot_pid,
+    topic_records,
+    wait_for,
+)
+from stack.bench.report import Result
+from stack.workload.bulk import bulk_load
+from walduck.lsn import format_lsn, parse_lsn
+
+
+def _delta(before: float | None, after: float | None) -> float | None:
+    return None if before is None or after is None else after - before
+
+
+def _or_na(seconds: float | None) -> float | str:
+    return "n/a" if seconds is None else seconds
+
+
+def run_connector(services: BenchServices, partitions: int, datasets: int, timeout: float) -> Result:
+    result = Result("connector", {"partitions": partitions, "datasets": datasets})
+    with scenario_env(services, "connector", topics=True) as env:
+        stack = make_stack(env, WALDUCK_SNAPSHOT_MODE="never")
+        base_slot = f"{env.settings.slot_name}_base"
+        try:
+            with psycopg.connect(env.dsn, autocommit=True) as conn:
+                conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", [base_slot])
+            load = bulk_load(
+                env.dsn,
+                env.settings.catalog_schema,
+                env.settings.storage_root,
+                datasets=datasets,
+                partitions=partitions,
+                files="synthetic",
+            )
+            with psycopg.connect(env.dsn, autocommit=True) as conn:
+                end_lsn = parse_lsn(conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0])  # type: ignore[index]
+            result.notes.append(
+                f"workload: bulk COPY of {load.partitions:,} partitions / {load.manifests:,} manifests / "
+                f"{load.datasets} datasets in {load.elapsed_s:.1f} s; end LSN {format_lsn(end_lsn)}"
+            )
+
+            # baseline: pg_recvlogical to /dev/null up to the end LSN
+            cmd = [
+                pg_bin("pg_recvlogical"),
+                "-d",
+                env.dsn,
+                "-S",
+                base_slot,
+                "--start",
+                "-o",
+                "proto_version=1",
+                "-o",
+                f"publication_names={env.settings.publication_name}",
+                "-E",
+                format_lsn(end_lsn),
+                "--no-loop",
+                "-f",
+                "/dev/null",
+            ]
+            kafka_pid = services.manager.status().get("kafka", {}).get("pid")
+            kafka_cpu0 = cpu_seconds(kafka_pid)
+            children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+            started = time.monotonic()
+            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            # the walsender's CPU: sampled from /proc while it serves the baseline (it exits with it)
+            sender = sender_cpu0 = sender_cpu = None
+            while proc.poll() is None:
+                if sender is None:
+                    sender = slot_pid(env.dsn, base_slot)
+                    sender_cpu0 = cpu_seconds(sender)
+                sender_cpu = cpu_seconds(sender) or sender_cpu
+                if time.monotonic() - started > timeout:
+                    proc.kill()
+                    raise TimeoutError(f"pg_recvlogical still running after {timeout:.0f} s")
+                time.sleep(0.02)
+            base_s = time.monotonic() - started
+            if proc.returncode != 0:
+                raise RuntimeError(f"pg_recvlogical failed ({proc.returncode}): {proc.stderr.read()[-500:]}")  # type: ignore[union-attr]
+            children1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+            base_cpu = {
+                "pg_recvlogical": (children1.ru_utime + children1.ru_stime)
+                - (children0.ru_utime + children0.ru_stime),
+                "walsender": _delta(sender_cpu0, sender_cpu),
+                "Kafka broker": _delta(kafka_cpu0, cpu_seconds(kafka_pid)),
+            }
+
+            # walduck connector: until its slot confirmed the end LSN (after Kafka acks). Streaming time
+            # starts when the slot turns active (START_REPLICATION sent), so the Python process start-up
+            # (~1-2 s of imports, Kafka metadata) is reported apart, as pg_recvlogical's is ~10 ms.
+            started = time.monotonic()
+            stack.start(("connector",))
+            try:
+                wait_for(lambda: slot_active(env.dsn, env.settings.slot_name), timeout, 0.02)
+                streaming = time.monotonic()
+                connector_pid = component_pid(stack, "connector")
+                sender = slot_pid(env.dsn, env.settings.slot_name)
+                cpu0 = [cpu_seconds(p) for p in (connector_pid, sender, kafka_pid)]
+                wait_for(
+                    lambda: confirmed_flush_lsn(env.dsn, env.settings.slot_name) >= end_lsn, timeout, 0.05
+                )
+                cpu1 = [cpu_seconds(p) for p in (connector_pid, sender, kafka_pid)]
+            except TimeoutError as exc:
+                raise TimeoutError(f"{exc}\n{stack.logs()}") from None
+            done_at = time.monotonic()
+            ours_s = done_at - streaming
+            startup_s = streaming - started
+            records = topic_records(env.settings, env.settings.changes_topic, env.settings.topic_partitions)
+            ours_rate = records / ours_s
+            base_rate = records / base_s
+            ratio = ours_rate / base_rate if base_rate else float("nan")
+            result.add("walduck connector records/s (pgoutput -> Kafka acked)", ours_rate, "rec/s", base_rate)
+            result.add("ratio to pg_recvlogical", ratio, "×", goal="≥ 0.5×", ok=ratio >= 0.5)
+            result.add("walduck connector streaming time", ours_s, "s", base_s)
+            result.add("walduck connector process start-up (not in the rate)", startup_s, "s")
+            result.add("records/s including start-up", records / (ours_s + startup_s), "rec/s", base_rate)
+            result.add("change records in Kafka", records, "")
+            # where the CPU went during each streaming run (2 cores: the pair must share them)
+            ours_cpu = dict(
+                zip(("walduck connector", "walsender", "Kafka broker"), map(_delta, cpu0, cpu1), strict=True)
+            )
+            for name, seconds in ours_cpu.items():
+                result.add(f"CPU seconds during walduck's run: {name}", _or_na(seconds), "s")
+            for name, seconds in base_cpu.items():
+                result.add(f"CPU seconds during the baseline: {name}", _or_na(seconds), "s")
+            conn_cpu = ours_cpu["walduck connector"]
+            if conn_cpu is not None:
+                result.notes.append(
+                    f"the connector process was on CPU {conn_cpu / ours_s:.0%} of its streaming time "
+                    f"({conn_cpu / records * 1e6:.1f} µs CPU per record); the walsender "
+                    + (
+                        f"{ours_cpu['walsender'] / ours_s:.0%}"
+                        if ours_cpu["walsender"] is not None
+                        else "n/a"
+                    )
+                    + " during walduck's run and "
+                    + (
+                        f"{base_cpu['walsender'] / base_s:.0%}"
+                        if base_cpu["walsender"] is not None
+                        else "n/a"
+                    )
+                    + " during the baseline's"
+                )
+            result.notes.append(
+                "baseline column = pg_recvlogical (pgoutput proto 1, same publication, to /dev/null) on the same "
+                "WAL from a slot created at the same point; walduck's streaming time runs from its slot turning "
+                "active to the slot's confirmed_flush_lsn reaching the end LSN (every record acknowledged by "
+                "Kafka, then confirmed)"
+            )
+        finally:
+            stack.stop()
+            with psycopg.connect(env.dsn, autocommit=True) as conn:
+                conn.execute(
+                    "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots"
+                    " WHERE slot_name = %s AND NOT active",
+                    [base_slot],
+                )
+    return result

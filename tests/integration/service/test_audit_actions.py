@@ -1,0 +1,153 @@
+"""Issue 13 finding 9: /sql/exec, saved-query writes and admin invalidations leave audit rows, as /sql/read does.
+
+Real PostgreSQL catalog (fresh database, migrated and seeded like the contract tests), the real AuditWriter;
+the rows are read back from ``timestore.dataset_access_audit``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+from integration.service.test_service_contract import seed_catalog
+
+from sinks.context.store import ContextStore
+from sinks.service.app import create_app
+from sinks.service.audit import AuditWriter
+from sinks.service.settings import QuerySettings
+from sinks.settings import SinkSettings
+from stack.catalog.roles import EXEC_ROLE, ensure_roles
+from walduck.config import WalduckSettings
+
+pytestmark = pytest.mark.integration
+
+READ = {"x-iam-scopes": "sql:read", "x-iam-user": "alice"}
+EXEC = {"x-iam-scopes": "sql:read,sql:exec", "x-iam-user": "alice"}
+ADMIN = {"x-iam-scopes": "admin", "x-iam-user": "root-ops"}
+
+
+@pytest.fixture
+async def audited(fresh_db: Any, tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
+    dsn = fresh_db()
+    storage = tmp_path / "storage"
+    storage.mkdir()
+    seed_catalog(dsn, storage)
+    walduck = WalduckSettings(
+        data_dir=tmp_path / "data", storage_root=storage, pg_dsn=dsn, topic_partitions=1
+    )
+    store = ContextStore(
+        SinkSettings(context_path=tmp_path / "ctx" / "c.duckdb", view_refresh_interval_s=0.0), walduck
+    )
+    store.open()
+    store.rebuild(None, "test-bootstrap")
+    settings = QuerySettings(
+        sql_read_scope="sql:read",
+        sql_exec_scope="sql:exec",
+        admin_scope="admin",
+        request_timeout_s=3.0,
+    )
+    audit = AuditWriter(dsn, "timestore", flush_interval_s=0.05)
+    # /sql/exec as the least-privilege exec role (`walduck catalog roles`), as deployed
+    exec_dsn = ensure_roles(dsn, walduck)[EXEC_ROLE]
+    app = create_app(store, settings, pg_dsn=dsn, exec_dsn=exec_dsn, audit=audit)
+    audit.start()
+    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t", timeout=30)
+    try:
+        yield {"client": client, "store": store, "dsn": dsn, "audit": audit}
+    finally:
+        await client.aclose()
+        await audit.stop()
+        app.state.svc.runner.close()
+        store.close()
+
+
+async def audit_rows(env: dict[str, Any], action: str, expected: int) -> list[dict[str, Any]]:
+    """The audit rows of ``action`` once ``expected`` of them are written (the writer is asynchronous)."""
+    rows: list[dict[str, Any]] = []
+    for _ in range(100):
+        await env["audit"].flush()
+        with psycopg.connect(env["dsn"]) as conn, conn.cursor(row_factory=psycopg.rows.dict_row) as cur:
+            rows = cur.execute(
+                "SELECT dataset_id, dataset_slug, actor_id, actor_scopes, action, success, metadata"
+                " FROM timestore.dataset_access_audit WHERE action = %s ORDER BY created_at, id",
+                [action],
+            ).fetchall()
+        if len(rows) >= expected:
+            break
+        await asyncio.sleep(0.05)
+    return rows
+
+
+async def test_exec_success_and_failure_are_audited(audited: dict[str, Any]) -> None:
+    client: httpx.AsyncClient = audited["client"]
+    ok = await client.post("/sql/exec", json={"sql": "SELECT id FROM sql_samples ORDER BY id"}, headers=EXEC)
+    assert ok.status_code == 200, ok.text
+    ins = await client.post(
+        "/sql/exec",
+        json={"sql": "INSERT INTO sql_samples VALUES ($1, $2)", "params": [9, "nine"]},
+        headers=EXEC,
+    )
+    assert ins.json() == {"command": "INSERT", "rowCount": 1}
+    bad = await client.post("/sql/exec", json={"sql": "SELECT no_such FROM sql_samples"}, headers=EXEC)
+    assert bad.status_code == 400
+    rows = {r["metadata"]["requestId"]: r for r in await audit_rows(audited, "sql.exec", 3)}
+    assert len(rows) == 3
+    assert {ok.headers["x-sql-request-id"], ins.headers["x-sql-request-id"]} < set(rows)
+    by_outcome = sorted(rows.values(), key=lambda r: (r["success"], r["metadata"].get("command", "")))
+    failed, inserted, selected = by_outcome
+    assert failed["success"] is False and failed["metadata"]["reason"] == "error"
+    assert failed["metadata"]["status"] == 400
+    assert inserted["success"] is True and inserted["metadata"]["command"] == "INSERT"
+    assert selected["success"] is True and selected["metadata"]["command"] == "SELECT"
+    for r in rows.values():
+        assert (r["dataset_id"], r["dataset_slug"], r["actor_id"]) == (None, "*", "alice")
+        assert r["actor_scopes"] == ["sql:read", "sql:exec"]
+        assert len(r["metadata"]["fingerprint"]) == 16
+
+
+async def test_saved_query_writes_are_audited(audited: dict[str, Any]) -> None:
+    client: httpx.AsyncClient = audited["client"]
+    assert (
+        await client.put("/sql/saved/q1", json={"statement": "SELECT 1"}, headers=READ)
+    ).status_code == 200
+    assert (await client.delete("/sql/saved/q1", headers=READ)).status_code == 204
+    assert (await client.delete("/sql/saved/q1", headers=READ)).status_code == 404
+    [upsert] = await audit_rows(audited, "sql.saved.upsert", 1)
+    assert upsert["success"] is True and upsert["metadata"]["savedQueryId"] == "q1"
+    assert (upsert["actor_id"], upsert["dataset_slug"]) == ("alice", "*")
+    deletes = sorted(await audit_rows(audited, "sql.saved.delete", 2), key=lambda r: not r["success"])
+    assert [(d["success"], d["metadata"].get("reason")) for d in deletes] == [
+        (True, None),
+        (False, "not-found"),
+    ]
+    # reads of saved queries are not writes: no row
+    await client.get("/sql/saved", headers=READ)
+    await audited["audit"].flush()
+    with psycopg.connect(audited["dsn"]) as conn:
+        actions = {r[0] for r in conn.execute("SELECT action FROM timestore.dataset_access_audit")}
+    assert actions == {"sql.saved.upsert", "sql.saved.delete"}
+
+
+async def test_admin_invalidation_is_audited(audited: dict[str, Any]) -> None:
+    client: httpx.AsyncClient = audited["client"]
+    r = await client.post(
+        "/admin/sql/runtime-cache/invalidate",
+        json={"datasetSlug": "observatory_timeseries", "reason": "ops"},
+        headers=ADMIN,
+    )
+    assert r.status_code == 202
+    r = await client.post("/admin/sql/runtime-cache/invalidate", json={"scope": "all"}, headers=ADMIN)
+    assert r.status_code == 202
+    rows = await audit_rows(audited, "admin.sql_runtime_cache.invalidate", 2)
+    # rows of one batch share created_at: order by what they say
+    one, everything = sorted(rows, key=lambda r: r["metadata"]["scope"] != "dataset")
+    assert (one["dataset_id"], one["dataset_slug"]) == ("ds-observatory_timeseries", "observatory_timeseries")
+    assert one["metadata"] == {"scope": "dataset", "reason": "ops", "rebuild": "dataset"}
+    assert (everything["dataset_id"], everything["dataset_slug"]) == (None, "*")
+    assert everything["metadata"]["scope"] == "all" and everything["actor_id"] == "root-ops"
+    assert one["actor_scopes"] == ["admin"] and one["success"] is True
