@@ -7,8 +7,10 @@ precision numerics, so every consumer that must round-trip a row uses :func:`loa
 :func:`dumps_exact` instead.
 
 Representation (documented in ``docs/design.md``): a JSON number whose text float64 or int64/uint64 might not
-hold exactly is loaded as a :class:`decimal.Decimal` carrying the exact decimal value (integers too:
-``Decimal('123456789012345678901234567890')``); every other number is the usual ``int``/``float``.
+hold exactly — a token of 16 characters or more, or with an exponent of 3+ digits — is loaded as a
+:class:`decimal.Decimal` carrying the exact decimal value (integers too:
+``Decimal('123456789012345678901234567890')``); every other number is the usual ``int``/``float``. The rule
+depends on the token only, so a value has the same representation in whatever document it is loaded.
 :func:`dumps_exact` writes a ``Decimal`` back as its exact decimal text (``str(Decimal)``, e.g. ``1E+400``).
 
 Speed: a document whose number tokens are all short (≤ 15 characters, exponent < 100) goes through orjson
@@ -20,6 +22,7 @@ string only costs the slow path) are parsed by the standard library with ``parse
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import fields, is_dataclass
 from decimal import Decimal
 from typing import Any
@@ -44,6 +47,7 @@ def _risky(data: bytes) -> bool:
     return b"e111" in exp or b"e+111" in exp
 
 
+_EXPONENT3 = re.compile(r"[eE][+-]?[0-9]{3}")
 _INT64 = (-(2**63), 2**64 - 1)
 
 
@@ -53,6 +57,9 @@ def _int(text: str) -> int | Decimal:
 
 
 def _float(text: str) -> float | Decimal:
+    # the same rule as the pre-check, so a number has one representation whichever path loaded its document
+    if len(text) < 16 and _EXPONENT3.search(text) is None:
+        return float(text)
     return Decimal(text)
 
 

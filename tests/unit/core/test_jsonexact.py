@@ -31,3 +31,10 @@ def test_plain_documents_stay_on_orjson_types() -> None:
         "huge": Decimal("1e400"),
         "tiny": Decimal("1e-400"),
     }
+
+
+def test_a_number_has_one_representation_in_any_document() -> None:
+    alone = loads_exact(b'{"v": 147.945}')
+    beside_a_big_one = loads_exact(b'{"v": 147.945, "big": 123456789012345678901234567890}')
+    assert type(alone["v"]) is type(beside_a_big_one["v"]) is float
+    assert alone["v"] == beside_a_big_one["v"]
