@@ -123,12 +123,6 @@ class ReplicationConnection:
             self._reader_fd = None
         await self._conn.close()
 
-    async def identify_system(self) -> dict[str, object]:
-        cur = await self._conn.execute("IDENTIFY_SYSTEM")
-        row = await cur.fetchone()
-        assert row is not None
-        return {"systemid": row[0], "timeline": int(row[1]), "xlogpos": parse_lsn(row[2])}
-
     async def create_slot(self, slot: str, export_snapshot: bool) -> SlotInfo:
         """``CREATE_REPLICATION_SLOT … LOGICAL pgoutput``; with ``export_snapshot`` the snapshot stays
         importable (``SET TRANSACTION SNAPSHOT``) until the next command on this connection."""
@@ -139,9 +133,6 @@ class ReplicationConnection:
         row = await cur.fetchone()
         assert row is not None
         return SlotInfo(name=row[0], consistent_point=parse_lsn(row[1]), snapshot_name=row[2])
-
-    async def drop_slot(self, slot: str) -> None:
-        await self._conn.execute(f"DROP_REPLICATION_SLOT {_quote_ident(slot)} WAIT")
 
     async def start(self, slot: str, start_lsn: int, options: dict[str, str]) -> None:
         """``START_REPLICATION SLOT … LOGICAL``; 0 continues from the slot's confirmed_flush_lsn."""

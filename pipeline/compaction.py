@@ -23,6 +23,20 @@ never claims progress for changes not yet sealed, and a stream of watermarks cos
 window rather than a window each. :func:`restore_from_deltas` rebuilds
 the state by replaying the deltas this compactor produced, dropping the last window group (which a crash
 may have cut), and tells the runner where to resume.
+
+Incomplete transactions expire (issue 15). A share still missing records blocks every seal of its
+partition (a window holds only whole shares), so one record lost upstream would stop the partition
+forever. The bound is an input, the state machine stays pure: ``Compactor(share_max_records=N,
+share_max_age_s=T)`` and the caller's :meth:`Compactor.expire` ``(now)`` step. A share becomes *overtaken*
+once a record of a LATER transaction (a commit LSN or heartbeat/watermark LSN above its commit LSN) is fed
+after its last record: the connector publishes transactions in commit order, so its missing records are
+not coming (records of its own transaction for other keys do not count, so a huge transaction being
+published is never cut). An overtaken share expires when N later records were fed after it, or when
+``now`` passed T seconds after the first ``expire`` call that saw it overtaken. Its records go to
+``rejected`` (reason ``incomplete_transaction_expired``, for the DLQ) and the window can seal past it: an
+expired share has the effect of a share never sent (property-tested). On re-processing a restored window
+(``force_boundary``), a share still open at the boundary was expired by the run that sealed it, and is
+expired again (its records reach the DLQ at least once).
 """
 
 from __future__ import annotations
@@ -87,6 +101,11 @@ class Rejected:
     record: ChangeRecord | None
     reason: str
 
+    @property
+    def reason_class(self) -> str:
+        """The reason's bounded name (metric label): the text before ``:``."""
+        return self.reason.split(":", 1)[0]
+
 
 @dataclass(slots=True)
 class _Share:
@@ -95,6 +114,9 @@ class _Share:
     ident: tuple[Any, ...]
     size: int
     slots: dict[int, tuple[int, ChangeRecord | None]] = field(default_factory=dict)
+    # records of later transactions fed after this share's last record (see "Incomplete transactions")
+    later: int = 0
+    overtaken_at: float | None = None  # ``now`` of the first expire() that saw ``later > 0``
 
     @property
     def complete(self) -> bool:
@@ -184,8 +206,17 @@ def partition_entry(row: dict[str, Any], manifest: ManifestInfo | None) -> dict[
 class Compactor:
     """State machine for one changes-topic partition. ``feed`` records in offset order, ``flush`` deltas."""
 
-    def __init__(self, src_partition: int) -> None:
+    def __init__(
+        self,
+        src_partition: int,
+        share_max_records: int | None = None,
+        share_max_age_s: float | None = None,
+    ) -> None:
         self.src_partition = src_partition
+        # bounds after which an overtaken incomplete share expires (None: never; see the module doc)
+        self.share_max_records = share_max_records
+        self.share_max_age_s = share_max_age_s
+        self.expired_shares = 0
         self.shards: dict[ShardKey, ShardState] = {}
         self.manifests: dict[str, ManifestInfo] = {}
         self.hidden: dict[str, dict[str, dict[str, Any]]] = {}
@@ -199,6 +230,7 @@ class Compactor:
         self.force_boundary: int | None = None
         self.skip_regenerated: set[tuple[str, str | None]] = set()
         self._shares: dict[str, _Share] = {}
+        self._heartbeat_seen: ChangeRecord | None = None  # the newest heartbeat/watermark fed
         self._window = _Window()
         self._sealed: list[Delta] = []
 
@@ -277,22 +309,30 @@ class Compactor:
 
     def _maybe_force_seal(self) -> None:
         if self.force_boundary is not None and self.last_offset >= self.force_boundary:
-            if not self.clean:
-                raise OffsetRegression(
-                    f"restored window ending at {self.force_boundary} is not clean on re-processing"
-                )
+            # the run that sealed this window was clean here: a share still open was expired by it
+            for key in list(self._shares):
+                self._expire_share(key, "open at the end of a restored window")
             self._seal()
             self.force_boundary = None
             self.skip_regenerated.clear()
 
+    def _overtake(self, rec: ChangeRecord, key: str | None) -> None:
+        """Count ``rec`` as a later record for every open share of an older transaction (not its own)."""
+        for other_key, share in self._shares.items():
+            if other_key != key and share.ident[1] < rec.commit_lsn:
+                share.later += 1
+
     def _accept(self, rec: ChangeRecord, offset: int) -> None:
         key = _key_of(rec)
+        if self._shares and rec.kind in (Kind.HEARTBEAT, Kind.CHANGE):
+            self._overtake(rec, None if rec.kind is Kind.HEARTBEAT else key)
         if rec.kind is Kind.HEARTBEAT:
             # progress of heartbeats/watermarks is kept apart from GLOBAL_KEY: a watermark sits at a commit's
             # end LSN, where the next transaction's commit record may start, and must not make that
             # transaction look like a re-send
             if rec.commit_lsn >= self.last_applied.get(HEARTBEAT_KEY, -1):
                 self.last_applied[HEARTBEAT_KEY] = rec.commit_lsn
+                self._heartbeat_seen = rec
                 if self.clean:  # a heartbeat inside a half-received window would claim too much
                     self._window.heartbeat = rec
             return
@@ -306,11 +346,53 @@ class Compactor:
             return  # duplicate of a record already buffered
         problem = self._validate(rec)
         share.slots[rec.tx_index] = (offset, None if problem else rec)
+        share.later, share.overtaken_at = 0, None  # progress: not stuck
         if share.complete:
             del self._shares[key]
             self._apply_share(key, share)
         if problem:
             raise InvalidChange(problem)
+
+    def expire(self, now: float) -> int:
+        """Expire the overtaken shares past a bound (module doc); returns how many. ``now`` is any clock
+        the caller keeps monotonic (the runner passes the Kafka timestamp of the newest record fed, so a
+        replay of the same records expires at the same points). Expired records are in ``rejected``."""
+        expired = 0
+        if self.share_max_records is None and self.share_max_age_s is None:
+            return 0
+        for key, share in list(self._shares.items()):
+            if share.later <= 0:
+                continue
+            if share.overtaken_at is None:
+                share.overtaken_at = now
+            by_records = self.share_max_records is not None and share.later >= self.share_max_records
+            by_age = self.share_max_age_s is not None and now - share.overtaken_at >= self.share_max_age_s
+            if by_records or by_age:
+                self._expire_share(
+                    key,
+                    f"{share.later} later record(s)" if by_records else f"{now - share.overtaken_at:.1f} s",
+                )
+                expired += 1
+        return expired
+
+    def _expire_share(self, key: str, why: str) -> None:
+        share = self._shares.pop(key)
+        _source, lsn, xid = share.ident
+        reason = (
+            f"incomplete_transaction_expired: {len(share.slots)} of {share.size} record(s) of key {key}"
+            f" (xid {xid}, commit LSN {lsn}) after {why}"
+        )
+        self.rejected.extend(
+            Rejected(off, r, reason) for off, r in sorted(share.slots.values(), key=lambda x: x[0])
+        )
+        self._window.records += len(share.slots)
+        self.expired_shares += 1
+        seen, current = self._heartbeat_seen, self._window.heartbeat
+        if self.clean and seen is not None and (current is None or current.commit_lsn < seen.commit_lsn):
+            # the watermarks that arrived while the share was open were held back (they would have claimed
+            # its LSN); the share is gone, so the newest one now closes the window: idle partitions claim
+            # progress at once instead of at the next heartbeat
+            self._window.heartbeat = seen
 
     @staticmethod
     def _validate(rec: ChangeRecord) -> str | None:

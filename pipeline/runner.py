@@ -188,6 +188,8 @@ class CompactorRunner:
         for tp in tps:
             deltas, deltas_end = read[tp.partition]
             restored = restore_from_deltas(tp.partition, deltas)
+            restored.compactor.share_max_records = self.knobs.share_expire_records
+            restored.compactor.share_max_age_s = self.knobs.share_expire_s
             committed = await self.consumer.committed(tp)
             if restored.resume_offset is None:
                 await self.consumer.seek_to_beginning(tp)
@@ -268,6 +270,7 @@ class CompactorRunner:
                             continue
                         for msg in msgs:
                             self._feed(tp, work, msg)
+                    self._expire_shares()
                     await self._flush_due()
         finally:
             with contextlib.suppress(Exception):
@@ -296,10 +299,21 @@ class CompactorRunner:
         for rejected in compactor.drain_rejected():
             self._dlq_rejected(work, tp, rejected)
 
+    def _expire_shares(self) -> None:
+        """Incomplete transaction shares past their bound go to the DLQ (wall clock; a restored window
+        re-processed after a restart expires them again at its boundary, see pipeline/compaction.py)."""
+        now = time.time()
+        for partition, work in self.work.items():
+            if work.compactor.clean or not work.compactor.expire(now):
+                continue
+            tp = TopicPartition(self.settings.changes_topic, partition)
+            for rejected in work.compactor.drain_rejected():
+                self._dlq_rejected(work, tp, rejected)
+
     def _dlq_rejected(self, work: PartitionWork, tp: TopicPartition, rejected: Rejected) -> None:
         raw = rejected.record.to_bytes() if rejected.record is not None else b""
         key = rejected.record.kafka_key() if rejected.record is not None else None
-        self._dlq(work, tp, rejected.offset, key, raw, rejected.reason, rejected.reason)
+        self._dlq(work, tp, rejected.offset, key, raw, rejected.reason_class, rejected.reason)
 
     def _dlq(
         self, work: PartitionWork, tp: TopicPartition, offset: int, key, raw, reason_class: str, reason: str
@@ -334,10 +348,6 @@ class CompactorRunner:
         ]
         if due:
             await self.flush_partitions(due)
-
-    async def flush_partition(self, partition: int, work: PartitionWork) -> None:
-        """The commit protocol for one changes partition (called with ``self.lock`` held)."""
-        await self.flush_partitions([(partition, work)])
 
     async def flush_partitions(self, due: list[tuple[int, PartitionWork]]) -> None:
         """The commit protocol for the changes partitions whose window is due (called with ``self.lock``

@@ -31,6 +31,12 @@ class CompactorSettings(BaseSettings):
     session_timeout_ms: int | None = None
     # records per poll
     max_poll_records: int = 2000
+    # a transaction share still missing records once a later transaction was seen (its records are not coming:
+    # the connector publishes in commit order) goes to the DLQ after this many later records or this many
+    # seconds, whichever first, and its partition seals past it (pipeline/compaction.py, "Incomplete
+    # transactions"). Below the service's min_lsn wait (30 s) so read-your-writes reads are still answered.
+    share_expire_records: int = 10000
+    share_expire_s: float = 10.0
 
     @property
     def static_member(self) -> bool:

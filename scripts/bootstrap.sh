@@ -9,6 +9,8 @@ need_apt=()
 ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || need_apt+=(postgresql)
 command -v java >/dev/null 2>&1 || need_apt+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null 2>&1 || need_apt+=(maven)
+# promtool (Debian's prometheus package) checks and unit-tests k8s/prometheusrule.yaml in the suite
+command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
 # the connector's compiled row encoder (connectors/_rowjson.pyx) needs a C compiler and Python's headers
 PY=${PYTHON:-python3}
 command -v cc >/dev/null 2>&1 || need_apt+=(gcc)

@@ -14,6 +14,9 @@ class SinkSettings(BaseSettings):
 
     # the DuckDB file holding every context shard (default: <data_dir>/context/context.duckdb)
     context_path: Path | None = None
+    # rebuilds and full-scan applies read partitions with COPY -> Arrow -> one DuckDB INSERT (no Python per row);
+    # false = the per-row path (dicts), kept as the benchmark's baseline (docs/performance.md, "bootstrap")
+    bulk_load: bool = True
     # DuckDB instance limits (per instance, not per connection)
     duckdb_memory_limit: str = "2GB"
     duckdb_threads: int = 2

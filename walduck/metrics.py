@@ -162,7 +162,11 @@ REBUILD_DURATION = Histogram(
     ["scope"],
     buckets=LATENCY_BUCKETS,
 )
-REBUILDS = Counter("walduck_rebuilds_total", "Context rebuilds from PostgreSQL, by scope.", ["scope"])
+REBUILDS = Counter(
+    "walduck_rebuilds_total",
+    "Context rebuilds from PostgreSQL, by scope (dataset, shard, full) and result (ok, error).",
+    ["scope", "result"],
+)
 CACHE_EVENTS = Counter(
     "walduck_cache_events_total",
     "Context cache events: hit = served without waiting for a rebuild, miss = waited for one.",

@@ -39,6 +39,11 @@ CREATE TABLE IF NOT EXISTS {INDEX_SCHEMA}.src_offsets (src_partition INTEGER, st
 -- drop the old per-partition rows (the deltas offset in shard_progress still drops re-delivered deltas)
 ALTER TABLE {INDEX_SCHEMA}.src_offsets ADD COLUMN IF NOT EXISTS stream VARCHAR;
 DELETE FROM {INDEX_SCHEMA}.src_offsets WHERE stream IS NULL;
+-- last rebuild from PostgreSQL per dataset ('*' = a full rebuild's failure), kept across restarts
+CREATE TABLE IF NOT EXISTS {INDEX_SCHEMA}.rebuilds (
+    dataset_id VARCHAR, scope VARCHAR, reason VARCHAR, result VARCHAR, error VARCHAR, finished_at TIMESTAMP,
+    duration_ms DOUBLE, lsn VARCHAR, replayed_deltas INTEGER
+);
 """
 
 RUNTIME_VIEWS = f"""

@@ -31,8 +31,3 @@ def partition_location(storage_target: dict[str, Any] | None, file_path: str, de
 
 def is_local(location: str) -> bool:
     return "://" not in location
-
-
-def file_missing(location: str) -> bool:
-    """Only local files can be probed cheaply; remote objects are assumed present."""
-    return is_local(location) and not os.path.exists(location)

@@ -28,6 +28,8 @@ class CatalogSnapshot:
     schema_versions: list[dict[str, Any]] = field(default_factory=list)
     storage_targets: list[dict[str, Any]] = field(default_factory=list)
     partitions: list[dict[str, Any]] = field(default_factory=list)
+    # read_catalog(bulk=True): the partitions as one Arrow table instead (sinks/context/bulkload.py)
+    partitions_table: Any = None
 
 
 def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
@@ -35,12 +37,19 @@ def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def read_catalog(
-    conn: psycopg.Connection, schema: str = "timestore", dataset_ids: list[str] | None = None
+    conn: psycopg.Connection,
+    schema: str = "timestore",
+    dataset_ids: list[str] | None = None,
+    bulk: bool = False,
 ) -> CatalogSnapshot:
     """Datasets, schema versions, storage targets and visible partitions in one consistent snapshot.
 
-    ``dataset_ids`` None = everything. ``lsn`` is ``pg_current_wal_lsn()`` taken as the snapshot's
-    first statement: every change visible in the snapshot committed at or before it.
+    ``dataset_ids`` None = everything. ``bulk``: partitions as one Arrow table (``partitions_table``,
+    COPY → Arrow, see ``sinks/context/bulkload.py``) instead of dicts. ``lsn`` is ``pg_current_wal_lsn()`` read in its own statement
+    BEFORE the REPEATABLE READ snapshot is taken: a lower bound. Every commit whose WAL record lies above
+    it may or may not be in the snapshot; every commit the caller saw applied before calling is in it.
+    (Read inside the snapshot's transaction the value would be an upper bound instead: a commit between
+    the snapshot and the read has a smaller LSN and is invisible, the gap a rebuild must never skip.)
     """
     s = sql.Identifier(schema)
     only = dataset_ids is not None
@@ -48,12 +57,15 @@ def read_catalog(
     sv_filter = sql.SQL(" WHERE dataset_id = ANY(%(ids)s)") if only else sql.SQL("")
     p_filter = sql.SQL(" AND p.dataset_id = ANY(%(ids)s)") if only else sql.SQL("")
     params = {"ids": list(dataset_ids or [])}
+    with conn.cursor() as cur:
+        cur.execute("SELECT pg_current_wal_lsn()::text")
+        lsn = parse_lsn(cur.fetchone()[0])  # type: ignore[index]
+    if not conn.autocommit:
+        conn.commit()  # the snapshot below must be a new transaction, taken after the LSN read
     with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
         exact_loaders(cur)  # jsonb exact, timestamps as the change records carry them
         cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         cur.execute("SET LOCAL DateStyle = ISO")
-        cur.execute("SELECT pg_current_wal_lsn()::text AS lsn")
-        lsn = parse_lsn(cur.fetchone()["lsn"])  # type: ignore[index]
         cur.execute(
             sql.SQL(
                 "SELECT id, slug, name, description, status, write_format, default_storage_target_id,"
@@ -71,6 +83,11 @@ def read_catalog(
         versions = [_jsonable(r) for r in cur.fetchall()]
         cur.execute(sql.SQL("SELECT id, name, kind, config FROM {}.storage_targets").format(s))
         targets = [_jsonable(r) for r in cur.fetchall()]
+        if bulk:  # same snapshot, COPY -> Arrow, no Python per row
+            from sinks.context.bulkload import copy_partitions
+
+            table = copy_partitions(cur, schema, dataset_ids if only else None)
+            return CatalogSnapshot(lsn, datasets, versions, targets, [], table)
         cur.execute(
             sql.SQL(
                 "SELECT p.id, p.dataset_id, p.manifest_id, p.manifest_shard, p.storage_target_id, p.file_path,"

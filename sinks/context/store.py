@@ -31,6 +31,7 @@ import orjson
 import pyarrow as pa
 
 from sinks.context import ddl
+from sinks.context.bulkload import insert_partitions
 from sinks.context.ddl import INDEX_SCHEMA as WD
 from sinks.context.file_presence import FilePresence, FileState
 from sinks.context.locations import partition_location
@@ -42,6 +43,7 @@ from sinks.context.naming import (
     timestamp_column,
 )
 from sinks.context.pgsource import CatalogSnapshot, as_json_text, read_catalog
+from sinks.context.rebuilds import RebuildJob, RebuildScheduler
 from sinks.context.relation import FileBinder, FileGroup, empty_relation_sql, relation_sql
 from sinks.settings import SinkSettings
 from walduck import metrics
@@ -226,6 +228,9 @@ class ContextStore:
         self._version = 0
         self._opened_at: datetime | None = None
         self._rebuild_info: dict[str, dict[str, Any]] = {}
+        # deltas applied while a rebuild reads PostgreSQL, one journal per running rebuild (see _rebuild)
+        self._rebuild_journals: list[list[tuple[Delta, int]]] = []
+        self._rebuilds = RebuildScheduler(self._rebuild_now)
         self.pg_connect: Callable[[], Any] | None = None
         # readers blocked in wait_for_lsn: (lsn, their event loop, future the writer resolves)
         self._lsn_waiters: list[tuple[int, asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
@@ -356,6 +361,20 @@ class ContextStore:
             f"SELECT id, name, kind, config FROM {WD}.storage_targets"
         ).fetchall():
             self._targets[tid] = {"id": tid, "name": name, "kind": kind, "config": _as_dict(config)}
+        for did, scope, reason, result, error, at, ms, lsn, replayed in cur.execute(
+            f"SELECT dataset_id, scope, reason, result, error, finished_at, duration_ms, lsn, replayed_deltas"
+            f" FROM {WD}.rebuilds"
+        ).fetchall():
+            self._rebuild_info[did] = {
+                "scope": scope,
+                "reason": reason,
+                "result": result,
+                "error": error,
+                "at": iso(at) if at else None,
+                "durationMs": ms,
+                "lsn": lsn,
+                "replayedDeltas": replayed,
+            }
 
     # ------------------------------------------------------------------ readers
     @contextlib.contextmanager
@@ -642,8 +661,8 @@ class ContextStore:
     def _full_scan_snapshot(self, delta: Delta) -> CatalogSnapshot:
         ids = [delta.dataset_id] if delta.dataset_id else []
         with self._pg() as conn:
-            snap = read_catalog(conn, self.walduck.catalog_schema, ids)
-        metrics.REBUILDS.labels(scope="dataset").inc()
+            snap = read_catalog(conn, self.walduck.catalog_schema, ids, bulk=self.settings.bulk_load)
+        metrics.REBUILDS.labels(scope="dataset", result="ok").inc()
         return snap
 
     def _mark_touched(self, touched: set[str]) -> None:
@@ -665,6 +684,9 @@ class ContextStore:
         # invalidate the dataset cache BEFORE publishing the new applied LSN: a reader that waits for this
         # LSN (read-your-writes) must not then plan against a dataset list that predates the apply
         self._mark_touched(touched)
+        if delta.kind == DeltaKind.DELTA:
+            for journal in self._rebuild_journals:
+                journal.append((delta, partition))
         prog = self._progress[partition]
         prog.deltas_offset = offset
         prog.applied_lsn = max(prog.applied_lsn, covered_lsn(delta))
@@ -921,79 +943,284 @@ class ContextStore:
             ids.add(only)
         else:
             ids |= set(existing)
-        for did in ids:
-            self._delete_dataset(cur, did)
+        # set-based: one statement per table for every dataset replaced (a statement per dataset and table
+        # scanned the partitions table 300 times at 1M partitions)
+        id_list = sorted(ids)
+        for table in ("datasets", "schema_versions", "partitions", "columns"):
+            col = "id" if table == "datasets" else "dataset_id"
+            cur.execute(f"DELETE FROM {WD}.{table} WHERE list_contains(?, {col})", [id_list])
 
         def shard_of(did: str) -> int:
             if shard is not None:
                 return shard
             return existing.get(did, partition_of(did, self.walduck.topic_partitions))
 
-        for ds in snap.datasets:
-            self._upsert_datasets(cur, [ds], shard_of(str(ds["id"])))
-        by_ds: dict[str, list[dict[str, Any]]] = {}
-        for sv in snap.schema_versions:
-            by_ds.setdefault(str(sv["dataset_id"]), []).append(sv)
-        for did, svs in by_ds.items():
-            self._upsert_schema_versions(cur, svs, shard_of(did), did)
+        self._insert_rows(
+            cur,
+            "datasets",
+            [
+                [
+                    str(ds["id"]),
+                    shard_of(str(ds["id"])),
+                    ds.get("slug") or str(ds["id"]),
+                    ds.get("name") or ds.get("slug") or str(ds["id"]),
+                    ds.get("description"),
+                    ds.get("status") or "active",
+                    ds.get("write_format") or "parquet",
+                    ds.get("default_storage_target_id"),
+                    as_json_text(_as_dict(ds.get("metadata"))),
+                    _naive_utc(ds.get("created_at")),
+                    _naive_utc(ds.get("updated_at")),
+                ]
+                for ds in snap.datasets
+            ],
+        )
+        sv_ids = [str(sv["id"]) for sv in snap.schema_versions]
+        if sv_ids:
+            cur.execute(f"DELETE FROM {WD}.schema_versions WHERE list_contains(?, id)", [sv_ids])
+        self._insert_rows(
+            cur,
+            "schema_versions",
+            [
+                [
+                    str(sv["id"]),
+                    str(sv["dataset_id"]),
+                    shard_of(str(sv["dataset_id"])),
+                    int(sv.get("version") or 0),
+                    as_json_text(_as_dict(sv.get("schema"))),
+                ]
+                for sv in snap.schema_versions
+            ],
+        )
+        if snap.partitions_table is not None:
+            insert_partitions(
+                cur, snap.partitions_table, shard_of, self._targets, self.storage_root, FAR_PAST, FAR_FUTURE
+            )
         parts: dict[str, list[dict[str, Any]]] = {}
         for p in snap.partitions:
             parts.setdefault(str(p["dataset_id"]), []).append(p)
         for did, ps in parts.items():
             self._insert_partitions(cur, ps, shard_of(did), did)
-        for did in ids:
-            self._recompute_columns(cur, did)
+        self._recompute_columns_of(cur, id_list)
         return ids
 
-    def rebuild(self, dataset_id: str | None = None, reason: str = "manual") -> None:
-        """Reload one dataset (or everything) straight from PostgreSQL; stored offsets are kept.
+    @staticmethod
+    def _insert_rows(cur: duckdb.DuckDBPyConnection, table: str, rows: list[list[Any]]) -> None:
+        """One multi-row INSERT per 500 rows (rebuilds: datasets, schema versions, columns)."""
+        for start in range(0, len(rows), 500):
+            chunk = rows[start : start + 500]
+            marks = "(" + ", ".join(["?"] * len(chunk[0])) + ")"
+            cur.execute(
+                f"INSERT INTO {WD}.{table} VALUES " + ", ".join([marks] * len(chunk)),
+                [v for row in chunk for v in row],
+            )
 
-        Deltas still to come after the rebuild re-apply net final partition states, so replaying
-        changes the snapshot already holds converges to the same state (docs/contexts.md §Rebuilds).
+    def _recompute_columns_of(self, cur: duckdb.DuckDBPyConnection, ids: list[str]) -> None:
+        """:meth:`_recompute_columns` for many datasets in a few statements (their rows are already deleted)."""
+        if not ids:
+            return
+        shards = dict(
+            cur.execute(f"SELECT id, shard FROM {WD}.datasets WHERE list_contains(?, id)", [ids]).fetchall()
+        )
+        newest = cur.execute(
+            f"SELECT dataset_id, schema FROM (SELECT dataset_id, schema, row_number() OVER"
+            f" (PARTITION BY dataset_id ORDER BY version DESC) AS rn FROM {WD}.schema_versions"
+            f" WHERE list_contains(?, dataset_id)) WHERE rn = 1",
+            [ids],
+        ).fetchall()
+        rows = [
+            [did, shards[did], i, n, t, nl, d]
+            for did, schema in newest
+            if did in shards
+            for i, (n, t, nl, d) in enumerate(schema_columns(_as_dict(schema)))
+        ]
+        if rows:
+            self._insert_rows(cur, "columns", rows)
+
+    # A rebuild reads PostgreSQL without holding the writer (a full read takes minutes at 1M partitions) and
+    # then replaces the rows it read under the writer. Race-free by construction, in these steps:
+    #   1. Under the write lock, open a journal: from now on every applied delta (apply, apply_batch) is
+    #      appended to it, in apply order (per shard = deltas offset order = LSN order).
+    #   2. Read L = pg_current_wal_lsn() in its own statement, THEN take a REPEATABLE READ snapshot and read
+    #      the catalog (read_catalog). Every delta applied before step 1 committed before L was read, so the
+    #      snapshot holds its changes; every delta with lsn_to > L was applied after step 1 or is still to
+    #      come, so it is in the journal or ahead of the consumer.
+    #   3. Under the write lock, in ONE DuckDB transaction: replace the scope's rows with the snapshot, then
+    #      re-apply every journaled delta's content in journal order (offsets and LSNs are not touched: they
+    #      were recorded when the delta was applied). In full-scan mode the journaled datasets are re-read
+    #      from PostgreSQL instead (their delta content is not what full-scan applies).
+    #   4. Commit, close the journal. Deltas still to come re-apply net final states in LSN order.
+    # Why replaying converges: a delta carries the net final state of every row it names (upserts replace,
+    # deletes remove), so "snapshot, then the deltas applied meanwhile, then the rest in order" leaves each
+    # row at the state of the last change that named it. The journal is a superset of "deltas with
+    # lsn_to > L applied before step 3": a journaled delta the snapshot already holds is replayed twice,
+    # harmlessly, which also covers a commit whose WAL record precedes L but that the snapshot did not see yet.
+    def rebuild(self, dataset_id: str | None = None, reason: str = "manual") -> None:
+        """Reload one dataset (or everything) straight from PostgreSQL and wait for it; offsets are kept.
+
+        Goes through the scheduler (``sinks/context/rebuilds.py``): one rebuild at a time per scope, a
+        request while one runs joins the pending one. Deltas applied while the read runs are replayed over
+        the snapshot (steps above), so none is lost; deltas still to come re-apply net final partition
+        states (docs/contexts.md §Rebuilds). Raises the rebuild's error (also kept in the admin snapshot).
         """
-        scope = "dataset" if dataset_id else "full"
-        started = time.perf_counter()
-        self._rebuilds_running += 1
-        try:
-            self._rebuild(dataset_id, scope, started, reason)
-        finally:
-            self._rebuilds_running -= 1
+        self.request_rebuild(dataset_id, reason).wait()
+
+    def request_rebuild(self, dataset_id: str | None = None, reason: str = "manual") -> RebuildJob:
+        """Queue a rebuild and return at once (admin invalidate); merged with a pending one of its scope."""
+        return self._rebuilds.submit(dataset_id, reason)
+
+    def wait_rebuilds(self, timeout_s: float) -> bool:
+        """True once no rebuild runs or waits (tests, benches, shutdown)."""
+        return self._rebuilds.wait_idle(timeout_s)
 
     def rebuilding(self) -> bool:
         """True while a rebuild from PostgreSQL runs (a read now is a cache *miss*: its answer predates it)."""
         return self._rebuilds_running > 0
 
-    def _rebuild(self, dataset_id: str | None, scope: str, started: float, reason: str) -> None:
-        with self._pg() as conn:
-            snap = read_catalog(conn, self.walduck.catalog_schema, [dataset_id] if dataset_id else None)
+    def _rebuild_now(self, dataset_id: str | None, reason: str) -> None:
+        scope = "dataset" if dataset_id else "full"
+        started = time.perf_counter()
+        self._rebuilds_running += 1
+        try:
+            self._rebuild(dataset_id, scope, started, reason)
+        except Exception as exc:
+            elapsed = time.perf_counter() - started
+            metrics.REBUILDS.labels(scope=scope, result="error").inc()
+            metrics.REBUILD_DURATION.labels(scope=scope).observe(elapsed)
+            error = f"{type(exc).__name__}: {exc}"[:500]
+            log.error("rebuild of %s (%s) failed: %s", dataset_id or "all datasets", reason, error)
+            info = {
+                "scope": scope,
+                "reason": reason,
+                "result": "error",
+                "error": error,
+                "at": iso(utcnow()),
+                "durationMs": round(elapsed * 1000, 2),
+                "lsn": None,
+                "replayedDeltas": None,
+            }
+            with contextlib.suppress(Exception):  # a closed store cannot keep it: it is logged
+                self._record_rebuild({dataset_id or "*"}, info)
+            raise
+        finally:
+            self._rebuilds_running -= 1
+
+    def _record_rebuild(self, keys: set[str], info: dict[str, Any]) -> None:
+        """Keep the last rebuild result per dataset in the context file (read back at open)."""
         with self._write_lock:
             cur = self._writer
-            assert cur is not None
+            if cur is None:
+                raise StoreNotOpen("context store is not open")
+            rows = [
+                [
+                    k,
+                    info["scope"],
+                    info["reason"],
+                    info["result"],
+                    info["error"],
+                    _naive_utc(info["at"]),
+                    info["durationMs"],
+                    info["lsn"],
+                    info["replayedDeltas"],
+                ]
+                for k in sorted(keys)
+            ]
             cur.begin()
             try:
-                touched = self._replace_from_snapshot(cur, snap, None, dataset_id)
+                cur.execute(f"DELETE FROM {WD}.rebuilds WHERE list_contains(?, dataset_id)", [sorted(keys)])
+                cur.executemany(f"INSERT INTO {WD}.rebuilds VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
                 cur.commit()
             except Exception:
                 with contextlib.suppress(Exception):
                     cur.rollback()
                 raise
-            self._version += 1
-            with self._ds_lock:
-                self._ds_dirty |= touched
-            self._views_dirty |= touched
-            self.refresh_views(force=True)
+            for k in keys:
+                self._rebuild_info[k] = info
+
+    def _rebuild(self, dataset_id: str | None, scope: str, started: float, reason: str) -> None:
+        journal: list[tuple[Delta, int]] = []
+        with self._write_lock:  # step 1
+            self._rebuild_journals.append(journal)
+        try:
+            with self._pg() as conn:  # step 2
+                snap = read_catalog(
+                    conn,
+                    self.walduck.catalog_schema,
+                    [dataset_id] if dataset_id else None,
+                    bulk=self.settings.bulk_load,
+                )
+            with self._write_lock:  # step 3
+                cur = self._writer
+                assert cur is not None
+                cur.begin()
+                try:
+                    touched = self._replace_from_snapshot(cur, snap, None, dataset_id)
+                    touched |= self._replay_journal(cur, journal)
+                    cur.commit()
+                except Exception:
+                    with contextlib.suppress(Exception):
+                        cur.rollback()
+                    raise
+                replayed = len(journal)
+                self._rebuild_journals.remove(journal)  # step 4
+                self._version += 1
+                with self._ds_lock:
+                    self._ds_dirty |= touched
+                self._views_dirty |= touched
+                self.refresh_views(force=True)
+        finally:
+            with self._write_lock, contextlib.suppress(ValueError):
+                self._rebuild_journals.remove(journal)
         elapsed = time.perf_counter() - started
-        metrics.REBUILDS.labels(scope=scope).inc()
+        metrics.REBUILDS.labels(scope=scope, result="ok").inc()
         metrics.REBUILD_DURATION.labels(scope=scope).observe(elapsed)
         info = {
+            "scope": scope,
             "reason": reason,
+            "result": "ok",
+            "error": None,
             "at": iso(utcnow()),
             "durationMs": round(elapsed * 1000, 2),
             "lsn": format_lsn(snap.lsn),
+            "replayedDeltas": replayed,
         }
-        for did in touched:
-            self._rebuild_info[did] = info
-        log.info("rebuilt %s (%s) in %.1f ms", dataset_id or "all datasets", reason, elapsed * 1000)
+        self._record_rebuild(touched | ({"*"} if dataset_id is None else set()), info)
+        log.info(
+            "rebuilt %s (%s) in %.1f ms at snapshot LSN %s, %d delta(s) applied meanwhile replayed",
+            dataset_id or "all datasets",
+            reason,
+            elapsed * 1000,
+            format_lsn(snap.lsn),
+            replayed,
+        )
+
+    def _replay_journal(self, cur: duckdb.DuckDBPyConnection, journal: list[tuple[Delta, int]]) -> set[str]:
+        """Step 3 of a rebuild: re-apply the content of the deltas applied while it read PostgreSQL."""
+        touched: set[str] = set()
+        if not journal:
+            return touched
+        if self.full_scan:
+            ids = list(dict.fromkeys(d.dataset_id for d, _ in journal if d.dataset_id is not None))
+            shard_of = {d.dataset_id: p for d, p in journal if d.dataset_id is not None}
+            if ids:
+                with self._pg() as conn:
+                    snap = read_catalog(conn, self.walduck.catalog_schema, ids)
+                for did in ids:
+                    one = CatalogSnapshot(
+                        snap.lsn,
+                        [d for d in snap.datasets if str(d["id"]) == did],
+                        [v for v in snap.schema_versions if str(v["dataset_id"]) == did],
+                        snap.storage_targets,
+                        [p for p in snap.partitions if str(p["dataset_id"]) == did],
+                    )
+                    touched |= self._replace_from_snapshot(cur, one, shard_of[did], did)
+            for delta, partition in journal:
+                if delta.dataset_id is None:
+                    touched |= self._apply_content(cur, delta, partition)
+            return touched
+        for delta, partition in journal:
+            touched |= self._apply_content(cur, delta, partition)
+        return touched
 
     def reset_shard(self, shard: int) -> None:
         """Wipe one shard (its rows and progress) so it bootstraps by replaying its deltas from offset 0."""
@@ -1015,7 +1242,7 @@ class ContextStore:
                 self._ds_dirty |= ids
             self._views_dirty |= ids
             self._version += 1
-            metrics.REBUILDS.labels(scope="shard").inc()
+            metrics.REBUILDS.labels(scope="shard", result="ok").inc()
 
     def mark_bootstrapped(self, shard: int) -> None:
         with self._write_lock:
@@ -1509,8 +1736,13 @@ class ContextStore:
             for row in self.partition_index():
                 parts_by_ds.setdefault(row["datasetId"], []).append(row)
         datasets = []
+        every = self._rebuild_info.get("*", {})
+        slugs = {v.id: v.slug for v in views}
         for v in views:
             info = self._rebuild_info.get(v.id, {})
+            if every and (every.get("at") or "") > (info.get("at") or ""):
+                info = every  # a full rebuild newer than the dataset's own (its failure names no dataset)
+            shard_error = prog.get(v.shard, ShardProgress(v.shard)).last_error
             entry: dict[str, Any] = {
                 "datasetId": v.id,
                 "datasetSlug": v.slug,
@@ -1520,7 +1752,7 @@ class ContextStore:
                 "signature": hashlib.sha1(f"{v.id}:{v.partition_count}:{v.total_rows}".encode()).hexdigest(),
                 "lastRefreshedAt": info.get("at") or prog.get(v.shard, ShardProgress(v.shard)).applied_at,
                 "lastBuildDurationMs": info.get("durationMs"),
-                "lastError": prog.get(v.shard, ShardProgress(v.shard)).last_error,
+                "lastError": shard_error or info.get("error"),
                 "manifestVersion": None,
                 "manifestUpdatedAt": v.updated_at,
                 "partitionCount": v.partition_count,
@@ -1530,6 +1762,23 @@ class ContextStore:
                 "viewName": v.view_name,
                 "contextShard": v.shard,
                 "collision": v.collision,
+                "lastRebuild": (
+                    {
+                        k: info.get(k)
+                        for k in (
+                            "scope",
+                            "reason",
+                            "result",
+                            "error",
+                            "at",
+                            "durationMs",
+                            "lsn",
+                            "replayedDeltas",
+                        )
+                    }
+                    if info
+                    else None
+                ),
             }
             if detail_partitions:
                 entry["partitions"] = parts_by_ds.get(v.id, [])
@@ -1548,7 +1797,11 @@ class ContextStore:
             "datasetCount": len(views),
             "appliedLsn": format_lsn(self.applied_lsn()),
             "datasets": datasets,
-            "pendingInvalidations": [],
+            "pendingInvalidations": [
+                {**job, "datasetSlug": slugs.get(job["datasetId"])} for job in self._rebuilds.pending()
+            ],
+            "runningRebuilds": self._rebuilds.running(),
+            "lastFullRebuild": every or None,
             "shards": [
                 {
                     "shard": p.shard,

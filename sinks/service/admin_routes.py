@@ -13,12 +13,11 @@ from pydantic import BaseModel, ConfigDict
 from sinks.service.audit import ACTION_RUNTIME_INVALIDATE, record_action
 from sinks.service.body_limit import OffLoopJsonRoute
 from sinks.service.errors import ApiError, error_json, not_readable
-from sinks.service.iam import Principal, can_read_dataset, principal_from_headers, require
+from sinks.service.iam import Principal, principal_from_headers
 from sinks.service.state import ServiceState
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["Admin"], route_class=OffLoopJsonRoute)
-_background: set[asyncio.Task[Any]] = set()
 
 
 class InvalidateRequest(BaseModel):
@@ -34,9 +33,8 @@ def svc(request: Request) -> ServiceState:
 
 
 def authorize_admin(request: Request) -> Principal:
-    scopes = svc(request).settings.admin_scopes()
     p = principal_from_headers(request.headers)
-    require(p, scopes, f"Missing required admin scope {scopes[0] if scopes else ''}".strip())
+    svc(request).iam.require_admin(p)
     return p
 
 
@@ -49,15 +47,9 @@ async def runtime_cache(request: Request, detail: str | None = None) -> dict[str
 
 
 def _rebuild_in_background(s: ServiceState, dataset_id: str | None, reason: str) -> None:
-    async def run() -> None:
-        try:
-            await asyncio.to_thread(s.store.rebuild, dataset_id, reason)
-        except Exception:
-            log.exception("rebuild (dataset=%s, reason=%s) failed", dataset_id, reason)
-
-    task = asyncio.get_running_loop().create_task(run(), name=f"rebuild-{dataset_id or 'all'}")
-    _background.add(task)
-    task.add_done_callback(_background.discard)
+    """Queue the rebuild on the store's scheduler (one per scope, merged while one runs; its result and error
+    are kept in the admin snapshot). Returns at once: no request or executor thread waits for it."""
+    s.store.request_rebuild(dataset_id, reason)
 
 
 @router.post(
@@ -116,12 +108,9 @@ async def dataset_manifest(
         raise ApiError(503, "No PostgreSQL catalog configured (WALDUCK_PG_DSN)")
     dataset = await s.catalog.find_dataset(dataset_ref)
     p = principal_from_headers(request.headers)
-    admin = s.settings.admin_scopes()
-    if dataset is None and bool(admin) and p.has_any(admin):
+    if dataset is None and s.iam.is_admin(p):
         raise ApiError(404, f"Dataset {dataset_ref} not found")
-    if dataset is None or not can_read_dataset(
-        p, dataset.get("metadata") or {}, admin_scopes=admin, fallback=s.settings.dataset_read_fallback()
-    ):
+    if dataset is None or not s.iam.can_read(p, dataset.get("metadata") or {}):
         # unknown and forbidden answer alike, naming the reference as given (no existence oracle)
         raise not_readable(dataset_ref)
     manifests = await s.catalog.published_manifests(dataset["id"], shard)

@@ -24,7 +24,7 @@ from sinks.service.audit import AuditSink, AuditWriter, MemoryAudit
 from sinks.service.body_limit import BodyLimit
 from sinks.service.catalog import Catalog
 from sinks.service.errors import ApiError
-from sinks.service.iam import Forbidden, principal_from_headers, require
+from sinks.service.iam import Forbidden, principal_from_headers
 from sinks.service.limits import QueryRunner
 from sinks.service.nul_guard import RejectNul
 from sinks.service.settings import QuerySettings
@@ -177,9 +177,5 @@ def _install_ops_routes(app: FastAPI, state: ServiceState) -> None:
 
     @app.get("/metrics", tags=["Ops"], summary="Prometheus metrics")
     async def metrics(request: Request) -> Response:
-        require(
-            principal_from_headers(request.headers),
-            state.settings.metrics_scopes(),
-            "Missing required metrics scope",
-        )
+        state.iam.require_metrics(principal_from_headers(request.headers))
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

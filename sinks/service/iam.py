@@ -1,8 +1,10 @@
-"""Header-based IAM, Timestore's model (reference §4) plus dataset-level read scopes on the SQL path.
+"""Header-based IAM, Timestore's model plus dataset-level read scopes on the SQL path: the one home of the rules.
 
 There are no tokens: a gateway in front sets ``x-iam-scopes`` (comma list) and the actor headers.
 An unset requirement means the check is open; "any of the required scopes" passes; the admin scope
-bypasses dataset checks.
+bypasses dataset checks. :class:`IamPolicy` is built once from the settings (which only hold the raw scope
+names) and is what every route asks: which scopes a route group needs (with Timestore's fallbacks), whether a
+principal may read a dataset, which route groups are open.
 """
 
 from __future__ import annotations
@@ -93,3 +95,78 @@ def readable_ids(
         for d in datasets
         if can_read_dataset(principal, d.metadata, admin_scopes=admin_scopes, fallback=fallback)
     }
+
+
+def _split(value: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+@dataclass(frozen=True, slots=True)
+class IamPolicy:
+    """The scopes each route group requires (empty = open) and the dataset-read rule.
+
+    Fallbacks, as Timestore resolves them: SQL read and admin fall back to the first ``require_scope``;
+    SQL exec and metrics fall back to the admin scopes; a dataset without ``metadata.iam.readScopes`` needs
+    the first ``require_scope``."""
+
+    sql_read: tuple[str, ...]
+    sql_exec: tuple[str, ...]
+    admin: tuple[str, ...]
+    metrics: tuple[str, ...]
+    dataset_fallback: tuple[str, ...]
+
+    @classmethod
+    def from_scopes(
+        cls,
+        *,
+        require_scope: str = "",
+        admin_scope: str = "",
+        sql_read_scope: str = "",
+        sql_exec_scope: str = "",
+        metrics_scope: str = "",
+    ) -> IamPolicy:
+        fallback = _split(require_scope)[:1]
+        admin = _split(admin_scope) or fallback
+        return cls(
+            sql_read=_split(sql_read_scope) or fallback,
+            sql_exec=_split(sql_exec_scope) or admin,
+            admin=admin,
+            metrics=_split(metrics_scope) or admin,
+            dataset_fallback=fallback,
+        )
+
+    def is_admin(self, principal: Principal) -> bool:
+        """The admin scope (configured and held) reads every dataset and the admin routes."""
+        return bool(self.admin) and principal.has_any(self.admin)
+
+    def require_sql_read(self, principal: Principal) -> None:
+        require(principal, self.sql_read, "Missing required SQL read scope")
+
+    def require_sql_exec(self, principal: Principal) -> None:
+        require(principal, self.sql_exec, "Missing required SQL exec scope")
+
+    def require_admin(self, principal: Principal) -> None:
+        require(
+            principal,
+            self.admin,
+            f"Missing required admin scope {self.admin[0] if self.admin else ''}".strip(),
+        )
+
+    def require_metrics(self, principal: Principal) -> None:
+        require(principal, self.metrics, "Missing required metrics scope")
+
+    def can_read(self, principal: Principal, metadata: Mapping[str, Any] | None) -> bool:
+        return can_read_dataset(principal, metadata, admin_scopes=self.admin, fallback=self.dataset_fallback)
+
+    def readable(self, principal: Principal, datasets: Iterable[Any]) -> set[str]:
+        return readable_ids(principal, datasets, admin_scopes=self.admin, fallback=self.dataset_fallback)
+
+    def open_route_groups(self) -> list[str]:
+        """Route groups any caller reaches because no scope guards them (empty when IAM is fully configured)."""
+        groups = {
+            "/sql/read, /sql/schema, /sql/saved (WALDUCK_SQL_READ_SCOPE or WALDUCK_REQUIRE_SCOPE)": self.sql_read,
+            "/sql/exec (WALDUCK_SQL_EXEC_SCOPE or WALDUCK_ADMIN_SCOPE)": self.sql_exec,
+            "/admin/* and every dataset (WALDUCK_ADMIN_SCOPE or WALDUCK_REQUIRE_SCOPE)": self.admin,
+            "/metrics (WALDUCK_METRICS_SCOPE or WALDUCK_ADMIN_SCOPE)": self.metrics,
+        }
+        return [name for name, scopes in groups.items() if not scopes]

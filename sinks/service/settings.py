@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from sinks.service.iam import IamPolicy
 from walduck.errors import WalduckError
 
 
@@ -52,35 +53,15 @@ class QuerySettings(BaseSettings):
     # /ready: 503 while the contexts are staler than this (seconds)
     ready_max_staleness_s: float = Field(60.0, validation_alias=_env("ready_max_staleness_s"))
 
-    # --- derived scope lists (Timestore's fallbacks, reference §4) ---
-    @staticmethod
-    def _split(value: str) -> list[str]:
-        return [part.strip() for part in value.split(",") if part.strip()]
-
-    def admin_scopes(self) -> list[str]:
-        return self._split(self.admin_scope) or self._split(self.require_scope)[:1]
-
-    def sql_read_scopes(self) -> list[str]:
-        return self._split(self.sql_read_scope) or self._split(self.require_scope)[:1]
-
-    def sql_exec_scopes(self) -> list[str]:
-        return self._split(self.sql_exec_scope) or self.admin_scopes()
-
-    def metrics_scopes(self) -> list[str]:
-        return self._split(self.metrics_scope) or self.admin_scopes()
-
-    def dataset_read_fallback(self) -> list[str]:
-        return self._split(self.require_scope)[:1]
-
-    def open_route_groups(self) -> list[str]:
-        """Route groups any caller reaches because no scope guards them (empty when IAM is fully configured)."""
-        groups = {
-            "/sql/read, /sql/schema, /sql/saved (WALDUCK_SQL_READ_SCOPE or WALDUCK_REQUIRE_SCOPE)": self.sql_read_scopes(),
-            "/sql/exec (WALDUCK_SQL_EXEC_SCOPE or WALDUCK_ADMIN_SCOPE)": self.sql_exec_scopes(),
-            "/admin/* and every dataset (WALDUCK_ADMIN_SCOPE or WALDUCK_REQUIRE_SCOPE)": self.admin_scopes(),
-            "/metrics (WALDUCK_METRICS_SCOPE or WALDUCK_ADMIN_SCOPE)": self.metrics_scopes(),
-        }
-        return [name for name, scopes in groups.items() if not scopes]
+    def iam_policy(self) -> IamPolicy:
+        """The IAM rules these scope settings configure (``sinks.service.iam.IamPolicy``)."""
+        return IamPolicy.from_scopes(
+            require_scope=self.require_scope,
+            admin_scope=self.admin_scope,
+            sql_read_scope=self.sql_read_scope,
+            sql_exec_scope=self.sql_exec_scope,
+            metrics_scope=self.metrics_scope,
+        )
 
 
 class IamNotConfigured(WalduckError, RuntimeError):
@@ -89,7 +70,7 @@ class IamNotConfigured(WalduckError, RuntimeError):
 
 def require_iam_mode(settings: QuerySettings) -> list[str]:
     """At start: refuse open route groups unless ``iam_open``; returns the open groups (logged by the caller)."""
-    groups = settings.open_route_groups()
+    groups = settings.iam_policy().open_route_groups()
     if groups and not settings.iam_open:
         raise IamNotConfigured(
             "refusing to start: these routes would answer any caller: "

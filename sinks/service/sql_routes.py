@@ -34,9 +34,9 @@ from sinks.service.body_limit import OffLoopJsonRoute
 from sinks.service.catalog import command_of, exec_statement, privileged_reach
 from sinks.service.errors import ApiError, error_json, not_readable
 from sinks.service.exec_params import bind_params
-from sinks.service.iam import Principal, principal_from_headers, require
+from sinks.service.iam import Principal, principal_from_headers
 from sinks.service.limits import QueryTimeout, Saturated
-from sinks.service.policy import NOT_SINGLE_SELECT, PolicyViolation, check_read_sql, is_select_only
+from sinks.service.sandbox import NOT_SINGLE_SELECT, PolicyViolation, check_read_sql, is_select_only
 from sinks.service.state import ServiceState
 from walduck.lsn import InvalidLSN, format_lsn, parse_lsn
 from walduck.metrics import CACHE_EVENTS, QUERY_GUARD_REFUSALS, QUERY_LIMITS, QUERY_PLANNING
@@ -77,7 +77,7 @@ def principal(request: Request) -> Principal:
 
 def authorize_sql_read(request: Request) -> Principal:
     p = principal(request)
-    require(p, svc(request).settings.sql_read_scopes(), "Missing required SQL read scope")
+    svc(request).iam.require_sql_read(p)
     return p
 
 
@@ -193,8 +193,7 @@ def _audit(
 
 def reads_everything(s: ServiceState, p: Principal) -> bool:
     """The admin scope reads every dataset: to such a caller an unknown dataset can be called unknown."""
-    admin = s.settings.admin_scopes()
-    return bool(admin) and p.has_any(admin)
+    return s.iam.is_admin(p)
 
 
 def _forbidden_slug(exc: Exception) -> str | None:
@@ -595,7 +594,7 @@ async def sql_exec(
 ) -> Response:
     s = svc(request)
     p = principal(request)
-    require(p, s.settings.sql_exec_scopes(), "Missing required SQL exec scope")
+    s.iam.require_sql_exec(p)
     try:
         fmt = formats.resolve_format(format, formats.EXEC_FORMATS)
     except formats.UnsupportedFormat as exc:

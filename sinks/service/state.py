@@ -9,7 +9,7 @@ from typing import Any, Protocol
 
 from sinks.service.audit import AuditSink
 from sinks.service.catalog import Catalog
-from sinks.service.iam import Principal, readable_ids
+from sinks.service.iam import IamPolicy, Principal
 from sinks.service.limits import QueryRunner
 from sinks.service.settings import QuerySettings
 
@@ -23,6 +23,7 @@ class Store(Protocol):
     async def wait_for_lsn(self, lsn: int, timeout_s: float) -> bool: ...
     def datasets(self) -> list[Any]: ...
     def rebuild(self, dataset_id: str | None = None, reason: str = "manual") -> None: ...
+    def request_rebuild(self, dataset_id: str | None = None, reason: str = "manual") -> Any: ...
     def snapshot(self) -> dict[str, Any]: ...
 
 
@@ -38,14 +39,14 @@ class ServiceState:
     audit: AuditSink
     catalog: Catalog | None
     started_at: float = field(default_factory=time.monotonic)
+    # the IAM rules of ``settings``, built once (sinks.service.iam.IamPolicy)
+    iam: IamPolicy = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.iam = self.settings.iam_policy()
 
     def readable(self, principal: Principal, datasets: list[Any]) -> set[str]:
-        return readable_ids(
-            principal,
-            datasets,
-            admin_scopes=self.settings.admin_scopes(),
-            fallback=self.settings.dataset_read_fallback(),
-        )
+        return self.iam.readable(principal, datasets)
 
     def staleness_seconds(self) -> float | None:
         """Max over context shards of now − newest applied commit (None before anything applied)."""

@@ -10,7 +10,7 @@ from datetime import UTC, date, datetime, timedelta
 from sinks.context import guard
 from sinks.context.planner import PlannedQuery, plan
 from sinks.context.store import ContextStore, DatasetView
-from sinks.service.policy import check_read_sql
+from sinks.service.sandbox import check_read_sql
 from stack.bench.contexts import open_store, timed
 from stack.bench.env import ScenarioEnv
 from stack.workload.bulk import SHARED_FILES_PER_DAY, bulk_load

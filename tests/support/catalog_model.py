@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pipeline.compaction import ManifestInfo, partition_entry
-from walduck.records import GLOBAL_KEY, ChangeRecord, Kind, Op, Source, partition_of
+from walduck.records import GLOBAL_KEY, ChangeRecord, Kind, Op, Source
 
 BASE_TIME = datetime(2024, 1, 1, tzinfo=UTC)
 OPERATIONS = (
@@ -421,11 +421,3 @@ class CatalogModel:
             if parts:
                 out[(manifest["dataset_id"], manifest["manifest_shard"])] = parts
         return out
-
-    def records_for(self, partition: int, partitions: int) -> list[ChangeRecord]:
-        """The records one changes-topic partition holds (global records broadcast to all)."""
-        return [
-            r
-            for r in self.records
-            if r.dataset_id is None or partition_of(r.dataset_id, partitions) == partition
-        ]

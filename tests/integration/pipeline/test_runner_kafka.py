@@ -58,8 +58,11 @@ async def produce(settings: WalduckSettings, records, extra: dict[int, list[byte
         await producer.stop()
 
 
-def start_runner(settings: WalduckSettings, group: str, log: Path) -> subprocess.Popen:
+def start_runner(
+    settings: WalduckSettings, group: str, log: Path, extra_env: dict[str, str] | None = None
+) -> subprocess.Popen:
     env = {
+        **(extra_env or {}),
         **os.environ,
         "WALDUCK_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
         "WALDUCK_CHANGES_TOPIC": settings.changes_topic,
@@ -249,3 +252,72 @@ async def test_malformed_record_goes_to_dlq_and_nothing_is_lost(
     headers = dict(dlq[0].headers)
     assert headers["reason"].startswith(b"not JSON")
     assert headers["src"].startswith(f"{settings.changes_topic}/0/".encode())
+
+
+async def test_incomplete_transaction_expires_and_other_datasets_stay_readable(
+    pipeline_topics: WalduckSettings, tmp_path: Path
+) -> None:
+    """Issue 15: one valid change record with tx_size=2 and only tx_index=0 ever sent. Its partition must
+    seal past it within the bound (the share in the DLQ with its reason), and a read-your-writes wait for a
+    later commit of another dataset on the same partition is answered (not after the 30 s min_lsn timeout)."""
+    from dataclasses import replace
+
+    from sinks.context.consumer import DeltaConsumer
+    from sinks.context.store import ContextStore
+    from sinks.settings import SinkSettings
+
+    settings = pipeline_topics
+    model = CatalogModel(seed=15)
+    a = model.create_dataset()
+    b = model.create_dataset()
+    while partition_of(b, PARTITIONS) != partition_of(a, PARTITIONS):
+        b = model.create_dataset()
+    model.heartbeat()
+    before = len(model.records)
+    model.append(a)
+    stuck = replace(next(r for r in model.records[before:] if r.tx_index == 0), tx_size=2)
+    del model.records[before:]  # only tx_index=0 of a's transaction is ever sent
+    model.records.append(stuck)
+    model.append(b)
+    b_commit = model.records[-1].commit_lsn
+    model.heartbeat()  # the watermark after b's commit: every partition claims it
+    wait_lsn = model.records[-1].commit_lsn
+    await produce(settings, model.records)
+    produced_at = time.monotonic()
+
+    group = f"g-{uuid.uuid4().hex[:6]}"
+    proc = start_runner(
+        settings,
+        group,
+        tmp_path / "runner.log",
+        {"WALDUCK_COMPACTOR_SHARE_EXPIRE_S": "3", "WALDUCK_COMPACTOR_SHARE_EXPIRE_RECORDS": "100000"},
+    )
+    sink = SinkSettings(context_path=tmp_path / "ctx" / "context.duckdb", view_refresh_interval_s=0.0)
+    store = ContextStore(sink, settings.model_copy(update={"storage_root": tmp_path / "storage"}))
+    store.open()
+    consumer = DeltaConsumer(store)
+    consuming = asyncio.create_task(consumer.run())
+    try:
+        answered = await store.wait_for_lsn(wait_lsn, 30.0)
+        waited = time.monotonic() - produced_at
+        assert answered, "a min_lsn read for another dataset waited past the 30 s timeout"
+        await wait_committed(settings, group, limit_s=60)
+    finally:
+        await consumer.stop()
+        await asyncio.wait_for(consuming, 30)
+        store.close()
+        stop(proc)
+    print(f"min_lsn wait answered after {waited:.1f} s (bound 3 s)")
+    assert waited < 25
+    deltas = await deltas_of(settings)
+    visible = replay(deltas)
+    assert any(ds == b for ds, _ in visible), "the later transaction of the other dataset never sealed"
+    assert not any(ds == a for ds, _ in visible), "a half transaction was published"
+    assert max(d.lsn_to for d in deltas if d.dataset_id == b) == b_commit
+    dlq = await read_topic(settings.kafka_bootstrap, settings.dlq_topic)
+    assert len(dlq) == 1
+    headers = dict(dlq[0].headers)
+    assert headers["reason"].startswith(
+        b"incomplete_transaction_expired: 1 of 2 record(s) of key " + a.encode()
+    )
+    assert dlq[0].value == stuck.to_bytes()

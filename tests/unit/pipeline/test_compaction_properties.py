@@ -281,3 +281,165 @@ def test_global_change_at_a_watermark_lsn_is_not_taken_for_a_resend() -> None:
     deltas = compactor.flush()
     assert [(d.kind, d.dataset_id) for d in deltas] == [(DeltaKind.HEARTBEAT, None), (DeltaKind.DELTA, None)]
     assert deltas[1].storage_targets, "the storage-target change was dropped as a re-send"
+
+
+# ------------------------------------------------------------------ incomplete transactions expire (issue 15)
+
+
+def _trailing_heartbeats(model: CatalogModel, n: int) -> list:
+    out = []
+    for _ in range(n):
+        model.heartbeat()
+        out.append(model.records[-1])
+    return out
+
+
+def _run_expiring(
+    records: list, offsets: list[int], flush_points: set[int], max_records: int | None, max_age: float | None
+) -> tuple[Compactor, list[Delta]]:
+    compactor = Compactor(0, share_max_records=max_records, share_max_age_s=max_age)
+    out: list[Delta] = []
+    for offset, rec in zip(offsets, records, strict=True):
+        compactor.feed(rec, offset)
+        compactor.expire(offset * 0.01)  # any monotonic clock
+        if offset in flush_points:
+            out += compactor.flush()
+    out += compactor.flush()
+    return compactor, out
+
+
+def _broken_history(seed: int, ops: list[str], data: st.DataObject):
+    """A history with one record of one multi-record share lost, plus the oracle: the same history with
+    every record of that share removed (what an expired share must amount to)."""
+    model = CatalogModel(seed=seed)
+    model.run(["create_dataset", "append", *ops])
+    multi = [i for i, r in enumerate(model.records) if r.kind.value == "change" and r.tx_size >= 2]
+    lost = data.draw(st.sampled_from(multi))
+    victim = model.records[lost]
+    same = [
+        i
+        for i, r in enumerate(model.records)
+        if r.kind.value == "change"
+        and (r.xid, r.commit_lsn, r.dataset_id) == (victim.xid, victim.commit_lsn, victim.dataset_id)
+    ]
+    share = set(same[: victim.tx_size])  # its first publication (a connector resend may follow: kept)
+    if lost not in share:  # the victim was a resent record: lose it from the resend instead
+        share = set(same[same.index(lost) - victim.tx_index :][: victim.tx_size])
+    tail = _trailing_heartbeats(model, 30)
+    records = model.records
+    broken = [(i, r) for i, r in enumerate(records) if i != lost]
+    oracle = [(i, r) for i, r in enumerate(records) if i not in share]
+    return model, records, lost, share, broken, oracle, tail
+
+
+@settings(max_examples=150, deadline=None)
+@given(seed=st.integers(0, 2**32), ops=ops_strategy, data=st.data())
+def test_an_expired_share_amounts_to_a_share_never_sent(
+    seed: int, ops: list[str], data: st.DataObject
+) -> None:
+    """One record of a transaction share lost upstream: the partition still ends clean (sealed past it), the
+    share's other records are rejected as incomplete, and the deltas equal those of the same history
+    without that share at all."""
+    _model, records, lost, share, broken, oracle, _tail = _broken_history(seed, ops, data)
+    n = len(records)
+    flush_points = set(data.draw(st.lists(st.integers(0, n - 1), max_size=n)))
+    max_records = data.draw(st.integers(1, 25))
+    max_age = data.draw(st.one_of(st.none(), st.floats(0.0, 0.2)))
+
+    c_broken, d_broken = _run_expiring(
+        [r for _, r in broken], [i for i, _ in broken], flush_points, max_records, max_age
+    )
+    c_oracle, d_oracle = _run_expiring(
+        [r for _, r in oracle], [i for i, _ in oracle], flush_points, max_records, max_age
+    )
+    assert c_broken.clean, "the incomplete share was never expired: its partition is stopped"
+    assert c_oracle.clean and not c_oracle.drain_rejected()
+    rejected = c_broken.drain_rejected()
+    assert {r.offset for r in rejected} <= share - {lost}
+    assert all(
+        r.reason_class in ("incomplete_transaction", "incomplete_transaction_expired") for r in rejected
+    )
+    assert replay(roundtrip(d_broken)) == replay(roundtrip(d_oracle))
+    # the partition sealed past the share: the last delta covers the last offset fed
+    assert d_broken and max(d.src_offset_to for d in d_broken) == n - 1
+
+
+@settings(max_examples=100, deadline=None)
+@given(seed=st.integers(0, 2**32), ops=ops_strategy, data=st.data())
+def test_restore_reprocessing_a_window_sealed_past_an_expired_share(
+    seed: int, ops: list[str], data: st.DataObject
+) -> None:
+    """Crash at any point after a window was sealed past an expired share; the restored compactor expires
+    it again at the window's boundary (whatever its own clock says) and the result is the same."""
+    _model, records, _lost, _share, broken, oracle, _tail = _broken_history(seed, ops, data)
+    n = len(records)
+    flush_points = set(data.draw(st.lists(st.integers(0, n - 1), max_size=n)))
+    max_records = data.draw(st.integers(1, 10))
+    _, full = _run_expiring([r for _, r in broken], [i for i, _ in broken], flush_points, max_records, None)
+    _, truth = _run_expiring([r for _, r in oracle], [i for i, _ in oracle], set(), max_records, None)
+    cut = data.draw(st.integers(0, len(full)))
+    topic = roundtrip(full[:cut])
+    restored = restore_from_deltas(0, topic)
+    compactor = restored.compactor
+    compactor.share_max_records = max_records + data.draw(st.integers(0, 20))  # another clock/bound
+    start = 0 if restored.resume_offset is None else restored.resume_offset
+    for offset, rec in broken:
+        if offset < start:
+            continue
+        compactor.feed(rec, offset)
+        compactor.expire(0.0)
+        if offset in flush_points:
+            topic += compactor.flush()
+    topic += compactor.flush()
+    assert compactor.clean
+    assert replay(topic) == replay(truth)
+    last: dict[tuple, int] = {}
+    for d in topic:
+        mark = (d.src_partition, d.dataset_id, d.kind)
+        assert d.src_offset_to > last.get(mark, -1), "duplicate or regressing delta"
+        last[mark] = d.src_offset_to
+
+
+def test_one_record_of_a_two_record_share_expires_by_time_and_by_records() -> None:
+    """The issue's case: tx_size=2, only tx_index=0 ever sent. Not expired while nothing later arrived;
+    once a later transaction was seen, expired after the time bound (or the record bound) and the partition
+    seals past it with the later transaction's delta."""
+    from dataclasses import replace
+
+    model = CatalogModel(seed=9)
+    a, b = model.create_dataset(), model.create_dataset()
+    base = len(model.records)
+    model.append(a)
+    stuck = next(r for r in model.records[base:] if r.tx_size >= 2 and r.tx_index == 0)
+    compactor = Compactor(0, share_max_records=100, share_max_age_s=5.0)
+    for offset, rec in enumerate(model.records[:base]):
+        compactor.feed(rec, offset)
+    compactor.flush()
+    offset = base
+    compactor.feed(stuck, offset)
+    assert not compactor.clean and compactor.expire(1000.0) == 0  # nothing later yet: may still come
+    tail = len(model.records)
+    model.append(b)
+    for rec in model.records[tail:]:
+        offset += 1
+        compactor.feed(rec, offset)
+    assert compactor.flush() == [], "sealed while a share is open"
+    assert compactor.expire(1000.0) == 0  # overtaken: the clock starts now
+    assert compactor.expire(1004.9) == 0
+    assert compactor.expire(1005.0) == 1 and compactor.clean
+    (rejected,) = compactor.drain_rejected()
+    assert rejected.offset == base and rejected.reason_class == "incomplete_transaction_expired"
+    assert f"1 of {stuck.tx_size} record(s) of key {a}" in rejected.reason
+    deltas = compactor.flush()
+    assert [d.dataset_id for d in deltas] == [b] and deltas[0].src_offset_to == offset
+    assert replay(deltas)  # b's partition is visible
+
+    # by records, no clock: another stuck share, then 100 later heartbeats
+    again = replace(stuck, commit_lsn=model.lsn + 1, lsn=model.lsn + 1, xid=(stuck.xid or 0) + 1)
+    offset += 1
+    compactor.feed(again, offset)
+    for hb in _trailing_heartbeats(model, 100):
+        offset += 1
+        compactor.feed(hb, offset)
+        assert compactor.clean is False or hb is model.records[-1]
+    assert compactor.expire(0.0) == 1 and compactor.clean

@@ -169,6 +169,9 @@ class FakeStore:
     def rebuild(self, dataset_id: str | None = None, reason: str = "manual") -> None:
         self.rebuilds.append((dataset_id, reason))
 
+    def request_rebuild(self, dataset_id: str | None = None, reason: str = "manual") -> None:
+        self.rebuilds.append((dataset_id, reason))
+
     def rebuilding(self) -> bool:
         return False
 

@@ -40,10 +40,11 @@ def test_explicit_open_mode_starts_and_names_what_is_open() -> None:
 def test_timestore_scope_names_close_every_route() -> None:
     settings = scoped()
     assert require_iam_mode(settings) == []
-    assert settings.sql_read_scopes() == ["timestore:sql:read"]
-    assert settings.sql_exec_scopes() == ["timestore:sql:exec"]
-    assert settings.admin_scopes() == ["timestore:admin"]
-    assert settings.metrics_scopes() == ["timestore:metrics"]
+    iam = settings.iam_policy()
+    assert iam.sql_read == ("timestore:sql:read",)
+    assert iam.sql_exec == ("timestore:sql:exec",)
+    assert iam.admin == ("timestore:admin",)
+    assert iam.metrics == ("timestore:metrics",)
     # require_scope alone closes everything through Timestore's fallbacks
     assert require_iam_mode(QuerySettings(require_scope="timestore:read")) == []
 

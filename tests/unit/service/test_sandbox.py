@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sinks.service.policy import NOT_SINGLE_SELECT, PolicyViolation, check_read_sql, is_select_only
+from sinks.service.sandbox import NOT_SINGLE_SELECT, PolicyViolation, check_read_sql, is_select_only
 
 ATTACKS = [
     # more than one statement / not a SELECT

@@ -1,0 +1,282 @@
+"""Admin rebuild from the real PostgreSQL, with deltas applied while it reads (issue 15).
+
+The forced interleaving: the context holds ``[p1]``; while the rebuild reads PostgreSQL, a transaction adds
+``p2`` there and its delta is applied to the context; the rebuild then replaces the dataset's rows. A
+rebuild that wrote its (older) snapshot over that delta lost ``p2`` for good (its offsets were stored).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import psycopg
+import pytest
+
+import sinks.context.store as store_module
+from sinks.context.store import ContextStore
+from stack.catalog.migrate import apply_migrations
+from walduck import metrics
+from walduck.config import ContextMode
+
+pytestmark = pytest.mark.integration
+
+
+def _seed(dsn: str) -> None:
+    apply_migrations(dsn)
+    with psycopg.connect(dsn) as conn:
+        conn.execute(
+            "INSERT INTO timestore.storage_targets (id, name, kind, config) VALUES "
+            "('st-local', 'timestore-default-local', 'local', '{}')"
+        )
+        conn.execute("INSERT INTO timestore.datasets (id, slug, name) VALUES ('ds-obs', 'obs', 'Obs')")
+        conn.execute(
+            "INSERT INTO timestore.dataset_schema_versions (id, dataset_id, version, schema) VALUES "
+            """('dsv-obs-1', 'ds-obs', 1, '{"fields":[{"name":"ts","type":"timestamp"},{"name":"value","type":"double"}]}')"""
+        )
+        conn.execute(
+            "INSERT INTO timestore.dataset_manifests (id, dataset_id, version, status, schema_version_id, manifest_shard)"
+            " VALUES ('dm-obs', 'ds-obs', 1, 'published', 'dsv-obs-1', '2024-01-01')"
+        )
+
+
+def _insert_partition(dsn: str, f: dict[str, Any]) -> None:
+    with psycopg.connect(dsn) as conn:
+        conn.execute(
+            "INSERT INTO timestore.dataset_partitions (id, dataset_id, manifest_id, manifest_shard, partition_key,"
+            " storage_target_id, file_format, file_path, file_size_bytes, row_count, start_time, end_time, metadata)"
+            " VALUES (%s, 'ds-obs', 'dm-obs', '2024-01-01', '{}', 'st-local', 'parquet', %s, %s, %s, %s, %s, '{}')",
+            [f["id"], f["file_path"], f["file_size_bytes"], f["row_count"], f["start_time"], f["end_time"]],
+        )
+
+
+def _ids(store: ContextStore) -> list[str]:
+    return [r["partitionId"] for r in store.partition_index("ds-obs")]
+
+
+class _Offsets:
+    def __init__(self) -> None:
+        self.next = 0
+
+    def __call__(self) -> int:
+        self.next += 1
+        return self.next - 1
+
+
+@pytest.mark.parametrize("mode", [ContextMode.INCREMENTAL, ContextMode.FULL_SCAN])
+@pytest.mark.parametrize("scope", ["dataset", "full"])
+def test_delta_applied_during_the_rebuild_read_is_kept(
+    fresh_db, factory, ctx_settings, monkeypatch, scope, mode
+):
+    dsn = fresh_db()
+    _seed(dsn)
+    sink, wd = ctx_settings
+    wd = wd.model_copy(update={"pg_dsn": dsn, "context_mode": mode})
+    store = ContextStore(sink, wd)
+    store.open()
+    offset = _Offsets()
+    try:
+        p1 = factory.write_file("obs", 0, 3)
+        _insert_partition(dsn, p1)
+        assert store.apply(factory.create_dataset(0, "obs"), 0, offset())
+        assert store.apply(factory.delta(0, "ds-obs", upserts=[p1]), 0, offset())
+        assert _ids(store) == [p1["id"]]
+
+        p2 = factory.write_file("obs", 1, 4)
+        real_read = store_module.read_catalog
+        interleaved: list[str] = []
+
+        def read_then_commit_and_apply(*args: Any, **kwargs: Any) -> Any:
+            snap = real_read(*args, **kwargs)  # the rebuild's snapshot: without p2
+            if interleaved:  # a later read (full-scan applies and replays read PostgreSQL too)
+                return snap
+            read_ids = {p["id"] for p in snap.partitions}
+            if snap.partitions_table is not None:  # the bulk path (COPY -> Arrow)
+                read_ids |= set(snap.partitions_table["id"].to_pylist())
+            assert p1["id"] in read_ids and p2["id"] not in read_ids
+            # p2 commits in PostgreSQL after the snapshot and its delta is applied by the consumer (another
+            # thread) before the rebuild takes the write lock
+            _insert_partition(dsn, p2)
+            applier = threading.Thread(
+                target=lambda: interleaved.append(
+                    str(store.apply(factory.delta(0, "ds-obs", upserts=[p2]), 0, offset()))
+                )
+            )
+            interleaved.append("started")
+            applier.start()
+            applier.join(30)
+            assert interleaved == ["started", "True"], (
+                "the delta apply did not complete during the rebuild read"
+            )
+            return snap
+
+        monkeypatch.setattr(store_module, "read_catalog", read_then_commit_and_apply)
+        store.rebuild("ds-obs" if scope == "dataset" else None, reason="test")
+        monkeypatch.setattr(store_module, "read_catalog", real_read)
+        assert interleaved == ["started", "True"]
+        assert sorted(_ids(store)) == sorted([p1["id"], p2["id"]])
+        assert store.dataset("ds-obs").total_rows == 7
+
+        p3 = factory.write_file("obs", 2, 5)
+        _insert_partition(dsn, p3)
+        assert store.apply(factory.delta(0, "ds-obs", upserts=[p3]), 0, offset())
+        assert sorted(_ids(store)) == sorted([p1["id"], p2["id"], p3["id"]])
+        store.refresh_views(force=True)  # (the consumer does this between batches)
+        with store.reader() as cur:
+            assert cur.execute("SELECT count(*) FROM timestore.obs").fetchone() == (12,)
+    finally:
+        store.close()
+
+
+def _rebuilds(scope: str, result: str) -> float:
+    return metrics.REBUILDS.labels(scope=scope, result=result)._value.get()
+
+
+def test_rebuilds_queue_merge_and_keep_their_last_result_across_restarts(
+    fresh_db, factory, ctx_settings, monkeypatch
+):
+    dsn = fresh_db()
+    _seed(dsn)
+    sink, wd = ctx_settings
+    # first: a catalog that does not exist → the rebuild fails; its error is kept
+    broken = wd.model_copy(update={"pg_dsn": dsn.rsplit("/", 1)[0] + "/wd_no_such_db"})
+    store = ContextStore(sink, broken)
+    store.open()
+    try:
+        p1 = factory.write_file("obs", 0, 3)
+        _insert_partition(dsn, p1)
+        store.apply(factory.create_dataset(0, "obs"), 0, 0)
+        store.apply(factory.delta(0, "ds-obs", upserts=[p1]), 0, 1)
+        errors = _rebuilds("dataset", "error")
+        with pytest.raises(psycopg.OperationalError):
+            store.rebuild("ds-obs", reason="test-broken")
+        assert _rebuilds("dataset", "error") == errors + 1
+        entry = store.snapshot()["datasets"][0]
+        assert entry["lastRebuild"]["result"] == "error" and "wd_no_such_db" in entry["lastError"]
+        assert entry["lastRebuild"]["reason"] == "test-broken"
+    finally:
+        store.close()
+
+    store = ContextStore(sink, wd.model_copy(update={"pg_dsn": dsn}))
+    store.open()
+    try:
+        entry = store.snapshot()["datasets"][0]
+        assert entry["lastRebuild"]["result"] == "error", "the failure was not kept across the restart"
+        assert "wd_no_such_db" in entry["lastError"]
+
+        # a rebuild blocked in its read: requests meanwhile are merged into one pending job; readers answer
+        real_read = store_module.read_catalog
+        entered, release = threading.Event(), threading.Event()
+        reads: list[int] = []
+
+        def slow_read(*args: Any, **kwargs: Any) -> Any:
+            reads.append(1)
+            entered.set()
+            assert release.wait(30)
+            return real_read(*args, **kwargs)
+
+        monkeypatch.setattr(store_module, "read_catalog", slow_read)
+        ok = _rebuilds("dataset", "ok")
+        first = store.request_rebuild("ds-obs", "admin-1")
+        assert entered.wait(10)
+        merged = [store.request_rebuild("ds-obs", r) for r in ("admin-2", "admin-3", "admin-2")]
+        snap = store.snapshot()
+        assert [
+            (p["datasetId"], p["datasetSlug"], p["reason"], p["requests"])
+            for p in snap["pendingInvalidations"]
+        ] == [("ds-obs", "obs", "admin-2, admin-3", 3)]
+        assert [r["datasetId"] for r in snap["runningRebuilds"]] == ["ds-obs"]
+        with store.reader() as cur:  # sessions are not dropped nor blocked by a rebuild
+            assert cur.execute("SELECT count(*) FROM timestore.obs").fetchone() == (3,)
+        release.set()
+        first.wait(30)
+        merged[0].wait(30)
+        assert store.wait_rebuilds(10)
+        assert len(reads) == 2, "four requests must cost two reads of PostgreSQL"
+        assert _rebuilds("dataset", "ok") == ok + 2
+        snap = store.snapshot()
+        assert snap["pendingInvalidations"] == [] and snap["runningRebuilds"] == []
+        entry = snap["datasets"][0]
+        assert entry["lastRebuild"]["result"] == "ok" and entry["lastError"] is None
+        assert entry["lastRebuild"]["reason"] == "admin-2, admin-3"
+    finally:
+        store.close()
+    store = ContextStore(sink, wd.model_copy(update={"pg_dsn": dsn}))
+    store.open()
+    try:
+        assert store.snapshot()["datasets"][0]["lastRebuild"]["result"] == "ok"
+    finally:
+        store.close()
+
+
+def test_bulk_path_builds_the_same_context_as_the_per_row_path(fresh_db, factory, ctx_settings, tmp_path):
+    """COPY -> Arrow -> DuckDB (rebuild, full scan) equals the per-row path: every column of every partition,
+    locations of local (custom root and default), s3 and absolute paths, metadata overrides, micro-seconds."""
+    import json
+
+    from sinks.settings import SinkSettings
+
+    dsn = fresh_db()
+    _seed(dsn)
+    with psycopg.connect(dsn) as conn:
+        conn.execute(
+            "INSERT INTO timestore.storage_targets (id, name, kind, config) VALUES"
+            """ ('st-s3', 's3', 's3', '{"bucket": "b1"}'), ('st-root', 'root', 'local', '{"root": "/srv/x/"}')"""
+        )
+        conn.execute("INSERT INTO timestore.datasets (id, slug, name) VALUES ('ds-two', 'two', 'Two')")
+        conn.execute(
+            "INSERT INTO timestore.dataset_manifests (id, dataset_id, version, status, schema_version_id, manifest_shard)"
+            " VALUES ('dm-two', 'ds-two', 1, 'published', 'dsv-obs-1', '2024-01-02'),"
+            " ('dm-draft', 'ds-two', 2, 'draft', 'dsv-obs-1', '2024-01-03')"
+        )
+        rows = [
+            ("pa", "ds-obs", "dm-obs", "st-local", "obs/a.parquet", '{"window": "2024-01-01T00"}', "{}"),
+            ("pb", "ds-obs", "dm-obs", "st-s3", "/obs/b.parquet", "{}", '{"tableName": "t2"}'),
+            (
+                "pc",
+                "ds-two",
+                "dm-two",
+                "st-root",
+                "two/c.parquet",
+                '{"k": [1, "x,y"]}',
+                '{"schemaVersionId": "sv9"}',
+            ),
+            ("pd", "ds-two", "dm-two", "st-local", "s3://other/d.parquet", "{}", "{}"),
+            ("pe", "ds-two", "dm-draft", "st-local", "two/e.parquet", "{}", "{}"),  # not visible
+        ]
+        for pid, did, mid, st, fp, pk, meta in rows:
+            conn.execute(
+                "INSERT INTO timestore.dataset_partitions (id, dataset_id, manifest_id, partition_key,"
+                " storage_target_id, file_format, file_path, file_size_bytes, row_count, start_time, end_time,"
+                " metadata) VALUES (%s, %s, %s, %s, %s, 'parquet', %s, NULL, 7,"
+                " '2024-01-01 10:00:00.123456+02', '2024-01-01 11:00:00+00', %s)",
+                [pid, did, mid, pk, st, fp, meta],
+            )
+    _, wd = ctx_settings
+    wd = wd.model_copy(update={"pg_dsn": dsn})
+    built = {}
+    for bulk in (True, False):
+        sink = SinkSettings(
+            context_path=tmp_path / f"bulk-{bulk}" / "c.duckdb", view_refresh_interval_s=0.0, bulk_load=bulk
+        )
+        store = ContextStore(sink, wd)
+        store.open()
+        try:
+            store.rebuild(None, "test")
+            with store.reader() as cur:
+                got = cur.execute("SELECT * FROM wd.partitions ORDER BY id").fetchall()
+        finally:
+            store.close()
+        key = ddl_columns().index("partition_key")
+        built[bulk] = [tuple(json.loads(v) if i == key else v for i, v in enumerate(r)) for r in got]
+    assert [r[0] for r in built[True]] == ["pa", "pb", "pc", "pd"]
+    assert built[True] == built[False]
+    locations = {r[0]: r[ddl_columns().index("location")] for r in built[True]}
+    assert locations["pb"] == "/obs/b.parquet" and locations["pc"] == "/srv/x/two/c.parquet"
+    assert locations["pd"] == "s3://other/d.parquet"
+
+
+def ddl_columns() -> list[str]:
+    from sinks.context import ddl
+
+    return list(ddl.PARTITION_COLUMNS)
