@@ -142,11 +142,11 @@ class Connector:
         """Returns True when the connector is done (stop requested or initial_only finished)."""
         self.sessions += 1
         s = self.settings
-        producer = make_producer(s)
+        producer = make_producer(s)  # max_request_size: the one size limit (walduck/sizepolicy.py)
         await start_client(producer, s)
         repl: ReplicationConnection | None = None
         try:
-            publisher = ChangePublisher(producer, s.changes_topic)
+            publisher = ChangePublisher(producer, s.changes_topic, s.max_message_bytes)
             dlq = DeadLetterPublisher(producer, s.dlq_topic)
             await publisher.partitions()
             repl = await ReplicationConnection.open(s.pg_dsn)

@@ -10,6 +10,7 @@ dataset (storage targets, truncates) and heartbeats/snapshot markers go to every
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Iterable
 
 from aiokafka import AIOKafkaProducer
@@ -17,12 +18,15 @@ from aiokafka.errors import KafkaError
 from aiokafka.producer.message_accumulator import BatchBuilder
 
 from connectors.transactions import Rejected
-from walduck.config import WalduckSettings
+from walduck.config import DEFAULT_MAX_MESSAGE_BYTES, WalduckSettings
 from walduck.dlq import DeadLetter
 from walduck.kafka_security import client_kwargs
 from walduck.lsn import format_lsn
-from walduck.metrics import DLQ_RECORDS
+from walduck.metrics import CONNECTOR_OVERSIZE_RECORDS, DLQ_RECORDS
 from walduck.records import ChangeRecord, Kind, partition_of
+from walduck.sizepolicy import fit_record
+
+log = logging.getLogger(__name__)
 
 
 def best_compression() -> str:
@@ -33,7 +37,8 @@ def best_compression() -> str:
 
 
 def make_producer(settings: WalduckSettings, client_id: str = "walduck-connector") -> AIOKafkaProducer:
-    """The connector's producer for ``settings.kafka_bootstrap`` with its security settings."""
+    """The connector's producer for ``settings.kafka_bootstrap`` with its security settings;
+    ``max_request_size`` is the one size limit, ``settings.max_message_bytes`` (:mod:`walduck.sizepolicy`)."""
     return AIOKafkaProducer(
         **client_kwargs(settings),
         client_id=client_id,
@@ -42,14 +47,27 @@ def make_producer(settings: WalduckSettings, client_id: str = "walduck-connector
         compression_type=best_compression(),
         linger_ms=5,
         max_batch_size=1024 * 1024,
-        max_request_size=8 * 1024 * 1024,
+        max_request_size=settings.max_message_bytes,
         request_timeout_ms=30_000,
     )
 
 
-def encode_record(record: ChangeRecord) -> bytes:
-    """The Kafka value of a change record (:meth:`ChangeRecord.to_bytes`)."""
-    return record.to_bytes()
+def encode_record(record: ChangeRecord, limit: int = DEFAULT_MAX_MESSAGE_BYTES) -> bytes:
+    """The Kafka value of a change record (:meth:`ChangeRecord.to_bytes`), made to fit ``limit`` bytes by the
+    size policy (:func:`walduck.sizepolicy.fit_record`) when it would not."""
+    value, strategy = fit_record(record, limit)
+    if strategy is not None:
+        CONNECTOR_OVERSIZE_RECORDS.labels(strategy=strategy).inc()
+        log.warning(
+            "%s %s record of %s (key %s) over %d bytes: %s",
+            record.table,
+            record.op,
+            record.dataset_id,
+            record.key,
+            limit,
+            strategy,
+        )
+    return value
 
 
 def is_broadcast(record: ChangeRecord) -> bool:
@@ -75,9 +93,13 @@ class ChangePublisher:
     are as large as the stream is fast and no record waits for a timer.
     """
 
-    def __init__(self, producer: AIOKafkaProducer, topic: str) -> None:
+    def __init__(
+        self, producer: AIOKafkaProducer, topic: str, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    ) -> None:
         self.producer = producer
         self.topic = topic
+        # a record batch adds ~100 bytes of framing to one record: keep the record itself below the limit
+        self.record_limit = max_message_bytes - 1024
         self._partitions: list[int] | None = None
         self._partition_of: dict[bytes, int] = {}
         self._open: dict[int, _OpenBatch] = {}
@@ -138,7 +160,7 @@ class ChangePublisher:
         pending: set[asyncio.Future[None]] = set()
         messages = 0
         for record in records:
-            value = encode_record(record)
+            value = encode_record(record, self.record_limit)
             key = record.kafka_key()
             if is_broadcast(record):
                 for p in parts:

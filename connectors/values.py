@@ -8,6 +8,9 @@ three ways, one per consumer:
 * ``fast`` — the hot path (:func:`row_converter`, used by :class:`connectors.pgoutput.RowPlan`): takes the raw
   bytes, mostly a C callable (no Python frame per value); any exception sends the row to the careful path.
   JSON stays PostgreSQL's own (valid) JSON text as an ``orjson.Fragment``, written into the record verbatim.
+  The careful path does the same (every path, insert/update/delete/snapshot, carries the exact text).
+* Timestamps become walduck's instant text (:func:`walduck.timeutil.pg_timestamp`): ISO 8601 UTC, plus
+  ``infinity``/``-infinity``, expanded years above 9999 and astronomical (ISO 8601) years for BC.
 * ``kind`` — how the compiled encoder (``connectors/_rowjson.pyx``) writes the value into the row's JSON
   (:class:`JsonKind` mirrors that file's enum; ``OTHER`` calls the Python ``fast`` converter).
 
@@ -19,14 +22,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from enum import IntEnum
 from typing import Any
 
 import orjson
 
 from connectors.errors import DecodeError
-from walduck.timeutil import iso
+from walduck.jsonexact import loads_exact
+from walduck.timeutil import InstantError, pg_timestamp
 
 BOOL, INT8, INT2, INT4, TEXT, OID = 16, 20, 21, 23, 25, 26
 JSON, FLOAT4, FLOAT8, VARCHAR, BPCHAR = 114, 700, 701, 1043, 1042
@@ -42,18 +45,12 @@ def _timestamptz(text: str) -> str:
             return f"{text[:10]}T{clock}+00:00"
         if clock[8] == "." and 9 < len(clock) <= 15 and clock[9:].isdigit():
             return f"{text[:10]}T{clock[:8]}.{clock[9:]:0<6}+00:00"
-    if text in ("infinity", "-infinity"):
-        raise DecodeError("timestamp out of range", f"{text!r} has no ISO 8601 form")
-    # PostgreSQL's ISO output: '2024-01-01 00:00:00.5+00' / '+05:30' / BC years
-    if text.endswith(" BC"):
-        raise DecodeError("timestamp out of range", f"{text!r} is before year 1")
+    # everything else PostgreSQL prints (offsets, no offset = UTC, ±infinity, years > 9999, BC): walduck's
+    # documented instant encoding (walduck/timeutil.py), exact for every valid timestamp
     try:
-        value = datetime.fromisoformat(text)
-    except ValueError as exc:
-        raise DecodeError("bad timestamp", text) from exc
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return iso(value)
+        return pg_timestamp(text)
+    except InstantError as exc:
+        raise DecodeError("bad timestamp", text[:80]) from exc
 
 
 def _float(text: str) -> float:
@@ -66,11 +63,15 @@ def _bool(text: str) -> bool:
     return text == "t"
 
 
-def _json(text: str) -> Any:
+def _json(text: str) -> orjson.Fragment:
+    # PostgreSQL's own JSON text, verbatim (as the hot path): parsing it into float64 would lose jsonb's exact
+    # numerics (123456789012345678901234567890, 0.10000000000000000000001) or refuse them (1e400). Checked
+    # with the exact loader so a refusal still names the problem.
     try:
-        return orjson.loads(text)
-    except orjson.JSONDecodeError as exc:
-        raise DecodeError("bad json", str(exc)) from exc
+        loads_exact(text)
+    except (ValueError, RecursionError) as exc:
+        raise DecodeError("bad json", str(exc)[:200]) from exc
+    return orjson.Fragment(text)
 
 
 def parse_text_array(text: str) -> list[str | None]:

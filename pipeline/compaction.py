@@ -56,7 +56,8 @@ from walduck.catalog_tables import (
 )
 from walduck.deltas import PARTITION_FIELDS, Delta, DeltaKind, ShardChange
 from walduck.errors import InvariantBroken, Unprocessable
-from walduck.records import GLOBAL_KEY, ChangeRecord, Kind, Op, Source
+from walduck.jsonexact import dumps_exact
+from walduck.records import GLOBAL_KEY, ChangeRecord, Kind, Op, SharePosition, Source
 from walduck.shardkey import LEGACY_SHARD, shard_for
 
 _KNOWN_TABLES = frozenset(PUBLISHED_TABLES)
@@ -179,14 +180,24 @@ def _without_updated_at(row: dict[str, Any] | None) -> dict[str, Any]:
     return {k: v for k, v in (row or {}).items() if k != "updated_at"}
 
 
+def _json_text(value: Any) -> str | None:
+    """A JSON member as PostgreSQL's ``->>`` gives it: a string as is, anything else as its JSON text."""
+    if value is None or isinstance(value, str):
+        return value
+    return dumps_exact(value).decode()
+
+
 def partition_entry(row: dict[str, Any], manifest: ManifestInfo | None) -> dict[str, Any]:
-    """The delta entry of one partition row: exactly :data:`PARTITION_FIELDS`."""
-    meta = row.get("metadata") or {}
+    """The delta entry of one partition row: exactly :data:`PARTITION_FIELDS`. ``metadata`` may be any JSON
+    (an array, a string, a number: jsonb does not say); only an object's members count, read like ``->>``."""
+    meta = row.get("metadata")
+    if not isinstance(meta, dict):
+        meta = {}
     entry = {name: row.get(name) for name in PARTITION_FIELDS}
-    entry["schema_version_id"] = meta.get("schemaVersionId") or (
+    entry["schema_version_id"] = _json_text(meta.get("schemaVersionId")) or (
         manifest.schema_version_id if manifest else None
     )
-    entry["table_name"] = meta.get("tableName") or DEFAULT_TABLE_NAME
+    entry["table_name"] = _json_text(meta.get("tableName")) or DEFAULT_TABLE_NAME
     if not entry.get("manifest_shard"):
         entry["manifest_shard"] = manifest.shard if manifest else shard_for(row.get("start_time"))
     return entry
@@ -237,11 +248,44 @@ class Compactor:
     def state_partitions(self) -> int:
         return sum(len(s.partitions) for s in self.shards.values())
 
-    def skip(self, offset: int) -> None:
-        """An offset that carried no usable record (sent to the DLQ): it still belongs to the window."""
+    def skip(self, offset: int, position: SharePosition | None = None) -> None:
+        """An offset that carried no usable record (sent to the DLQ): it still belongs to the window. With the
+        record's ``position`` (its bytes still named one) it also takes its slot in its transaction share, so the
+        share's other records complete and seal (a rejected record never orphans its transaction)."""
         self._advance(offset)
         self._window.extend(offset)
+        if position is not None:
+            key = position.dataset_id or GLOBAL_KEY
+            ident = (position.source, position.commit_lsn, position.xid)
+            share = self._share_for(
+                key, ident, position.source is Source.STREAM, position.commit_lsn, position.tx_size
+            )
+            if share is not None and position.tx_index not in share.slots:
+                share.slots[position.tx_index] = (offset, None)
+                if share.complete:
+                    del self._shares[key]
+                    self._apply_share(key, share)
         self._maybe_force_seal()
+
+    def _share_for(
+        self, key: str, ident: tuple[Any, ...], stream: bool, commit_lsn: int, size: int
+    ) -> _Share | None:
+        """The half-received share of ``key`` a record of transaction ``ident`` belongs to (a new one when none
+        is); ``None`` for a re-send of an applied transaction."""
+        share = self._shares.get(key)
+        if share is not None and share.ident != ident:
+            # a different transaction for this key while one is half-received: the old one is broken
+            self.rejected.extend(
+                Rejected(off, r, "incomplete_transaction") for off, r in share.slots.values()
+            )
+            del self._shares[key]
+            share = None
+        if share is None:
+            if stream and commit_lsn <= self.last_applied.get(key, -1):
+                return None  # a re-send of an applied transaction (connector restart)
+            share = _Share(ident=ident, size=size)
+            self._shares[key] = share
+        return share
 
     def feed(self, rec: ChangeRecord, offset: int) -> None:
         """Take one record. Raises :class:`InvalidChange` for a record to send to the DLQ (its slot is
@@ -294,21 +338,10 @@ class Compactor:
             return
         if rec.kind is Kind.SNAPSHOT_DONE:
             return
-        stream = rec.source is Source.STREAM
-        share = self._shares.get(key)
         ident = (rec.source, rec.commit_lsn, rec.xid)
-        if share is not None and share.ident != ident:
-            # a different transaction for this key while one is half-received: the old one is broken
-            self.rejected.extend(
-                Rejected(off, r, "incomplete_transaction") for off, r in share.slots.values()
-            )
-            del self._shares[key]
-            share = None
+        share = self._share_for(key, ident, rec.source is Source.STREAM, rec.commit_lsn, rec.tx_size)
         if share is None:
-            if stream and rec.commit_lsn <= self.last_applied.get(key, -1):
-                return  # a re-send of an applied transaction (connector restart)
-            share = _Share(ident=ident, size=rec.tx_size)
-            self._shares[key] = share
+            return
         if rec.tx_index in share.slots:
             return  # duplicate of a record already buffered
         problem = self._validate(rec)

@@ -27,6 +27,23 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 
+# wal2json: the independent logical decoder of the differential test (tests/integration/connector/
+# test_differential_wal2json.py), for each installed PostgreSQL major version
+need_w2j=()
+for pgdir in /usr/lib/postgresql/*/; do
+  [ -d "$pgdir" ] || continue
+  [ -f "${pgdir}lib/wal2json.so" ] || need_w2j+=("postgresql-$(basename "$pgdir")-wal2json")
+done
+if [ ${#need_w2j[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "walduck: missing ${need_w2j[*]}; run as root or install them: apt-get install ${need_w2j[*]}" >&2
+    exit 1
+  fi
+  echo "walduck: installing ${need_w2j[*]} from Debian's packages" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -qq "${need_w2j[@]}" >/dev/null || { apt-get update -qq && apt-get install -y -qq "${need_w2j[@]}" >/dev/null; }
+fi
+
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi

@@ -17,6 +17,8 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from walduck.deltas import PARTITION_FIELDS
+from walduck.jsonexact import dumps_exact
+from walduck.pgvalues import exact_loaders
 from walduck.timeutil import iso
 
 DEFAULT_TABLE_NAME = "records"
@@ -35,17 +37,24 @@ SELECT m.dataset_id AS m_dataset_id,
 """
 
 
+def _member_text(value: Any) -> str | None:
+    return value if value is None or isinstance(value, str) else dumps_exact(value).decode()
+
+
 def partition_row(raw: dict[str, Any], manifest_schema_version_id: str | None) -> dict[str, Any]:
     """A ``dataset_partitions`` row (dict) as a delta partition entry (``PARTITION_FIELDS``)."""
-    metadata = raw.get("metadata") or {}
+    metadata = raw.get("metadata")
+    if not isinstance(metadata, dict):  # jsonb of any shape: only an object's members count (like ->>)
+        metadata = {}
     out: dict[str, Any] = {}
     for name in PARTITION_FIELDS:
         if name == "schema_version_id":
-            out[name] = metadata.get("schemaVersionId") or manifest_schema_version_id
+            out[name] = _member_text(metadata.get("schemaVersionId")) or manifest_schema_version_id
         elif name == "table_name":
-            out[name] = metadata.get("tableName") or DEFAULT_TABLE_NAME
+            out[name] = _member_text(metadata.get("tableName")) or DEFAULT_TABLE_NAME
         elif name == "partition_key":
-            out[name] = dict(raw.get("partition_key") or {})
+            key = raw.get("partition_key")
+            out[name] = dict(key) if isinstance(key, dict) else (key if key is not None else {})
         else:
             value = raw.get(name)
             out[name] = iso(value) if isinstance(value, datetime) else value
@@ -62,6 +71,8 @@ def visible_partitions(
     query = sql.SQL(_VISIBLE_SQL).format(schema=sql.Identifier(schema))
     out: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
     with conn.cursor(row_factory=dict_row) as cur:
+        exact_loaders(cur)  # jsonb exact, timestamps as the change records carry them (also ±infinity, BC)
+        cur.execute("SET DateStyle = ISO")
         cur.execute(query)
         for raw in cur:
             shard = out.setdefault((raw["m_dataset_id"], raw["m_manifest_shard"]), {})

@@ -31,3 +31,43 @@ def dataset_of(table: str, row: dict[str, Any]) -> str | None:
     column = routing_column(table)
     value = None if column is None else row.get(column)
     return None if value is None else str(value)
+
+
+CONSUMED_COLUMNS: dict[str, frozenset[str]] = {
+    STORAGE_TARGETS: frozenset({"id", "name", "kind", "config"}),
+    DATASETS: frozenset(
+        {
+            "id",
+            "slug",
+            "name",
+            "description",
+            "status",
+            "write_format",
+            "default_storage_target_id",
+            "metadata",
+            "created_at",
+            "updated_at",
+        }
+    ),
+    SCHEMA_VERSIONS: frozenset({"id", "dataset_id", "version", "schema"}),
+    MANIFESTS: frozenset({"id", "dataset_id", "manifest_shard", "status", "schema_version_id"}),
+    PARTITIONS: frozenset(
+        {
+            "id",
+            "dataset_id",
+            "manifest_id",
+            "manifest_shard",
+            "storage_target_id",
+            "file_path",
+            "file_format",
+            "start_time",
+            "end_time",
+            "row_count",
+            "file_size_bytes",
+            "partition_key",
+            "metadata",
+        }
+    ),
+}
+"""The columns of each table some consumer (compactor, context) reads: the others may be left out of a record
+that would not fit the size limit otherwise (:mod:`walduck.sizepolicy`)."""

@@ -26,9 +26,9 @@ from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
 
-import orjson
-
-from walduck.records import GLOBAL_KEY, MAX_RECORD_BYTES, MalformedRecord
+from walduck.config import DEFAULT_MAX_MESSAGE_BYTES
+from walduck.jsonexact import dumps_exact, loads_exact
+from walduck.records import GLOBAL_KEY, MalformedRecord
 from walduck.shardkey import shard_id
 
 DELTA_SCHEMA_VERSION = 1
@@ -100,18 +100,19 @@ class Delta:
         )
 
     def to_bytes(self) -> bytes:
-        return orjson.dumps(asdict(self))
+        return dumps_exact(asdict(self))
 
     @classmethod
-    def from_bytes(cls, raw: bytes | None) -> Delta:
-        """Decode and validate; raises :class:`~walduck.records.MalformedRecord`."""
+    def from_bytes(cls, raw: bytes | None, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Delta:
+        """Decode and validate; raises :class:`~walduck.records.MalformedRecord`. ``max_bytes``: the one size
+        limit (``WALDUCK_MAX_MESSAGE_BYTES``, :mod:`walduck.sizepolicy`)."""
         if raw is None:
             raise MalformedRecord("empty value (tombstone)")
-        if len(raw) > MAX_RECORD_BYTES * 8:
-            raise MalformedRecord(f"delta of {len(raw)} bytes is too large")
+        if len(raw) > max_bytes:
+            raise MalformedRecord(f"delta of {len(raw)} bytes exceeds {max_bytes}")
         try:
-            doc = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
+            doc = loads_exact(raw)
+        except (ValueError, RecursionError) as exc:
             raise MalformedRecord(f"not JSON: {exc}") from None
         if not isinstance(doc, dict):
             raise MalformedRecord("not a JSON object")

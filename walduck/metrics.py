@@ -29,6 +29,11 @@ CONNECTOR_RECORDS = Counter(
     "Change records published, by source table and operation.",
     ["table", "op"],
 )
+CONNECTOR_OVERSIZE_RECORDS = Counter(
+    "walduck_connector_oversize_records_total",
+    "Change records over WALDUCK_MAX_MESSAGE_BYTES made to fit, by strategy (walduck/sizepolicy.py).",
+    ["strategy"],
+)
 CONNECTOR_TRANSACTIONS = Counter(
     "walduck_connector_transactions_total", "Source transactions fully acknowledged by Kafka."
 )

@@ -11,10 +11,13 @@ Version 1 fields (all present on every record; ``None`` where not applicable):
 ``table``      source table name without schema (``dataset_partitions`` …)
 ``op``         ``insert`` | ``update`` | ``delete`` | ``truncate`` | ``read`` (snapshot)
 ``key``        primary-key columns, e.g. ``{"id": "part-…"}``
-``new``        the new row (insert/update/read), typed (ints, floats, bools, dicts,
-               timestamps as ISO 8601 strings with offset). Inside the connector an
-               inserted row may already be encoded (``orjson.Fragment``); on the wire it is
-               always this JSON object
+``new``        the new row (insert/update/read), typed (ints, floats, bools, text
+               arrays as lists; JSON/JSONB columns are PostgreSQL's own JSON text
+               verbatim, so their numbers are exact: decode with
+               :func:`walduck.jsonexact.loads_exact`; timestamps as walduck's instant
+               text, see below). Inside the connector JSON columns and inserted rows
+               may already be encoded (``orjson.Fragment``); on the wire it is always
+               this JSON object
 ``old``        the old row (update/delete; complete because the connector sets
                REPLICA IDENTITY FULL on the catalog tables)
 ``dataset_id`` the dataset the row belongs to (the Kafka key); ``None`` for global rows
@@ -31,6 +34,22 @@ Version 1 fields (all present on every record; ``None`` where not applicable):
 ``tx_total``   number of records in the whole transaction
 =============  =====================================================================
 
+Two optional fields (absent or ``None`` on nearly every record) keep a record within the one size limit
+(``WALDUCK_MAX_MESSAGE_BYTES``; :mod:`walduck.sizepolicy`):
+
+``old_same_as_new``  columns whose old value equals the new one, carried once in ``new`` (an
+                     UPDATE of a row holding a large unchanged TOASTed value); :meth:`ChangeRecord.from_bytes`
+                     puts them back into ``old``
+``omitted``          columns no consumer reads, left out of ``new`` and ``old``; ``["*"]``: the row
+                     itself was over the limit (the record carries no row and is dead-lettered)
+
+Timestamps (``timestamp``/``timestamptz`` columns) are UTC ISO 8601 with ``+00:00``
+(``2024-01-01T00:00:00.500000+00:00``, fraction only when non-zero). PostgreSQL instants plain ISO 8601
+cannot hold have this encoding (:mod:`walduck.timeutil`, round-trips exactly):
+``infinity`` and ``-infinity``; years above 9999 as expanded years with a sign
+(``+10000-01-01T00:00:00+00:00``); BC years as astronomical years, ``0000`` = 1 BC, ``-0001`` = 2 BC
+(``'0001-01-01 00:30:00+01'`` is ``0000-12-31T23:30:00+00:00``).
+
 Duplicates after a crash carry the same ``commit_lsn``/``lsn`` as the original, so a consumer
 that remembers the highest applied ``(commit_lsn, lsn)`` drops them.
 """
@@ -44,7 +63,9 @@ from typing import Any
 import orjson
 from aiokafka.partitioner import murmur2
 
+from walduck.config import DEFAULT_MAX_MESSAGE_BYTES
 from walduck.errors import Unprocessable
+from walduck.jsonexact import dumps_exact, loads_exact
 
 SCHEMA_VERSION = 1
 GLOBAL_KEY = "__global__"
@@ -58,7 +79,8 @@ def partition_of(key: str | bytes, partitions: int) -> int:
     return (murmur2(raw) & 0x7FFFFFFF) % max(partitions, 1)
 
 
-MAX_RECORD_BYTES = 4 * 1024 * 1024
+OMITTED_ALL = "*"
+"""``omitted = ["*"]``: a record over the size limit that carries no row (:mod:`walduck.sizepolicy`)."""
 
 
 class Kind(StrEnum):
@@ -88,6 +110,46 @@ class MalformedRecord(Unprocessable, ValueError):
         self.reason = reason
 
 
+@dataclass(frozen=True, slots=True)
+class SharePosition:
+    """Where a record sits in its transaction share: what a consumer needs to account for a record it rejects
+    (so the rest of the share still completes), read from a record too broken to decode
+    (:func:`share_position`)."""
+
+    dataset_id: str | None
+    source: Source
+    commit_lsn: int
+    xid: int | None
+    tx_index: int
+    tx_size: int
+
+
+def share_position(raw: bytes | None) -> SharePosition | None:
+    """The share position of a malformed change record, when its bytes still name one; else ``None``."""
+    if not raw:
+        return None
+    try:
+        doc = loads_exact(raw)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(doc, dict) or doc.get("kind") != Kind.CHANGE.value:
+        return None
+    try:
+        source = Source(doc.get("source"))
+    except ValueError:
+        return None
+    commit_lsn, xid = doc.get("commit_lsn"), doc.get("xid")
+    index, size, dataset_id = doc.get("tx_index", 0), doc.get("tx_size", 1), doc.get("dataset_id")
+    ints_ok = all(isinstance(x, int) and not isinstance(x, bool) for x in (commit_lsn, index, size))
+    if not ints_ok or not 0 <= index < size or commit_lsn < 0:
+        return None
+    if (xid is not None and not isinstance(xid, int)) or (
+        dataset_id is not None and not isinstance(dataset_id, str)
+    ):
+        return None
+    return SharePosition(dataset_id, source, commit_lsn, xid, index, size)
+
+
 @dataclass(slots=True)
 class ChangeRecord:
     """One change (or heartbeat) as published. Treated as a value: nothing mutates a record after it is built
@@ -109,6 +171,8 @@ class ChangeRecord:
     tx_index: int = 0
     tx_size: int = 1
     tx_total: int = 1
+    old_same_as_new: list[str] | None = None
+    omitted: list[str] | None = None
     v: int = field(default=SCHEMA_VERSION)
 
     @property
@@ -124,18 +188,19 @@ class ChangeRecord:
     def to_bytes(self) -> bytes:
         # orjson serialises the dataclass itself (fields in order, enums by value, and the connector's
         # orjson.Fragment JSON columns verbatim), without dataclasses.asdict's deep copy
-        return orjson.dumps(self)
+        return dumps_exact(self)
 
     @classmethod
-    def from_bytes(cls, raw: bytes | None) -> ChangeRecord:
-        """Decode and validate; raises :class:`MalformedRecord` with a reason."""
+    def from_bytes(cls, raw: bytes | None, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> ChangeRecord:
+        """Decode and validate; raises :class:`MalformedRecord` with a reason. ``max_bytes`` is the one size
+        limit (``WALDUCK_MAX_MESSAGE_BYTES``, :mod:`walduck.sizepolicy`)."""
         if raw is None:
             raise MalformedRecord("empty value (tombstone)")
-        if len(raw) > MAX_RECORD_BYTES:
-            raise MalformedRecord(f"record of {len(raw)} bytes exceeds {MAX_RECORD_BYTES}")
+        if len(raw) > max_bytes:
+            raise MalformedRecord(f"record of {len(raw)} bytes exceeds {max_bytes}")
         try:
-            doc = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
+            doc = loads_exact(raw)
+        except (ValueError, RecursionError) as exc:
             raise MalformedRecord(f"not JSON: {exc}") from None
         if not isinstance(doc, dict):
             raise MalformedRecord("not a JSON object")
@@ -155,6 +220,25 @@ class ChangeRecord:
             raise MalformedRecord("lsn and commit_lsn must be non-negative integers")
         if not isinstance(commit_ts, str):
             raise MalformedRecord("commit_ts must be an ISO 8601 string")
+        omitted = doc.get("omitted")
+        if omitted is not None and (
+            not isinstance(omitted, list) or not all(isinstance(c, str) for c in omitted)
+        ):
+            raise MalformedRecord("omitted must be a list of column names")
+        if omitted and OMITTED_ALL in omitted:
+            raise MalformedRecord("oversize record: its row exceeded the size limit (omitted *)")
+        same = doc.get("old_same_as_new")
+        if same is not None:
+            old_row, new_row = doc.get("old"), doc.get("new")
+            if (
+                not isinstance(same, list)
+                or not isinstance(old_row, dict)
+                or not isinstance(new_row, dict)
+                or not all(isinstance(c, str) and c in new_row for c in same)
+            ):
+                raise MalformedRecord("old_same_as_new without old and new rows holding those columns")
+            for column in same:  # carried once, in new: the consumer sees the complete old row
+                old_row[column] = new_row[column]
         op = None
         if kind is Kind.CHANGE:
             try:
@@ -186,4 +270,6 @@ class ChangeRecord:
             tx_index=tx_index,
             tx_size=tx_size,
             tx_total=tx_total,
+            old_same_as_new=same,
+            omitted=omitted,
         )

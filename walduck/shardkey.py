@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from walduck.timeutil import instant_day
+
 LEGACY_SHARD = "root"
 
 
@@ -16,7 +18,7 @@ def shard_for(start_time: datetime | str | None) -> str:
     if start_time is None:
         return LEGACY_SHARD
     if isinstance(start_time, str):
-        start_time = datetime.fromisoformat(start_time)
+        return instant_day(start_time)  # also ±infinity, expanded and BC years (walduck/timeutil.py)
     if start_time.tzinfo is None:
         start_time = start_time.replace(tzinfo=UTC)
     return start_time.astimezone(UTC).strftime("%Y-%m-%d")

@@ -46,6 +46,13 @@ _COLUMNS: list[tuple[str, pa.DataType]] = [
 ]
 
 
+def _clamped(column: str) -> str:
+    return (
+        f"(greatest(least({column}, '9999-12-31 23:59:59.999999+00'::timestamptz),"
+        f" '0001-01-01 00:00:00+00'::timestamptz) AT TIME ZONE 'UTC')::text"
+    )
+
+
 def copy_partitions(cur: psycopg.Cursor[Any], schema: str, dataset_ids: list[str] | None) -> pa.Table:
     """The visible partitions (published manifests), in the caller's transaction (its snapshot)."""
     s = sql.Identifier(schema)
@@ -57,7 +64,9 @@ def copy_partitions(cur: psycopg.Cursor[Any], schema: str, dataset_ids: list[str
     query = (
         sql.SQL(
             "COPY (SELECT p.id, p.dataset_id, p.manifest_id, p.manifest_shard, p.storage_target_id, p.file_path,"
-            " p.file_format, (p.start_time AT TIME ZONE 'UTC')::text, (p.end_time AT TIME ZONE 'UTC')::text,"
+            # instants a context's TIMESTAMP cannot hold (±infinity, BC, years > 9999) are clamped as the delta
+            # path clamps them (docs/contexts.md "Values"); pyarrow's ISO 8601 parser refuses them otherwise
+            f" p.file_format, {_clamped('p.start_time')}, {_clamped('p.end_time')},"
             " p.row_count, p.file_size_bytes,"
             " coalesce(p.metadata->>'schemaVersionId', m.schema_version_id),"
             " coalesce(p.metadata->>'tableName', 'records'), p.partition_key::text"

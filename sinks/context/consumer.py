@@ -146,7 +146,15 @@ class DeltaConsumer:
         for partition, records in polled:
             for rec in records:
                 try:
-                    decoded.append((Delta.from_bytes(rec.value), partition, rec.offset, rec.value, rec.key))
+                    decoded.append(
+                        (
+                            Delta.from_bytes(rec.value, self.store.walduck.max_message_bytes),
+                            partition,
+                            rec.offset,
+                            rec.value,
+                            rec.key,
+                        )
+                    )
                 except MalformedRecord as exc:
                     await self._dead_letter(partition, rec.offset, rec.value, rec.key, "malformed", str(exc))
         if not decoded:

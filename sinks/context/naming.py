@@ -31,7 +31,7 @@ def alias_warning(slug: str, view_name: str) -> str | None:
 
 def duckdb_type(field_type: str | None) -> str:
     """Schema field type -> DuckDB type (reference §2.1.3)."""
-    t = (field_type or "").strip().lower()
+    t = field_type.strip().lower() if isinstance(field_type, str) else ""
     if t == "timestamp":
         return "TIMESTAMP"
     if t in ("double", "float", "real"):
@@ -47,12 +47,19 @@ def schema_columns(schema: dict[str, Any] | None) -> list[tuple[str, str, bool, 
     """``{fields:[{name,type,nullable?,description?}]}`` -> [(name, duckdb_type, nullable, description)]."""
     out: list[tuple[str, str, bool, str | None]] = []
     seen: set[str] = set()
-    for f in (schema or {}).get("fields") or []:
+    fields = schema.get("fields") if isinstance(schema, dict) else None
+    for f in fields if isinstance(fields, list) else []:  # jsonb: any shape may arrive
         if not isinstance(f, dict) or not isinstance(f.get("name"), str) or f["name"] in seen:
             continue
         seen.add(f["name"])
+        description = f.get("description")
         out.append(
-            (f["name"], duckdb_type(f.get("type")), bool(f.get("nullable", True)), f.get("description"))
+            (
+                f["name"],
+                duckdb_type(f.get("type")),
+                bool(f.get("nullable", True)),
+                description if isinstance(description, str) else None,
+            )
         )
     return out
 

@@ -11,12 +11,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-import orjson
 import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
+from walduck.jsonexact import dumps_exact
 from walduck.lsn import parse_lsn
+from walduck.pgvalues import exact_loaders
 from walduck.timeutil import iso
 
 
@@ -62,7 +63,9 @@ def read_catalog(
     if not conn.autocommit:
         conn.commit()  # the snapshot below must be a new transaction, taken after the LSN read
     with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+        exact_loaders(cur)  # jsonb exact, timestamps as the change records carry them
         cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        cur.execute("SET LOCAL DateStyle = ISO")
         cur.execute(
             sql.SQL(
                 "SELECT id, slug, name, description, status, write_format, default_storage_target_id,"
@@ -107,4 +110,4 @@ def as_json_text(value: Any) -> str | None:
         return None
     if isinstance(value, str):
         return value
-    return orjson.dumps(value).decode()
+    return dumps_exact(value).decode()

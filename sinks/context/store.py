@@ -50,9 +50,10 @@ from walduck import metrics
 from walduck.config import ContextMode, WalduckSettings
 from walduck.deltas import Delta, DeltaKind
 from walduck.errors import WalduckError
+from walduck.jsonexact import loads_exact
 from walduck.lsn import format_lsn
 from walduck.records import GLOBAL_KEY, partition_of
-from walduck.timeutil import iso, parse_iso, utcnow
+from walduck.timeutil import iso, parse_instant_clamped, utcnow
 
 log = logging.getLogger(__name__)
 _MAX_DATASET_DELETES = 3
@@ -129,7 +130,9 @@ class DatasetView:
 def _naive_utc(value: Any) -> datetime | None:
     if value is None:
         return None
-    ts = parse_iso(value) if isinstance(value, str) else value
+    # row times are walduck's instant text; the ones a DuckDB TIMESTAMP (years 1..9999) cannot hold
+    # (±infinity, years > 9999, BC) are clamped to its ends (docs/contexts.md, "Values")
+    ts = parse_instant_clamped(value)[0] if isinstance(value, str) else value
     if ts.tzinfo is not None:
         ts = ts.astimezone(UTC).replace(tzinfo=None)
     return ts
@@ -140,8 +143,8 @@ def _as_dict(value: Any) -> dict[str, Any]:
         return {}
     if isinstance(value, str):
         try:
-            loaded = orjson.loads(value)
-        except orjson.JSONDecodeError:
+            loaded = loads_exact(value)
+        except (ValueError, RecursionError):
             return {}
         return loaded if isinstance(loaded, dict) else {}
     return dict(value) if isinstance(value, dict) else {}

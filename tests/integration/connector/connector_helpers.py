@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import orjson
 import psycopg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
@@ -24,6 +25,7 @@ from walduck.catalog_tables import PUBLISHED_TABLES
 from walduck.config import WalduckSettings
 from walduck.dlq import DeadLetter
 from walduck.dlq import read as read_dead_letter
+from walduck.jsonexact import loads_exact
 from walduck.records import ChangeRecord, Kind, Op, Source
 
 
@@ -259,6 +261,11 @@ def catalog_rows(dsn: str, schema: str = "timestore") -> dict[str, dict[str, dic
     """Every row of the five catalog tables, typed like the connector types them (text -> converters)."""
     from connectors.values import convert
 
+    def typed(oid: int, text: str) -> object:
+        value = convert(oid, text.encode())
+        # JSON columns are PostgreSQL's text (orjson.Fragment): read as the compactor reads a record
+        return loads_exact(orjson.dumps(value)) if isinstance(value, orjson.Fragment) else value
+
     out: dict[str, dict[str, dict[str, object]]] = {}
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("SET DateStyle = ISO")
@@ -273,8 +280,7 @@ def catalog_rows(dsn: str, schema: str = "timestore") -> dict[str, dict[str, dic
             rows = conn.execute(f'SELECT {select} FROM "{schema}"."{table}"').fetchall()
             out[table] = {
                 row[0]: {
-                    n: None if v is None else convert(oid, v.encode())
-                    for (n, oid), v in zip(cols, row, strict=True)
+                    n: None if v is None else typed(oid, v) for (n, oid), v in zip(cols, row, strict=True)
                 }
                 for row in rows
             }

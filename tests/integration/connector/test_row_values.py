@@ -16,6 +16,7 @@ from connector_helpers import (  # type: ignore[import-not-found]
     current_lsn,
     fold,
     read_changes,
+    read_topic,
     running_connector,
     wait_confirmed,
     wait_snapshot_done,
@@ -109,3 +110,140 @@ async def test_hostile_values_arrive_exactly(catalog_dsn: str, fresh_topics, enc
     }
     assert set(ids) <= inserted, "the hostile partitions came from the stream"
     assert_same_catalog(fold(by_partition), catalog_rows(catalog_dsn))
+
+
+# issue 16, findings 1-3: values float64 or ISO 8601 cannot hold, on insert, update, delete and snapshot
+EXACT_STATS = (
+    '{"big": 123456789012345678901234567890, "pi": 3.141592653589793238462643383279502884197,'
+    ' "cents": 0.10000000000000000000001, "u64over": 18446744073709551616, "huge": 1e400}'
+)
+ODD_TIMES = [
+    ("infinity", "infinity"),
+    ("-infinity", "-infinity"),
+    ("10000-01-01 00:00:00+00", "+10000-01-01T00:00:00+00:00"),
+    ("294276-12-31 23:59:59+00", "+294276-12-31T23:59:59+00:00"),
+    ("0044-03-15 12:00:00+00 BC", "-0043-03-15T12:00:00+00:00"),
+    ("0001-01-01 00:30:00+01", "0000-12-31T23:30:00+00:00"),
+]
+
+
+def _write_exact_rows(dsn: str, prefix: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO timestore.storage_targets (id, name, kind) VALUES (%s, %s, 'local')"
+            " ON CONFLICT DO NOTHING",
+            ["st-x", "x"],
+        )
+        conn.execute(
+            "INSERT INTO timestore.datasets (id, slug, name, metadata, created_at) VALUES (%s, %s, %s, %s, %s)",
+            [f"{prefix}ds", f"{prefix}ds", "x", EXACT_STATS, "infinity"],
+        )
+        conn.execute(
+            "INSERT INTO timestore.dataset_manifests (id, dataset_id, version, status)"
+            " VALUES (%s, %s, 1, 'published')",
+            [f"{prefix}dm", f"{prefix}ds"],
+        )
+        for i, (start, _) in enumerate(ODD_TIMES):
+            conn.execute(
+                "INSERT INTO timestore.dataset_partitions (id, dataset_id, manifest_id, partition_key,"
+                " storage_target_id, file_format, file_path, start_time, end_time, column_statistics)"
+                " VALUES (%s, %s, %s, %s, 'st-x', 'parquet', %s, %s, %s, %s)",
+                [
+                    f"{prefix}p{i}",
+                    f"{prefix}ds",
+                    f"{prefix}dm",
+                    EXACT_STATS,
+                    f"{prefix}/{i}.parquet",
+                    start,
+                    "infinity",  # (end_time >= start_time)
+                    EXACT_STATS,
+                ],
+            )
+
+
+async def test_exact_values_on_every_path(catalog_dsn: str, fresh_topics) -> None:
+    from decimal import Decimal
+
+    settings = await fresh_topics(partitions=2, pg_dsn=catalog_dsn)
+    _write_exact_rows(catalog_dsn, "snap-")  # read by the snapshot
+    async with running_connector(settings, ConnectorSettings(status_interval=0.2, heartbeat_interval=0)):
+        await wait_snapshot_done(catalog_dsn, settings.slot_name)
+        _write_exact_rows(catalog_dsn, "wal-")  # inserts
+        with psycopg.connect(catalog_dsn, autocommit=True) as conn:
+            for prefix in ("snap-", "wal-"):  # updates of another column, then deletes (careful path)
+                conn.execute(
+                    "UPDATE timestore.dataset_partitions SET row_count = 7 WHERE dataset_id = %s",
+                    [f"{prefix}ds"],
+                )
+                conn.execute(
+                    "UPDATE timestore.datasets SET status = 'inactive' WHERE id = %s", [f"{prefix}ds"]
+                )
+                conn.execute("DELETE FROM timestore.dataset_partitions WHERE id = %s", [f"{prefix}p0"])
+        await wait_confirmed(catalog_dsn, settings.slot_name, current_lsn(catalog_dsn))
+    by_partition = await read_changes(settings.kafka_bootstrap, settings.changes_topic)
+    records = [r for recs in by_partition.values() for r in recs if r.kind is Kind.CHANGE]
+    want = {
+        "big": 123456789012345678901234567890,
+        "pi": Decimal("3.141592653589793238462643383279502884197"),
+        "cents": Decimal("0.10000000000000000000001"),
+        "u64over": 18446744073709551616,
+        "huge": Decimal("1e400"),
+    }
+    seen = set()
+    for r in records:
+        if r.table != "dataset_partitions":
+            continue
+        for side in (r.new, r.old):
+            if side:
+                assert side["column_statistics"] == want and side["partition_key"] == want, (r.op, r.key)
+                i = int(side["id"][-1])
+                assert (side["start_time"], side["end_time"]) == (ODD_TIMES[i][1], "infinity")
+        seen.add((r.source, r.op))
+    assert seen == {
+        (Source.SNAPSHOT, Op.READ),
+        (Source.STREAM, Op.INSERT),
+        (Source.STREAM, Op.UPDATE),
+        (Source.STREAM, Op.DELETE),
+    }
+    assert_same_catalog(fold(by_partition), catalog_rows(catalog_dsn))
+
+
+async def test_update_of_a_row_with_a_large_toasted_value_fits_the_limit(
+    catalog_dsn: str, fresh_topics
+) -> None:
+    """Issue 16, finding 4: a 2.2 MB dataset name, then a status update: REPLICA IDENTITY FULL sends the name
+    in old and new (4.4 MB). With a 4 MiB limit the record carries it once (old_same_as_new) and decodes to
+    the complete change; the compactor's delta says inactive."""
+    from pipeline.compaction import Compactor
+    from walduck.records import ChangeRecord
+
+    limit = 4 * 1024 * 1024
+    settings = (await fresh_topics(partitions=2, pg_dsn=catalog_dsn)).model_copy(
+        update={"max_message_bytes": limit}
+    )
+    name = "n" * 2_200_000
+    async with running_connector(settings, ConnectorSettings(status_interval=0.2, heartbeat_interval=0)):
+        await wait_snapshot_done(catalog_dsn, settings.slot_name)
+        with psycopg.connect(catalog_dsn, autocommit=True) as conn:
+            conn.execute(
+                "INSERT INTO timestore.datasets (id, slug, name) VALUES ('ds-big', 'ds-big', %s)", [name]
+            )
+            conn.execute("UPDATE timestore.datasets SET status = 'inactive' WHERE id = 'ds-big'")
+        await wait_confirmed(catalog_dsn, settings.slot_name, current_lsn(catalog_dsn))
+    raw = [
+        v
+        for msgs in (await read_topic(settings.kafka_bootstrap, settings.changes_topic)).values()
+        for _, v in msgs
+        if b'"ds-big"' in v[:2000] or b'"op":"update"' in v[:400]
+    ]
+    updates = [ChangeRecord.from_bytes(v, limit) for v in raw]
+    updates = [r for r in updates if r.op is Op.UPDATE and r.dataset_id == "ds-big"]
+    assert len(updates) == 1
+    (upd,) = updates
+    assert upd.old_same_as_new and "name" in upd.old_same_as_new
+    assert upd.old["name"] == upd.new["name"] == name
+    assert (upd.old["status"], upd.new["status"]) == ("active", "inactive")
+    comp = Compactor(0)
+    comp.feed(upd, 0)
+    (delta,) = comp.flush()
+    assert delta.dataset is not None and delta.dataset["status"] == "inactive"

@@ -1,6 +1,7 @@
 import orjson
 import pytest
 
+from walduck.config import DEFAULT_MAX_MESSAGE_BYTES
 from walduck.deltas import Delta, DeltaKind, ShardChange
 from walduck.records import GLOBAL_KEY, ChangeRecord, Kind, MalformedRecord, Op, Source
 
@@ -38,7 +39,7 @@ def test_change_record_roundtrip() -> None:
         (orjson.dumps({"v": 99}), "unknown schema version"),
         (orjson.dumps({"v": 1, "kind": "change", "source": "stream"}), "missing field"),
         (None, "tombstone"),
-        (b"x" * (5 * 1024 * 1024), "exceeds"),
+        (b"x" * (DEFAULT_MAX_MESSAGE_BYTES + 1), "exceeds"),
     ],
 )
 def test_malformed_records_name_their_reason(raw: bytes | None, reason: str) -> None:

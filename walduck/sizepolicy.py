@@ -1,0 +1,82 @@
+"""One size policy for change records, from the connector's producer to the topic to every consumer.
+
+One setting, ``WALDUCK_MAX_MESSAGE_BYTES`` (:attr:`walduck.config.WalduckSettings.max_message_bytes`,
+16 MiB), is the producer's ``max_request_size``, the topics' ``max.message.bytes``, and the largest record
+the compactor (change records) and the contexts (deltas) accept.
+
+A change record that would exceed it is made to fit without losing what a consumer needs, in this order
+(:func:`fit_record`; metric ``walduck_connector_oversize_records_total{strategy}``):
+
+1. ``old_same_as_new``: an UPDATE carries a column whose old value equals the new one (typically an
+   unchanged TOASTed value, which REPLICA IDENTITY FULL sends in both) once, in ``new``; the record lists those
+   columns in ``old_same_as_new`` and :meth:`walduck.records.ChangeRecord.from_bytes` restores ``old`` from
+   ``new``: consumers see the complete record.
+2. ``omitted_columns``: columns no consumer reads (:data:`walduck.catalog_tables.CONSUMED_COLUMNS`, e.g.
+   ``column_statistics``, ``column_bloom_filters``) are left out of ``new`` and ``old``, largest first, and
+   listed in ``omitted``.
+3. ``stub``: still too large (a value a consumer reads is itself over the limit): the record keeps its key,
+   table, op, dataset and transaction position with ``omitted = ["*"]`` and no row. Its transaction share stays
+   whole (the compactor dead-letters the stub and seals the rest); the change itself is lost to the context,
+   which ``walduck verify`` reports as drift for that dataset (rebuild it: ``docs/operations.md``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import orjson
+
+from walduck.catalog_tables import CONSUMED_COLUMNS
+from walduck.records import OMITTED_ALL, ChangeRecord, Op
+
+
+def _size(value: Any) -> int:
+    return len(orjson.dumps(value))
+
+
+def fit_record(record: ChangeRecord, limit: int) -> tuple[bytes, str | None]:
+    """The record's Kafka value within ``limit`` bytes, and the strategy it took (``None``: it fit as is)."""
+    value = record.to_bytes()
+    if len(value) <= limit:
+        return value, None
+    old, new = record.old, record.new
+    if record.op is Op.UPDATE and isinstance(old, dict) and isinstance(new, dict):
+        same = sorted(
+            c for c, v in old.items() if c in new and (new[c] is v or orjson.dumps(new[c]) == orjson.dumps(v))
+        )
+        if same:
+            record = replace(
+                record, old={c: v for c, v in old.items() if c not in same}, old_same_as_new=same
+            )
+            value = record.to_bytes()
+            if len(value) <= limit:
+                return value, "old_same_as_new"
+    consumed = CONSUMED_COLUMNS.get(record.table or "")
+    if consumed is not None and isinstance(record.new, dict | None) and isinstance(record.old, dict | None):
+        sizes: dict[str, int] = {}
+        for row in (record.new, record.old):
+            for c, v in (row or {}).items():
+                if c not in consumed:
+                    sizes[c] = sizes.get(c, 0) + _size(v)
+        omitted: list[str] = []
+        excess = len(value) - limit
+        for c in sorted(sizes, key=lambda c: (-sizes[c], c)):
+            if excess <= 0:
+                break
+            omitted.append(c)
+            excess -= sizes[c]
+        if omitted:
+            drop = set(omitted)
+            record = replace(
+                record,
+                new=None if record.new is None else {c: v for c, v in record.new.items() if c not in drop},
+                old=None if record.old is None else {c: v for c, v in record.old.items() if c not in drop},
+                omitted=sorted(drop),
+                old_same_as_new=[c for c in record.old_same_as_new or [] if c not in drop] or None,
+            )
+            value = record.to_bytes()
+            if len(value) <= limit:
+                return value, "omitted_columns"
+    stub = replace(record, new=None, old=None, old_same_as_new=None, omitted=[OMITTED_ALL])
+    return stub.to_bytes(), "stub"
