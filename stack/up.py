@@ -26,7 +26,7 @@ from walduck.config import WalduckSettings
 
 console = Console()
 
-# Timestore's scope names (reference §4), configured on the query service `walduck up` runs: nothing is open
+# Timestore's scope names (Timestore's header IAM), configured on the query service `walduck up` runs: nothing is open
 TIMESTORE_SCOPES_ENV = {
     "WALDUCK_REQUIRE_SCOPE": "timestore:read",
     "WALDUCK_ADMIN_SCOPE": "timestore:admin",

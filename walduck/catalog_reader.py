@@ -82,7 +82,7 @@ def visible_partitions(
 
 
 def partition_location(storage_target: dict[str, Any], file_path: str, default_root: str | Path) -> str:
-    """Where a partition's file lives (reference §1.5).
+    """Where a partition's file lives (Timestore's dataset_partitions: storage target kind + file_path).
 
     local: ``<config.root or default_root>/<file_path>``; s3: ``s3://<bucket>/<file_path>``;
     gcs: ``gs://<bucket>/<file_path>``; azure_blob: ``azure://<host>/<container>/<file_path>``.

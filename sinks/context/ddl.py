@@ -1,5 +1,5 @@
 """The partition index: DuckDB tables of one context (all shards, tagged by ``shard``) and the
-``timestore_runtime`` views Timestore's SQL runtime exposed (reference §2.2.3)."""
+``timestore_runtime`` views Timestore's SQL runtime exposed (Timestore's initializeDuckDbDatabase runtime views)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Where a partition's file lives (reference §1.5: target kind + file_path)."""
+"""Where a partition's file lives (Timestore's dataset_partitions: storage target kind + file_path: target kind + file_path)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Timestore-compatible names and types (reference §2.1.3, §2.1.5, §2.1.7)."""
+"""Timestore-compatible names and types (Timestore's loadSqlContext: type mapping, timestamp column, view names)."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def alias_warning(slug: str, view_name: str) -> str | None:
 
 
 def duckdb_type(field_type: str | None) -> str:
-    """Schema field type -> DuckDB type (reference §2.1.3)."""
+    """Schema field type -> DuckDB type (Timestore's schema-to-DuckDB type mapping)."""
     t = field_type.strip().lower() if isinstance(field_type, str) else ""
     if t == "timestamp":
         return "TIMESTAMP"

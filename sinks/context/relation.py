@@ -5,7 +5,7 @@ Reference §2.8: Timestore projected the newest schema's columns from every file
 schema version they were written with; each group is one ``read_parquet([...])`` whose select list
 names the newest schema's columns, with ``NULL::T AS col`` for columns that version lacks and a cast
 where a column's type changed. No footer is opened to find this out (``union_by_name`` opens every
-footer at bind time, reference facts §5).
+footer at bind time, DuckDB's documented read_parquet behaviour).
 
 Scans with a known select list pass ``hive_partitioning = false``: Timestore writes partition keys as
 ``<key>=<value>`` path segments, and DuckDB's hive auto-detection would otherwise parse every path at bind

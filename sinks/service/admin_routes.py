@@ -1,4 +1,4 @@
-"""``/admin/*`` routes: runtime-cache snapshot/invalidate (reference §2.6) and the manifest endpoint (§3)."""
+"""``/admin/*`` routes: runtime-cache snapshot/invalidate (Timestore's admin snapshot endpoint) and the manifest endpoint (§3)."""
 
 from __future__ import annotations
 

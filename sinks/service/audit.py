@@ -1,4 +1,4 @@
-"""Batched, off-critical-path audit of SQL reads into ``dataset_access_audit`` (reference §1.10).
+"""Batched, off-critical-path audit of SQL reads into ``dataset_access_audit`` (Timestore's access-audit table).
 
 Requests only :meth:`AuditWriter.record` (a non-blocking queue put); a background task writes the
 queue in batches with one multi-row INSERT. If PostgreSQL is down the batch is retried with backoff;

@@ -1,6 +1,6 @@
 """PostgreSQL side of the service: saved queries, manifests, /sql/exec, one connection per call.
 
-Every connection runs ``SET search_path TO "<schema>", public`` like Timestore's pool (reference §0).
+Every connection runs ``SET search_path TO "<schema>", public`` like Timestore's pool (Timestore's catalog connection pool).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ class Catalog:
         finally:
             await conn.close()
 
-    # --- saved queries (reference §3) ----------------------------------------------------------
+    # --- saved queries (Timestore's SQL HTTP API contract) ----------------------------------------------------------
     _SAVED_COLUMNS = "id, statement, label, created_by, stats, created_at, updated_at"
 
     async def current_wal_lsn(self) -> int:
@@ -94,7 +94,7 @@ class Catalog:
             cur = await conn.execute("DELETE FROM sql_saved_queries WHERE id = %s", [query_id])
             return cur.rowcount > 0
 
-    # --- manifests (reference §3 admin routes) -------------------------------------------------
+    # --- manifests (Timestore's admin routes) -------------------------------------------------
     async def find_dataset(self, id_or_slug: str) -> dict[str, Any] | None:
         """By id first, then by slug."""
         async with self.connect() as conn, conn.cursor(row_factory=dict_row) as cur:

@@ -1,4 +1,4 @@
-"""Error bodies in Timestore's two shapes (reference §3).
+"""Error bodies in Timestore's two shapes (Timestore's SQL HTTP API contract).
 
 Thrown errors use Fastify's default ``{statusCode, error, message}``; handler-built ones ``{error}``.
 """

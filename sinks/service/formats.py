@@ -1,4 +1,4 @@
-"""Byte-exact renderings of Timestore's SQL results (reference §3).
+"""Byte-exact renderings of Timestore's SQL results (Timestore's SQL HTTP API contract).
 
 Values are first normalised the way Timestore's Node runtime did (timestamps -> ``toISOString()``,
 BIGINT -> number when it is a safe integer else a string, nested values recursed), then rendered:

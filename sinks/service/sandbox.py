@@ -1,6 +1,6 @@
 """The /sql/read sandbox: exactly one read-only SELECT over the context's own relations.
 
-Two checks, in this order (they mirror Timestore's error ordering, reference §3):
+Two checks, in this order (they mirror Timestore's error ordering, Timestore's SQL HTTP API contract):
 
 1. :func:`is_select_only` — Timestore's textual test (leading comments stripped; must start with
    ``select``, or ``with`` and contain ``select``; no second statement after a ``;``). A failure is the

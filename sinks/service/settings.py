@@ -10,7 +10,7 @@ from walduck.errors import WalduckError
 
 
 def _env(name: str, *timestore: str) -> AliasChoices:
-    """``WALDUCK_<NAME>`` first, then Timestore's variable names (reference §4)."""
+    """``WALDUCK_<NAME>`` first, then Timestore's variable names (Timestore's header IAM)."""
     return AliasChoices(f"WALDUCK_{name.upper()}", *timestore)
 
 
@@ -20,7 +20,7 @@ class QuerySettings(BaseSettings):
     host: str = Field("127.0.0.1", validation_alias=_env("query_host"))
     port: int = Field(8080, validation_alias=_env("query_port"))
 
-    # IAM (reference §4): comma lists; empty = the check is open. The service refuses to start while a route group
+    # IAM (Timestore's header IAM): comma lists; empty = the check is open. The service refuses to start while a route group
     # is open unless iam_open says so explicitly (Timestore's open mode, logged as a warning at start)
     iam_open: bool = Field(False, validation_alias=_env("iam_open"))
     require_scope: str = Field("", validation_alias=_env("require_scope", "TIMESTORE_REQUIRE_SCOPE"))

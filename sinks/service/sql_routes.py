@@ -1,4 +1,4 @@
-"""``/sql/*`` routes (reference §3): schema, read (DuckDB context), exec (PostgreSQL), saved queries."""
+"""``/sql/*`` routes (Timestore's SQL HTTP API contract): schema, read (DuckDB context), exec (PostgreSQL), saved queries."""
 
 from __future__ import annotations
 

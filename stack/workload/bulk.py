@@ -15,7 +15,7 @@ the real file the partition's contents come from:
   file exists and is readable; disk use is one directory entry per partition.
 * ``real``: one freshly written Parquet file per partition (slow; for small loads).
 * ``synthetic``: the same paths as ``shared`` but no link is made: the files do not exist (readers
-  skip missing objects, reference §2.2). Fastest; for catalog-only benchmarks.
+  skip missing objects, Timestore's initializeDuckDbDatabase). Fastest; for catalog-only benchmarks.
 """
 
 from __future__ import annotations

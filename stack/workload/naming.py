@@ -30,7 +30,7 @@ def sanitize_segment(text: str) -> str:
 
 
 def partition_file_path(slug: str, partition_key: Mapping[str, str], partition_id: str) -> str:
-    """``<sanitized-slug>/<k>=<v>/…(keys sorted)/<partitionId>.parquet`` (reference §1.5)."""
+    """``<sanitized-slug>/<k>=<v>/…(keys sorted)/<partitionId>.parquet`` (Timestore's dataset_partitions: storage target kind + file_path)."""
     segments = [sanitize_segment(slug)]
     segments += [
         f"{sanitize_segment(k)}={sanitize_segment(str(v))}" for k, v in sorted(partition_key.items())

@@ -1,4 +1,4 @@
-"""Timestore's catalog write shapes (reference §5.2/§5.3), each as ONE PostgreSQL transaction.
+"""Timestore's catalog write shapes (Timestore's ingest and lifecycle write paths), each as ONE PostgreSQL transaction.
 
 Every function takes an autocommit connection whose ``search_path`` is the catalog schema
 (see :func:`connect_catalog`), like Timestore's pooled clients. Functions marked "autocommit"

@@ -1,7 +1,7 @@
 """A tiny in-memory model of the Timestore catalog that emits change records like the connector.
 
 Used by the property tests and the integration tests (synthetic workload without PostgreSQL). Each
-operation is one of the write shapes of reference §5, applied to plain dicts; each transaction becomes
+operation is one of the write shapes of Timestore's catalog write shapes, applied to plain dicts; each transaction becomes
 ChangeRecords with full old rows (REPLICA IDENTITY FULL), ``tx_index``/``tx_size`` per Kafka key, and the
 ``__global__`` key for storage targets and heartbeats. :meth:`CatalogModel.visible` computes the
 visible set straight from the final catalog, the ground truth the deltas must reproduce.

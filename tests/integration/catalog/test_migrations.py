@@ -1,4 +1,4 @@
-"""The catalog migrations create Timestore's schema (reference §1), idempotently, in any schema."""
+"""The catalog migrations create Timestore's schema (Timestore's catalog DDL, migrations 001–014), idempotently, in any schema."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Each workload shape is ONE PostgreSQL transaction with Timestore's row changes (reference §5.2/§5.3),
+"""Each workload shape is ONE PostgreSQL transaction with Timestore's row changes (Timestore's ingest and lifecycle write paths),
 observed through a logical slot with the built-in ``test_decoding`` plugin."""
 
 from __future__ import annotations

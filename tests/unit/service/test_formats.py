@@ -1,4 +1,4 @@
-"""Byte-exact renderings against Timestore's examples (reference §3, §6)."""
+"""Byte-exact renderings against Timestore's examples (Timestore's SQL API contract and its e2e tests)."""
 
 from __future__ import annotations
 

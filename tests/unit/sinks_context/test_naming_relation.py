@@ -1,4 +1,4 @@
-"""View-name sanitising (reference §2.1.7), type mapping, timestamp column rule, null-fill SQL."""
+"""View-name sanitising (Timestore's view-name sanitising), type mapping, timestamp column rule, null-fill SQL."""
 
 from __future__ import annotations
 
