@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import typer
@@ -26,7 +27,6 @@ def verify(
     url: str = typer.Option(
         None, help="A running query service (GET /admin/sql/runtime-cache?detail=partitions)."
     ),
-    token: str = typer.Option(None, envvar="WALDUCK_ADMIN_TOKEN", help="Bearer token for the admin route."),
     data_dir: Path = typer.Option(None, help="[WALDUCK_DATA_DIR]"),
     pg_dsn: str = typer.Option(None, "--pg-dsn", help="[WALDUCK_PG_DSN]"),
     context_path: Path = typer.Option(None, help="DuckDB context file to open read-only (no --url)."),
@@ -37,13 +37,26 @@ def verify(
         help="With --url: x-iam-scopes sent to the admin route (must include the service's admin scope).",
     ),
 ) -> None:
-    """Compare every dataset's visible partitions in a context with PostgreSQL's; exit 1 on drift."""
+    """Compare every dataset's visible partitions in a context with PostgreSQL's.
+
+    Exit codes: 0 in step, 1 drift, 2 the comparison could not be made (PostgreSQL or the service unreachable,
+    refused, a context file that cannot be opened), with one line saying why."""
+    import duckdb
+    import httpx
+    import psycopg
+
     from sinks.verify import verify as run_verify
+    from walduck.errors import WalduckError
 
     sink, walduck = _settings(data_dir, pg_dsn, context_path)
-    drifts = run_verify(
-        walduck, sink, url=url or sink.service_url or None, token=token, attempts=attempts, scopes=scopes
-    )
+    try:
+        drifts = run_verify(
+            walduck, sink, url=url or sink.service_url or None, attempts=attempts, scopes=scopes
+        )
+    except (psycopg.Error, httpx.HTTPError, duckdb.Error, OSError, WalduckError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        print(f"walduck verify: error: {type(exc).__name__}: {first}", file=sys.stderr)
+        raise typer.Exit(2) from None
     if not drifts:
         console.print("[green]in step[/green]: every dataset's visible partitions match PostgreSQL")
         return

@@ -76,11 +76,11 @@ DEFAULT_VERIFY_SCOPES = "timestore:admin"
 
 
 def context_snapshot_from_service(
-    url: str, token: str | None, timeout_s: float = 30.0, scopes: str | None = DEFAULT_VERIFY_SCOPES
+    url: str, timeout_s: float = 30.0, scopes: str | None = DEFAULT_VERIFY_SCOPES
 ) -> dict[str, Any]:
     """The service's runtime-cache snapshot; ``scopes`` goes in ``x-iam-scopes`` (the route needs the admin
     scope when the service has one configured, as a gateway would set it)."""
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    headers: dict[str, str] = {}
     if scopes:
         headers["x-iam-scopes"] = scopes
     resp = httpx.get(
@@ -121,7 +121,6 @@ def verify(
     walduck: WalduckSettings,
     settings: SinkSettings,
     url: str | None = None,
-    token: str | None = None,
     attempts: int = 3,
     wait_s: float = 30.0,
     scopes: str | None = DEFAULT_VERIFY_SCOPES,
@@ -134,7 +133,7 @@ def verify(
         if url:
             deadline = time.monotonic() + wait_s
             while True:
-                snap = context_snapshot_from_service(url, token, scopes=scopes)
+                snap = context_snapshot_from_service(url, scopes=scopes)
                 if parse_lsn(snap.get("appliedLsn") or "0/0") >= lsn or time.monotonic() > deadline:
                     break
                 time.sleep(0.2)

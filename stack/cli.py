@@ -43,7 +43,6 @@ app = _WalduckApp(
 )
 # WALDUCK_* variables read outside the settings classes (typer envvars, local services, the test suite)
 DIRECT_VARIABLES = (
-    "WALDUCK_ADMIN_TOKEN",
     "WALDUCK_VERIFY_SCOPES",
     "WALDUCK_BENCH_KEEP",
     "WALDUCK_CACHE_DIR",
@@ -65,8 +64,20 @@ def settings_classes() -> list[type]:
     return [WalduckSettings, ConnectorSettings, CompactorSettings, SinkSettings, QuerySettings]
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"walduck {version('walduck')}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _report_unknown_variables() -> None:
+def _report_unknown_variables(
+    _version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
     """A misspelt ``WALDUCK_*`` variable would be ignored silently: name it (and the closest known one)."""
     import os
 
@@ -88,9 +99,10 @@ sinks_app.command("serve", help="Run the SQL query service (and apply deltas int
     serve_command
 )
 app.add_typer(sinks_app, name="query", help="DuckDB context shards and the SQL query service.")
-app.command("verify", help="Compare the contexts with PostgreSQL; exit 1 on drift (= walduck query verify).")(
-    verify_command
-)
+app.command(
+    "verify",
+    help="Compare the contexts with PostgreSQL; exit 0 in step, 1 drift, 2 error (= walduck query verify).",
+)(verify_command)
 app.add_typer(bench_app, name="bench", help="Benchmarks, each against its baseline.")
 
 

@@ -41,7 +41,7 @@ def admin_only_url() -> Iterator[str]:
 
 
 def test_snapshot_request_carries_admin_scope_by_default(admin_only_url: str) -> None:
-    snap = context_snapshot_from_service(admin_only_url, None)
+    snap = context_snapshot_from_service(admin_only_url)
     assert snap["appliedLsn"] == "0/10"
 
 
@@ -49,4 +49,4 @@ def test_without_scopes_the_admin_route_refuses(admin_only_url: str) -> None:
     import httpx
 
     with pytest.raises(httpx.HTTPStatusError):
-        context_snapshot_from_service(admin_only_url, None, scopes=None)
+        context_snapshot_from_service(admin_only_url, scopes=None)

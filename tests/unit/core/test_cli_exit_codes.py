@@ -1,0 +1,28 @@
+"""`walduck --version`, and `walduck verify` telling drift (1) from an error (2) (issue 17)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from importlib.metadata import version
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def _walduck(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "stack.cli", *args], capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
+
+
+def test_version() -> None:
+    done = _walduck("--version")
+    assert done.returncode == 0 and done.stdout.strip() == f"walduck {version('walduck')}"
+
+
+def test_verify_exits_2_with_one_line_when_postgres_is_unreachable() -> None:
+    done = _walduck("verify", "--pg-dsn", "postgresql://nobody@127.0.0.1:1/none?connect_timeout=2")
+    assert done.returncode == 2, done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("walduck verify: error:")]
+    assert len(errors) == 1 and "Traceback" not in done.stderr, done.stderr
