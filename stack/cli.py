@@ -15,6 +15,7 @@ from sinks.cli import verify as verify_command
 from sinks.service.cli import serve as serve_command
 from stack.bench.cli import app as bench_app
 from stack.catalog.cli import app as catalog_app
+from stack.kafka_cli import app as kafka_app
 from stack.services.cli import app as services_app
 from stack.workload.cli import app as workload_app
 from walduck.kafka_security import KafkaSecurityError
@@ -103,6 +104,7 @@ app.command(
     "verify",
     help="Compare the contexts with PostgreSQL; exit 0 in step, 1 drift, 2 error (= walduck query verify).",
 )(verify_command)
+app.add_typer(kafka_app, name="kafka", help="Kafka-side setup: the topics, with replication and configs.")
 app.add_typer(bench_app, name="bench", help="Benchmarks, each against its baseline.")
 
 

@@ -81,6 +81,12 @@ class WalduckSettings(BaseSettings):
     deltas_topic: str = "walduck.deltas"
     dlq_topic: str = "walduck.dlq"
     topic_partitions: int = 4
+    # what `walduck kafka ensure-topics` (and the local stack) creates topics with: replication factor (3 on a
+    # production cluster; 1 on a single local broker), min.insync.replicas (unset: the broker's default) and
+    # the DLQ's retention (changes and deltas are kept: they are the replayable history)
+    topic_replication_factor: int = 1
+    topic_min_insync_replicas: int | None = None
+    dlq_retention_ms: int = 7 * 24 * 3600 * 1000
     # largest record on the changes/deltas topics (topic max.message.bytes, producer max_request_size,
     # consumer max_partition_fetch_bytes): a delta of a few thousand partition entries is a few MB
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES

@@ -28,13 +28,19 @@ class TopicSpec:
 
 
 def topic_specs(settings: WalduckSettings) -> list[TopicSpec]:
-    """Changes and deltas are kept forever (they are the replayable history); the DLQ uses broker defaults."""
+    """Changes and deltas are kept forever (they are the replayable history); the DLQ for
+    ``dlq_retention_ms``; ``min.insync.replicas`` when set."""
     parts = settings.topic_partitions
-    big = {**INFINITE, "max.message.bytes": str(settings.max_message_bytes)}
+    durability = (
+        {"min.insync.replicas": str(settings.topic_min_insync_replicas)}
+        if settings.topic_min_insync_replicas
+        else {}
+    )
+    big = {**INFINITE, "max.message.bytes": str(settings.max_message_bytes), **durability}
     return [
         TopicSpec(settings.changes_topic, parts, dict(big)),
         TopicSpec(settings.deltas_topic, parts, dict(big)),
-        TopicSpec(settings.dlq_topic, parts, {}),
+        TopicSpec(settings.dlq_topic, parts, {"retention.ms": str(settings.dlq_retention_ms), **durability}),
     ]
 
 
@@ -55,7 +61,10 @@ async def ensure_topics(bootstrap: str, settings: WalduckSettings, wait_s: float
         created: list[str] = []
         if missing:
             response = await admin.create_topics(
-                [NewTopic(s.name, s.partitions, 1, topic_configs=s.configs) for s in missing],
+                [
+                    NewTopic(s.name, s.partitions, settings.topic_replication_factor, topic_configs=s.configs)
+                    for s in missing
+                ],
                 timeout_ms=int(wait_s * 1000),
             )
             for topic, code, *rest in response.topic_errors:

@@ -136,7 +136,7 @@ def test_topic_specs_retention() -> None:
     specs = {s.name: s for s in topic_specs(WalduckSettings(topic_partitions=6))}
     assert specs["walduck.changes"].configs["retention.ms"] == "-1"
     assert specs["walduck.deltas"].configs["retention.ms"] == "-1"
-    assert "retention.ms" not in specs["walduck.dlq"].configs
+    assert specs["walduck.dlq"].configs["retention.ms"] == str(7 * 24 * 3600 * 1000)  # the DLQ is bounded
     assert {s.partitions for s in specs.values()} == {6}
 
 
