@@ -7,7 +7,17 @@ partition numbers, rebuild scopes. Never dataset ids or user names.
 
 from __future__ import annotations
 
+import platform
+from importlib import metadata
+
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+BUILD_INFO = Gauge("walduck_build_info", "Always 1; the labels say which build runs.", ["version", "python"])
+try:
+    _VERSION = metadata.version("walduck")
+except metadata.PackageNotFoundError:  # a source tree run without installing
+    _VERSION = "unknown"
+BUILD_INFO.labels(version=_VERSION, python=platform.python_version()).set(1)
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
