@@ -157,7 +157,9 @@ def test_component_with_wrong_password_exits_with_the_reason(
     started = time.monotonic()
     run = subprocess.run(
         [sys.executable, "-m", "stack.cli", *args],
-        env=component_env(bad),
+        # open IAM on purpose: this test is about the Kafka login, not the scopes (the service refuses to start
+        # unscoped otherwise, exit 2, before it ever connects)
+        env=component_env(bad, WALDUCK_IAM_OPEN="true"),
         capture_output=True,
         text=True,
         timeout=90,
