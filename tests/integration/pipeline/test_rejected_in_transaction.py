@@ -133,4 +133,5 @@ async def test_rejected_record_keeps_its_transaction_share_whole(
     assert visible == {"p-0", "p-2", "p-after"}
     dlq = await read_topic(settings.kafka_bootstrap, settings.dlq_topic)
     assert [m.value for m in dlq] == [bad]
-    assert dict(dlq[0].headers)["reason"] == b"insert record without new row"
+    headers = dict(dlq[0].headers)  # the one DLQ envelope (walduck/dlq.py): reason = class, detail = text
+    assert headers["reason"] == b"malformed" and headers["detail"] == b"insert record without new row"
