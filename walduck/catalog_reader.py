@@ -7,9 +7,7 @@ context contain" from the catalog. Visible = partitions of manifests with ``stat
 
 from __future__ import annotations
 
-import posixpath
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -79,28 +77,6 @@ def visible_partitions(
             if raw["id"] is not None:
                 shard[raw["id"]] = partition_row(raw, raw["m_schema_version_id"])
     return out
-
-
-def partition_location(storage_target: dict[str, Any], file_path: str, default_root: str | Path) -> str:
-    """Where a partition's file lives (Timestore's dataset_partitions: storage target kind + file_path).
-
-    local: ``<config.root or default_root>/<file_path>``; s3: ``s3://<bucket>/<file_path>``;
-    gcs: ``gs://<bucket>/<file_path>``; azure_blob: ``azure://<host>/<container>/<file_path>``.
-    """
-    kind = storage_target.get("kind")
-    config = storage_target.get("config") or {}
-    if kind == "local":
-        root = config.get("root") or str(default_root)
-        return str(Path(root) / file_path)
-    if kind == "s3":
-        return f"s3://{config['bucket']}/{file_path}"
-    if kind == "gcs":
-        return f"gs://{config['bucket']}/{file_path}"
-    if kind == "azure_blob":
-        host = config.get("endpoint") or f"{config.get('accountName', '')}.blob.core.windows.net"
-        host = host.split("://", 1)[-1].rstrip("/")
-        return f"azure://{posixpath.join(host, config['container'], file_path)}"
-    raise ValueError(f"unknown storage target kind {kind!r}")
 
 
 def storage_targets(conn: psycopg.Connection, schema: str = "timestore") -> dict[str, dict[str, Any]]:

@@ -5,7 +5,7 @@ few hundred rows. Used by rebuilds and full-scan applies (``read_catalog(..., bu
 path (dicts, then ``_insert_partitions``) stays for deltas, whose partitions arrive as dicts anyway.
 
 Equivalence with the per-row path (tested): the same columns and values, locations computed by the same rule
-as :func:`sinks.context.locations.partition_location` (expressed per target as a prefix), missing start/end
+as :func:`walduck.locations.partition_location` (expressed per target as a prefix), missing start/end
 times as ``FAR_PAST``/``FAR_FUTURE``. ``partition_key`` is PostgreSQL's jsonb text (``{"a": 1}``), the delta
 path's is orjson's (``{"a":1}``): the same JSON, read as JSON everywhere.
 """
@@ -26,7 +26,7 @@ from psycopg import sql
 
 from sinks.context import ddl
 from sinks.context.ddl import INDEX_SCHEMA as WD
-from sinks.context.locations import partition_location
+from walduck.locations import partition_location
 
 _COLUMNS: list[tuple[str, pa.DataType]] = [
     ("id", pa.string()),

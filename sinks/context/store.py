@@ -34,7 +34,6 @@ from sinks.context import ddl, staleness
 from sinks.context.bulkload import insert_partitions
 from sinks.context.ddl import INDEX_SCHEMA as WD
 from sinks.context.file_presence import FilePresence, FileState
-from sinks.context.locations import partition_location
 from sinks.context.naming import (
     alias_warning,
     quote_ident,
@@ -51,6 +50,7 @@ from walduck.config import ContextMode, WalduckSettings
 from walduck.deltas import Delta, DeltaKind
 from walduck.errors import WalduckError
 from walduck.jsonexact import loads_exact
+from walduck.locations import partition_location
 from walduck.lsn import format_lsn
 from walduck.records import GLOBAL_KEY, partition_of
 from walduck.timeutil import iso, parse_instant_clamped, utcnow

@@ -37,7 +37,8 @@ from stack.bench.report import Result, percentile
 from stack.local import COMPONENTS, Stack
 from stack.procs import component_env
 from stack.workload.generator import ALL_SHAPES_MIX, Workload
-from walduck.catalog_reader import partition_location, storage_targets, visible_partitions
+from walduck.catalog_reader import storage_targets, visible_partitions
+from walduck.locations import partition_location
 from walduck.lsn import format_lsn
 
 FAILOVER_MIX = ALL_SHAPES_MIX

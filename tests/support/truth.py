@@ -13,7 +13,8 @@ import pyarrow.parquet as pq
 from sinks.context.naming import sanitize_view_name
 from stack.local import Stack
 from stack.procs import component_env
-from walduck.catalog_reader import partition_location, storage_targets, visible_partitions
+from walduck.catalog_reader import storage_targets, visible_partitions
+from walduck.locations import partition_location
 
 ADMIN = "timestore:admin,timestore:sql:read,timestore:read"
 

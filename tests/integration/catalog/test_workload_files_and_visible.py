@@ -12,8 +12,9 @@ import pytest
 
 from stack.catalog.migrate import apply_migrations
 from stack.workload.generator import DEFAULT_STORAGE_TARGET_ID, Workload
-from walduck.catalog_reader import partition_location, storage_targets, visible_partitions
+from walduck.catalog_reader import storage_targets, visible_partitions
 from walduck.deltas import PARTITION_FIELDS
+from walduck.locations import partition_location
 from walduck.timeutil import parse_iso
 
 pytestmark = pytest.mark.integration

@@ -5,9 +5,9 @@ from __future__ import annotations
 import duckdb
 import pytest
 
-from sinks.context.locations import partition_location
 from sinks.context.naming import alias_warning, duckdb_type, sanitize_view_name, timestamp_column
 from sinks.context.relation import FileGroup, empty_relation_sql, relation_sql
+from walduck.locations import partition_location
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,7 @@ from stack.workload.naming import (
     sanitize_segment,
     schema_checksum,
 )
-from walduck.catalog_reader import partition_location
+from walduck.locations import partition_location
 
 UUID4 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
 
@@ -107,5 +107,6 @@ def test_partition_location_rules() -> None:
     )
     azure = {"kind": "azure_blob", "config": {"container": "c", "accountName": "acct"}}
     assert partition_location(azure, "p.parquet", "/") == "azure://acct.blob.core.windows.net/c/p.parquet"
-    with pytest.raises(ValueError):
-        partition_location({"kind": "ftp", "config": {}}, "p", "/")
+    # one rule with the context's (walduck/locations.py): unknown kinds read as local, absolute paths pass
+    assert partition_location({"kind": "ftp", "config": {}}, "p", "/r") == "/r/p"
+    assert partition_location(local, "/abs/p.parquet", "/fallback") == "/abs/p.parquet"

@@ -1,4 +1,7 @@
-"""Where a partition's file lives (Timestore's dataset_partitions: storage target kind + file_path: target kind + file_path)."""
+"""Where a partition's file lives: its storage target's kind and config plus its ``file_path``.
+
+One rule for every reader of the catalog: the context (apply, rebuild, bulk load) and ``walduck verify`` use
+this function, so they can never disagree on a file's location."""
 
 from __future__ import annotations
 
@@ -7,10 +10,9 @@ from typing import Any
 
 
 def partition_location(storage_target: dict[str, Any] | None, file_path: str, default_root: str) -> str:
-    """local ``<config.root or default root>/<file_path>``; ``s3://``, ``gs://``, ``azure://`` otherwise.
-
-    Mirrors ``walduck.catalog_reader.partition_location`` (same signature) so either can be used.
-    """
+    """local ``<config.root or default root>/<file_path>``; ``s3://<bucket>/``, ``gs://<bucket>/``,
+    ``azure://<host>/<container>/`` for those kinds. An absolute path or URL is taken as it is; a missing or
+    unknown target kind reads as local (Timestore's default target)."""
     if file_path.startswith(("s3://", "gs://", "azure://", "/")):
         return file_path
     target = storage_target or {}
