@@ -55,14 +55,24 @@ def current_lsn(conn: psycopg.Connection) -> int:
 
 
 def upsert_storage_target(conn: psycopg.Connection, target_id: str, name: str, root: str) -> None:
-    """``ensureDefaultStorageTarget``: upsert of a local target (autocommit)."""
-    conn.execute(
-        """INSERT INTO storage_targets (id, name, kind, description, config)
-           VALUES (%s, %s, 'local', 'Default local storage target', %s)
-           ON CONFLICT (id) DO UPDATE
-             SET name = EXCLUDED.name, kind = EXCLUDED.kind, config = EXCLUDED.config, updated_at = NOW()""",
-        [target_id, name, Jsonb({"root": root})],
-    )
+    """``ensureDefaultStorageTarget``: upsert of a local target (autocommit).
+
+    Two writers inserting the same target at once: ``ON CONFLICT (id)`` arbitrates only the id, so the loser can
+    hit the unique *name* first (UniqueViolation on ``storage_targets_name_key``; it killed one of the failover
+    bench's three writers). The row exists by then: the retry takes the ``ON CONFLICT`` path."""
+    for attempt in range(3):
+        try:
+            conn.execute(
+                """INSERT INTO storage_targets (id, name, kind, description, config)
+                   VALUES (%s, %s, 'local', 'Default local storage target', %s)
+                   ON CONFLICT (id) DO UPDATE
+                     SET name = EXCLUDED.name, kind = EXCLUDED.kind, config = EXCLUDED.config, updated_at = NOW()""",
+                [target_id, name, Jsonb({"root": root})],
+            )
+            return
+        except psycopg.errors.UniqueViolation:
+            if attempt == 2:
+                raise
 
 
 def insert_dataset(
