@@ -18,11 +18,13 @@ from pathlib import Path
 import orjson
 import psycopg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from jsonschema import Draft202012Validator
 
 from connectors.connector import Connector
 from connectors.settings import ConnectorSettings
 from walduck.catalog_tables import PUBLISHED_TABLES
 from walduck.config import WalduckSettings
+from walduck.contract import record_schema
 from walduck.dlq import DeadLetter
 from walduck.dlq import read as read_dead_letter
 from walduck.jsonexact import loads_exact
@@ -170,7 +172,14 @@ async def topic_partitions(bootstrap: str, topic: str) -> list[int]:
 
 
 async def read_changes(bootstrap: str, topic: str) -> dict[int, list[ChangeRecord]]:
+    """Every change record of the topic, each checked against the published contract (walduck/schemas/)
+    before it is decoded: whatever the real connector writes in these tests validates."""
     raw = await read_topic(bootstrap, topic)
+    contract = Draft202012Validator(record_schema("change-record"))
+    for p, msgs in raw.items():
+        for offset, (_, value) in enumerate(msgs):
+            errors = [e.message for e in contract.iter_errors(loads_exact(value))]
+            assert errors == [], f"{topic}/{p}@{offset} breaks the change-record contract: {errors}"
     return {p: [ChangeRecord.from_bytes(v) for _, v in msgs] for p, msgs in raw.items()}
 
 

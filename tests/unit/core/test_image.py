@@ -101,6 +101,7 @@ def test_image_install_steps_give_a_working_walduck(tmp_path: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     assert any(re.match(r"connectors/_rowjson\..*\.so$", n) for n in names), "compiled row encoder in wheel"
     assert "stack/catalog/migrations/" in " ".join(names), "migrations are package data"
+    assert "walduck/schemas/delta.v1.json" in names, "the record contract is package data"
 
     run_env = {k: v for k, v in env.items() if not k.startswith("WALDUCK_")}
     cli = subprocess.run(
@@ -111,6 +112,7 @@ def test_image_install_steps_give_a_working_walduck(tmp_path: Path) -> None:
         assert command in cli.stdout, cli.stdout
     probe = (
         "import connectors, connectors._rowjson, stack.cli, sinks, pipeline, walduck.metrics; "
+        "from walduck.contract import record_schema; record_schema('change-record'); "
         "print(connectors.__file__); print(connectors._rowjson.__file__)"
     )
     imported = subprocess.run(
