@@ -118,26 +118,30 @@ def planner_cmd(
     _run("planner", data_dir, out, planner_body(quick, partitions, requests))
 
 
-def connector_body(quick: bool, partitions: int | None = None) -> Callable[..., Result]:
+def connector_body(
+    quick: bool, partitions: int | None = None, debezium: bool = True
+) -> Callable[..., Result]:
     from stack.bench.connector import run_connector
 
     return lambda services: run_connector(
         services,
         partitions=int(_pick(quick, partitions, 500_000, 20_000)),
         datasets=50 if not quick else 10,
-        timeout=120 if quick else 1800,
+        timeout=180 if quick else 1800,
+        debezium=debezium,
     )
 
 
 @app.command("connector")
 def connector_cmd(
     partitions: int = typer.Option(None, help="Partitions the workload inserts [500,000; quick 20,000]."),
+    debezium: bool = typer.Option(True, help="Also run the Debezium PostgreSQL connector on the same WAL."),
     quick: bool = Quick,
     data_dir: Path = DataDir,
     out: Path = OutDir,
 ) -> None:
-    """Connector records/s (pgoutput -> Kafka acked) vs pg_recvlogical to /dev/null on the same WAL."""
-    _run("connector", data_dir, out, connector_body(quick, partitions))
+    """Connector records/s (pgoutput -> Kafka acked) vs pg_recvlogical and Debezium on the same WAL."""
+    _run("connector", data_dir, out, connector_body(quick, partitions, debezium))
 
 
 def service_body(

@@ -6,7 +6,13 @@ baseline's. The workload (bulk COPY of partitions) is committed first; then, on 
 * baseline: Debian's ``pg_recvlogical`` streams its slot (``proto_version=1``, same publication) to
   /dev/null and exits at the end LSN (``--endpos``);
 * walduck: ``walduck connector run`` (snapshot mode ``never``) streams its slot to Kafka; done when the
-  slot's ``confirmed_flush_lsn`` (confirmed only after Kafka acknowledged) reaches the end LSN.
+  slot's ``confirmed_flush_lsn`` (confirmed only after Kafka acknowledged) reaches the end LSN;
+* Debezium (issue 18; ``--no-debezium`` skips it): the Debezium PostgreSQL connector in Kafka Connect
+  standalone (``stack/services/debezium.py``: pgoutput, JSON converter without schemas, ``snapshot.mode=no_data``,
+  the throughput settings listed there) streams a third slot created at the same point into its per-table
+  topics; done when every row change is in Kafka: Connect confirms the slot only after the producer's acks and
+  an offset flush (1 s), so the run waits for the slot to reach the end LSN and takes the first moment its
+  topics held the final record count (polled every 0.1 s) as the end.
 
 records/s = change records the connector wrote to the changes topic / wall time; the baseline decodes the
 same WAL, so the same record count is used for it.
@@ -14,13 +20,15 @@ same WAL, so the same record count is used for it.
 
 from __future__ import annotations
 
+import contextlib
 import resource
 import subprocess
 import time
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 
-from stack.bench.env import BenchServices, scenario_env
+from stack.bench.env import BenchServices, ScenarioEnv, scenario_env
 from stack.bench.pipeline import (
     component_pid,
     confirmed_flush_lsn,
@@ -33,7 +41,10 @@ from stack.bench.pipeline import (
     wait_for,
 )
 from stack.bench.report import Result
+from stack.services.debezium import DEBEZIUM_VERSION, THROUGHPUT, DebeziumSource, LocalDebezium
+from stack.services.kafka import KAFKA_VERSION
 from stack.workload.bulk import bulk_load
+from walduck.catalog_tables import PUBLISHED_TABLES
 from walduck.lsn import format_lsn, parse_lsn
 
 
@@ -45,14 +56,19 @@ def _or_na(seconds: float | None) -> float | str:
     return "n/a" if seconds is None else seconds
 
 
-def run_connector(services: BenchServices, partitions: int, datasets: int, timeout: float) -> Result:
-    result = Result("connector", {"partitions": partitions, "datasets": datasets})
+def run_connector(
+    services: BenchServices, partitions: int, datasets: int, timeout: float, debezium: bool = True
+) -> Result:
+    result = Result("connector", {"partitions": partitions, "datasets": datasets, "debezium": debezium})
     with scenario_env(services, "connector", topics=True) as env:
         stack = make_stack(env, WALDUCK_SNAPSHOT_MODE="never")
         base_slot = f"{env.settings.slot_name}_base"
+        dbz_slot = f"{env.settings.slot_name}_dbz"
         try:
             with psycopg.connect(env.dsn, autocommit=True) as conn:
                 conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", [base_slot])
+                if debezium:
+                    conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", [dbz_slot])
             load = bulk_load(
                 env.dsn,
                 env.settings.catalog_schema,
@@ -169,6 +185,38 @@ def run_connector(services: BenchServices, partitions: int, datasets: int, timeo
                     )
                     + " during the baseline's"
                 )
+            if debezium:
+                stack.stop()  # the walduck connector is done: Debezium gets the cores to itself
+                dbz_s, dbz_records, dbz_cpu = _run_debezium(env, dbz_slot, end_lsn, timeout, kafka_pid)
+                dbz_rate = dbz_records / dbz_s
+                # the same row changes of the same WAL: the ratio of the streaming times (walduck's rate above
+                # also counts its heartbeat/watermark records, Debezium's heartbeats are off)
+                vs = dbz_s / ours_s if ours_s else float("nan")
+                result.add("Debezium records/s (pgoutput -> Kafka acked)", dbz_rate, "rec/s", base_rate)
+                result.add("walduck / Debezium records/s", vs, "×", goal="≥ 1.5×", ok=vs >= 1.5)
+                result.add("Debezium streaming time", dbz_s, "s", base_s)
+                result.add("Debezium row-change records in Kafka", dbz_records, "")
+                for name, seconds in dbz_cpu.items():
+                    result.add(f"CPU seconds during Debezium's run: {name}", _or_na(seconds), "s")
+                if dbz_cpu["Kafka Connect + Debezium"] is not None and conn_cpu is not None:
+                    result.add(
+                        "CPU µs per record: walduck connector",
+                        conn_cpu / records * 1e6,
+                        "µs",
+                        goal="",
+                        ok=None,
+                    )
+                    result.add(
+                        "CPU µs per record: Kafka Connect + Debezium",
+                        dbz_cpu["Kafka Connect + Debezium"] / dbz_records * 1e6,
+                        "µs",
+                    )
+                result.notes.append(
+                    "Debezium "
+                    f"{DEBEZIUM_VERSION} in Kafka Connect {KAFKA_VERSION} standalone, settings changed from its "
+                    f"defaults: {', '.join(f'{k}={v}' for k, v in THROUGHPUT.items())}; its records are one per row "
+                    "change (walduck's changes topic also holds heartbeats/watermarks, counted in walduck's rate)"
+                )
             result.notes.append(
                 "baseline column = pg_recvlogical (pgoutput proto 1, same publication, to /dev/null) on the same "
                 "WAL from a slot created at the same point; walduck's streaming time runs from its slot turning "
@@ -180,7 +228,61 @@ def run_connector(services: BenchServices, partitions: int, datasets: int, timeo
             with psycopg.connect(env.dsn, autocommit=True) as conn:
                 conn.execute(
                     "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots"
-                    " WHERE slot_name = %s AND NOT active",
-                    [base_slot],
+                    " WHERE slot_name = ANY(%s) AND NOT active",
+                    [[base_slot, dbz_slot]],
                 )
     return result
+
+
+def _run_debezium(
+    env: ScenarioEnv, slot: str, end_lsn: int, timeout: float, kafka_pid: int | None
+) -> tuple[float, int, dict[str, float | None]]:
+    """Debezium streams ``slot`` up to ``end_lsn``: (streaming seconds, row-change records, CPU seconds)."""
+    info = conninfo_to_dict(env.dsn)
+    source = DebeziumSource(
+        host=str(info.get("host") or "127.0.0.1"),
+        port=int(info.get("port") or 5432),
+        user=str(info.get("user") or "postgres"),
+        password=str(info.get("password") or ""),
+        dbname=str(info["dbname"]),
+        slot=slot,
+        publication=env.settings.publication_name,
+        schema=env.settings.catalog_schema,
+        tables=list(PUBLISHED_TABLES),
+    )
+    dbz = LocalDebezium(
+        env.work_dir / "debezium", env.settings.kafka_bootstrap, source, f"dbz{env.dbname[-6:]}"
+    )
+    counts: list[tuple[float, int]] = []
+
+    def count() -> int:
+        total = 0
+        for topic in dbz.topics():
+            with contextlib.suppress(Exception):  # a table with no change has no topic
+                total += topic_records(env.settings, topic, dbz.partitions)
+        return total
+
+    dbz.start()
+    try:
+        wait_for(lambda: (dbz.check_alive(), slot_active(env.dsn, slot))[1], timeout, 0.05)
+        streaming = time.monotonic()
+        pid = dbz.pid()
+        cpu0 = [cpu_seconds(p) for p in (pid, slot_pid(env.dsn, slot), kafka_pid)]
+        sender = slot_pid(env.dsn, slot)
+
+        def caught_up() -> bool:
+            dbz.check_alive()
+            counts.append((time.monotonic(), count()))
+            return confirmed_flush_lsn(env.dsn, slot) >= end_lsn
+
+        try:
+            wait_for(caught_up, timeout, 0.1)
+        except TimeoutError as exc:
+            raise TimeoutError(f"Debezium: {exc}; errors logged:\n{dbz.errors()[-3000:]}") from None
+        final = count()
+        cpu1 = [cpu_seconds(p) for p in (pid, sender, kafka_pid)]
+        done_at = next((at for at, n in counts if n >= final), time.monotonic())
+    finally:
+        dbz.stop()
+    names = ("Kafka Connect + Debezium", "walsender", "Kafka broker")
+    return done_at - streaming, final, dict(zip(names, map(_delta, cpu0, cpu1), strict=True))

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import hashlib
 import json
 import logging
@@ -32,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from stack.services.errors import BinariesMissing, ServiceError
+from stack.services.maven import resolve_jars
 from stack.services.proc import (
     LOOPBACK,
     RecordedState,
@@ -176,53 +176,13 @@ def resolve_kafka_libs(cache_dir: Path | None = None, version: str = KAFKA_VERSI
 
     Safe to call from several processes at once (a file lock serialises the download).
     """
-    base = cache_dir or cache_root() / f"kafka-{version}"
-    libs = base / "libs"
-    done = base / ".complete"
-    if done.exists() and any(libs.glob("kafka_*.jar")):
-        return libs
-    base.mkdir(parents=True, exist_ok=True)
-    with open(base / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if done.exists() and any(libs.glob("kafka_*.jar")):
-            return libs
-        mvn = shutil.which("mvn")
-        if mvn is None:
-            raise BinariesMissing(
-                "Kafka is run from its Maven Central jars, resolved with Maven, but `mvn` is not on PATH; "
-                "install it, e.g. `apt-get install -y maven`"
-            )
-        pom = base / "pom.xml"
-        pom.write_text(_POM.format(kafka=version, scala=SCALA_VERSION, log4j=LOG4J_VERSION))
-        if libs.exists():
-            shutil.rmtree(libs)
-        for stale in base.glob("classes-*.jsa*"):
-            stale.unlink()
-        started = time.monotonic()
-        log.warning("resolving Kafka %s jars from Maven Central into %s (once)…", version, libs)
-        run = subprocess.run(
-            [
-                mvn,
-                "-q",
-                "-B",
-                "-f",
-                str(pom),
-                "dependency:copy-dependencies",
-                "-DincludeScope=runtime",
-                f"-DoutputDirectory={libs}",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=900,
-        )
-        if run.returncode != 0 or not any(libs.glob("kafka_*.jar")):
-            raise ServiceError(
-                f"resolving org.apache.kafka:kafka_{SCALA_VERSION}:{version} with Maven failed "
-                f"(exit {run.returncode}):\n{(run.stdout + run.stderr)[-3000:]}"
-            )
-        done.write_text(f"{time.monotonic() - started:.1f}s\n")
-        log.warning("Kafka jars resolved in %.1f s", time.monotonic() - started)
-    return libs
+    return resolve_jars(
+        cache_dir or cache_root() / f"kafka-{version}",
+        _POM.format(kafka=version, scala=SCALA_VERSION, log4j=LOG4J_VERSION),
+        "kafka_*.jar",
+        f"org.apache.kafka:kafka_{SCALA_VERSION}:{version}",
+        before=["classes-*.jsa*"],
+    )
 
 
 class LocalKafka(RecordedState):

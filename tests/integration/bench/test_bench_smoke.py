@@ -63,6 +63,10 @@ def test_bench_all_quick_writes_every_scenario(services: ServiceEndpoints, fresh
     p99 = next(r for r in apply_doc["rows"] if r["metric"] == "apply 1000 changes p99")
     assert isinstance(p99["value"], float) and p99["value"] > 0 and p99["baseline"] > 0
     assert len(apply_doc["series"]["apply_1000_s"]) >= 10
+    connector = {r["metric"]: r["value"] for r in orjson.loads((out / "connector.json").read_bytes())["rows"]}
+    # Debezium ran on the same WAL: the same row changes (walduck's topic adds heartbeats/watermarks)
+    assert 0 < connector["Debezium row-change records in Kafka"] <= connector["change records in Kafka"]
+    assert connector["Debezium streaming time"] > 0
     fresh = orjson.loads((out / "freshness.json").read_bytes())
     assert fresh["series"]["points"], "freshness took no samples"
     failover = orjson.loads((out / "failover.json").read_bytes())

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from stack.services import kafka as kafka_mod
+from stack.services import maven as maven_mod
 from stack.services import postgres as pg_mod
 from stack.services.errors import BinariesMissing, PortInUse
 from stack.services.proc import choose_port, free_port, pid_alive, port_is_free, read_state, write_state
@@ -76,7 +77,7 @@ def test_parse_java_version(text: str, major: int) -> None:
 
 
 def test_missing_java_is_a_readable_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(kafka_mod.shutil, "which", lambda _name: None)
+    monkeypatch.setattr(maven_mod.shutil, "which", lambda _name: None)
     with pytest.raises(BinariesMissing, match="Java 17"):
         kafka_mod.check_java()
 
@@ -88,7 +89,7 @@ def test_old_java_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_missing_mvn_is_a_readable_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(kafka_mod.shutil, "which", lambda _name: None)
+    monkeypatch.setattr(maven_mod.shutil, "which", lambda _name: None)
     with pytest.raises(BinariesMissing, match="mvn"):
         kafka_mod.resolve_kafka_libs(cache_dir=tmp_path / "cache")
 
