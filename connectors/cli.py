@@ -84,6 +84,15 @@ def run(
     tune_for_streaming()
 
     async def main() -> None:
+        if csettings.source == "debezium":  # Debezium's topics instead of a slot (connectors/debezium/)
+            from connectors.debezium.source import DebeziumSource
+
+            source = DebeziumSource(settings, csettings)
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, source.stop)
+            await source.run()
+            return
         connector = Connector(settings, csettings)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -57,3 +57,14 @@ class ConnectorSettings(BaseSettings):
     row_encoder: Literal["auto", "native", "python"] = "auto"
     # rows per fetch while reading the snapshot
     snapshot_fetch_rows: int = 5_000
+    # where change records come from (issue 18): pgoutput = walduck's own replication slot; debezium = the
+    # topics of a Debezium PostgreSQL connector already running on the catalog (connectors/debezium/,
+    # docs/operations.md "Debezium as a source")
+    source: Literal["pgoutput", "debezium"] = "pgoutput"
+    # Debezium's topic.prefix (its topics are <prefix>.<catalog schema>.<table> and <prefix>.transaction)
+    debezium_topic_prefix: str = ""
+    # the table Debezium's heartbeat.action.query updates (in the catalog schema and the publication): its
+    # transactions become walduck heartbeats, so idle datasets still claim the current LSN
+    debezium_heartbeat_table: str = "walduck_debezium_heartbeat"
+    # consumer group holding the Debezium source's input offsets ("" = walduck-debezium-<prefix>)
+    debezium_group: str = ""

@@ -71,3 +71,24 @@ CONSUMED_COLUMNS: dict[str, frozenset[str]] = {
 }
 """The columns of each table some consumer (compactor, context) reads: the others may be left out of a record
 that would not fit the size limit otherwise (:mod:`walduck.sizepolicy`)."""
+
+JSON_COLUMNS: dict[str, frozenset[str]] = {
+    STORAGE_TARGETS: frozenset({"config"}),
+    DATASETS: frozenset({"metadata"}),
+    SCHEMA_VERSIONS: frozenset({"schema"}),
+    MANIFESTS: frozenset({"summary", "statistics", "metadata"}),
+    PARTITIONS: frozenset({"partition_key", "metadata", "column_statistics", "column_bloom_filters"}),
+}
+"""The ``jsonb`` columns of each published table; every other column is ``text``, ``integer``, ``bigint`` or
+``timestamptz`` (:data:`INSTANT_COLUMNS`). Checked against the migrated catalog's ``information_schema``
+(``tests/integration/catalog/test_column_types.py``). A source that does not carry PostgreSQL's types itself
+(Debezium's JSON without schemas, ``connectors/debezium/``) reads them from here."""
+
+INSTANT_COLUMNS: dict[str, frozenset[str]] = {
+    STORAGE_TARGETS: frozenset({"created_at", "updated_at"}),
+    DATASETS: frozenset({"created_at", "updated_at"}),
+    SCHEMA_VERSIONS: frozenset({"created_at"}),
+    MANIFESTS: frozenset({"created_at", "updated_at", "published_at"}),
+    PARTITIONS: frozenset({"start_time", "end_time", "created_at"}),
+}
+"""The ``timestamptz`` columns of each published table (see :data:`JSON_COLUMNS`)."""
