@@ -129,6 +129,7 @@ def connector_body(
         datasets=50 if not quick else 10,
         timeout=180 if quick else 1800,
         debezium=debezium,
+        latency_s=5.0 if quick else 15.0,
     )
 
 

@@ -25,6 +25,7 @@ import resource
 import subprocess
 import time
 
+import orjson
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
@@ -41,11 +42,13 @@ from stack.bench.pipeline import (
     wait_for,
 )
 from stack.bench.report import Result
+from stack.local import Stack
 from stack.services.debezium import DEBEZIUM_VERSION, THROUGHPUT, DebeziumSource, LocalDebezium
 from stack.services.kafka import KAFKA_VERSION
 from stack.workload.bulk import bulk_load
 from walduck.catalog_tables import PUBLISHED_TABLES
 from walduck.lsn import format_lsn, parse_lsn
+from walduck.timeutil import instant_micros
 
 
 def _delta(before: float | None, after: float | None) -> float | None:
@@ -57,7 +60,13 @@ def _or_na(seconds: float | None) -> float | str:
 
 
 def run_connector(
-    services: BenchServices, partitions: int, datasets: int, timeout: float, debezium: bool = True
+    services: BenchServices,
+    partitions: int,
+    datasets: int,
+    timeout: float,
+    debezium: bool = True,
+    latency_rate: float = 200.0,
+    latency_s: float = 15.0,
 ) -> Result:
     result = Result("connector", {"partitions": partitions, "datasets": datasets, "debezium": debezium})
     with scenario_env(services, "connector", topics=True) as env:
@@ -217,6 +226,23 @@ def run_connector(
                     f"defaults: {', '.join(f'{k}={v}' for k, v in THROUGHPUT.items())}; its records are one per row "
                     "change (walduck's changes topic also holds heartbeats/watermarks, counted in walduck's rate)"
                 )
+            stack.stop()  # the latency phase starts both connectors afresh, streaming live
+            lat = run_latency(
+                env, stack, _debezium(env, dbz_slot) if debezium else None, latency_rate, latency_s, timeout
+            )
+            for name, values in lat.items():
+                label = f"{name}: commit -> readable in Kafka at {latency_rate:.0f} commits/s"
+                result.add(f"{label}, p50", _pct(values, 0.5) * 1000, "ms")
+                result.add(f"{label}, p99", _pct(values, 0.99) * 1000, "ms")
+                result.add(f"{name}: row changes timed", len(values), "")
+            if debezium and lat.get("Debezium") and lat.get("walduck"):
+                p99 = _pct(lat["Debezium"], 0.99) / _pct(lat["walduck"], 0.99)
+                result.add("Debezium p99 / walduck p99 latency", p99, "×")
+            result.notes.append(
+                f"latency: both connectors streaming live on their own slots while one writer commits "
+                f"{latency_rate:.0f} one-row transactions/s for {latency_s:.0f} s; commit time (PostgreSQL's, in "
+                "each record) -> the record read by one tailing consumer in the bench process (5 ms fetch wait)"
+            )
             result.notes.append(
                 "baseline column = pg_recvlogical (pgoutput proto 1, same publication, to /dev/null) on the same "
                 "WAL from a slot created at the same point; walduck's streaming time runs from its slot turning "
@@ -234,10 +260,8 @@ def run_connector(
     return result
 
 
-def _run_debezium(
-    env: ScenarioEnv, slot: str, end_lsn: int, timeout: float, kafka_pid: int | None
-) -> tuple[float, int, dict[str, float | None]]:
-    """Debezium streams ``slot`` up to ``end_lsn``: (streaming seconds, row-change records, CPU seconds)."""
+def _debezium(env: ScenarioEnv, slot: str) -> LocalDebezium:
+    """The bench's Debezium on ``slot`` (the same run dir, prefix and offsets each time it is made)."""
     info = conninfo_to_dict(env.dsn)
     source = DebeziumSource(
         host=str(info.get("host") or "127.0.0.1"),
@@ -250,9 +274,16 @@ def _run_debezium(
         schema=env.settings.catalog_schema,
         tables=list(PUBLISHED_TABLES),
     )
-    dbz = LocalDebezium(
+    return LocalDebezium(
         env.work_dir / "debezium", env.settings.kafka_bootstrap, source, f"dbz{env.dbname[-6:]}"
     )
+
+
+def _run_debezium(
+    env: ScenarioEnv, slot: str, end_lsn: int, timeout: float, kafka_pid: int | None
+) -> tuple[float, int, dict[str, float | None]]:
+    """Debezium streams ``slot`` up to ``end_lsn``: (streaming seconds, row-change records, CPU seconds)."""
+    dbz = _debezium(env, slot)
     counts: list[tuple[float, int]] = []
 
     def count() -> int:
@@ -286,3 +317,101 @@ def _run_debezium(
         dbz.stop()
     names = ("Kafka Connect + Debezium", "walsender", "Kafka broker")
     return done_at - streaming, final, dict(zip(names, map(_delta, cpu0, cpu1), strict=True))
+
+
+def _commit_micros(value: bytes, debezium: bool) -> int | None:
+    """Commit time (µs since 1970) of a row change of ``datasets`` in either format; ``None`` otherwise."""
+    doc = orjson.loads(value)
+    if debezium:
+        return doc.get("source", {}).get("ts_us")
+    if doc.get("kind") != "change" or doc.get("table") != "datasets":
+        return None
+    return instant_micros(doc["commit_ts"])
+
+
+def run_latency(
+    env: ScenarioEnv, stack: Stack, dbz: LocalDebezium | None, rate: float, seconds: float, timeout: float
+) -> dict[str, list[float]]:
+    """Both connectors streaming live while one writer commits ``rate`` one-row transactions per second for
+    ``seconds``: per row change, commit time -> the record readable in Kafka (one tailing consumer in this
+    process, 5 ms fetch wait, reads both topics the same way), in seconds, by connector."""
+    import asyncio
+    import threading
+
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    topics = {"walduck": env.settings.changes_topic}
+    if dbz is not None:
+        topics["Debezium"] = f"{dbz.topic_prefix}.{env.settings.catalog_schema}.datasets"
+    stack.start(("connector",))
+    if dbz is not None:
+        dbz.start()
+    wait_for(lambda: slot_active(env.dsn, env.settings.slot_name), timeout, 0.05)
+    if dbz is not None:
+        wait_for(lambda: (dbz.check_alive(), slot_active(env.dsn, dbz.source.slot))[1], timeout, 0.05)
+    with psycopg.connect(env.dsn, autocommit=True) as conn:
+        row = conn.execute(
+            f"SELECT id FROM {env.settings.catalog_schema}.datasets ORDER BY id LIMIT 1"
+        ).fetchone()
+    assert row is not None, "the workload created no dataset"
+    latencies: dict[str, list[float]] = {name: [] for name in topics}
+    started, stop = threading.Event(), threading.Event()
+
+    async def tail() -> None:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=env.settings.kafka_bootstrap, enable_auto_commit=False, fetch_max_wait_ms=5
+        )
+        await consumer.start()
+        try:
+            cluster = await consumer._client.fetch_all_metadata()
+            tps = [
+                TopicPartition(t, p) for t in topics.values() for p in cluster.partitions_for_topic(t) or ()
+            ]
+            consumer.assign(tps)
+            await consumer.seek_to_end(*tps)
+            for tp in tps:
+                await consumer.position(tp)
+            started.set()
+            name_of = {topic: name for name, topic in topics.items()}
+            while not stop.is_set():
+                batch = await consumer.getmany(timeout_ms=50)
+                now = time.time()
+                for tp, msgs in batch.items():
+                    name = name_of[tp.topic]
+                    for msg in msgs:
+                        commit = _commit_micros(msg.value, name == "Debezium")
+                        if commit is not None:
+                            latencies[name].append(now - commit / 1e6)
+        finally:
+            await consumer.stop()
+
+    thread = threading.Thread(target=lambda: asyncio.run(tail()), daemon=True)
+    thread.start()
+    started.wait(60)
+    n = int(rate * seconds)
+    try:
+        with psycopg.connect(env.dsn, autocommit=True) as conn:
+            t0 = time.monotonic()
+            for i in range(n):
+                conn.execute(
+                    f"UPDATE {env.settings.catalog_schema}.datasets SET updated_at = now() WHERE id = %s",
+                    [row[0]],
+                )
+                delay = t0 + (i + 1) / rate - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and any(len(v) < n for v in latencies.values()):
+            time.sleep(0.1)
+    finally:
+        stop.set()
+        thread.join(30)
+        stack.stop()
+        if dbz is not None:
+            dbz.stop()
+    return latencies
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
