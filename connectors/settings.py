@@ -68,3 +68,7 @@ class ConnectorSettings(BaseSettings):
     debezium_heartbeat_table: str = "walduck_debezium_heartbeat"
     # consumer group holding the Debezium source's input offsets ("" = walduck-debezium-<prefix>)
     debezium_group: str = ""
+    # Debezium's snapshot.mode as far as walduck is concerned: initial = its topics start with a snapshot, whose
+    # reads are taken and streamed transactions held until it is complete; no_data = streamed changes only
+    # (a snapshot read is refused to the DLQ)
+    debezium_snapshot_mode: Literal["initial", "no_data"] = "no_data"

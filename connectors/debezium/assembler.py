@@ -21,17 +21,20 @@ highest it applied for its key: a connector re-send).
    transactions still incomplete hold their partition back, so a crash re-reads them; the re-sent records carry
    the same commit LSN and the compactor drops them.
 
-Not here: snapshot reads (``op = r``): Debezium gives no way to know when a snapshot spread over many
-partitions is complete, and a streamed transaction must never be applied before an older snapshot read of the
-same row; ``source`` refuses them (run Debezium with ``snapshot.mode=no_data`` from an empty catalog — see
-docs/operations.md "Debezium as a source").
+Snapshot reads (``op = r``, Debezium's ``snapshot.mode=initial``): each is produced at once as a walduck
+snapshot record (``source = snapshot``, its own share of one record, commit LSN = the snapshot's LSN), and every
+streamed transaction is held back until the snapshot is complete: a streamed change must never reach the
+compactor before an older snapshot read of the same row. Debezium marks its last snapshot record
+(``source.snapshot = last``); the caller (``source``) declares the snapshot complete with
+:meth:`Assembler.finish_snapshot` once it also read every table partition up to its end offset taken after that
+record, which appends walduck's ``snapshot_done`` marker.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from connectors.debezium.events import DebeziumEvent, TransactionEnd
+from connectors.debezium.events import SNAPSHOT_LAST, DebeziumEvent, TransactionEnd
 from walduck.records import GLOBAL_KEY, ChangeRecord, Kind, Source
 
 TopicPartitionKey = tuple[str, int]
@@ -60,11 +63,15 @@ class Assembled:
     records: list[ChangeRecord]
     heartbeat: bool = False
     refused: int = 0
+    snapshot: bool = False
 
 
 class Assembler:
-    def __init__(self, heartbeat_table: str | None = None) -> None:
-        self.heartbeat_table = heartbeat_table
+    def __init__(self, snapshot_done: bool = True) -> None:
+        self.snapshot_done = snapshot_done
+        self.snapshot_last_seen = False
+        self._snapshot_out: list[ChangeRecord] = []
+        self._snapshot_lsn = -1
         self._txs: dict[int, _Tx] = {}
         self._ends: list[tuple[TransactionEnd, TopicPartitionKey, int]] = []
         # per input partition: offsets still waiting for their transaction, and the next offset to read
@@ -101,6 +108,42 @@ class Assembler:
             tx.events[(tp, offset)] = (total_order, event)
         self._waiting.setdefault(tp, {})[offset] = xid
 
+    def snapshot_read(self, tp: TopicPartitionKey, offset: int, event: DebeziumEvent) -> None:
+        """A snapshot read, produced at once (streamed transactions wait for :meth:`finish_snapshot`)."""
+        self._seen(tp, offset)
+        self._snapshot_lsn = max(self._snapshot_lsn, event.lsn)
+        self._snapshot_out.append(
+            ChangeRecord(
+                kind=Kind.CHANGE,
+                source=Source.SNAPSHOT,
+                lsn=event.lsn,
+                commit_lsn=event.lsn,
+                commit_ts=event.commit_ts,
+                table=event.table,
+                op=event.op,
+                key=event.key,
+                new=event.new,
+                dataset_id=event.dataset_id,
+            )
+        )
+        if event.snapshot == SNAPSHOT_LAST:
+            self.snapshot_last_seen = True
+
+    def finish_snapshot(self, commit_ts: str) -> None:
+        """The snapshot is complete: walduck's ``snapshot_done`` marker, then streamed transactions flow."""
+        self.snapshot_done = True
+        lsn = self._snapshot_lsn
+        if lsn >= 0:
+            self._snapshot_out.append(
+                ChangeRecord(
+                    kind=Kind.SNAPSHOT_DONE,
+                    source=Source.SNAPSHOT,
+                    lsn=lsn,
+                    commit_lsn=lsn,
+                    commit_ts=commit_ts,
+                )
+            )
+
     def end(self, tp: TopicPartitionKey, offset: int, end: TransactionEnd) -> None:
         self._seen(tp, offset)
         if end.commit_lsn <= self.last_commit_lsn:  # read again (a re-assignment): produced already
@@ -115,6 +158,11 @@ class Assembler:
 
     def ready(self) -> list[Assembled]:
         out: list[Assembled] = []
+        if self._snapshot_out:
+            out.append(Assembled(-1, self._snapshot_lsn, self._snapshot_out, snapshot=True))
+            self._snapshot_out = []
+        if not self.snapshot_done:
+            return out  # streamed transactions wait for the whole snapshot
         while self._ends:
             end, _, _ = self._ends[0]
             if (

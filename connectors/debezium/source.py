@@ -29,7 +29,7 @@ from aiokafka.structs import OffsetAndMetadata
 
 from connectors.debezium.assembler import Assembled, Assembler
 from connectors.debezium.errors import DebeziumError, UnusableEvent
-from connectors.debezium.events import parse_event, parse_transaction, table_of
+from connectors.debezium.events import SNAPSHOT_LAST, parse_event, parse_transaction, table_of
 from connectors.publisher import ChangePublisher, make_producer
 from connectors.settings import ConnectorSettings
 from walduck.catalog_tables import PUBLISHED_TABLES
@@ -43,6 +43,8 @@ from walduck.timeutil import iso, utcnow
 
 log = logging.getLogger(__name__)
 COMPONENT = "debezium"
+# commit metadata on the input offsets once Debezium's snapshot was read whole (a restart does not wait again)
+SNAPSHOT_DONE_MARK = "walduck:snapshot-done"
 
 
 class DebeziumSource:
@@ -59,7 +61,8 @@ class DebeziumSource:
         self.heartbeat_topic = f"{self.prefix}.{self.schema}.{knobs.debezium_heartbeat_table}"
         self.table_topics = [f"{self.prefix}.{self.schema}.{t}" for t in PUBLISHED_TABLES]
         self.group = knobs.debezium_group or f"walduck-debezium-{self.prefix}"
-        self.assembler = Assembler()
+        self.assembler = Assembler(snapshot_done=knobs.debezium_snapshot_mode == "no_data")
+        self._snapshot_ends: dict[TopicPartition, int] | None = None
         self._stop = asyncio.Event()
         self.published_transactions = 0
 
@@ -112,6 +115,10 @@ class DebeziumSource:
                 consumer.seek(tp, position)
             for tp in wanted - assigned:
                 committed = await consumer.committed(tp)
+                if tp.topic == self.tx_topic and committed is not None:
+                    meta = await consumer._coordinator.fetch_committed_offsets([tp])
+                    if meta.get(tp) is not None and meta[tp].metadata == SNAPSHOT_DONE_MARK:
+                        self.assembler.snapshot_done = True  # a previous run saw the whole snapshot
                 if committed is None:
                     await consumer.seek_to_beginning(tp)
                 else:
@@ -138,6 +145,7 @@ class DebeziumSource:
             for tp, msgs in batches.items():
                 for msg in msgs:
                     await self._take(tp, msg, producer)
+            await self._check_snapshot(consumer, assigned)
             done = self.assembler.ready()
             if done:
                 ack = await publisher.publish([r for a in done for r in self._records(a)])
@@ -161,6 +169,21 @@ class DebeziumSource:
                     await fut
         await self._commit_acked(consumer, inflight)
 
+    async def _check_snapshot(self, consumer: AIOKafkaConsumer, assigned: set[TopicPartition]) -> None:
+        """Debezium's last snapshot record was read: the snapshot is complete once every table partition was
+        read up to its end offset taken after that record (earlier records of other partitions are there)."""
+        a = self.assembler
+        if a.snapshot_done or not a.snapshot_last_seen:
+            return
+        tables = [tp for tp in assigned if tp.topic not in (self.tx_topic, self.heartbeat_topic)]
+        if self._snapshot_ends is None:
+            self._snapshot_ends = await consumer.end_offsets(tables)
+        for tp, end in self._snapshot_ends.items():
+            if await consumer.position(tp) < end:
+                return
+        a.finish_snapshot(iso(utcnow()))
+        log.info("Debezium snapshot complete: streamed transactions flow")
+
     async def _commit_acked(self, consumer: AIOKafkaConsumer, inflight: list) -> list:
         """Step 5: commit the offsets of the oldest publishes Kafka acknowledged (in order)."""
         offsets = None
@@ -170,8 +193,9 @@ class DebeziumSource:
                 fut.result()  # a failed publish raises: nothing past it is committed; the supervisor restarts
             offsets = committable
         if offsets:
+            mark = SNAPSHOT_DONE_MARK if self.assembler.snapshot_done else ""
             await consumer.commit(
-                {TopicPartition(t, p): OffsetAndMetadata(o, "") for (t, p), o in offsets.items()}
+                {TopicPartition(t, p): OffsetAndMetadata(o, mark) for (t, p), o in offsets.items()}
             )
         return inflight
 
@@ -187,6 +211,10 @@ class DebeziumSource:
                 return
             if tp.topic == self.heartbeat_topic:
                 xid, order = _tx_position(msg.value)
+                if (
+                    _snapshot_marker(msg.value) == SNAPSHOT_LAST
+                ):  # the heartbeat table may be snapshotted last
+                    self.assembler.snapshot_last_seen = True
                 if xid is None:
                     self.assembler.skip(key, msg.offset)
                 else:
@@ -197,9 +225,13 @@ class DebeziumSource:
                 self.assembler.skip(key, msg.offset)
                 return
             if event.snapshot is not None:
-                raise UnusableEvent(
-                    "snapshot read: the Debezium source takes streamed changes only (snapshot.mode=no_data)"
-                )
+                if self.assembler.snapshot_done:
+                    raise UnusableEvent(
+                        "snapshot read after the snapshot was complete (WALDUCK_DEBEZIUM_SNAPSHOT_MODE=no_data, "
+                        "or Debezium snapshotted again: start walduck from a fresh Debezium topic prefix)"
+                    )
+                self.assembler.snapshot_read(key, msg.offset, event)
+                return
             assert event.xid is not None and event.total_order is not None
             self.assembler.event(key, msg.offset, event.xid, event.total_order, event)
         except UnusableEvent as exc:
@@ -252,3 +284,17 @@ def _tx_position(value: bytes | None) -> tuple[int | None, int]:
     except (ValueError, RecursionError, KeyError, TypeError):
         return None, 0
     return (xid, order) if isinstance(xid, int) and isinstance(order, int) else (None, 0)
+
+
+def _snapshot_marker(value: bytes | None) -> str | None:
+    """Debezium's ``source.snapshot`` of a raw event (``None`` when absent or unreadable)."""
+    if not value:
+        return None
+    try:
+        doc = loads_exact(value)
+        if isinstance(doc, dict) and "payload" in doc and "schema" in doc:
+            doc = doc["payload"]
+        marker = doc["source"].get("snapshot")
+    except (ValueError, RecursionError, KeyError, TypeError, AttributeError):
+        return None
+    return marker if isinstance(marker, str) else None

@@ -42,7 +42,7 @@ async def create_transaction_topic(bootstrap: str, prefix: str) -> None:
         await admin.close()
 
 
-def start_debezium(stack: Stack, work_dir: Path) -> tuple[LocalDebezium, str]:
+def start_debezium(stack: Stack, work_dir: Path, snapshot_mode: str = "no_data") -> tuple[LocalDebezium, str]:
     """Debezium streaming the stack's catalog; returns it and its topic prefix (WALDUCK_DEBEZIUM_TOPIC_PREFIX)."""
     s = stack.settings
     prefix = f"dbz{uuid.uuid4().hex[:8]}"
@@ -68,6 +68,7 @@ def start_debezium(stack: Stack, work_dir: Path) -> tuple[LocalDebezium, str]:
         prefix,
         extra={
             "provide.transaction.metadata": "true",
+            "snapshot.mode": snapshot_mode,
             "heartbeat.interval.ms": "500",
             "heartbeat.action.query": f"UPDATE {s.catalog_schema}.{HEARTBEAT_TABLE} SET at = now() WHERE id = 1",
         },

@@ -9,16 +9,39 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
+
 from faults.faultkit import BackgroundWorkload, assert_zero_drift
 from stack.local import Stack
+from stack.workload.generator import ALL_SHAPES_MIX, Workload
 from support.debezium import start_debezium
 
 
-async def test_debezium_topics_feed_the_contexts_with_zero_drift(make_stack, tmp_path) -> None:
+@pytest.mark.parametrize("snapshot_mode", ["no_data", "initial"])
+async def test_debezium_topics_feed_the_contexts_with_zero_drift(make_stack, tmp_path, snapshot_mode) -> None:
+    """``initial``: the catalog already holds data when Debezium starts; its snapshot reads come first."""
     stack: Stack = await make_stack()
-    dbz, prefix = await asyncio.to_thread(start_debezium, stack, tmp_path / "debezium")
+    if snapshot_mode == "initial":
+        s = stack.settings
+        with Workload(s.pg_dsn, s.catalog_schema, s.storage_root, seed=17) as wl:
+            wl.run(
+                datasets=3,
+                days=2,
+                partitions_per_shard=4,
+                rate=0,
+                duration=60,
+                max_commits=30,
+                mix=ALL_SHAPES_MIX,
+            )
+    dbz, prefix = await asyncio.to_thread(start_debezium, stack, tmp_path / "debezium", snapshot_mode)
     try:
-        stack.extra_env.update({"WALDUCK_SOURCE": "debezium", "WALDUCK_DEBEZIUM_TOPIC_PREFIX": prefix})
+        stack.extra_env.update(
+            {
+                "WALDUCK_SOURCE": "debezium",
+                "WALDUCK_DEBEZIUM_TOPIC_PREFIX": prefix,
+                "WALDUCK_DEBEZIUM_SNAPSHOT_MODE": snapshot_mode,
+            }
+        )
         stack.start()
         await asyncio.to_thread(stack.wait_ready, 180)
         workload = BackgroundWorkload(stack, seed=18, duration=20, rate=5).start()
@@ -38,7 +61,7 @@ async def test_debezium_topics_feed_the_contexts_with_zero_drift(make_stack, tmp
         assert report.datasets >= 1 and report.rows_checked > 0
         assert not dbz.errors(), dbz.errors()[-2000:]
         print(
-            f"[debezium] commits={summary.commits} datasets={report.datasets} rows={report.rows_checked} "
+            f"[debezium {snapshot_mode}] commits={summary.commits} datasets={report.datasets} rows={report.rows_checked} "
             f"caught_up_s={time.monotonic() - began:.1f}"
         )
     finally:

@@ -156,3 +156,50 @@ def test_records_read_twice_neither_block_nor_duplicate(seed: int, n_tx: int, re
             out += asm.ready()
     assert [a.xid for a in out] == [x for x, _, _, _ in expected]
     assert asm.pending() == 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(seed=st.integers(0, 2**32), n_tx=st.integers(1, 15), n_snap=st.integers(1, 30))
+def test_streamed_transactions_wait_for_the_whole_snapshot(seed: int, n_tx: int, n_snap: int) -> None:
+    rng = random.Random(seed)
+    streams, expected = _history(rng, n_tx, 3)
+    snap_tps = [(f"dbz.t{rng.randint(0, 1)}", rng.randrange(3)) for _ in range(n_snap)]
+    for i, tp in enumerate(
+        snap_tps
+    ):  # Debezium writes the snapshot first: each partition starts with its reads
+        ev = DebeziumEvent(
+            table="dataset_partitions",
+            op=Op.READ,
+            key={"id": f"s{i}"},
+            new={"id": f"s{i}", "dataset_id": "ds-1"},
+            old=None,
+            dataset_id="ds-1",
+            lsn=999,
+            commit_ts="2026-12-03T00:00:00+00:00",
+            xid=None,
+            total_order=None,
+            snapshot="last" if i == n_snap - 1 else "true",
+        )
+        stream = streams.setdefault(tp, [])
+        at = sum(1 for item in stream if item[0] == "snap")
+        stream.insert(at, ("snap", ev))
+    asm = Assembler(snapshot_done=False)
+    out, snapshot_records = [], 0
+    fed_snap = 0
+    for tp, offset, item in _interleave(rng, streams):
+        if item[0] == "snap":
+            asm.snapshot_read(tp, offset, item[1])
+            fed_snap += 1
+        else:
+            _feed(asm, tp, offset, item)
+        # the source's rule, modelled: last read + every partition read past the snapshot's records
+        if asm.snapshot_last_seen and fed_snap == n_snap and not asm.snapshot_done:
+            asm.finish_snapshot("2026-12-03T00:00:01+00:00")
+        for a in asm.ready():
+            if a.snapshot:
+                assert not [o for o in out if not o.snapshot], "snapshot read after a streamed transaction"
+                snapshot_records += sum(r.kind.value == "change" for r in a.records)
+            out.append(a)
+    assert snapshot_records == n_snap
+    assert out[-len(expected) :] and [a.xid for a in out if not a.snapshot] == [x for x, _, _, _ in expected]
+    assert any(r.kind.value == "snapshot_done" for a in out if a.snapshot for r in a.records)
