@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import signal
 
 import typer
 
 from connectors.settings import ConnectorSettings, SnapshotMode
+from walduck.config import LogFormat, LogLevel
 from walduck.gctuning import tune_for_streaming
+from walduck.logs import format_option, level_option
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -52,13 +53,16 @@ def run(
     status_interval: float = typer.Option(None, help="Seconds [WALDUCK_STATUS_INTERVAL]."),
     metrics_port: int = typer.Option(None, help="0 = off [WALDUCK_METRICS_PORT]."),
     snapshot_mode: SnapshotMode = typer.Option(None, help="[WALDUCK_SNAPSHOT_MODE]"),
-    log_level: str = typer.Option("INFO"),
+    log_level: LogLevel = level_option(),
+    log_format: LogFormat = format_option(),
 ) -> None:
     """Stream catalog changes to Kafka until interrupted (SIGINT/SIGTERM drain and confirm first)."""
     from connectors.connector import Connector
+    from walduck.health import Health, kafka_connected
+    from walduck.logs import setup_logging
     from walduck.metrics import serve_metrics
 
-    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging("connector", log_level, log_format)
     settings = _settings(
         pg_dsn,
         kafka,
@@ -75,8 +79,9 @@ def run(
         "snapshot_mode": snapshot_mode,
     }
     csettings = ConnectorSettings(**{k: v for k, v in overrides.items() if v is not None})
+    health = Health("connector")
     if csettings.metrics_port:
-        serve_metrics(csettings.metrics_port, settings.metrics_host)
+        serve_metrics("connector", csettings.metrics_port, settings.metrics_host, health)
 
     # The delivery loop allocates a few small objects per column and holds up to max_inflight_records
     # records until Kafka acknowledges them: collect the young generation less often and keep the
@@ -85,9 +90,21 @@ def run(
 
     async def main() -> None:
         connector = Connector(settings, csettings)
+        # ready: the slot streams and the producer holds a broker connection (docs/operations.md "Probes")
+        health.check("replicationStreaming", lambda: connector.streaming)
+        health.check("kafkaConnected", lambda: kafka_connected(getattr(connector.producer, "client", None)))
+
+        def stop() -> None:
+            health.stopping = True
+            connector.stop()
+
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, connector.stop)
-        await connector.run()
+            loop.add_signal_handler(sig, stop)
+        beating = asyncio.create_task(health.heartbeat(), name="health-heartbeat")
+        try:
+            await connector.run()
+        finally:
+            beating.cancel()
 
     asyncio.run(main())

@@ -30,7 +30,7 @@ from sinks.service.nul_guard import RejectNul
 from sinks.service.settings import QuerySettings
 from sinks.service.state import Planner, ServiceState, Store
 from walduck.lsn import format_lsn
-from walduck.metrics import QUERY_DURATION, QUERY_REQUESTS
+from walduck.metrics import QUERY_DURATION, QUERY_REQUESTS, REGISTRIES
 
 
 def _default_planner() -> Planner:
@@ -48,9 +48,13 @@ def create_app(
     catalog_schema: str = "timestore",
     planner: Planner | None = None,
     audit: AuditSink | None = None,
+    checks: dict[str, Callable[[], bool]] | None = None,
+    stopping: Callable[[], bool] | None = None,
 ) -> FastAPI:
     """The FastAPI app. ``pg_dsn`` enables /sql/exec, saved queries, manifests and the audit writer;
-    ``exec_dsn`` (default ``pg_dsn``) is the role /sql/exec runs as."""
+    ``exec_dsn`` (default ``pg_dsn``) is the role /sql/exec runs as. ``checks`` are /ready's dependencies
+    beyond the contexts (the server adds the deltas consumer's Kafka connection); ``stopping`` says the
+    process is shutting down (/ready 503 at once, so the Service stops routing to it)."""
     settings = settings or QuerySettings()
     catalog = Catalog(pg_dsn, catalog_schema, exec_dsn=exec_dsn) if pg_dsn else None
     if audit is None:
@@ -79,6 +83,8 @@ def create_app(
         planner=planner or _default_planner(),
         audit=audit,
         catalog=catalog,
+        checks=dict(checks or {}),
+        stopping=stopping or (lambda: False),
     )
 
     @asynccontextmanager
@@ -157,25 +163,46 @@ def _install_metrics_middleware(app: FastAPI) -> None:
 
 
 def _install_ops_routes(app: FastAPI, state: ServiceState) -> None:
-    @app.get("/health", tags=["Ops"], summary="Liveness")
+    @app.get("/health", tags=["Ops"], summary="Liveness (the event loop answers)")
     async def health() -> dict[str, Any]:
         return {"status": "ok"}
 
-    @app.get("/ready", tags=["Ops"], summary="503 until the contexts have bootstrapped and caught up")
+    @app.get("/live", tags=["Ops"], summary="Liveness (the event loop answers); = /health")
+    async def live() -> dict[str, Any]:
+        return {"status": "live", "component": "query"}
+
+    @app.get(
+        "/ready",
+        tags=["Ops"],
+        summary="503 until the contexts have bootstrapped and caught up, the deltas consumer is connected and "
+        "PostgreSQL answers; 503 again while stopping",
+        responses={503: {"description": "Not ready: the body's checks say which dependency is not"}},
+    )
     async def ready() -> JSONResponse:
         staleness = state.staleness_seconds()
-        bootstrapped = state.bootstrapped()
-        caught_up = staleness is not None and staleness <= state.settings.ready_max_staleness_s
-        ok = bootstrapped and caught_up
+        checks = {
+            "bootstrapped": state.bootstrapped(),
+            "caughtUp": staleness is not None and staleness <= state.settings.ready_max_staleness_s,
+        }
+        for name, fn in state.checks.items():
+            try:
+                checks[name] = bool(fn())
+            except Exception:  # a check that cannot tell is a check that failed
+                checks[name] = False
+        if state.catalog is not None:
+            checks["postgres"] = await state.postgres_reachable()
+        stopping = state.stopping()
+        ok = all(checks.values()) and not stopping
         body = {
-            "status": "ready" if ok else "starting",
-            "bootstrapped": bootstrapped,
+            "status": "ready" if ok else ("stopping" if stopping else "starting"),
+            "bootstrapped": checks["bootstrapped"],
             "appliedLsn": format_lsn(state.store.applied_lsn()),
             "stalenessSeconds": staleness,
+            "checks": checks,
         }
         return JSONResponse(body, status_code=200 if ok else 503)
 
-    @app.get("/metrics", tags=["Ops"], summary="Prometheus metrics")
+    @app.get("/metrics", tags=["Ops"], summary="Prometheus metrics of this process (the query registry)")
     async def metrics(request: Request) -> Response:
         state.iam.require_metrics(principal_from_headers(request.headers))
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(REGISTRIES["query"]), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,72 @@
+"""The query service's ops routes (issue 17): /ready from every dependency's real state (contexts bootstrapped
+and caught up, the deltas consumer connected, PostgreSQL reachable, not stopping), /live, and a /metrics that
+exports the query process's series only (it exported the connector's and the compactor's too)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import httpx
+
+from sinks.service.app import create_app
+from sinks.service.audit import MemoryAudit
+from sinks.service.settings import QuerySettings
+from tests.unit.service.service_fake_store import FakeStore
+
+ADMIN = {"x-iam-scopes": "admin"}
+
+
+def _client(
+    checks: dict[str, Any] | None = None, stopping: Any = None
+) -> tuple[httpx.AsyncClient, FakeStore]:
+    store = FakeStore()
+    app = create_app(
+        store,
+        QuerySettings(sql_read_scope="sql:read", admin_scope="admin"),
+        audit=MemoryAudit(),
+        checks=checks,
+        stopping=stopping,
+    )
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t"), store
+
+
+async def test_metrics_lists_only_the_query_process_series() -> None:
+    client, _ = _client()
+    async with client:
+        text = (await client.get("/metrics", headers=ADMIN)).text
+    families = set(re.findall(r"^# TYPE (walduck_[a-z0-9_]+) ", text, re.M))
+    phantom = sorted(f for f in families if f.startswith(("walduck_connector_", "walduck_compactor_")))
+    assert not phantom, phantom
+    assert "walduck_query_requests_total" in families and "walduck_shard_staleness_seconds" in families
+    assert "walduck_build_info" in families
+
+
+async def test_ready_follows_each_dependency_and_stopping() -> None:
+    state = {"consumer": False, "postgres": True, "stopping": False}
+    client, store = _client(
+        checks={"deltasConsumer": lambda: state["consumer"], "postgres": lambda: state["postgres"]},
+        stopping=lambda: state["stopping"],
+    )
+    async with client:
+        r = await client.get("/ready")
+        assert r.status_code == 503 and r.json()["checks"]["deltasConsumer"] is False
+        state["consumer"] = True
+        r = await client.get("/ready")
+        assert r.status_code == 200, r.json()
+        assert r.json()["checks"] == {
+            "bootstrapped": True,
+            "caughtUp": True,
+            "deltasConsumer": True,
+            "postgres": True,
+        }
+        state["postgres"] = False
+        assert (await client.get("/ready")).status_code == 503
+        state["postgres"] = True
+        store.bootstrapped = False
+        assert (await client.get("/ready")).json()["checks"]["bootstrapped"] is False
+        store.bootstrapped = True
+        state["stopping"] = True
+        r = await client.get("/ready")
+        assert r.status_code == 503 and r.json()["status"] == "stopping"
+        assert (await client.get("/live")).status_code == 200  # stopping is not dead
