@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 
 import typer
@@ -13,6 +14,7 @@ from walduck.gctuning import tune_for_streaming
 from walduck.logs import format_option, level_option
 
 app = typer.Typer(no_args_is_help=True)
+log = logging.getLogger(__name__)
 
 
 def _settings(pg_dsn: str | None, kafka: str | None, slot: str | None, publication: str | None, **kw: object):
@@ -94,16 +96,31 @@ def run(
         health.check("replicationStreaming", lambda: connector.streaming)
         health.check("kafkaConnected", lambda: kafka_connected(getattr(connector.producer, "client", None)))
 
+        run = asyncio.create_task(connector.run(), name="connector")
+
+        def cancel_unless_streaming() -> None:
+            # not streaming = connecting, waiting for the slot or for a topic, backing off: nothing is in flight
+            # that a drain would confirm, so the blocked call (e.g. Kafka metadata for a missing topic, ~60 s)
+            # is cancelled instead of awaited (SIGINT took ~30 s); as after a crash before streaming, the slot
+            # has confirmed nothing new, so a restart resumes (or redoes the snapshot) from where it was
+            if not run.done() and not connector.streaming:
+                run.cancel()
+
         def stop() -> None:
             health.stopping = True
-            connector.stop()
+            connector.stop()  # streaming: drain, confirm, return (the stream loop checks every 0.5 s)
+            loop.call_later(0.5, cancel_unless_streaming)
 
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop)
         beating = asyncio.create_task(health.heartbeat(), name="health-heartbeat")
         try:
-            await connector.run()
+            await run
+        except asyncio.CancelledError:
+            if not connector.stop_event.is_set():
+                raise
+            log.info("stopped while not streaming (nothing in flight)")
         finally:
             beating.cancel()
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -57,7 +58,41 @@ class TextFormatter(logging.Formatter):
         return line
 
 
-def setup_logging(component: str | None = None, level: str | None = None, fmt: str | None = None) -> None:
+class RepeatFilter(logging.Filter):
+    """A WARNING-or-worse line repeated within ``interval_s`` is written once per interval, with how many copies
+    were held back (a client polling for a missing topic logged the same ERROR ~10 times a second)."""
+
+    def __init__(self, interval_s: float = 10.0) -> None:
+        super().__init__()
+        self.interval_s = interval_s
+        self._seen: dict[
+            tuple[str, int, str], list[float]
+        ] = {}  # key -> [last written (monotonic), held back]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        key = (record.name, record.levelno, record.getMessage())
+        now = time.monotonic()
+        seen = self._seen.get(key)
+        if seen is not None and now - seen[0] < self.interval_s:
+            seen[1] += 1
+            return False
+        if seen is not None and seen[1]:
+            record.msg = (
+                f"{record.getMessage()} ({int(seen[1])} identical lines held back in {self.interval_s:g} s)"
+            )
+            record.args = None
+        if len(self._seen) > 1000:  # bounded: forget the oldest half
+            for old in sorted(self._seen, key=lambda k: self._seen[k][0])[:500]:
+                del self._seen[old]
+        self._seen[key] = [now, 0]
+        return True
+
+
+def setup_logging(
+    component: str | None = None, level: str | None = None, fmt: str | None = None, *, stream: Any = None
+) -> None:
     """(Re)configure the root logger: one stderr handler in the chosen format. Later calls keep what earlier
     ones chose unless they say otherwise (the ``walduck`` callback sets level/format, the command its component)."""
     settings = LogSettings()
@@ -69,8 +104,9 @@ def setup_logging(component: str | None = None, level: str | None = None, fmt: s
         _state["format"] = LogFormat(fmt.lower())
     chosen_level = _state["level"] or settings.log_level.value
     chosen_format = _state["format"] or settings.log_format
-    handler = logging.StreamHandler(sys.stderr)
+    handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter() if chosen_format == LogFormat.JSON else TextFormatter())
+    handler.addFilter(RepeatFilter())
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
