@@ -7,6 +7,7 @@ Routes: ``/sql/schema``, ``/sql/read``, ``/sql/exec``, ``/sql/saved[/{id}]``, ``
 
 from __future__ import annotations
 
+import hmac
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -204,5 +205,19 @@ def _install_ops_routes(app: FastAPI, state: ServiceState) -> None:
 
     @app.get("/metrics", tags=["Ops"], summary="Prometheus metrics of this process (the query registry)")
     async def metrics(request: Request) -> Response:
-        state.iam.require_metrics(principal_from_headers(request.headers))
+        if not _metrics_token_matches(state.settings, request.headers.get("authorization", "")):
+            state.iam.require_metrics(principal_from_headers(request.headers))
         return Response(generate_latest(REGISTRIES["query"]), media_type=CONTENT_TYPE_LATEST)
+
+
+def _metrics_token_matches(settings: QuerySettings, authorization: str) -> bool:
+    """``Authorization: Bearer <token>`` equal to the content of WALDUCK_METRICS_TOKEN_FILE (what a PodMonitor's
+    ``authorization`` sends); False when no token file is configured, it is empty, or the header differs."""
+    if settings.metrics_token_file is None or not authorization.lower().startswith("bearer "):
+        return False
+    try:
+        expected = settings.metrics_token_file.read_text().strip()
+    except OSError:
+        return False
+    given = authorization[len("bearer ") :].strip()
+    return bool(expected) and hmac.compare_digest(given.encode(), expected.encode())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -28,6 +30,10 @@ class QuerySettings(BaseSettings):
     sql_read_scope: str = Field("", validation_alias=_env("sql_read_scope", "TIMESTORE_SQL_READ_SCOPE"))
     sql_exec_scope: str = Field("", validation_alias=_env("sql_exec_scope", "TIMESTORE_SQL_EXEC_SCOPE"))
     metrics_scope: str = Field("", validation_alias=_env("metrics_scope", "TIMESTORE_METRICS_SCOPE"))
+    # a file holding a bearer token (a mounted k8s Secret key) that /metrics accepts as well as the metrics scope:
+    # a PodMonitor cannot send x-iam-scopes, but it sends `Authorization: Bearer` (its `authorization` field);
+    # read at each scrape, so a rotated Secret is picked up
+    metrics_token_file: Path | None = Field(None, validation_alias=_env("metrics_token_file"))
 
     # /sql/exec on a superuser connection, or one that reaches pg_execute_server_program / pg_read_server_files /
     # pg_write_server_files, is refused (403) unless this says otherwise (docs/security.md "Roles")

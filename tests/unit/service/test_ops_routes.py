@@ -70,3 +70,23 @@ async def test_ready_follows_each_dependency_and_stopping() -> None:
         r = await client.get("/ready")
         assert r.status_code == 503 and r.json()["status"] == "stopping"
         assert (await client.get("/live")).status_code == 200  # stopping is not dead
+
+
+async def test_metrics_accepts_the_pod_monitors_bearer_token(tmp_path) -> None:
+    """k8s/podmonitors.yaml scrapes the query pods with `authorization: Bearer` from the Secret the pods mount as
+    WALDUCK_METRICS_TOKEN_FILE: the route accepts exactly that token, or the metrics scope; nothing else."""
+    token = tmp_path / "token"
+    token.write_text("s3cret-token\n")
+    settings = QuerySettings(
+        sql_read_scope="sql:read", admin_scope="admin", metrics_scope="metrics", metrics_token_file=token
+    )
+    app = create_app(FakeStore(), settings, audit=MemoryAudit())
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+        assert (
+            await client.get("/metrics", headers={"authorization": "Bearer s3cret-token"})
+        ).status_code == 200
+        assert (await client.get("/metrics", headers={"x-iam-scopes": "metrics"})).status_code == 200
+        for headers in ({}, {"authorization": "Bearer wrong"}, {"authorization": "s3cret-token"}):
+            assert (await client.get("/metrics", headers=headers)).status_code == 403, headers
+        token.write_text("")  # an empty token file opens nothing
+        assert (await client.get("/metrics", headers={"authorization": "Bearer "})).status_code == 403
