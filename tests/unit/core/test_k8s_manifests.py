@@ -277,7 +277,11 @@ def test_metrics_listeners_bind_the_pod_ip_with_the_manifests_env() -> None:
     assert checked == {"connector", "compactor"}
 
 
-PROBE_PATHS = {"connector": {"/ready", "/live"}, "compactor": {"/ready", "/live"}, "query": {"/ready", "/live", "/health"}}
+PROBE_PATHS = {
+    "connector": {"/ready", "/live"},
+    "compactor": {"/ready", "/live"},
+    "query": {"/ready", "/live", "/health"},
+}
 
 
 def test_every_long_running_pod_has_probes_its_component_answers() -> None:
@@ -293,7 +297,10 @@ def test_every_long_running_pod_has_probes_its_component_answers() -> None:
         for probe in ("readinessProbe", "livenessProbe"):
             assert probe in container, (doc["metadata"]["name"], probe)
             get = container[probe]["httpGet"]
-            assert get["path"] in PROBE_PATHS[component] and get["port"] in ports, (doc["metadata"]["name"], get)
+            assert get["path"] in PROBE_PATHS[component] and get["port"] in ports, (
+                doc["metadata"]["name"],
+                get,
+            )
         assert container["readinessProbe"]["httpGet"]["path"] == "/ready"
 
 
