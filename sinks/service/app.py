@@ -16,6 +16,7 @@ from typing import Any
 import psycopg
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.gzip import GZipMiddleware
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -111,6 +112,9 @@ def create_app(
     _install_error_handlers(app)
     app.add_middleware(BodyLimit, max_body_bytes=settings.max_body_bytes)  # inside the metrics middleware
     app.add_middleware(RejectNul)
+    if settings.gzip_min_bytes > 0:
+        # inside the metrics middleware (which re-streams every body: gzip there would compress 15-byte answers)
+        app.add_middleware(GZipMiddleware, minimum_size=settings.gzip_min_bytes, compresslevel=6)
     _install_metrics_middleware(app)
     _install_ops_routes(app, state)
     return app

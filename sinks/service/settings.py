@@ -56,6 +56,9 @@ class QuerySettings(BaseSettings):
     # audit writer: flush when this many rows are queued or after this interval
     audit_batch_size: int = Field(200, validation_alias=_env("audit_batch_size"))
     audit_flush_interval_s: float = Field(0.5, validation_alias=_env("audit_flush_interval_s"))
+    # responses of at least this many bytes are gzip-compressed for a client sending Accept-Encoding: gzip
+    # (0 = never compress); the byte cap counts the body before compression
+    gzip_min_bytes: int = Field(1024, validation_alias=_env("query_gzip_min_bytes"))
     # /ready: 503 while the contexts are staler than this (seconds)
     ready_max_staleness_s: float = Field(60.0, validation_alias=_env("ready_max_staleness_s"))
 

@@ -90,3 +90,22 @@ async def test_metrics_accepts_the_pod_monitors_bearer_token(tmp_path) -> None:
             assert (await client.get("/metrics", headers=headers)).status_code == 403, headers
         token.write_text("")  # an empty token file opens nothing
         assert (await client.get("/metrics", headers={"authorization": "Bearer "})).status_code == 403
+
+
+async def test_large_responses_are_gzipped_when_asked() -> None:
+    """issue 17: no gzip. A large /sql/read body is compressed for a client that accepts gzip (httpx decodes
+    it: same rows), a small one and a client that does not ask are served plain."""
+    client, _ = _client()
+    big = {"sql": "SELECT repeat('walduck ', 20) AS s, range AS n FROM range(2000)"}
+    read = {"x-iam-scopes": "sql:read"}
+    async with client:
+        zipped = await client.post("/sql/read", json=big, headers={**read, "accept-encoding": "gzip"})
+        assert zipped.status_code == 200, zipped.text
+        assert zipped.headers["content-encoding"] == "gzip"
+        assert zipped.num_bytes_downloaded < len(zipped.content) / 5  # bytes on the wire vs decoded
+        assert len(zipped.json()["rows"]) == 2000
+        plain = await client.post("/sql/read", json=big, headers={**read, "accept-encoding": "identity"})
+        assert "content-encoding" not in plain.headers, plain.request.headers
+        assert plain.json()["rows"] == zipped.json()["rows"]
+        small = await client.get("/health", headers={"accept-encoding": "gzip"})
+        assert "content-encoding" not in small.headers
