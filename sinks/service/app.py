@@ -29,6 +29,7 @@ from sinks.service.errors import ApiError
 from sinks.service.iam import Forbidden, principal_from_headers
 from sinks.service.limits import QueryRunner
 from sinks.service.nul_guard import RejectNul
+from sinks.service.openapi import install_openapi
 from sinks.service.settings import QuerySettings
 from sinks.service.state import Planner, ServiceState, Store
 from walduck.lsn import format_lsn
@@ -117,6 +118,7 @@ def create_app(
         app.add_middleware(GZipMiddleware, minimum_size=settings.gzip_min_bytes, compresslevel=6)
     _install_metrics_middleware(app)
     _install_ops_routes(app, state)
+    install_openapi(app)
     return app
 
 
