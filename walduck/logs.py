@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,6 +21,8 @@ import orjson
 from walduck.config import LogFormat, LogLevel, LogSettings
 
 _state: dict[str, Any] = {"component": "walduck", "level": None, "format": None}
+# the request being served (the query service's middleware sets it): every line logged meanwhile carries it
+REQUEST_ID: ContextVar[str | None] = ContextVar("walduck_request_id", default=None)
 
 
 def _ts(record: logging.LogRecord) -> str:
@@ -34,7 +37,7 @@ def _fields(record: logging.LogRecord) -> dict[str, Any]:
         "component": _state["component"],
         "msg": record.getMessage(),
     }
-    request_id = getattr(record, "request_id", None)
+    request_id = getattr(record, "request_id", None) or REQUEST_ID.get()
     if request_id:
         fields["requestId"] = request_id
     return fields

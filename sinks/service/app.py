@@ -8,7 +8,9 @@ Routes: ``/sql/schema``, ``/sql/read``, ``/sql/exec``, ``/sql/saved[/{id}]``, ``
 from __future__ import annotations
 
 import hmac
+import re
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -32,6 +34,7 @@ from sinks.service.nul_guard import RejectNul
 from sinks.service.openapi import install_openapi
 from sinks.service.settings import QuerySettings
 from sinks.service.state import Planner, ServiceState, Store
+from walduck.logs import REQUEST_ID
 from walduck.lsn import format_lsn
 from walduck.metrics import QUERY_DURATION, QUERY_REQUESTS, REGISTRIES
 
@@ -153,16 +156,25 @@ def _install_error_handlers(app: FastAPI) -> None:
         return ApiError(500, str(exc) or type(exc).__name__).response()
 
 
+_REQUEST_ID_SHAPE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
 def _install_metrics_middleware(app: FastAPI) -> None:
     @app.middleware("http")
     async def count(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         started = time.perf_counter()
         status = 500
+        # the caller's x-request-id (a gateway's), else a new one: on every log line of the request and echoed
+        given = request.headers.get("x-request-id", "")
+        request_id = given if _REQUEST_ID_SHAPE.fullmatch(given) else f"req-{uuid.uuid4().hex[:16]}"
+        token = REQUEST_ID.set(request_id)
         try:
             response = await call_next(request)
             status = response.status_code
+            response.headers["x-request-id"] = request_id
             return response
         finally:
+            REQUEST_ID.reset(token)
             route = request.scope.get("route")
             name = getattr(route, "path", "unmatched")
             QUERY_REQUESTS.labels(route=name, status=str(status)).inc()

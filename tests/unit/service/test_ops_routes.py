@@ -109,3 +109,32 @@ async def test_large_responses_are_gzipped_when_asked() -> None:
         assert plain.json()["rows"] == zipped.json()["rows"]
         small = await client.get("/health", headers={"accept-encoding": "gzip"})
         assert "content-encoding" not in small.headers
+
+
+async def test_every_log_line_of_a_request_carries_its_request_id() -> None:
+    """issue 17: the log format's request id. A gateway's x-request-id is kept (else one is made), echoed, and
+    on every line logged while the request is served."""
+    import io
+    import json
+    import logging
+
+    from walduck import logs
+
+    stream = io.StringIO()
+    logs.setup_logging("query", "info", "json", stream=stream)
+    try:
+
+        def logging_check() -> bool:
+            logging.getLogger("sinks.service.test").info("checking for %s", "ready")
+            return True
+
+        client, _ = _client(checks={"logs": logging_check})
+        async with client:
+            given = await client.get("/ready", headers={"x-request-id": "gw-1234"})
+            made = await client.get("/ready", headers={"x-request-id": "bad id with spaces"})
+    finally:
+        logging.getLogger().handlers.clear()
+    assert given.headers["x-request-id"] == "gw-1234"
+    assert made.headers["x-request-id"].startswith("req-")
+    lines = [json.loads(line) for line in stream.getvalue().splitlines() if "checking for" in line]
+    assert [line.get("requestId") for line in lines] == ["gw-1234", made.headers["x-request-id"]]
