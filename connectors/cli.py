@@ -9,9 +9,12 @@ import signal
 import typer
 
 from connectors.settings import ConnectorSettings, SnapshotMode
+from walduck.config import LogFormat, LogLevel
 from walduck.gctuning import tune_for_streaming
+from walduck.logs import format_option, level_option
 
 app = typer.Typer(no_args_is_help=True)
+log = logging.getLogger(__name__)
 
 
 def _settings(pg_dsn: str | None, kafka: str | None, slot: str | None, publication: str | None, **kw: object):
@@ -52,13 +55,16 @@ def run(
     status_interval: float = typer.Option(None, help="Seconds [WALDUCK_STATUS_INTERVAL]."),
     metrics_port: int = typer.Option(None, help="0 = off [WALDUCK_METRICS_PORT]."),
     snapshot_mode: SnapshotMode = typer.Option(None, help="[WALDUCK_SNAPSHOT_MODE]"),
-    log_level: str = typer.Option("INFO"),
+    log_level: LogLevel = level_option(),
+    log_format: LogFormat = format_option(),
 ) -> None:
     """Stream catalog changes to Kafka until interrupted (SIGINT/SIGTERM drain and confirm first)."""
     from connectors.connector import Connector
+    from walduck.health import Health, kafka_connected
+    from walduck.logs import setup_logging
     from walduck.metrics import serve_metrics
 
-    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging("connector", log_level, log_format)
     settings = _settings(
         pg_dsn,
         kafka,
@@ -75,8 +81,9 @@ def run(
         "snapshot_mode": snapshot_mode,
     }
     csettings = ConnectorSettings(**{k: v for k, v in overrides.items() if v is not None})
+    health = Health("connector")
     if csettings.metrics_port:
-        serve_metrics(csettings.metrics_port, settings.metrics_host)
+        serve_metrics("connector", csettings.metrics_port, settings.metrics_host, health)
 
     # The delivery loop allocates a few small objects per column and holds up to max_inflight_records
     # records until Kafka acknowledges them: collect the young generation less often and keep the
@@ -94,9 +101,36 @@ def run(
             await source.run()
             return
         connector = Connector(settings, csettings)
+        # ready: the slot streams and the producer holds a broker connection (docs/operations.md "Probes")
+        health.check("replicationStreaming", lambda: connector.streaming)
+        health.check("kafkaConnected", lambda: kafka_connected(getattr(connector.producer, "client", None)))
+
+        run = asyncio.create_task(connector.run(), name="connector")
+
+        def cancel_unless_streaming() -> None:
+            # not streaming = connecting, waiting for the slot or for a topic, backing off: nothing is in flight
+            # that a drain would confirm, so the blocked call (e.g. Kafka metadata for a missing topic, ~60 s)
+            # is cancelled instead of awaited (SIGINT took ~30 s); as after a crash before streaming, the slot
+            # has confirmed nothing new, so a restart resumes (or redoes the snapshot) from where it was
+            if not run.done() and not connector.streaming:
+                run.cancel()
+
+        def stop() -> None:
+            health.stopping = True
+            connector.stop()  # streaming: drain, confirm, return (the stream loop checks every 0.5 s)
+            loop.call_later(0.5, cancel_unless_streaming)
+
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, connector.stop)
-        await connector.run()
+            loop.add_signal_handler(sig, stop)
+        beating = asyncio.create_task(health.heartbeat(), name="health-heartbeat")
+        try:
+            await run
+        except asyncio.CancelledError:
+            if not connector.stop_event.is_set():
+                raise
+            log.info("stopped while not streaming (nothing in flight)")
+        finally:
+            beating.cancel()
 
     asyncio.run(main())

@@ -22,6 +22,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 import psycopg
 from aiokafka.errors import KafkaError
@@ -112,6 +113,10 @@ class Connector:
         self._watermark_due: tuple[int, str] | None = None
         # highest LSN of any heartbeat or watermark published (they must not go backwards on a partition)
         self._last_progress = 0
+        # what the connector's /ready reads (walduck/health.py): the session's producer, and whether the slot
+        # streams now (False while connecting, snapshotting, waiting for the slot, backing off after an error)
+        self.producer: Any = None
+        self.streaming = False
 
     # --- outer loop: reconnect with exponential backoff ------------------------------------
     async def run(self) -> None:
@@ -142,7 +147,9 @@ class Connector:
         """Returns True when the connector is done (stop requested or initial_only finished)."""
         self.sessions += 1
         s = self.settings
-        producer = make_producer(s)  # max_request_size: the one size limit (walduck/sizepolicy.py)
+        producer = self.producer = make_producer(
+            s
+        )  # max_request_size: the one size limit (walduck/sizepolicy.py)
         await start_client(producer, s)
         repl: ReplicationConnection | None = None
         try:
@@ -175,8 +182,10 @@ class Connector:
             log.info(
                 "streaming slot %s from %s (%s row encoder)", s.slot_name, format_lsn(start_lsn), encoder
             )
+            self.streaming = True
             return await self._stream(repl, publisher, dlq)
         finally:
+            self.streaming = False
             if repl is not None:
                 with contextlib.suppress(Exception):
                     await repl.close()

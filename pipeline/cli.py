@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import logging
+import signal
+from typing import TYPE_CHECKING
 
 import typer
 
+from walduck.config import LogFormat, LogLevel
 from walduck.gctuning import tune_for_streaming
+from walduck.logs import format_option, level_option
+
+if TYPE_CHECKING:
+    from pipeline.settings import CompactorSettings
+    from walduck.config import WalduckSettings
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -25,13 +32,15 @@ def run(
     changes_topic: str = typer.Option(None, help="[WALDUCK_CHANGES_TOPIC]"),
     deltas_topic: str = typer.Option(None, help="[WALDUCK_DELTAS_TOPIC]"),
     dlq_topic: str = typer.Option(None, help="[WALDUCK_DLQ_TOPIC]"),
+    log_level: LogLevel = level_option(),
+    log_format: LogFormat = format_option(),
 ) -> None:
     """Consume change records, publish compacted per-shard deltas (runs until SIGTERM)."""
-    from pipeline.runner import run_compactor
     from pipeline.settings import CompactorSettings
     from walduck.config import load_settings
+    from walduck.logs import setup_logging
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    setup_logging("compactor", log_level, log_format)
     settings = load_settings(
         kafka_bootstrap=kafka, changes_topic=changes_topic, deltas_topic=deltas_topic, dlq_topic=dlq_topic
     )
@@ -44,4 +53,33 @@ def run(
     # the state (visible partitions per shard) is large and long-lived: keep start-up objects out of full
     # collections and collect less often (full collections over millions of dicts stalled the loop)
     tune_for_streaming()
-    asyncio.run(run_compactor(settings, knobs))
+    asyncio.run(_run(settings, knobs))
+
+
+async def _run(settings: WalduckSettings, knobs: CompactorSettings) -> None:
+    """The compactor process: the runner, its /metrics, /live, /ready (docs/operations.md "Probes"), signals."""
+    from pipeline.runner import CompactorRunner
+    from walduck.health import Health, kafka_connected
+    from walduck.metrics import serve_metrics
+
+    runner = CompactorRunner(settings, knobs)
+    health = Health("compactor")
+    consumer = lambda: runner.consumer  # noqa: E731  (created by runner.run)
+    # ready: the consumer holds a broker connection and knows its group coordinator (joined the group)
+    health.check("kafkaConnected", lambda: kafka_connected(getattr(consumer(), "_client", None)))
+    health.check("groupCoordinator", lambda: consumer()._coordinator.coordinator_id is not None)
+    if knobs.metrics_port:
+        serve_metrics("compactor", knobs.metrics_port, settings.metrics_host, health)
+
+    def stop() -> None:
+        health.stopping = True
+        runner.stopping.set()
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop)
+    beating = asyncio.create_task(health.heartbeat(), name="health-heartbeat")
+    try:
+        await runner.run()
+    finally:
+        beating.cancel()

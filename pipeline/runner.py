@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 import time
 from dataclasses import dataclass, field
 
@@ -52,7 +51,6 @@ from walduck.metrics import (
     COMPACTOR_STATE_SHARDS,
     DLQ_RECORDS,
     KAFKA_CONSUMER_LAG,
-    serve_metrics,
 )
 from walduck.records import ChangeRecord, MalformedRecord, share_position
 
@@ -430,13 +428,3 @@ class CompactorRunner:
         COMPACTOR_ASSIGNED_PARTITIONS.set(len(self.work))
         COMPACTOR_STATE_SHARDS.set(sum(len(w.compactor.shards) for w in self.work.values()))
         COMPACTOR_STATE_PARTITIONS.set(sum(w.compactor.state_partitions for w in self.work.values()))
-
-
-async def run_compactor(settings: WalduckSettings, knobs: CompactorSettings) -> None:
-    if knobs.metrics_port:
-        serve_metrics(knobs.metrics_port, settings.metrics_host)
-    runner = CompactorRunner(settings, knobs)
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, runner.stopping.set)
-    await runner.run()

@@ -18,7 +18,9 @@ from stack.catalog.cli import app as catalog_app
 from stack.kafka_cli import app as kafka_app
 from stack.services.cli import app as services_app
 from stack.workload.cli import app as workload_app
+from walduck.config import LogFormat, LogLevel
 from walduck.kafka_security import KafkaSecurityError
+from walduck.logs import format_option, level_option
 
 
 class _WalduckApp(typer.Typer):
@@ -60,9 +62,9 @@ def settings_classes() -> list[type]:
     from pipeline.settings import CompactorSettings
     from sinks.service.settings import QuerySettings
     from sinks.settings import SinkSettings
-    from walduck.config import WalduckSettings
+    from walduck.config import LogSettings, WalduckSettings
 
-    return [WalduckSettings, ConnectorSettings, CompactorSettings, SinkSettings, QuerySettings]
+    return [WalduckSettings, LogSettings, ConnectorSettings, CompactorSettings, SinkSettings, QuerySettings]
 
 
 def _print_version(value: bool) -> None:
@@ -78,9 +80,17 @@ def _report_unknown_variables(
     _version: bool = typer.Option(
         False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
     ),
+    log_level: LogLevel = level_option(", for any command"),
+    log_format: LogFormat = format_option(", for any command"),
 ) -> None:
-    """A misspelt ``WALDUCK_*`` variable would be ignored silently: name it (and the closest known one)."""
+    """A misspelt ``WALDUCK_*`` variable would be ignored silently: name it (and the closest known one).
+    ``--log-level`` / ``--log-format`` here apply to whichever command follows (walduck/logs.py)."""
     import os
+
+    if log_level or log_format:
+        from walduck.logs import setup_logging
+
+        setup_logging(level=log_level, fmt=log_format)
 
     from walduck.config import unknown_variables
 

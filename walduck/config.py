@@ -15,7 +15,7 @@ from enum import Enum, StrEnum
 from pathlib import Path
 from typing import Any
 
-from pydantic import AliasChoices, SecretStr, model_validator
+from pydantic import AliasChoices, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
@@ -120,6 +120,36 @@ class WalduckSettings(BaseSettings):
 
     def resolved_storage_root(self) -> Path:
         return self.storage_root.resolve()
+
+
+class LogLevel(StrEnum):
+    DEBUG = "DEBUG"
+    INFO = "INFO"
+    WARNING = "WARNING"
+    ERROR = "ERROR"
+    CRITICAL = "CRITICAL"
+
+
+class LogFormat(StrEnum):
+    TEXT = "text"
+    JSON = "json"
+
+
+class LogSettings(BaseSettings):
+    """How every component logs (walduck/logs.py); ``--log-level`` / ``--log-format`` override them."""
+
+    model_config = SettingsConfigDict(env_prefix="WALDUCK_", extra="ignore")
+
+    log_level: LogLevel = LogLevel.INFO
+    # text: one line ``ts level component logger: msg``; json: one object per line with the same fields
+    log_format: LogFormat = LogFormat.TEXT
+
+    @field_validator("log_level", "log_format", mode="before")
+    @classmethod
+    def _any_case(cls, value: Any, info: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        return value.upper() if info.field_name == "log_level" else value.lower()
 
 
 def kafka_security_problems(s: WalduckSettings) -> list[str]:

@@ -7,7 +7,10 @@ Routes: ``/sql/schema``, ``/sql/read``, ``/sql/exec``, ``/sql/saved[/{id}]``, ``
 
 from __future__ import annotations
 
+import hmac
+import re
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -15,6 +18,7 @@ from typing import Any
 import psycopg
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.gzip import GZipMiddleware
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -27,10 +31,12 @@ from sinks.service.errors import ApiError
 from sinks.service.iam import Forbidden, principal_from_headers
 from sinks.service.limits import QueryRunner
 from sinks.service.nul_guard import RejectNul
+from sinks.service.openapi import install_openapi
 from sinks.service.settings import QuerySettings
 from sinks.service.state import Planner, ServiceState, Store
+from walduck.logs import REQUEST_ID
 from walduck.lsn import format_lsn
-from walduck.metrics import QUERY_DURATION, QUERY_REQUESTS
+from walduck.metrics import QUERY_DURATION, QUERY_REQUESTS, REGISTRIES
 
 
 def _default_planner() -> Planner:
@@ -48,9 +54,13 @@ def create_app(
     catalog_schema: str = "timestore",
     planner: Planner | None = None,
     audit: AuditSink | None = None,
+    checks: dict[str, Callable[[], bool]] | None = None,
+    stopping: Callable[[], bool] | None = None,
 ) -> FastAPI:
     """The FastAPI app. ``pg_dsn`` enables /sql/exec, saved queries, manifests and the audit writer;
-    ``exec_dsn`` (default ``pg_dsn``) is the role /sql/exec runs as."""
+    ``exec_dsn`` (default ``pg_dsn``) is the role /sql/exec runs as. ``checks`` are /ready's dependencies
+    beyond the contexts (the server adds the deltas consumer's Kafka connection); ``stopping`` says the
+    process is shutting down (/ready 503 at once, so the Service stops routing to it)."""
     settings = settings or QuerySettings()
     catalog = Catalog(pg_dsn, catalog_schema, exec_dsn=exec_dsn) if pg_dsn else None
     if audit is None:
@@ -79,6 +89,8 @@ def create_app(
         planner=planner or _default_planner(),
         audit=audit,
         catalog=catalog,
+        checks=dict(checks or {}),
+        stopping=stopping or (lambda: False),
     )
 
     @asynccontextmanager
@@ -104,8 +116,12 @@ def create_app(
     _install_error_handlers(app)
     app.add_middleware(BodyLimit, max_body_bytes=settings.max_body_bytes)  # inside the metrics middleware
     app.add_middleware(RejectNul)
+    if settings.gzip_min_bytes > 0:
+        # inside the metrics middleware (which re-streams every body: gzip there would compress 15-byte answers)
+        app.add_middleware(GZipMiddleware, minimum_size=settings.gzip_min_bytes, compresslevel=6)
     _install_metrics_middleware(app)
     _install_ops_routes(app, state)
+    install_openapi(app)
     return app
 
 
@@ -140,16 +156,25 @@ def _install_error_handlers(app: FastAPI) -> None:
         return ApiError(500, str(exc) or type(exc).__name__).response()
 
 
+_REQUEST_ID_SHAPE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
 def _install_metrics_middleware(app: FastAPI) -> None:
     @app.middleware("http")
     async def count(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         started = time.perf_counter()
         status = 500
+        # the caller's x-request-id (a gateway's), else a new one: on every log line of the request and echoed
+        given = request.headers.get("x-request-id", "")
+        request_id = given if _REQUEST_ID_SHAPE.fullmatch(given) else f"req-{uuid.uuid4().hex[:16]}"
+        token = REQUEST_ID.set(request_id)
         try:
             response = await call_next(request)
             status = response.status_code
+            response.headers["x-request-id"] = request_id
             return response
         finally:
+            REQUEST_ID.reset(token)
             route = request.scope.get("route")
             name = getattr(route, "path", "unmatched")
             QUERY_REQUESTS.labels(route=name, status=str(status)).inc()
@@ -157,25 +182,60 @@ def _install_metrics_middleware(app: FastAPI) -> None:
 
 
 def _install_ops_routes(app: FastAPI, state: ServiceState) -> None:
-    @app.get("/health", tags=["Ops"], summary="Liveness")
+    @app.get("/health", tags=["Ops"], summary="Liveness (the event loop answers)")
     async def health() -> dict[str, Any]:
         return {"status": "ok"}
 
-    @app.get("/ready", tags=["Ops"], summary="503 until the contexts have bootstrapped and caught up")
+    @app.get("/live", tags=["Ops"], summary="Liveness (the event loop answers); = /health")
+    async def live() -> dict[str, Any]:
+        return {"status": "live", "component": "query"}
+
+    @app.get(
+        "/ready",
+        tags=["Ops"],
+        summary="503 until the contexts have bootstrapped and caught up, the deltas consumer is connected and "
+        "PostgreSQL answers; 503 again while stopping",
+        responses={503: {"description": "Not ready: the body's checks say which dependency is not"}},
+    )
     async def ready() -> JSONResponse:
         staleness = state.staleness_seconds()
-        bootstrapped = state.bootstrapped()
-        caught_up = staleness is not None and staleness <= state.settings.ready_max_staleness_s
-        ok = bootstrapped and caught_up
+        checks = {
+            "bootstrapped": state.bootstrapped(),
+            "caughtUp": staleness is not None and staleness <= state.settings.ready_max_staleness_s,
+        }
+        for name, fn in state.checks.items():
+            try:
+                checks[name] = bool(fn())
+            except Exception:  # a check that cannot tell is a check that failed
+                checks[name] = False
+        if state.catalog is not None:
+            checks["postgres"] = await state.postgres_reachable()
+        stopping = state.stopping()
+        ok = all(checks.values()) and not stopping
         body = {
-            "status": "ready" if ok else "starting",
-            "bootstrapped": bootstrapped,
+            "status": "ready" if ok else ("stopping" if stopping else "starting"),
+            "bootstrapped": checks["bootstrapped"],
             "appliedLsn": format_lsn(state.store.applied_lsn()),
             "stalenessSeconds": staleness,
+            "checks": checks,
         }
         return JSONResponse(body, status_code=200 if ok else 503)
 
-    @app.get("/metrics", tags=["Ops"], summary="Prometheus metrics")
+    @app.get("/metrics", tags=["Ops"], summary="Prometheus metrics of this process (the query registry)")
     async def metrics(request: Request) -> Response:
-        state.iam.require_metrics(principal_from_headers(request.headers))
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+        if not _metrics_token_matches(state.settings, request.headers.get("authorization", "")):
+            state.iam.require_metrics(principal_from_headers(request.headers))
+        return Response(generate_latest(REGISTRIES["query"]), media_type=CONTENT_TYPE_LATEST)
+
+
+def _metrics_token_matches(settings: QuerySettings, authorization: str) -> bool:
+    """``Authorization: Bearer <token>`` equal to the content of WALDUCK_METRICS_TOKEN_FILE (what a PodMonitor's
+    ``authorization`` sends); False when no token file is configured, it is empty, or the header differs."""
+    if settings.metrics_token_file is None or not authorization.lower().startswith("bearer "):
+        return False
+    try:
+        expected = settings.metrics_token_file.read_text().strip()
+    except OSError:
+        return False
+    given = authorization[len("bearer ") :].strip()
+    return bool(expected) and hmac.compare_digest(given.encode(), expected.encode())

@@ -5,6 +5,7 @@ Every connection runs ``SET search_path TO "<schema>", public`` like Timestore's
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -38,6 +39,22 @@ class Catalog:
         try:
             await conn.execute(sql.SQL("SET search_path TO {}, public").format(sql.Identifier(self.schema)))
             yield conn
+        finally:
+            await conn.close()
+
+    async def reachable(self, timeout_s: float = 2.0) -> bool:
+        """PostgreSQL answers ``SELECT 1`` as the read role within ``timeout_s`` (the service's /ready)."""
+        try:
+            conn = await psycopg.AsyncConnection.connect(
+                self.dsn, autocommit=True, connect_timeout=max(1, int(timeout_s))
+            )
+        except psycopg.Error:
+            return False
+        try:
+            await asyncio.wait_for(conn.execute("SELECT 1"), timeout_s)
+            return True
+        except (psycopg.Error, TimeoutError):
+            return False
         finally:
             await conn.close()
 

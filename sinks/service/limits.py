@@ -66,14 +66,20 @@ def _rows_within(batch: pa.RecordBatch, budget: int) -> int:
 
 
 def run_capped(
-    cursor: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any], row_cap: int, byte_cap: int
+    cursor: duckdb.DuckDBPyConnection,
+    sql: str,
+    params: Sequence[Any],
+    row_cap: int,
+    byte_cap: int,
+    skip: int = 0,
 ) -> tuple[pa.Table, list[str], bool]:
     """Execute and read at most ``row_cap`` rows / ``byte_cap`` Arrow bytes; always destroys the result.
 
     Batches of ``BATCH_ROWS`` rows; the batch that would pass a cap is cut inside, at the last row that
     fits, so the cap holds whatever the row size (a single row larger than the cap sends no rows).
     ``truncated`` is true exactly when rows were withheld: at a cap, one more batch is pulled to see
-    whether anything is left.
+    whether anything is left. ``skip``: rows of the result passed over first (a page's offset,
+    sinks/service/paging.py).
     """
     relation = cursor.sql(sql, params=list(params) if params else None)
     types = [str(t).upper() for t in relation.types]
@@ -83,6 +89,10 @@ def run_capped(
     truncated = False
     try:
         for batch in reader:
+            if skip:
+                passed = min(skip, batch.num_rows)
+                skip -= passed
+                batch = batch.slice(passed)
             if batch.num_rows == 0:
                 continue
             if rows >= row_cap or size >= byte_cap:
@@ -139,7 +149,7 @@ class QueryRunner:
     def release(self) -> None:
         self._slots.release()
 
-    def _run_blocking(self, sql: str, params: Sequence[Any], timeout_s: float) -> ReadResult:
+    def _run_blocking(self, sql: str, params: Sequence[Any], timeout_s: float, skip: int = 0) -> ReadResult:
         started = time.perf_counter()
         with self._reader() as cursor:
             timed_out = threading.Event()
@@ -152,7 +162,7 @@ class QueryRunner:
             timer.daemon = True
             timer.start()
             try:
-                table, types, truncated = run_capped(cursor, sql, params, self.row_cap, self.byte_cap)
+                table, types, truncated = run_capped(cursor, sql, params, self.row_cap, self.byte_cap, skip)
             except duckdb.Error as exc:
                 if timed_out.is_set() or isinstance(exc, duckdb.InterruptException):
                     raise QueryTimeout(timeout_s) from exc
@@ -165,13 +175,15 @@ class QueryRunner:
         """Run blocking context work (planning) on the DuckDB worker threads."""
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
-    async def run(self, sql: str, params: Sequence[Any], timeout_s: float | None = None) -> ReadResult:
+    async def run(
+        self, sql: str, params: Sequence[Any], timeout_s: float | None = None, skip: int = 0
+    ) -> ReadResult:
         """Run inside an acquired slot (call :meth:`acquire` first, :meth:`release` after)."""
         loop = asyncio.get_running_loop()
         QUERY_INFLIGHT.inc()
         try:
             return await loop.run_in_executor(
-                self._pool, self._run_blocking, sql, params, timeout_s or self.timeout_s
+                self._pool, self._run_blocking, sql, params, timeout_s or self.timeout_s, skip
             )
         finally:
             QUERY_INFLIGHT.dec()

@@ -18,6 +18,7 @@ from sinks.service.settings import QuerySettings, require_iam_mode
 from sinks.settings import SinkSettings
 from walduck.config import WalduckSettings
 from walduck.gctuning import tune_for_streaming
+from walduck.health import kafka_connected
 
 log = logging.getLogger(__name__)
 
@@ -35,15 +36,23 @@ async def serve_async(
     store.open()
     tune_for_streaming()  # the open context's caches stay out of every collection (apply outliers)
     consumer = DeltaConsumer(store) if consume else None
+    server: uvicorn.Server | None = None
+    checks = {}
+    if consumer is not None:
+        # the consumer's client between a successful start and its close (None while it backs off after an error)
+        checks["deltasConsumer"] = lambda: kafka_connected(getattr(consumer._consumer, "_client", None))
     app = create_app(
         store,
         query,
         pg_dsn=reads.pg_dsn or None,
         exec_dsn=walduck.exec_dsn() or None,
         catalog_schema=walduck.catalog_schema,
+        checks=checks,
+        stopping=lambda: server is not None and bool(server.should_exit),
     )
+    # log_config=None: uvicorn's loggers write through the process's one handler (walduck/logs.py)
     server = uvicorn.Server(
-        uvicorn.Config(app, host=query.host, port=query.port, log_level="info", lifespan="on")
+        uvicorn.Config(app, host=query.host, port=query.port, log_config=None, lifespan="on")
     )
     consumer_task = asyncio.create_task(consumer.run(), name="delta-consumer") if consumer else None
     if consumer_task is not None:

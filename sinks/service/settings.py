@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -28,6 +30,10 @@ class QuerySettings(BaseSettings):
     sql_read_scope: str = Field("", validation_alias=_env("sql_read_scope", "TIMESTORE_SQL_READ_SCOPE"))
     sql_exec_scope: str = Field("", validation_alias=_env("sql_exec_scope", "TIMESTORE_SQL_EXEC_SCOPE"))
     metrics_scope: str = Field("", validation_alias=_env("metrics_scope", "TIMESTORE_METRICS_SCOPE"))
+    # a file holding a bearer token (a mounted k8s Secret key) that /metrics accepts as well as the metrics scope:
+    # a PodMonitor cannot send x-iam-scopes, but it sends `Authorization: Bearer` (its `authorization` field);
+    # read at each scrape, so a rotated Secret is picked up
+    metrics_token_file: Path | None = Field(None, validation_alias=_env("metrics_token_file"))
 
     # /sql/exec on a superuser connection, or one that reaches pg_execute_server_program / pg_read_server_files /
     # pg_write_server_files, is refused (403) unless this says otherwise (docs/security.md "Roles")
@@ -50,6 +56,9 @@ class QuerySettings(BaseSettings):
     # audit writer: flush when this many rows are queued or after this interval
     audit_batch_size: int = Field(200, validation_alias=_env("audit_batch_size"))
     audit_flush_interval_s: float = Field(0.5, validation_alias=_env("audit_flush_interval_s"))
+    # responses of at least this many bytes are gzip-compressed for a client sending Accept-Encoding: gzip
+    # (0 = never compress); the byte cap counts the body before compression
+    gzip_min_bytes: int = Field(1024, validation_alias=_env("query_gzip_min_bytes"))
     # /ready: 503 while the contexts are staler than this (seconds)
     ready_max_staleness_s: float = Field(60.0, validation_alias=_env("ready_max_staleness_s"))
 

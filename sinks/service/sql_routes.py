@@ -1,4 +1,7 @@
-"""``/sql/*`` routes (Timestore's SQL HTTP API contract): schema, read (DuckDB context), exec (PostgreSQL), saved queries."""
+"""``/sql/*`` routes (Timestore's SQL HTTP API contract): schema, read (DuckDB context), exec (PostgreSQL), saved queries.
+
+Over 500 lines: the four route groups share one request model, the IAM/audit helpers and the response rendering.
+"""
 
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from sinks.context import guard
-from sinks.service import formats
+from sinks.service import formats, paging
 from sinks.service.audit import (
     ACTION_SAVED_DELETE,
     ACTION_SAVED_UPSERT,
@@ -52,6 +55,9 @@ class SqlQueryRequest(BaseModel):
     sql: str = Field(min_length=1)
     params: list[Any] | None = None
     min_lsn: str | None = Field(None, description="Wait until the contexts applied this LSN (X/Y).")
+    cursor: str | None = Field(
+        None, description="/sql/read: the nextCursor of a cut answer; returns the rows after it (paging.py)."
+    )
 
 
 class SavedQueryStats(BaseModel):
@@ -253,6 +259,8 @@ async def sql_read(
 
     request_id = f"sql-{uuid.uuid4()}"
     audit_meta = {"requestId": request_id, "fingerprint": fingerprint(sql)}
+    page_of = paging.statement_fingerprint(sql, body.params)
+    offset = paging.decode(body.cursor, page_of) if body.cursor else 0
 
     # read-your-writes first: the dataset list used for IAM and planning must include what min_lsn covers
     deadline = received + s.settings.request_timeout_s
@@ -319,6 +327,7 @@ async def sql_read(
                     planned.sql,
                     planned.all_params(list(body.params or [])),
                     max(deadline - time.perf_counter(), 0.001),
+                    skip=offset,
                 )
             except QueryTimeout as exc:
                 _audit(s, p, audit_targets, False, {**audit_meta, "reason": "timeout"})
@@ -338,7 +347,7 @@ async def sql_read(
                 asyncio.get_running_loop().run_in_executor(None, s.store.rebuild, None, "missing-files")
                 return _read_response(s, fmt, request_id, None, [NO_FILES_WARNING], received, empty=True)
             _audit(s, p, audit_targets, True, audit_meta)
-            return _read_response(s, fmt, request_id, result, warnings, received)
+            return _read_response(s, fmt, request_id, result, warnings, received, page=(page_of, offset))
         raise AssertionError("unreachable")
     finally:
         s.runner.release()
@@ -450,8 +459,18 @@ def _read_response(
     received: float,
     *,
     empty: bool = False,
+    page: tuple[str, int] | None = None,
 ) -> Response:
+    """``page``: (statement fingerprint, offset of the first row) — a cut answer carries the next page's cursor."""
     execution_id = f"duck-{uuid.uuid4()}"
+
+    def next_cursor(truncated: bool, sent: int) -> str | None:
+        if not truncated or page is None:
+            return None
+        cursor = paging.encode(page[1] + sent, page[0])
+        headers["x-sql-next-cursor"] = cursor
+        return cursor
+
     applied, staleness, headers = _freshness_headers(s)
     headers = {"x-sql-request-id": request_id, "x-sql-execution-id": execution_id, **headers}
     if warnings:
@@ -478,8 +497,10 @@ def _read_response(
             for i, n in enumerate(names)
         ]
 
-        def envelope(rows_json: bytes, count: int, elapsed_ms: float, truncated: bool) -> dict[str, Any]:
-            return {
+        def envelope(
+            rows_json: bytes, count: int, elapsed_ms: float, truncated: bool, cursor: str | None = None
+        ) -> dict[str, Any]:
+            out = {
                 "executionId": execution_id,
                 "columns": columns,
                 "rows": orjson.Fragment(rows_json),
@@ -489,28 +510,36 @@ def _read_response(
                 "appliedLsn": applied,
                 "stalenessSeconds": staleness,
             }
+            if cursor is not None:  # only on a cut answer (Timestore's envelope otherwise unchanged)
+                out["nextCursor"] = cursor
+            return out
 
-        # the envelope without rows, with room for the longest rowCount/elapsedMs values
-        frame = len(formats.json_bytes(envelope(b"[]", 10**15, -1.2345678901234567e-300, False)))
+        # the envelope without rows, with room for the longest rowCount/elapsedMs values and a cursor
+        longest = envelope(b"[]", 10**15, -1.2345678901234567e-300, False, "c" * paging.MAX_CURSOR_CHARS)
+        frame = len(formats.json_bytes(longest))
         rows_json, sent = formats.json_rows_within(rows, cap - frame)
         truncated = _cut(truncated, sent < len(rows))
         headers["x-sql-truncated"] = "true" if truncated else "false"
+        cursor = next_cursor(truncated, sent)
         elapsed_ms = (time.perf_counter() - received) * 1000.0
-        body = formats.json_bytes(envelope(rows_json, sent, elapsed_ms, truncated))
+        body = formats.json_bytes(envelope(rows_json, sent, elapsed_ms, truncated, cursor))
         return Response(body, media_type="application/json", headers=headers)
     if fmt in ("csv", "table"):
         within = formats.csv_rows_within if fmt == "csv" else formats.table_rows_within
         sent = within(names, rows, cap)
         truncated = _cut(truncated, sent < len(rows))
         headers["x-sql-truncated"] = "true" if truncated else "false"
+        next_cursor(truncated, sent)
         render = formats.render_csv if fmt == "csv" else formats.render_table
         text = "" if empty else render(names, rows[:sent])
         return Response(text.encode(), headers={**headers, "content-type": formats.CONTENT_TYPES[fmt]})
     data = b""
+    sent = 0
     if not empty:
         data, sent = formats.arrow_within(result.table, cap)
         truncated = _cut(truncated, sent < result.table.num_rows)
     headers["x-sql-truncated"] = "true" if truncated else "false"
+    next_cursor(truncated, sent)
     return Response(data, headers={**headers, "content-type": formats.CONTENT_TYPES["arrow"]})
 
 
@@ -601,6 +630,8 @@ async def sql_exec(
         raise ApiError(406, exc.message) from exc
     if len(body.sql) > s.settings.sql_max_length:
         raise ApiError(413, f"SQL statement exceeds maximum length of {s.settings.sql_max_length} characters")
+    if body.cursor:
+        raise ApiError(400, "cursor: only /sql/read answers are paged")
     if "\x00" in body.sql:
         # libpq would cut the statement at the NUL and run the prefix
         raise ApiError(400, "SQL statement contains a NUL character")

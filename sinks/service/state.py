@@ -39,7 +39,11 @@ class ServiceState:
     planner: Planner
     audit: AuditSink
     catalog: Catalog | None
+    # /ready's dependencies beyond the contexts (name -> is it up now), and whether the process is stopping
+    checks: dict[str, Callable[[], bool]] = field(default_factory=dict)
+    stopping: Callable[[], bool] = lambda: False
     started_at: float = field(default_factory=time.monotonic)
+    _pg_checked: tuple[float, bool] | None = None
     # the IAM rules of ``settings``, built once (sinks.service.iam.IamPolicy)
     iam: IamPolicy = field(init=False)
 
@@ -48,6 +52,15 @@ class ServiceState:
 
     def readable(self, principal: Principal, datasets: list[Any]) -> set[str]:
         return self.iam.readable(principal, datasets)
+
+    async def postgres_reachable(self, cache_s: float = 5.0) -> bool:
+        """The catalog answers (``SELECT 1`` as the read role), cached ``cache_s`` so probes do not load it."""
+        if self.catalog is None:
+            return True
+        now = time.monotonic()
+        if self._pg_checked is None or now - self._pg_checked[0] > cache_s:
+            self._pg_checked = (now, await self.catalog.reachable())
+        return self._pg_checked[1]
 
     def staleness_seconds(self) -> float | None:
         """The context's staleness (``sinks.context.staleness``: max over its shards; None before anything)."""

@@ -1,5 +1,5 @@
 """k8s/grafana/walduck.json (issue 17): a provisionable dashboard whose every query is valid PromQL (promtool
-parses each one) and reads only series walduck exports (every walduck_* name is in walduck.metrics' registry),
+parses each one) and reads only series walduck exports (every walduck_* name is in one of walduck.metrics' component registries),
 covering what operators watch: slot, consumer lag, per-shard staleness, commit → queryable, apply latency,
 DLQ by reason, rebuilds, request rate / 5xx / latency by route.
 """
@@ -14,9 +14,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from prometheus_client import REGISTRY
 
-import walduck.metrics  # noqa: F401  (registers every walduck metric)
+from walduck.metrics import REGISTRIES
 
 DASHBOARD = Path(__file__).resolve().parents[3] / "k8s" / "grafana" / "walduck.json"
 # Grafana's variables, as Prometheus would see them after interpolation
@@ -46,7 +45,7 @@ def _interpolate(expr: str) -> str:
 def exported_series() -> set[str]:
     """Every sample name walduck's metrics can expose (families with no child yet included)."""
     names = set()
-    for family in REGISTRY.collect():
+    for family in (f for registry in REGISTRIES.values() for f in registry.collect()):
         if not family.name.startswith("walduck_"):
             continue
         names.add(family.name)

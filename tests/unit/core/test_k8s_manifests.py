@@ -275,3 +275,53 @@ def test_metrics_listeners_bind_the_pod_ip_with_the_manifests_env() -> None:
             assert host not in ("127.0.0.1", "localhost", "::1"), (c["name"], host)
             checked.add(c["name"])
     assert checked == {"connector", "compactor"}
+
+
+PROBE_PATHS = {
+    "connector": {"/ready", "/live"},
+    "compactor": {"/ready", "/live"},
+    "query": {"/ready", "/live", "/health"},
+}
+
+
+def test_every_long_running_pod_has_probes_its_component_answers() -> None:
+    """Readiness and liveness on every component (the connector and compactor had none), on paths the component
+    serves from its state (walduck/health.py; the query service's /ready, /live): not a port that answers 200
+    on any path."""
+    for doc in _workloads():
+        if doc["kind"] == "Job":
+            continue
+        (container,) = _pod(doc)["spec"]["containers"]
+        component = _pod(doc)["metadata"]["labels"]["app.kubernetes.io/component"]
+        ports = {p["name"] for p in container.get("ports", [])}
+        for probe in ("readinessProbe", "livenessProbe"):
+            assert probe in container, (doc["metadata"]["name"], probe)
+            get = container[probe]["httpGet"]
+            assert get["path"] in PROBE_PATHS[component] and get["port"] in ports, (
+                doc["metadata"]["name"],
+                get,
+            )
+        assert container["readinessProbe"]["httpGet"]["path"] == "/ready"
+
+
+def test_query_pod_monitor_authenticates_the_way_the_route_accepts() -> None:
+    """The query service's /metrics needs the metrics scope or WALDUCK_METRICS_TOKEN_FILE's bearer token; a
+    PodMonitor can only send the latter: its `authorization` Secret is the one the query pods mount there."""
+    docs = _all_docs()
+    (monitor,) = [d for d in docs if d["kind"] == "PodMonitor" and d["metadata"]["name"] == "walduck-query"]
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    auth = endpoint["authorization"]
+    assert auth.get("type", "Bearer") == "Bearer"
+    secret, key = auth["credentials"]["name"], auth["credentials"]["key"]
+    (query,) = [d for d in _workloads() if d["metadata"]["name"] == "walduck-query"]
+    pod = _pod(query)["spec"]
+    (container,) = pod["containers"]
+    env = {e["name"]: e.get("value") for e in container.get("env", [])}
+    token_file = Path(env["WALDUCK_METRICS_TOKEN_FILE"])
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == str(token_file.parent)]
+    source = volumes[mount["name"]]["secret"]
+    assert source["secretName"] == secret and source.get("optional") is not True
+    items = {i["key"]: i["path"] for i in source.get("items", [])} or {key: key}
+    assert items.get(key) == token_file.name, (items, token_file)
+    assert _config().get("WALDUCK_METRICS_SCOPE"), "the scope stays the gateway's way in"

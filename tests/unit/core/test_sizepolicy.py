@@ -10,10 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import orjson
-from prometheus_client import REGISTRY
 
 from connectors.publisher import encode_record
 from pipeline.compaction import Compactor
+from walduck import metrics
 from walduck.config import DEFAULT_MAX_MESSAGE_BYTES, WalduckSettings
 from walduck.records import ChangeRecord, Kind, MalformedRecord, Op, Source
 from walduck.sizepolicy import fit_record
@@ -91,7 +91,7 @@ def test_unread_columns_are_omitted_then_stub_keeps_the_share() -> None:
 def test_publisher_counts_oversize_records() -> None:
     def count() -> float:
         return (
-            REGISTRY.get_sample_value(
+            metrics.REGISTRIES["connector"].get_sample_value(
                 "walduck_connector_oversize_records_total", {"strategy": "old_same_as_new"}
             )
             or 0.0
