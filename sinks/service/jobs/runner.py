@@ -179,6 +179,17 @@ class JobRunner:
             metrics.JOB_STAGE_SECONDS.labels(stage="total").observe(total)
         outcome = state.value if not (error and error.get("code") == "timeout") else "timeout"
         metrics.JOBS_FINISHED.labels(outcome=outcome).inc()
+        log.info(
+            "job %s (request %s, owner %s) %s: layer %s, tail %s, durations_ms %s%s",
+            job.id,
+            job.request_id,
+            job.principal.actor_id,
+            state.value,
+            job.layer,
+            job.tail_hash,
+            job.durations_ms,
+            f", error {error['code']}" if error else "",
+        )
         job.log(
             "info" if state is JobState.COMPLETED else "warning",
             f"{state.value}" + (f": {error['message']}" if error else ""),

@@ -541,3 +541,24 @@ def test_layer_cache_lru_eviction_by_count_and_bytes(tmp_path: Path) -> None:
     cache.release(held)
     cache.evict()
     assert len(cache) == 0 and not list(tmp_path.glob("*.duckdb"))
+
+
+async def test_metrics_and_openapi_show_jobs(jobs_client: Any) -> None:
+    client, _, _, js = await jobs_client()
+    await run_chain(client, CHAIN)
+    await run_chain(client, CHAIN)
+    js.gc()
+    text = (await client.get("/metrics", headers={"x-iam-scopes": "admin"})).text
+    for name in (
+        'walduck_job_stage_seconds_count{stage="tail_replay"}',
+        'walduck_job_layer_lookups_total{result="hit"}',
+        'walduck_jobs_finished_total{outcome="completed"}',
+        "walduck_job_queue_depth",
+        "walduck_job_gc_runs_total",
+        "walduck_job_layer_bytes",
+    ):
+        assert name in text, name
+    paths = (await client.get("/openapi.json")).json()["paths"]
+    assert {"/v1/jobs", "/v1/jobs/{job_id}", "/v1/jobs/{job_id}/cancel", "/v1/jobs/{job_id}/result"} <= set(
+        paths
+    )
