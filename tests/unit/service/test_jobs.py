@@ -439,7 +439,7 @@ async def test_logs_with_cursor_and_no_row_data(jobs_client: Any) -> None:
     rest = r.json()["entries"]
     assert rest and all(e["seq"] > body["next_cursor"] for e in rest)
     text = " ".join(e["message"] for e in body["entries"] + rest)
-    assert "alpha" not in text and "42.5" not in text
+    assert "alpha" not in text and "beta" not in text  # (durations may contain any digits)
     r = await client.get(f"/v1/jobs/{status['job_id']}/logs", params={"stream": "true"}, headers=ALICE)
     assert r.headers["content-type"].startswith("text/event-stream")
     assert "event: end" in r.text
