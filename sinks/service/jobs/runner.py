@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -80,7 +81,7 @@ class JobRunner:
         self.max_concurrent = settings.max_concurrent
         self._slots: asyncio.Semaphore | None = None
         self._pool = ThreadPoolExecutor(max_workers=settings.max_concurrent, thread_name_prefix="duckdb-job")
-        self._waiting = 0
+        self._waiting_ids: set[str] = set()
         self._running = 0
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._base_hash = base_hash(settings_fingerprint())
@@ -90,36 +91,42 @@ class JobRunner:
     # ------------------------------------------------------------------ scheduling
     @property
     def queue_depth(self) -> int:
-        return self._waiting
+        return len(self._waiting_ids)
 
     @property
     def running(self) -> int:
         return self._running
 
     def submit(self, job: Job) -> None:
-        if self._waiting >= self.settings.max_queued + max(0, self.max_concurrent - self._running):
+        """Queue ``job`` for a slot (counted at once, so a burst of submits sees the queue it makes)."""
+        if len(self._waiting_ids) >= self.settings.max_queued + max(0, self.max_concurrent - self._running):
             raise JobQueueFull(self.settings.max_queued)
         if self._slots is None:
             self._slots = asyncio.Semaphore(self.max_concurrent)
         job.submitted = True
         job.log("info", "queued")
+        self._waiting_ids.add(job.id)
+        self._gauge()
         self._tasks[job.id] = asyncio.get_running_loop().create_task(self._execute(job))
+
+    def _gauge(self) -> None:
+        metrics.JOB_QUEUE_DEPTH.set(len(self._waiting_ids))
+        metrics.JOBS_RUNNING.set(self._running)
 
     async def _execute(self, job: Job) -> None:
         assert self._slots is not None
-        self._waiting += 1
-        metrics.JOB_QUEUE_DEPTH.set(self._waiting)
         try:
             try:
                 await self._slots.acquire()
             finally:
-                self._waiting -= 1
-                metrics.JOB_QUEUE_DEPTH.set(self._waiting)
+                self._waiting_ids.discard(job.id)
+                self._gauge()
         except asyncio.CancelledError:
+            self._tasks.pop(job.id, None)
             self.finish(job, JobState.CANCELED, {"code": "canceled", "message": "Job was canceled"})
             return
         self._running += 1
-        metrics.JOBS_RUNNING.set(self._running)
+        self._gauge()
         try:
             if job.cancel_requested.is_set():
                 self.finish(job, JobState.CANCELED, {"code": "canceled", "message": "Job was canceled"})
@@ -140,7 +147,7 @@ class JobRunner:
             self.finish(job, JobState.FAILED, {"code": "internal", "message": str(exc) or type(exc).__name__})
         finally:
             self._running -= 1
-            metrics.JOBS_RUNNING.set(self._running)
+            self._gauge()
             self._slots.release()
             self._tasks.pop(job.id, None)
 
@@ -157,8 +164,8 @@ class JobRunner:
             with contextlib.suppress(Exception):
                 conn.interrupt()
         task = self._tasks.get(job.id)
-        if task is not None and job.state is JobState.PENDING and job.started_at is None:
-            task.cancel()
+        if task is not None and job.id in self._waiting_ids:
+            task.cancel()  # still waiting for a slot: it never runs
 
     def close(self) -> None:
         for task in list(self._tasks.values()):
@@ -240,6 +247,7 @@ class JobRunner:
             with job.lock:
                 job.connection = None
             conn.close()
+            shutil.rmtree(self._spill / job.id, ignore_errors=True)
 
     def _planner_for(self, job: Job) -> ChainPlanner:
         allowed = self.iam.readable(job.principal, self.store.datasets())
