@@ -46,7 +46,7 @@ def _chain(view: str, spin: int, head: str, salt: int = 0) -> dict[str, str]:
 
 
 async def _job(
-    http: httpx.AsyncClient, tree: dict[str, str], wait_ms: int = 60_000
+    http: httpx.AsyncClient, tree: dict[str, str], wait_ms: int = 60_000, poll_s: float = 0.02
 ) -> tuple[dict[str, Any], float]:
     started = time.perf_counter()
     r = await http.post(
@@ -54,7 +54,7 @@ async def _job(
     )
     body = r.json()
     while body.get("status") not in ("completed", "failed", "canceled"):
-        await asyncio.sleep(0.02)
+        await asyncio.sleep(poll_s)
         body = (await http.get(f"/v1/jobs/{body['job_id']}", headers=USER)).json()
     return body, time.perf_counter() - started
 
@@ -121,7 +121,7 @@ async def _bench(
             base += await _reads(http, sql, clients, read_s)
             salt = 1000 * (phase + 1)
             tasks = [
-                asyncio.create_task(_job(http, _chain(view, small, head, salt + j), wait_ms=0))
+                asyncio.create_task(_job(http, _chain(view, small, head, salt + j), wait_ms=0, poll_s=1.0))
                 for j in range(jobs)
             ]
             await asyncio.sleep(0.5)

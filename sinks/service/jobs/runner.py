@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import shutil
 import threading
 import time
@@ -64,6 +65,21 @@ def sandbox_directories(store: Any) -> list[str]:
     return [d.rstrip("/") + "/" for d in dirs]
 
 
+def _lower_priority(nice: int, idle: bool = False) -> None:
+    """Lower this worker thread's CPU priority (Linux: per thread; threads DuckDB starts from it inherit it)
+    so the interactive /sql/read threads win the CPU over job work: ``SCHED_IDLE`` when ``idle``, else
+    ``nice`` more. DuckDB runs a job instance's single thread (``threads=1``) in the calling thread."""
+    tid = threading.get_native_id()
+    if idle and hasattr(os, "SCHED_IDLE"):
+        with contextlib.suppress(OSError):
+            os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
+            return
+    if nice <= 0 or not hasattr(os, "setpriority"):
+        return
+    with contextlib.suppress(OSError):
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
+
+
 class JobRunner:
     def __init__(
         self,
@@ -80,7 +96,12 @@ class JobRunner:
         self.layers = layers
         self.max_concurrent = settings.max_concurrent
         self._slots: asyncio.Semaphore | None = None
-        self._pool = ThreadPoolExecutor(max_workers=settings.max_concurrent, thread_name_prefix="duckdb-job")
+        self._pool = ThreadPoolExecutor(
+            max_workers=settings.max_concurrent,
+            thread_name_prefix="duckdb-job",
+            initializer=_lower_priority,
+            initargs=(settings.thread_nice, settings.thread_idle),
+        )
         self._waiting_ids: set[str] = set()
         self._running = 0
         self._tasks: dict[str, asyncio.Task[None]] = {}

@@ -15,6 +15,10 @@ class JobSettings(BaseSettings):
     max_queued: int = Field(100, ge=0)
     # per-job DuckDB instance: threads and memory_limit (the instance holds only this job's work)
     duckdb_threads: int = Field(1, ge=1)
+    # job worker threads yield the CPU to /sql/read (Linux, per thread): SCHED_IDLE when thread_idle, else
+    # thread_nice more than the process
+    thread_idle: bool = True
+    thread_nice: int = Field(10, ge=0, le=19)
     memory_limit: str = "512MB"
     # per-job timeout (preparing + tail replay + head); a request may ask for less, never more
     timeout_s: float = Field(300.0, gt=0)

@@ -562,3 +562,55 @@ async def test_metrics_and_openapi_show_jobs(jobs_client: Any) -> None:
     assert {"/v1/jobs", "/v1/jobs/{job_id}", "/v1/jobs/{job_id}/cancel", "/v1/jobs/{job_id}/result"} <= set(
         paths
     )
+
+
+def test_job_worker_threads_run_nicer_than_the_process() -> None:
+    import os
+    import threading
+
+    from sinks.service.jobs.runner import _lower_priority
+
+    seen: list[int] = []
+
+    def worker() -> None:
+        before = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        _lower_priority(5)
+        seen.extend([before, os.getpriority(os.PRIO_PROCESS, threading.get_native_id())])
+
+    t = threading.Thread(target=worker)
+    t.start()
+    t.join()
+    assert seen[1] == min(19, seen[0] + 5)
+    # the calling thread (the event loop's) keeps its priority
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == seen[0]
+
+
+async def test_a_burst_of_submits_sees_its_own_queue(jobs_client: Any) -> None:
+    client, _, _, _ = await jobs_client(max_concurrent=1, max_queued=1)
+    body = {"project_tree": {"01.sql": FOREVER}, "head_path": "01.sql"}
+    answers = await asyncio.gather(*(client.post("/v1/jobs", json=body, headers=ALICE) for _ in range(4)))
+    codes = sorted(r.status_code for r in answers)
+    assert codes == [201, 201, 429, 429], codes
+    for r in answers:
+        if r.status_code == 201:
+            await client.post(f"/v1/jobs/{r.json()['job_id']}/cancel", headers=ALICE)
+            assert (await finished(client, r.json()["job_id"]))["status"] == "canceled"
+
+
+def test_job_worker_threads_can_run_sched_idle() -> None:
+    import os
+    import threading
+
+    from sinks.service.jobs.runner import _lower_priority
+
+    seen: list[int] = []
+
+    def worker() -> None:
+        _lower_priority(5, idle=True)
+        seen.append(os.sched_getscheduler(threading.get_native_id()))
+
+    t = threading.Thread(target=worker)
+    t.start()
+    t.join()
+    assert seen == [os.SCHED_IDLE]
+    assert os.sched_getscheduler(threading.get_native_id()) != os.SCHED_IDLE
