@@ -6,6 +6,7 @@
   attaches the layer (read-write for the tail replay, ``READ_ONLY`` for the head), then applies the context
   store's sandbox settings (``allowed_directories`` = the storage root, ``enable_external_access=false``,
   no extension autoload, ``lock_configuration``) before any job SQL runs.
+* Job worker threads run ``SCHED_IDLE`` (or ``thread_nice`` nicer), so the interactive reads win the CPU.
 * Cancel and timeout call ``connection.interrupt()`` on the job's current instance; the statement ends with
   DuckDB's interrupt error, the instance is closed and the slot released.
 """
@@ -138,6 +139,18 @@ class JobRunner:
         assert self._slots is not None
         try:
             try:
+                # read-your-writes first, holding no slot: a job waiting for its LSN blocks no other job
+                if job.min_lsn is not None and not await self.store.wait_for_lsn(job.min_lsn, job.timeout_s):
+                    self._tasks.pop(job.id, None)
+                    self.finish(
+                        job,
+                        JobState.FAILED,
+                        {
+                            "code": "min_lsn",
+                            "message": "The contexts did not apply min_lsn within the job timeout",
+                        },
+                    )
+                    return
                 await self._slots.acquire()
             finally:
                 self._waiting_ids.discard(job.id)
@@ -151,16 +164,6 @@ class JobRunner:
         try:
             if job.cancel_requested.is_set():
                 self.finish(job, JobState.CANCELED, {"code": "canceled", "message": "Job was canceled"})
-                return
-            if job.min_lsn is not None and not await self.store.wait_for_lsn(job.min_lsn, job.timeout_s):
-                self.finish(
-                    job,
-                    JobState.FAILED,
-                    {
-                        "code": "min_lsn",
-                        "message": "The contexts did not apply min_lsn within the job timeout",
-                    },
-                )
                 return
             await asyncio.get_running_loop().run_in_executor(self._pool, self._run_blocking, job)
         except Exception as exc:  # a bug: the job still ends, visibly

@@ -614,3 +614,22 @@ def test_job_worker_threads_can_run_sched_idle() -> None:
     t.join()
     assert seen == [os.SCHED_IDLE]
     assert os.sched_getscheduler(threading.get_native_id()) != os.SCHED_IDLE
+
+
+async def test_min_lsn_waits_for_the_contexts(jobs_client: Any) -> None:
+    client, store, _, _ = await jobs_client(max_concurrent=1)
+    r = await client.post(
+        "/v1/jobs", json={"project_tree": CHAIN, "head_path": "03_head.sql", "min_lsn": "zz"}, headers=ALICE
+    )
+    assert r.status_code == 400
+    target = store.lsn + 16
+    job = await submit(client, CHAIN, "03_head.sql", min_lsn=f"{target >> 32:X}/{target & 0xFFFFFFFF:X}")
+    await asyncio.sleep(0.2)
+    assert (await client.get(f"/v1/jobs/{job['job_id']}", headers=ALICE)).json()["status"] == "pending"
+    # waiting for its LSN it holds no slot: the single slot serves another job meanwhile
+    assert (await run_chain(client, CHAIN))["status"] == "completed"
+    store.lsn = target
+    assert (await finished(client, job["job_id"]))["status"] == "completed"
+    short = await submit(client, CHAIN, "03_head.sql", min_lsn="FF/0", timeout_ms=200)
+    status = await finished(client, short["job_id"])
+    assert status["status"] == "failed" and status["error"]["code"] == "min_lsn"
