@@ -2,9 +2,10 @@
 
 * **Order**: the project's ``.sql`` paths sorted; the tail is every script before ``head_path``, the head is
   ``head_path``; later scripts are not run. ``${name}`` is replaced by the variable as a SQL literal first.
-* **Statements**: a tail script may hold queries and ``CREATE [OR REPLACE] [TEMP] TABLE|VIEW <name> AS
+* **Statements**: a tail script may hold queries, ``CREATE [OR REPLACE] [TEMP] TABLE|VIEW <name> AS
   <query>`` (a view is materialized like a table: the layer is keyed by the data it read, so both give the
-  same rows); the head is one query. Anything else is refused with the sandbox's own message.
+  same rows) and scalar ``CREATE [OR REPLACE] MACRO name(a, …) AS <expression>`` (inlined into every later
+  statement before its checks); the head is one query. Anything else is refused with the sandbox's own message.
 * **The same path as /sql/read**: each query, with references to earlier chain objects bound to placeholder
   CTEs, goes through ``sandbox.is_select_only`` and ``sandbox.check_read_sql``, then ``guard.plan_verified``
   (planner + execution guard) with the readable datasets of the job's captured principal; errors keep the
@@ -41,6 +42,7 @@ from sinks.service.sandbox import NOT_SINGLE_SELECT, PolicyViolation, check_read
 
 LAYER_ALIAS = "__wdlayer"
 _SENTINEL = "__wdjob_"
+_MACRO_NAME = re.compile(r"[a-z_][a-z0-9_]*")
 _VARIABLE = re.compile(r"\$\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}")
 # settings that change what a statement returns; their values enter the base hash
 RESULT_SETTINGS = (
@@ -69,7 +71,7 @@ class Statement:
     """One statement ready to execute: ``sql`` with ``params``; ``name`` is the object a CREATE makes."""
 
     path: str
-    kind: str  # "table" | "query"
+    kind: str  # "table" | "query" | "macro"
     sql: str
     params: list[Any]
     name: str | None = None
@@ -202,6 +204,8 @@ class ChainPlanner:
     planner: Callable[..., Any]
     allowed: set[str]
     reads_everything: bool
+    # chain macros defined so far: name -> (parameters, body with earlier macros expanded)
+    macros: dict[str, tuple[list[str], exp.Expression]] = field(default_factory=dict)
 
     def query(self, path: str, query: exp.Expression, objects: set[str]) -> Statement:
         nonce = secrets.token_hex(8)
@@ -249,9 +253,59 @@ class ChainPlanner:
             warnings=list(planned.warnings),
         )
 
+    def macro(self, path: str, node: exp.Create) -> Statement:
+        """``CREATE [OR REPLACE] MACRO name(a, b) AS <expression>``: kept here and inlined into every later
+        statement before its checks (the sandbox sees the expanded text); nothing is executed for it."""
+        udf = node.this
+        target = udf.this if isinstance(udf, exp.UserDefinedFunction) else None
+        body = node.expression
+        if not isinstance(target, exp.Table) or target.args.get("db") or target.args.get("catalog"):
+            raise ScriptRefused(path, "macros are named without a schema", "sandbox")
+        if body is None or (isinstance(body, exp.Query) and not isinstance(body, exp.Subquery)):
+            raise ScriptRefused(path, "table macros are not supported in jobs; use a view", "sandbox")
+        name = target.name.lower()
+        if not _MACRO_NAME.fullmatch(name):
+            raise ScriptRefused(path, f"macro name {name} is not a plain identifier", "sandbox")
+        probe = sqlglot.parse_one(f"SELECT {name}(1)", read="duckdb").selects[0]
+        if not isinstance(probe, exp.Anonymous):
+            raise ScriptRefused(path, f"macro {name} would shadow the built-in function {name}", "sandbox")
+        params = [p.name.lower() for p in udf.expressions if isinstance(p, exp.Identifier)]
+        if len(params) != len(udf.expressions) or len(set(params)) != len(params):
+            raise ScriptRefused(path, f"macro {name}: parameters are distinct plain names", "sandbox")
+        if name in self.macros and not node.args.get("replace"):
+            raise ScriptRefused(path, f"macro {name} already exists (use CREATE OR REPLACE MACRO)", "sandbox")
+        self.macros[name] = (params, self.expand(path, body))
+        return Statement(path=path, kind="macro", sql="", params=[], name=None)
+
+    def expand(self, path: str, tree: exp.Expression) -> exp.Expression:
+        """``tree`` with every call of a chain macro replaced by its body, arguments substituted."""
+        if not self.macros:
+            return tree
+
+        def inline(node: exp.Expression) -> exp.Expression:
+            if not isinstance(node, exp.Anonymous) or str(node.name).lower() not in self.macros:
+                return node
+            name = str(node.name).lower()
+            params, body = self.macros[name]
+            args = [self.expand(path, a) for a in node.expressions]
+            if len(args) != len(params):
+                raise ScriptRefused(
+                    path, f"macro {name} takes {len(params)} argument(s), not {len(args)}", "sandbox"
+                )
+            mapping = dict(zip(params, args, strict=True))
+
+            def substitute_param(n: exp.Expression) -> exp.Expression:
+                if isinstance(n, exp.Column) and not n.table and n.name.lower() in mapping:
+                    return exp.Paren(this=mapping[n.name.lower()].copy())
+                return n
+
+            return exp.Paren(this=body.copy().transform(substitute_param))
+
+        return tree.transform(inline)
+
     def statement(self, path: str, node: exp.Expression, objects: set[str], *, head: bool) -> Statement:
         if isinstance(node, exp.Query):
-            return self.query(path, node, objects)
+            return self.query(path, self.expand(path, node), objects)
         if isinstance(node, exp.Create) and not head:
             kind = str(node.args.get("kind") or "").upper()
             target = node.this
@@ -261,14 +315,14 @@ class ChainPlanner:
                     raise ScriptRefused(
                         path, f"chain objects are named without a schema: {target.sql()}", "sandbox"
                     )
-                planned = self.query(path, query, objects)
+                planned = self.query(path, self.expand(path, query), objects)
                 planned.kind = "table"
                 planned.name = target.name.lower()
                 planned.or_replace = bool(node.args.get("replace"))
                 planned.if_not_exists = bool(node.args.get("exists"))
                 return planned
             if kind in ("MACRO", "FUNCTION"):
-                raise ScriptRefused(path, "CREATE MACRO is not supported in jobs yet; use a view", "sandbox")
+                return self.macro(path, node)
         message = _sandbox_message(node.sql(dialect="duckdb"))
         if head:
             message = f"{message} (the head is one query)"

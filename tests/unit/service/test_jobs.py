@@ -278,7 +278,9 @@ async def test_tail_script_reading_a_forbidden_dataset_fails(jobs_client: Any) -
         "SET enable_external_access = true",
         "CREATE TABLE main.other AS SELECT 1",
         "CREATE TABLE t AS SELECT * FROM obs; DROP TABLE obs",
-        "CREATE MACRO m(a) AS a + 1",
+        "CREATE MACRO tm(a) AS TABLE SELECT a",
+        "CREATE MACRO sum(a) AS a + 1",
+        "CREATE MACRO main.m(a) AS a + 1",
         "PRAGMA database_list",
     ],
 )
@@ -633,3 +635,32 @@ async def test_min_lsn_waits_for_the_contexts(jobs_client: Any) -> None:
     short = await submit(client, CHAIN, "03_head.sql", min_lsn="FF/0", timeout_ms=200)
     status = await finished(client, short["job_id"])
     assert status["status"] == "failed" and status["error"]["code"] == "min_lsn"
+
+
+async def test_macros_are_inlined_before_the_checks(jobs_client: Any) -> None:
+    client, _, _, _ = await jobs_client()
+    tree = {
+        "01_macros.sql": "CREATE MACRO twice(x) AS x * 2; CREATE MACRO plus_twice(x, y) AS twice(x) + y",
+        "02_base.sql": "CREATE TABLE obs AS SELECT site, twice(value) AS v FROM timestore.observatory",
+        "03_head.sql": "SELECT site, plus_twice(v, 1) AS w FROM obs ORDER BY site",
+    }
+    status = await run_chain(client, tree)
+    assert status["status"] == "completed", status
+    assert await rows_of(client, status["job_id"]) == [
+        {"site": "alpha", "w": 171.0},
+        {"site": "beta", "w": 149.4},
+    ]
+    # a macro body reaching a forbidden dataset is refused where it is used, with /sql/read's message
+    tree = {
+        "01.sql": "CREATE MACRO leak() AS (SELECT max(payload) FROM timestore.secret)",
+        "02.sql": "SELECT leak() AS p",
+    }
+    status = await finished(client, (await submit(client, tree, "02.sql"))["job_id"])
+    assert status["status"] == "failed"
+    assert status["error"]["code"] == "forbidden" and status["error"]["path"] == "02.sql"
+    tree = {"01.sql": "CREATE MACRO env() AS getenv('HOME')", "02.sql": "SELECT env() AS h"}
+    status = await finished(client, (await submit(client, tree, "02.sql"))["job_id"])
+    assert status["error"]["code"] == "sandbox" and "getenv" in status["error"]["message"]
+    tree = {"01.sql": "CREATE MACRO one(a) AS a", "02.sql": "SELECT one(1, 2) AS h"}
+    status = await finished(client, (await submit(client, tree, "02.sql"))["job_id"])
+    assert status["error"]["message"] == "02.sql: macro one takes 1 argument(s), not 2"
