@@ -56,3 +56,7 @@ class JobTimedOut(JobError):
     def __init__(self, timeout_s: float) -> None:
         super().__init__(f"Job exceeded its {timeout_s:g} s timeout and was cancelled")
         self.timeout_s = timeout_s
+
+
+class ResultSpace(JobError):
+    """The kept results of finished jobs would pass ``WALDUCK_JOBS_RESULTS_MAX_BYTES``."""

@@ -46,6 +46,7 @@ from sinks.service.jobs.exceptions import (
     JobError,
     JobQueueFull,
     JobTimedOut,
+    ResultSpace,
     ScriptRefused,
 )
 from sinks.service.jobs.layers import Layer, LayerCache
@@ -89,7 +90,9 @@ class JobRunner:
         iam: Any,
         settings: JobSettings,
         layers: LayerCache,
+        results_bytes: Callable[[], int] = lambda: 0,
     ) -> None:
+        self.results_bytes = results_bytes
         self.store = store
         self.planner = planner
         self.iam = iam
@@ -309,6 +312,8 @@ class JobRunner:
                 if exc.dataset:
                     error["dataset"] = exc.dataset
                 self.finish(job, JobState.FAILED, error)
+            elif isinstance(exc, ResultSpace):
+                self.finish(job, JobState.FAILED, {"code": "result_space", "message": exc.message})
             elif isinstance(exc, JobError):
                 self.finish(job, JobState.FAILED, {"code": "job", "message": exc.message})
             elif isinstance(exc, duckdb.Error):
@@ -374,6 +379,13 @@ class JobRunner:
             job.scripts_done = job.scripts_total
         job.state = JobState.PUBLISHING
         with self._stage(job, Stage.PUBLISH):
+            held = self.results_bytes()
+            if held + table.nbytes > self.settings.results_max_bytes:
+                raise ResultSpace(
+                    f"The kept job results hold {held} bytes; this result ({table.nbytes} bytes) would pass "
+                    f"WALDUCK_JOBS_RESULTS_MAX_BYTES ({self.settings.results_max_bytes}). Retry after older jobs "
+                    "expire (job_ttl), or read less."
+                )
             job.result = JobResult(table, types, truncated)
             job.log("info", f"result: {table.num_rows} row(s)" + (" (truncated)" if truncated else ""))
         self.finish(job, JobState.COMPLETED)

@@ -31,7 +31,9 @@ class JobService:
             max_count=settings.layer_max_count,
             ttl_s=settings.layer_ttl_s,
         )
-        return cls(settings, JobStore(), layers, JobRunner(store, planner, iam, settings, layers))
+        jobs = JobStore()
+        runner = JobRunner(store, planner, iam, settings, layers, results_bytes=jobs.result_bytes)
+        return cls(settings, jobs, layers, runner)
 
     def start(self) -> None:
         self._gc_task = asyncio.get_running_loop().create_task(

@@ -29,6 +29,8 @@ class JobSettings(BaseSettings):
     # result caps (rows and Arrow bytes), as /sql/read's
     row_cap: int = Field(100_000, ge=1)
     byte_cap: int = Field(64 * 1024 * 1024, ge=1)
+    # Arrow bytes all kept results may hold together; a job whose result would pass it fails (result_space)
+    results_max_bytes: int = Field(1024**3, ge=0)
     # project limits
     max_scripts: int = Field(200, ge=1)
     max_script_chars: int = Field(100_000, ge=1)

@@ -40,6 +40,10 @@ class JobStore:
         with self._lock:
             return self._jobs.pop(job_id, None)
 
+    def result_bytes(self) -> int:
+        """Arrow bytes of the results kept now (bounded by ``WALDUCK_JOBS_RESULTS_MAX_BYTES``)."""
+        return sum(j.result.nbytes for j in self.all() if j.result is not None)
+
     def __len__(self) -> int:
         with self._lock:
             return len(self._jobs)

@@ -664,3 +664,13 @@ async def test_macros_are_inlined_before_the_checks(jobs_client: Any) -> None:
     tree = {"01.sql": "CREATE MACRO one(a) AS a", "02.sql": "SELECT one(1, 2) AS h"}
     status = await finished(client, (await submit(client, tree, "02.sql"))["job_id"])
     assert status["error"]["message"] == "02.sql: macro one takes 1 argument(s), not 2"
+
+
+async def test_kept_results_are_bounded(jobs_client: Any) -> None:
+    client, _, _, _ = await jobs_client(results_max_bytes=20_000)
+    first = await submit(client, {"01.sql": "SELECT range AS n FROM range(1000)"}, "01.sql", wait_ms=10_000)
+    assert first["status"] == "completed", first
+    second = await submit(client, {"01.sql": "SELECT range AS n FROM range(2000)"}, "01.sql", wait_ms=10_000)
+    assert second["status"] == "failed"
+    assert second["error"]["code"] == "result_space"
+    assert "WALDUCK_JOBS_RESULTS_MAX_BYTES" in second["error"]["message"]
