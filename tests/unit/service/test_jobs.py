@@ -674,3 +674,21 @@ async def test_kept_results_are_bounded(jobs_client: Any) -> None:
     assert second["status"] == "failed"
     assert second["error"]["code"] == "result_space"
     assert "WALDUCK_JOBS_RESULTS_MAX_BYTES" in second["error"]["message"]
+
+
+async def test_a_cached_layer_never_bypasses_the_readers_iam(jobs_client: Any) -> None:
+    """Layers are shared by content, but every script is planned for the caller first: a user who may not
+    read what the tail read gets the planner's 403 message, not the cached layer."""
+    client, _, _, js = await jobs_client()
+    tree = {"01.sql": "CREATE TABLE s AS SELECT payload FROM timestore.secret", "02.sql": "SELECT * FROM s"}
+    owner = await finished(
+        client, (await submit(client, tree, "02.sql", ALICE_SECRET))["job_id"], ALICE_SECRET
+    )
+    assert owner["status"] == "completed" and js.layers.get(owner["tail_hash"]) is not None
+    other = await finished(client, (await submit(client, tree, "02.sql", BOB))["job_id"], BOB)
+    assert other["status"] == "failed" and other["error"]["code"] == "forbidden"
+    assert other["layer"] == "none" and other["tail_hash"] is None and other["result"] is None
+    # a reader with the scope shares it
+    carol = {"x-iam-scopes": "sql:read,secret:read", "x-iam-user": "carol"}
+    shared = await finished(client, (await submit(client, tree, "02.sql", carol))["job_id"], carol)
+    assert shared["layer"] == "hit" and shared["tail_hash"] == owner["tail_hash"]
