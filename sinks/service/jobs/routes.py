@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from sinks.service import formats
 from sinks.service.audit import record_action
+from sinks.service.body_limit import OffLoopJsonRoute
 from sinks.service.errors import ApiError
 from sinks.service.iam import Principal, principal_from_headers
 from sinks.service.jobs.exceptions import JobNotFound, JobQueueFull
@@ -27,7 +28,7 @@ from sinks.service.jobs.model import Job, JobState
 from sinks.service.jobs.service import JobService
 from walduck.lsn import InvalidLSN, parse_lsn
 
-router = APIRouter(tags=["Jobs"])
+router = APIRouter(tags=["Jobs"], route_class=OffLoopJsonRoute)  # large bodies parsed off the loop
 
 ACTION_JOB_CREATE = "sql.job.create"
 ACTION_JOB_RUN = "sql.job.run"
