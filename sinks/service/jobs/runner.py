@@ -143,6 +143,7 @@ class JobRunner:
         try:
             try:
                 # read-your-writes first, holding no slot: a job waiting for its LSN blocks no other job
+                waited = time.monotonic()
                 if job.min_lsn is not None and not await self.store.wait_for_lsn(job.min_lsn, job.timeout_s):
                     self._tasks.pop(job.id, None)
                     self.finish(
@@ -154,6 +155,8 @@ class JobRunner:
                         },
                     )
                     return
+                # the LSN wait counts against the job's timeout, the wait for a slot does not
+                budget = max(0.001, job.timeout_s - (time.monotonic() - waited))
                 await self._slots.acquire()
             finally:
                 self._waiting_ids.discard(job.id)
@@ -168,7 +171,7 @@ class JobRunner:
             if job.cancel_requested.is_set():
                 self.finish(job, JobState.CANCELED, {"code": "canceled", "message": "Job was canceled"})
                 return
-            await asyncio.get_running_loop().run_in_executor(self._pool, self._run_blocking, job)
+            await asyncio.get_running_loop().run_in_executor(self._pool, self._run_blocking, job, budget)
         except Exception as exc:  # a bug: the job still ends, visibly
             log.exception("job %s failed unexpectedly", job.id)
             self.finish(job, JobState.FAILED, {"code": "internal", "message": str(exc) or type(exc).__name__})
@@ -280,7 +283,7 @@ class JobRunner:
         allowed = self.iam.readable(job.principal, self.store.datasets())
         return ChainPlanner(self.store, self.planner, allowed, self.iam.is_admin(job.principal))
 
-    def _run_blocking(self, job: Job) -> None:
+    def _run_blocking(self, job: Job, budget_s: float) -> None:
         job.started_at = time.time()
         job.state = JobState.PREPARING
         timed_out = threading.Event()
@@ -294,7 +297,7 @@ class JobRunner:
                 with contextlib.suppress(Exception):
                     conn.interrupt()
 
-        timer = threading.Timer(job.timeout_s, on_timeout)
+        timer = threading.Timer(budget_s, on_timeout)
         timer.daemon = True
         timer.start()
         layer: Layer | None = None
