@@ -60,11 +60,20 @@ def settings_classes() -> list[type]:
     """Every settings class of every component: one environment (a k8s ConfigMap, ``walduck up``) carries all."""
     from connectors.settings import ConnectorSettings
     from pipeline.settings import CompactorSettings
+    from sinks.service.jobs.settings import JobSettings
     from sinks.service.settings import QuerySettings
     from sinks.settings import SinkSettings
     from walduck.config import LogSettings, WalduckSettings
 
-    return [WalduckSettings, LogSettings, ConnectorSettings, CompactorSettings, SinkSettings, QuerySettings]
+    return [
+        WalduckSettings,
+        LogSettings,
+        ConnectorSettings,
+        CompactorSettings,
+        SinkSettings,
+        QuerySettings,
+        JobSettings,
+    ]
 
 
 def _print_version(value: bool) -> None:

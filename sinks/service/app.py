@@ -1,7 +1,7 @@
 """``create_app(store, settings)``: the Timestore-compatible SQL API over a live DuckDB context.
 
 Routes: ``/sql/schema``, ``/sql/read``, ``/sql/exec``, ``/sql/saved[/{id}]``, ``/admin/sql/runtime-cache``,
-``/admin/sql/runtime-cache/invalidate``, ``/admin/datasets/{id}/manifest``, ``/health``, ``/ready``,
+``/admin/sql/runtime-cache/invalidate``, ``/admin/datasets/{id}/manifest``, ``/v1/jobs…`` (sinks/service/jobs), ``/health``, ``/ready``,
 ``/metrics``; OpenAPI at ``/openapi.json``. See ``docs/api.md``.
 """
 
@@ -29,6 +29,9 @@ from sinks.service.body_limit import BodyLimit
 from sinks.service.catalog import Catalog
 from sinks.service.errors import ApiError
 from sinks.service.iam import Forbidden, principal_from_headers
+from sinks.service.jobs import routes as job_routes
+from sinks.service.jobs.service import JobService
+from sinks.service.jobs.settings import JobSettings
 from sinks.service.limits import QueryRunner
 from sinks.service.nul_guard import RejectNul
 from sinks.service.openapi import install_openapi
@@ -56,6 +59,7 @@ def create_app(
     audit: AuditSink | None = None,
     checks: dict[str, Callable[[], bool]] | None = None,
     stopping: Callable[[], bool] | None = None,
+    job_settings: JobSettings | None = None,
 ) -> FastAPI:
     """The FastAPI app. ``pg_dsn`` enables /sql/exec, saved queries, manifests and the audit writer;
     ``exec_dsn`` (default ``pg_dsn``) is the role /sql/exec runs as. ``checks`` are /ready's dependencies
@@ -92,14 +96,17 @@ def create_app(
         checks=dict(checks or {}),
         stopping=stopping or (lambda: False),
     )
+    jobs = JobService.build(store, state.planner, state.iam, job_settings)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         if isinstance(audit, AuditWriter):
             audit.start()
+        jobs.start()
         try:
             yield
         finally:
+            await jobs.stop()
             if isinstance(audit, AuditWriter):
                 await audit.stop()
             runner.close()
@@ -111,7 +118,9 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.svc = state
+    app.state.jobs = jobs
     app.include_router(sql_routes.router)
+    app.include_router(job_routes.router)
     app.include_router(admin_routes.router)
     _install_error_handlers(app)
     app.add_middleware(BodyLimit, max_body_bytes=settings.max_body_bytes)  # inside the metrics middleware

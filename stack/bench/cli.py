@@ -202,6 +202,37 @@ for _name, _doc in (
     app.command(_name, help=_doc)(_cmd)
 
 
+def jobs_body(
+    quick: bool, partitions: int | None = None, spin: int | None = None, jobs: int | None = None
+) -> Callable[..., Result]:
+    from stack.bench.jobs import run_jobs
+
+    return lambda services: run_jobs(
+        services,
+        partitions=int(_pick(quick, partitions, 10_000, 2_000)),
+        spin=int(_pick(quick, spin, 60_000, 60_000)),
+        repeats=10 if quick else 30,
+        jobs=int(_pick(quick, jobs, 20, 20)),
+        clients=4,
+        read_s=4.0 if quick else 15.0,
+    )
+
+
+@app.command("jobs")
+def jobs_cmd(
+    partitions: int = typer.Option(None, help="Partitions of the dataset [10,000; quick 2,000]."),
+    spin: int = typer.Option(
+        None, help="Side of the tail's spin cross join, re-sized to a ≥ 5 s tail [60,000]."
+    ),
+    jobs: int = typer.Option(None, help="Concurrent jobs during the /sql/read phase [20]."),
+    quick: bool = Quick,
+    data_dir: Path = DataDir,
+    out: Path = OutDir,
+) -> None:
+    """SQL jobs: head on a warm tail layer vs the tail's replay; /sql/read p99 with 20 concurrent jobs."""
+    _run("jobs", data_dir, out, jobs_body(quick, partitions, spin, jobs))
+
+
 def freshness_body(
     quick: bool,
     rate: float | None = None,
