@@ -241,6 +241,37 @@ QUERY_GUARD_REFUSALS = _counter(
 )
 
 
+# --- SQL jobs (sinks/service/jobs/, docs/metrics.md "SQL jobs") ------------------------------------
+_JOB_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800)
+
+JOB_STAGE_SECONDS = _histogram(
+    "walduck_job_stage_seconds",
+    "Time a job spent in one stage (parse, layer_lookup, tail_replay, head, publish, total).",
+    ["stage"],
+    buckets=_JOB_BUCKETS,
+)
+JOBS_FINISHED = _counter(
+    "walduck_jobs_finished_total",
+    "Jobs that ended, by outcome (completed, failed, canceled, timeout).",
+    ["outcome"],
+)
+JOB_LAYER_LOOKUPS = _counter(
+    "walduck_job_layer_lookups_total",
+    "Tail layer lookups: hit (whole tail cached), partial (a prefix cached), miss, none (no tail).",
+    ["result"],
+)
+JOB_QUEUE_DEPTH = _gauge("walduck_job_queue_depth", "Jobs waiting for a job slot.")
+JOBS_RUNNING = _gauge("walduck_jobs_running", "Jobs holding a job slot now.")
+JOB_LAYERS = _gauge("walduck_job_layers", "Tail layers in the cache.")
+JOB_LAYER_BYTES = _gauge("walduck_job_layer_bytes", "Bytes of the tail layers in the cache.")
+JOB_GC_RUNS = _counter("walduck_job_gc_runs_total", "Runs of the job GC.")
+JOB_GC_REMOVED = _counter(
+    "walduck_job_gc_removed_total", "What the job GC (and the layer cache bounds) removed.", ["kind"]
+)
+JOB_GC_BYTES_FREED = _counter(
+    "walduck_job_gc_bytes_freed_total", "Bytes freed by the job GC and layer eviction (results, layers)."
+)
+
 COMPONENT_METRICS: dict[str, tuple[Any, ...]] = {
     "connector": (
         DLQ_RECORDS,
@@ -297,6 +328,16 @@ COMPONENT_METRICS: dict[str, tuple[Any, ...]] = {
         QUERY_PLANNING,
         QUERY_LIMITS,
         QUERY_GUARD_REFUSALS,
+        JOB_STAGE_SECONDS,
+        JOBS_FINISHED,
+        JOB_LAYER_LOOKUPS,
+        JOB_QUEUE_DEPTH,
+        JOBS_RUNNING,
+        JOB_LAYERS,
+        JOB_LAYER_BYTES,
+        JOB_GC_RUNS,
+        JOB_GC_REMOVED,
+        JOB_GC_BYTES_FREED,
     ),
 }
 

@@ -29,6 +29,13 @@ ROUTE_ERRORS: dict[tuple[str, str], set[int]] = {
     ("get", "/admin/datasets/{dataset_ref}/manifest"): {403, 404, 503},
     ("get", "/metrics"): {403},
     ("get", "/ready"): {503},
+    ("post", "/v1/jobs"): {403, 429},
+    ("post", "/v1/jobs/{job_id}/append"): {403, 404, 409},
+    ("post", "/v1/jobs/{job_id}/run"): {403, 404, 409, 429},
+    ("get", "/v1/jobs/{job_id}"): {403, 404},
+    ("get", "/v1/jobs/{job_id}/logs"): {403, 404},
+    ("get", "/v1/jobs/{job_id}/result"): {403, 404, 406, 409},
+    ("post", "/v1/jobs/{job_id}/cancel"): {403, 404},
     ("get", "/health"): set(),
     ("get", "/live"): set(),
 }
@@ -37,10 +44,11 @@ DESCRIPTIONS = {
     "refusal, a DuckDB or PostgreSQL error that is the caller's, a NUL in the path or query",
     403: "Missing a required scope (`x-iam-scopes`), a dataset the caller may not read (or that does not "
     "exist: same answer), or /sql/exec on a privileged connection",
-    404: "Not found (saved query, dataset for an admin, manifest)",
+    404: "Not found (saved query, dataset for an admin, manifest; a job that is not the caller's)",
+    409: "A job in the wrong state for the request (append or run after it started, result before it completed)",
     406: "Unsupported format",
     413: "Request body over WALDUCK_QUERY_MAX_BODY_BYTES, or SQL over WALDUCK_SQL_MAX_LENGTH characters",
-    429: "Too many concurrent SQL reads; `Retry-After` says when to retry",
+    429: "Too many concurrent SQL reads, or the job queue is full; `Retry-After` says when to retry",
     500: "Unexpected error",
     503: "Not available now: the context has not reached `min_lsn`, DuckDB's memory or temp-space limit, no "
     "PostgreSQL catalog configured; /ready: not ready",

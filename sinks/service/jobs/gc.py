@@ -6,9 +6,9 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
-from sinks.service.jobs import metrics
 from sinks.service.jobs.layers import LayerCache
 from sinks.service.jobs.store import JobStore
+from walduck import metrics
 
 log = logging.getLogger(__name__)
 

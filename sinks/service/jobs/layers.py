@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sinks.service.jobs import metrics
+from walduck import metrics
 
 
 @dataclass(slots=True)

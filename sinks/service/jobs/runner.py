@@ -28,7 +28,6 @@ from typing import Any
 import duckdb
 
 from sinks.context.naming import quote_ident, quote_literal
-from sinks.service.jobs import metrics
 from sinks.service.jobs.chain import (
     LAYER_ALIAS,
     ChainPlanner,
@@ -53,6 +52,7 @@ from sinks.service.jobs.layers import Layer, LayerCache
 from sinks.service.jobs.model import Job, JobResult, JobState, Stage
 from sinks.service.jobs.settings import JobSettings
 from sinks.service.limits import run_capped
+from walduck import metrics
 
 log = logging.getLogger(__name__)
 

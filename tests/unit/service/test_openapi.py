@@ -24,6 +24,8 @@ BIG = b"x" * (64 * 1024 + 1)
 SAVED = "/sql/saved/{query_id}"
 MANIFEST = "/admin/datasets/{dataset_ref}/manifest"
 INVALIDATE = "/admin/sql/runtime-cache/invalidate"
+JOBS = "/v1/jobs"
+JOB = "/v1/jobs/{job_id}"
 
 # (method, route, url, headers, kwargs, expected status)
 CASES: list[tuple[str, str, str, dict[str, str], dict[str, Any], int]] = [
@@ -61,6 +63,24 @@ CASES: list[tuple[str, str, str, dict[str, str], dict[str, Any], int]] = [
     ("get", "/ready", "/ready", {}, {}, 200),
     ("get", "/health", "/health", {}, {}, 200),
     ("get", "/live", "/live", {}, {}, 200),
+    ("post", JOBS, JOBS, {}, {"json": {"project_tree": {"a.sql": "SELECT 1"}, "head_path": "a.sql"}}, 403),
+    ("post", JOBS, JOBS, READ, {"json": {"project_tree": {"a.sql": "SELECT 1"}, "head_path": "b.sql"}}, 400),
+    *[
+        case
+        for route in (f"{JOB}/append", f"{JOB}/run", f"{JOB}/cancel")
+        for case in (
+            ("post", route, route.replace("{job_id}", "job-x"), {}, {"json": {}}, 403),
+            ("post", route, route.replace("{job_id}", "job-x"), READ, {"json": {}}, 404),
+        )
+    ],
+    *[
+        case
+        for route in (JOB, f"{JOB}/logs", f"{JOB}/result")
+        for case in (
+            ("get", route, route.replace("{job_id}", "job-x"), {}, {}, 403),
+            ("get", route, route.replace("{job_id}", "job-x"), READ, {}, 404),
+        )
+    ],
 ]
 # documented, answered only with PostgreSQL or under load: where each is tested
 ELSEWHERE = {
@@ -69,6 +89,12 @@ ELSEWHERE = {
     (MANIFEST, 403): "tests/integration/service/test_service_contract.py (manifests)",
     ("/sql/read", 429): "tests/unit/service/test_app.py (concurrency)",
     ("/ready", 503): "tests/unit/service/test_ops_routes.py",
+    (JOBS, 429): "tests/unit/service/test_jobs.py::test_queue_full_is_429",
+    (f"{JOB}/run", 429): "tests/unit/service/test_jobs.py (job slots)",
+    (f"{JOB}/run", 409): "tests/unit/service/test_jobs.py (run twice)",
+    (f"{JOB}/append", 409): "tests/unit/service/test_jobs.py (append after run)",
+    (f"{JOB}/result", 406): "tests/unit/service/test_jobs.py (unsupported format)",
+    (f"{JOB}/result", 409): "tests/unit/service/test_jobs.py::test_result_before_completion_is_409",
 }
 
 
@@ -91,7 +117,11 @@ async def _answers() -> tuple[dict[str, Any], dict[tuple[str, str], set[int]]]:
             answered.setdefault((method, route), set()).add(r.status_code)
         for route, ops in spec["paths"].items():
             for method in ops:
-                url = route.replace("{query_id}", "q1").replace("{dataset_ref}", "ds-obs")
+                url = (
+                    route.replace("{query_id}", "q1")
+                    .replace("{dataset_ref}", "ds-obs")
+                    .replace("{job_id}", "job-x")
+                )
                 nul = await client.request(method, url + "?x=%00", headers=ADMIN)
                 big = await client.request(
                     method, url, headers={**ADMIN, "content-type": "application/json"}, content=BIG
