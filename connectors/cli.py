@@ -8,6 +8,7 @@ import signal
 
 import typer
 
+from connectors.errors import PermanentError
 from connectors.settings import ConnectorSettings, SnapshotMode
 from walduck.config import LogFormat, LogLevel
 from walduck.gctuning import tune_for_streaming
@@ -133,4 +134,8 @@ def run(
         finally:
             beating.cancel()
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except PermanentError as exc:  # one clear line and exit 2: retrying would not fix it (issue 17)
+        typer.echo(f"walduck connector: {exc}", err=True)
+        raise typer.Exit(2) from None

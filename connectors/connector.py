@@ -29,6 +29,7 @@ from aiokafka.errors import KafkaError
 from psycopg import sql
 
 from connectors import rowjson
+from connectors.errors import PermanentError, permanent_reason
 from connectors.protocol import Keepalive, ProtocolError, ReplicationConnection, ReplicationEnded, XLogData
 from connectors.publisher import ChangePublisher, DeadLetterPublisher, make_producer
 from connectors.settings import ConnectorSettings, SnapshotMode
@@ -129,7 +130,15 @@ class Connector:
                     return
             except (psycopg.OperationalError, ReplicationEnded, OSError, ProtocolError) as exc:
                 m.CONNECTOR_ERRORS.labels(kind="postgres").inc()
+                reason = permanent_reason(exc)
+                if reason is not None:  # retrying cannot fix it: one clear line, exit 2 (connectors/cli.py)
+                    raise PermanentError(f"PostgreSQL refuses the connector: {reason}") from exc
                 log.warning("PostgreSQL connection lost: %s", exc)
+            except psycopg.Error as exc:  # e.g. the setup queries' privileges: permanent, or a bug (raised)
+                reason = permanent_reason(exc)
+                if reason is None:
+                    raise
+                raise PermanentError(f"PostgreSQL refuses the connector: {reason}") from exc
             except KafkaError as exc:
                 m.CONNECTOR_ERRORS.labels(kind="kafka").inc()
                 log.warning("Kafka error: %s", exc)
