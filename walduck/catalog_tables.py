@@ -72,6 +72,14 @@ CONSUMED_COLUMNS: dict[str, frozenset[str]] = {
 """The columns of each table some consumer (compactor, context) reads: the others may be left out of a record
 that would not fit the size limit otherwise (:mod:`walduck.sizepolicy`)."""
 
+CONSUMED_JSON_KEYS: dict[str, dict[str, frozenset[str]]] = {
+    PARTITIONS: {"metadata": frozenset({"schemaVersionId", "tableName"})},
+}
+"""JSON columns of which consumers read only some keys: the compactor takes a partition's schema version and
+table name from its ``metadata`` (``pipeline/compaction.py``), the bulk path the same two keys
+(``sinks/context/bulkload.py``); nothing reads the rest. An oversize record may drop the other keys
+(:mod:`walduck.sizepolicy`, ``projected_json``)."""
+
 JSON_COLUMNS: dict[str, frozenset[str]] = {
     STORAGE_TARGETS: frozenset({"config"}),
     DATASETS: frozenset({"metadata"}),

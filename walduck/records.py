@@ -40,8 +40,9 @@ Two optional fields (absent or ``None`` on nearly every record) keep a record wi
 ``old_same_as_new``  columns whose old value equals the new one, carried once in ``new`` (an
                      UPDATE of a row holding a large unchanged TOASTed value); :meth:`ChangeRecord.from_bytes`
                      puts them back into ``old``
-``omitted``          columns no consumer reads, left out of ``new`` and ``old``; ``["*"]``: the row
-                     itself was over the limit (the record carries no row and is dead-lettered)
+``omitted``          columns no consumer reads, left out of ``new`` and ``old``; ``<column>.*``: that JSON
+                     column keeps only the keys consumers read (``catalog_tables.CONSUMED_JSON_KEYS``);
+                     ``["*"]``: the row itself was over the limit (no row, dead-lettered)
 
 Timestamps (``timestamp``/``timestamptz`` columns) are UTC ISO 8601 with ``+00:00``
 (``2024-01-01T00:00:00.500000+00:00``, fraction only when non-zero). PostgreSQL instants plain ISO 8601

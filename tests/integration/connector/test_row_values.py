@@ -8,6 +8,7 @@ seconds, and an UPDATE/DELETE (careful decoder) for contrast. The folded Kafka s
 
 from __future__ import annotations
 
+import orjson
 import psycopg
 import pytest
 from connector_helpers import (  # type: ignore[import-not-found]
@@ -247,3 +248,64 @@ async def test_update_of_a_row_with_a_large_toasted_value_fits_the_limit(
     comp.feed(upd, 0)
     (delta,) = comp.flush()
     assert delta.dataset is not None and delta.dataset["status"] == "inactive"
+
+
+async def test_a_partition_whose_metadata_alone_is_over_the_limit_still_arrives(
+    catalog_dsn: str, fresh_topics
+) -> None:
+    """Issue 16's last gap: a partition row whose *consumed* column ``metadata`` carries 5 MB of statistics
+    (over a 4 MiB limit) used to become a stub the compactor dead-lettered, so every context missed the file.
+    The size policy keeps the keys consumers read (``projected_json``): the compactor's entry is exact."""
+    from pipeline.compaction import Compactor
+    from walduck.records import ChangeRecord
+
+    limit = 4 * 1024 * 1024
+    settings = (await fresh_topics(partitions=2, pg_dsn=catalog_dsn)).model_copy(
+        update={"max_message_bytes": limit}
+    )
+    meta = {"schemaVersionId": "sv-big", "tableName": "metrics", "columnStatistics": "s" * 5_000_000}
+    async with running_connector(settings, ConnectorSettings(status_interval=0.2, heartbeat_interval=0)):
+        await wait_snapshot_done(catalog_dsn, settings.slot_name)
+        with psycopg.connect(catalog_dsn, autocommit=False) as conn:
+            conn.execute(
+                "INSERT INTO timestore.storage_targets (id, name, kind) VALUES ('st-bm', 'bm', 'local')"
+            )
+            conn.execute("INSERT INTO timestore.datasets (id, slug, name) VALUES ('ds-bm', 'ds-bm', 'bm')")
+            conn.execute(
+                "INSERT INTO timestore.dataset_manifests (id, dataset_id, version, status, manifest_shard)"
+                " VALUES ('dm-bm', 'ds-bm', 1, 'published', '2024-01-13')"
+            )
+            conn.execute(
+                "INSERT INTO timestore.dataset_partitions (id, dataset_id, manifest_id, storage_target_id,"
+                " partition_key, file_format, file_path, start_time, end_time, metadata, manifest_shard)"
+                " VALUES ('p-bm', 'ds-bm', 'dm-bm', 'st-bm', '{}', 'parquet', 'bm/p.parquet',"
+                " '2024-01-13 00:00+00', '2024-01-13 01:00+00', %s, '2024-01-13')",
+                [orjson.dumps(meta).decode()],
+            )
+            conn.commit()
+        await wait_confirmed(catalog_dsn, settings.slot_name, current_lsn(catalog_dsn))
+    records = [
+        ChangeRecord.from_bytes(v, limit)
+        for msgs in (await read_topic(settings.kafka_bootstrap, settings.changes_topic)).values()
+        for _, v in msgs
+        if b'"ds-bm"' in v[:4000]
+    ]
+    records = sorted((r for r in records if r.kind.value == "change"), key=lambda r: r.lsn)
+    (part,) = [r for r in records if r.table == "dataset_partitions"]
+    from walduck.catalog_tables import CONSUMED_COLUMNS, PARTITIONS
+
+    # the unread columns went first (strategy 2), then metadata kept the keys consumers read (strategy 3)
+    assert part.omitted is not None and "metadata.*" in part.omitted
+    assert not (set(part.omitted) - {"metadata.*"}) & CONSUMED_COLUMNS[PARTITIONS]
+    assert part.new is not None and part.new["metadata"] == {
+        "schemaVersionId": "sv-big",
+        "tableName": "metrics",
+    }
+    comp = Compactor(0)
+    for offset, rec in enumerate(r for r in records if r.dataset_id == "ds-bm"):
+        comp.feed(rec, offset)
+    deltas = comp.flush()
+    entries = [e for d in deltas for s in d.shards.values() for e in s.upserts]
+    assert [(e["id"], e["schema_version_id"], e["table_name"]) for e in entries] == [
+        ("p-bm", "sv-big", "metrics")
+    ]

@@ -103,3 +103,38 @@ def test_publisher_counts_oversize_records() -> None:
     assert count() == before + 1
     assert encode_record(_update("x"), 1_000_000) == _update("x").to_bytes()
     assert count() == before + 1
+
+
+def test_a_pre_encoded_insert_whose_metadata_is_too_large_keeps_the_consumed_keys() -> None:
+    """The connector hands INSERT rows over pre-encoded (orjson.Fragment); an oversize one whose unread
+    columns are not enough is cut to the metadata keys consumers read, and the compactor's entry is the same
+    as for the whole row."""
+    from pipeline.compaction import partition_entry
+
+    row = {
+        "id": "p1",
+        "dataset_id": "ds-1",
+        "manifest_id": "dm-1",
+        "file_path": "a.parquet",
+        "column_statistics": {"x": "s" * 100},
+        "metadata": {"schemaVersionId": "sv-9", "tableName": "metrics", "stats": "s" * 50_000, "n": 1.50},
+    }
+    raw = orjson.dumps(row)
+    rec = ChangeRecord(
+        kind=Kind.CHANGE,
+        source=Source.STREAM,
+        lsn=1,
+        commit_lsn=2,
+        commit_ts="2026-12-03T00:00:00+00:00",
+        table="dataset_partitions",
+        op=Op.INSERT,
+        key={"id": "p1"},
+        new=orjson.Fragment(raw),
+        dataset_id="ds-1",
+    )
+    value, strategy = fit_record(rec, 10_000)
+    assert strategy == "projected_json", strategy
+    back = ChangeRecord.from_bytes(value, 10_000)
+    assert back.omitted == ["column_statistics", "metadata.*"]
+    assert back.new["metadata"] == {"schemaVersionId": "sv-9", "tableName": "metrics"}
+    assert partition_entry(back.new, None) == partition_entry(row, None)
