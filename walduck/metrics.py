@@ -185,6 +185,10 @@ CACHE_EVENTS = Counter(
 SKIPPED_PARTITIONS = Counter(
     "walduck_skipped_partitions_total", "Partitions skipped because their file was missing."
 )
+INCOMPATIBLE_PARTITION_COLUMNS = Counter(
+    "walduck_incompatible_partition_columns_total",
+    "Partitions read with a column as NULL because their file holds it with an incompatible type.",
+)
 PARTITIONS_OUTSIDE_ROOT = Counter(
     "walduck_partitions_outside_root_total",
     "Partitions skipped because their file lies outside the storage root (or resolves through a symlink outside it).",
