@@ -192,6 +192,21 @@ class Catalog:
             pid = self.partition(cur, ds, m, shard, bad, {"schemaVersionId": v2})
         return ds, pid
 
+    def unreadable(self, slug: str) -> str:
+        """A dataset whose one partition's file is not Parquet: its relation cannot bind."""
+        ds, v1 = self.dataset(slug)
+        shard = "2024-03-04"
+        rel = f"{slug}/{uuid.uuid4().hex}.parquet"
+        path = self.storage_root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"not a parquet file")
+        f = {"file_path": rel, "rows": 1, "start": datetime(2024, 3, 4, tzinfo=UTC), "bytes": 18}
+        f["end"] = f["start"]
+        with self.conn.transaction(), self.conn.cursor() as cur:
+            m = self.manifest(cur, ds, 1, v1, shard)
+            self.partition(cur, ds, m, shard, f, {"schemaVersionId": v1})
+        return ds
+
 
 @dataclass(frozen=True)
 class Answer:

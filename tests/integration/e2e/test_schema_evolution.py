@@ -3,7 +3,8 @@
 Cases A, B (both file orders) and C of ``tests/support/schema_cases.py``, written while the stack streams, in
 incremental and full-scan mode, then again after an admin rebuild from PostgreSQL: every dataset's count(*),
 sum(value) and count(site) equal a fresh DuckDB's over the dataset's visible Parquet files, and
-``walduck verify`` (which also binds every dataset's relation) exits 0.
+``walduck verify`` (which also binds every dataset's relation) exits 0; once a dataset whose file is not
+Parquet is added, verify exits 1 naming that dataset only (its partition sets still match PostgreSQL).
 """
 
 from __future__ import annotations
@@ -93,3 +94,15 @@ async def test_schema_evolution_cases_read_what_the_files_hold(make_stack, mode:
     await asyncio.to_thread(_check, stack, cases, bad)
     verify = await asyncio.to_thread(run_verify, stack)
     assert verify.returncode == 0, verify.stdout + verify.stderr
+    # a relation that does not bind is reported by verify, with the dataset named, and nothing else is
+    catalog = Catalog(s.pg_dsn, s.catalog_schema, s.storage_root)
+    try:
+        broken = catalog.unreadable("case-unreadable")
+    finally:
+        catalog.close()
+    await asyncio.to_thread(stack.wait_caught_up, None, 120)
+    verify = await asyncio.to_thread(run_verify, stack)
+    assert verify.returncode == 1, verify.stdout + verify.stderr
+    unbound = [line for line in verify.stdout.splitlines() if line.startswith("unbound:")]
+    assert len(unbound) == 1 and f"dataset {broken} (case-unreadable)" in unbound[0], verify.stdout
+    assert not any(line.startswith(("missing:", "extra:", "differs:")) for line in verify.stdout.splitlines())
