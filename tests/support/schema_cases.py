@@ -55,7 +55,7 @@ class Catalog:
         self.storage_root.mkdir(parents=True, exist_ok=True)
         self.conn.execute(
             """INSERT INTO storage_targets (id, name, kind, config) VALUES (%s, %s, 'local', %s)
-               ON CONFLICT (id) DO NOTHING""",
+               ON CONFLICT (id) DO UPDATE SET config = EXCLUDED.config""",
             [TARGET_ID, TARGET_ID, Jsonb({"root": str(self.storage_root)})],
         )
 
@@ -123,8 +123,16 @@ class Catalog:
         return m
 
     @staticmethod
-    def partition(cur: Any, ds: str, manifest: str, shard: str, f: dict, metadata: dict | None = None) -> str:
-        p = f"p-{uuid.uuid4().hex[:12]}"
+    def partition(
+        cur: Any,
+        ds: str,
+        manifest: str,
+        shard: str,
+        f: dict,
+        metadata: dict | None = None,
+        pid: str | None = None,
+    ) -> str:
+        p = pid or f"p-{uuid.uuid4().hex[:12]}"
         cur.execute(
             """INSERT INTO dataset_partitions (id, dataset_id, manifest_id, manifest_shard, partition_key,
                                                storage_target_id, file_format, file_path, file_size_bytes,
