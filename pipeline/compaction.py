@@ -45,6 +45,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from walduck.attribution import partition_schema_version
 from walduck.catalog_tables import (
     DATASETS,
     MANIFESTS,
@@ -194,9 +195,7 @@ def partition_entry(row: dict[str, Any], manifest: ManifestInfo | None) -> dict[
     if not isinstance(meta, dict):
         meta = {}
     entry = {name: row.get(name) for name in PARTITION_FIELDS}
-    entry["schema_version_id"] = _json_text(meta.get("schemaVersionId")) or (
-        manifest.schema_version_id if manifest else None
-    )
+    entry["schema_version_id"] = partition_schema_version(meta)  # never the manifest's (issue 20)
     entry["table_name"] = _json_text(meta.get("tableName")) or DEFAULT_TABLE_NAME
     if not entry.get("manifest_shard"):
         entry["manifest_shard"] = manifest.shard if manifest else shard_for(row.get("start_time"))
@@ -663,8 +662,6 @@ class Compactor:
             for part_id, was_visible in sorted(dw.touched.get(shard, {}).items()):
                 entry = visible.get(part_id)
                 if entry is not None:
-                    if entry.get("schema_version_id") is None and manifest_id in self.manifests:
-                        entry["schema_version_id"] = self.manifests[manifest_id].schema_version_id
                     change.upserts.append(dict(entry))
                 elif was_visible:
                     change.deletes.append(part_id)

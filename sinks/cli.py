@@ -36,6 +36,11 @@ def verify(
         envvar="WALDUCK_VERIFY_SCOPES",
         help="With --url: x-iam-scopes sent to the admin route (must include the service's admin scope).",
     ),
+    read_scopes: str = typer.Option(
+        "timestore:admin,timestore:sql:read",
+        envvar="WALDUCK_VERIFY_READ_SCOPES",
+        help="With --url: x-iam-scopes of the bind check's /sql/read calls (admin + the SQL read scope).",
+    ),
 ) -> None:
     """Compare every dataset's visible partitions in a context with PostgreSQL's.
 
@@ -45,25 +50,34 @@ def verify(
     import httpx
     import psycopg
 
+    from sinks.verify import unbound_relations
     from sinks.verify import verify as run_verify
     from walduck.errors import WalduckError
 
     sink, walduck = _settings(data_dir, pg_dsn, context_path)
+    service = url or sink.service_url or None
     try:
-        drifts = run_verify(
-            walduck, sink, url=url or sink.service_url or None, attempts=attempts, scopes=scopes
-        )
+        drifts = run_verify(walduck, sink, url=service, attempts=attempts, scopes=scopes)
+        unbound = unbound_relations(service, scopes=scopes, read_scopes=read_scopes) if service else None
     except (psycopg.Error, httpx.HTTPError, duckdb.Error, OSError, WalduckError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         print(f"walduck verify: error: {type(exc).__name__}: {first}", file=sys.stderr)
         raise typer.Exit(2) from None
-    if not drifts:
-        console.print("[green]in step[/green]: every dataset's visible partitions match PostgreSQL")
+    if unbound is None:
+        print("walduck verify: relations not bound (needs --url: a running query service)", file=sys.stderr)
+    for u in unbound or []:
+        print(u)
+    if not drifts and not unbound:
+        bound = "" if unbound is None else "; every dataset's relation binds"
+        console.print(f"[green]in step[/green]: every dataset's visible partitions match PostgreSQL{bound}")
         return
     for d in drifts:
         print(d)
-    datasets = sorted({(d.dataset_id, d.manifest_shard) for d in drifts})
-    console.print(f"[red]drift[/red]: {len(drifts)} partition(s) in {len(datasets)} dataset shard(s)")
+    if drifts:
+        datasets = sorted({(d.dataset_id, d.manifest_shard) for d in drifts})
+        console.print(f"[red]drift[/red]: {len(drifts)} partition(s) in {len(datasets)} dataset shard(s)")
+    if unbound:
+        console.print(f"[red]unbound[/red]: {len(unbound)} dataset relation(s) do not bind")
     raise typer.Exit(1)
 
 

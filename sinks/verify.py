@@ -7,6 +7,9 @@ Two ways to read the context (docs/contexts.md §Verify):
   then compares; a difference must persist over ``attempts`` comparisons (writes keep landing while
   we compare) to count as drift.
 * otherwise: open the DuckDB file read-only (service stopped), one comparison.
+
+With ``--url`` it also binds every dataset's relation (:func:`unbound_relations`, issue 20): a dataset whose
+partition sets match can still be unreadable (a file lacking a column its schema version promised did that).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import duckdb
 import httpx
 import psycopg
 
+from sinks.context.naming import quote_ident
 from sinks.settings import SinkSettings
 from walduck.catalog_reader import visible_partitions
 from walduck.config import WalduckSettings
@@ -147,3 +151,69 @@ def verify(
         if attempt + 1 < attempts:
             time.sleep(0.5)
     return sorted(persistent or set(), key=lambda d: (d.dataset_id, d.manifest_shard, d.partition_id))
+
+
+@dataclass(frozen=True, slots=True)
+class Unbound:
+    """A dataset whose relation does not bind: ``SELECT * … LIMIT 0`` through ``/sql/read`` failed."""
+
+    dataset_id: str
+    slug: str
+    error: str
+
+    def __str__(self) -> str:
+        return f"unbound: dataset {self.dataset_id} ({self.slug}): {self.error}"
+
+
+DEFAULT_READ_SCOPES = "timestore:admin,timestore:sql:read"
+"""x-iam-scopes of the bind check's reads: the admin scope reads every dataset, the SQL read scope the route."""
+
+
+def _bind_error(url: str, slug: str, scopes: str | None, timeout_s: float) -> str | None:
+    headers = {"x-iam-scopes": scopes} if scopes else {}
+    resp = httpx.post(
+        url.rstrip("/") + "/sql/read",
+        json={"sql": f"SELECT * FROM timestore.{quote_ident(slug)} LIMIT 0"},
+        headers=headers,
+        timeout=timeout_s,
+    )
+    if resp.status_code == 200:
+        return None
+    try:
+        message = str(resp.json().get("message") or resp.text)
+    except ValueError:
+        message = resp.text
+    first = message.strip().splitlines()[0] if message.strip() else ""
+    return f"{resp.status_code} {first}"[:500]
+
+
+def unbound_relations(
+    url: str,
+    scopes: str | None = DEFAULT_VERIFY_SCOPES,
+    read_scopes: str | None = DEFAULT_READ_SCOPES,
+    timeout_s: float = 30.0,
+) -> list[Unbound]:
+    """Every dataset of the running service whose relation does not bind, through the path ``/sql/read``
+    takes (IAM, planner, execution guard, DuckDB bind and execute) with a ``LIMIT 0`` select. A failure is
+    asked again once against a fresh snapshot (a dataset deleted meanwhile is not reported)."""
+    snap = context_snapshot_from_service(url, scopes=scopes)
+    failed = {
+        ds["datasetId"]
+        for ds in snap.get("datasets", [])
+        if _bind_error(url, ds["datasetSlug"], read_scopes, timeout_s) is not None
+    }
+    if not failed:
+        return []
+    time.sleep(0.5)
+    still = {
+        ds["datasetId"]: ds["datasetSlug"]
+        for ds in context_snapshot_from_service(url, scopes=scopes).get("datasets", [])
+    }
+    out: list[Unbound] = []
+    for did in sorted(failed):
+        if did not in still:
+            continue
+        error = _bind_error(url, still[did], read_scopes, timeout_s)
+        if error is not None:
+            out.append(Unbound(did, still[did], error))
+    return out

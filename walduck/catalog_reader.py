@@ -14,6 +14,7 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
+from walduck.attribution import partition_schema_version
 from walduck.deltas import PARTITION_FIELDS
 from walduck.jsonexact import dumps_exact
 from walduck.pgvalues import exact_loaders
@@ -24,7 +25,6 @@ DEFAULT_TABLE_NAME = "records"
 _VISIBLE_SQL = """
 SELECT m.dataset_id AS m_dataset_id,
        m.manifest_shard AS m_manifest_shard,
-       m.schema_version_id AS m_schema_version_id,
        p.id, p.dataset_id, p.manifest_id, p.manifest_shard, p.storage_target_id, p.file_path,
        p.file_format, p.start_time, p.end_time, p.row_count, p.file_size_bytes,
        p.partition_key, p.metadata
@@ -39,7 +39,7 @@ def _member_text(value: Any) -> str | None:
     return value if value is None or isinstance(value, str) else dumps_exact(value).decode()
 
 
-def partition_row(raw: dict[str, Any], manifest_schema_version_id: str | None) -> dict[str, Any]:
+def partition_row(raw: dict[str, Any]) -> dict[str, Any]:
     """A ``dataset_partitions`` row (dict) as a delta partition entry (``PARTITION_FIELDS``)."""
     metadata = raw.get("metadata")
     if not isinstance(metadata, dict):  # jsonb of any shape: only an object's members count (like ->>)
@@ -47,7 +47,7 @@ def partition_row(raw: dict[str, Any], manifest_schema_version_id: str | None) -
     out: dict[str, Any] = {}
     for name in PARTITION_FIELDS:
         if name == "schema_version_id":
-            out[name] = _member_text(metadata.get("schemaVersionId")) or manifest_schema_version_id
+            out[name] = partition_schema_version(metadata)  # never the manifest's (walduck/attribution.py)
         elif name == "table_name":
             out[name] = _member_text(metadata.get("tableName")) or DEFAULT_TABLE_NAME
         elif name == "partition_key":
@@ -75,7 +75,7 @@ def visible_partitions(
         for raw in cur:
             shard = out.setdefault((raw["m_dataset_id"], raw["m_manifest_shard"]), {})
             if raw["id"] is not None:
-                shard[raw["id"]] = partition_row(raw, raw["m_schema_version_id"])
+                shard[raw["id"]] = partition_row(raw)
     return out
 
 

@@ -210,6 +210,10 @@ CACHE_EVENTS = _counter(
 SKIPPED_PARTITIONS = _counter(
     "walduck_skipped_partitions_total", "Partitions skipped because their file was missing."
 )
+INCOMPATIBLE_PARTITION_COLUMNS = _counter(
+    "walduck_incompatible_partition_columns_total",
+    "Partitions read with a column as NULL because their file holds it with an incompatible type.",
+)
 PARTITIONS_OUTSIDE_ROOT = _counter(
     "walduck_partitions_outside_root_total",
     "Partitions skipped because their file lies outside the storage root (or resolves through a symlink outside it).",
@@ -321,6 +325,7 @@ COMPONENT_METRICS: dict[str, tuple[Any, ...]] = {
         REBUILDS,
         CACHE_EVENTS,
         SKIPPED_PARTITIONS,
+        INCOMPATIBLE_PARTITION_COLUMNS,
         PARTITIONS_OUTSIDE_ROOT,
         QUERY_REQUESTS,
         QUERY_DURATION,

@@ -26,6 +26,7 @@ from psycopg import sql
 
 from sinks.context import ddl
 from sinks.context.ddl import INDEX_SCHEMA as WD
+from walduck.attribution import SQL_EXPRESSION
 from walduck.locations import partition_location
 
 _COLUMNS: list[tuple[str, pa.DataType]] = [
@@ -68,7 +69,7 @@ def copy_partitions(cur: psycopg.Cursor[Any], schema: str, dataset_ids: list[str
             # path clamps them (docs/contexts.md "Values"); pyarrow's ISO 8601 parser refuses them otherwise
             f" p.file_format, {_clamped('p.start_time')}, {_clamped('p.end_time')},"
             " p.row_count, p.file_size_bytes,"
-            " coalesce(p.metadata->>'schemaVersionId', m.schema_version_id),"
+            f" {SQL_EXPRESSION},"
             " coalesce(p.metadata->>'tableName', 'records'), p.partition_key::text"
             " FROM {s}.dataset_partitions p JOIN {s}.dataset_manifests m"
             " ON m.id = p.manifest_id AND m.status = 'published' WHERE true"

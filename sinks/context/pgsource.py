@@ -15,6 +15,7 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
+from walduck.attribution import SQL_EXPRESSION
 from walduck.jsonexact import dumps_exact
 from walduck.lsn import parse_lsn
 from walduck.pgvalues import exact_loaders
@@ -92,7 +93,7 @@ def read_catalog(
             sql.SQL(
                 "SELECT p.id, p.dataset_id, p.manifest_id, p.manifest_shard, p.storage_target_id, p.file_path,"
                 " p.file_format, p.start_time, p.end_time, p.row_count, p.file_size_bytes,"
-                " coalesce(p.metadata->>'schemaVersionId', m.schema_version_id) AS schema_version_id,"
+                f" {SQL_EXPRESSION} AS schema_version_id,"
                 " coalesce(p.metadata->>'tableName', 'records') AS table_name, p.partition_key"
                 " FROM {s}.dataset_partitions p JOIN {s}.dataset_manifests m"
                 " ON m.id = p.manifest_id AND m.status = 'published'"

@@ -1,11 +1,13 @@
-"""SQL text of one dataset's relation: explicit file lists grouped by schema version, null-filled.
+"""SQL text of one dataset's relation: explicit file lists grouped by the columns the files hold, null-filled.
 
 Reference §2.8: Timestore projected the newest schema's columns from every file without
 ``union_by_name``, so an additive schema change broke the whole view. Here files are grouped by the
-schema version they were written with; each group is one ``read_parquet([...])`` whose select list
-names the newest schema's columns, with ``NULL::T AS col`` for columns that version lacks and a cast
-where a column's type changed. No footer is opened to find this out (``union_by_name`` opens every
-footer at bind time, DuckDB's documented read_parquet behaviour).
+columns they really hold (their footers, ``sinks/context/file_columns.py``; issue 20: the schema version
+the catalog attributes a file to is not evidence of its columns, lifecycle jobs copy old files into newer
+manifests); each group is one ``read_parquet([...])`` whose select list names the newest schema's columns,
+with ``NULL::T AS col`` for columns the files lack, a cast where a file's type converts safely, and
+``NULL::T`` plus a per-partition warning where it does not (:func:`read_as`). A file whose footer cannot
+be read (remote) is grouped by its catalog schema version as before (:func:`group_files`).
 
 Scans with a known select list pass ``hive_partitioning = false``: Timestore writes partition keys as
 ``<key>=<value>`` path segments, and DuckDB's hive auto-detection would otherwise parse every path at bind
@@ -24,14 +26,108 @@ from sinks.context.naming import quote_ident, quote_literal
 
 @dataclass(slots=True)
 class FileGroup:
-    """Files written with one schema version; ``columns`` None = the version is unknown (read as newest).
+    """Files with one set of columns; ``columns`` None = unknown (read as the newest schema).
 
+    ``physical``: ``columns`` are the files' own (footer) types, compared with :func:`read_as`; otherwise
+    the declared types of a schema version (cast where they differ from the newest schema).
     ``quoted``: ``locations`` are already SQL string literals (the store caches them per file).
     """
 
     columns: dict[str, str] | None
     locations: list[str]
     quoted: bool = False
+    physical: bool = False
+
+
+_BIGINT_SAFE = frozenset({"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "UTINYINT", "USMALLINT", "UINTEGER"})
+_DOUBLE_SAFE = _BIGINT_SAFE | {"UBIGINT", "HUGEINT", "UHUGEINT", "FLOAT", "DOUBLE"}
+_TIMESTAMP_SAFE = frozenset({"TIMESTAMP", "TIMESTAMP_S", "TIMESTAMP_MS", "TIMESTAMP_NS", "DATE"})
+_SAME = {"TIMESTAMP": frozenset({"TIMESTAMP", "TIMESTAMP WITH TIME ZONE"})}
+"""File types read as they are for a schema type: Timestore writes ``timestamp`` columns UTC-adjusted, and
+they have always come out as DuckDB's ``TIMESTAMP WITH TIME ZONE``."""
+
+
+def read_as(file_type: str, schema_type: str) -> str | None:
+    """How a file's column of ``file_type`` provides a schema column of ``schema_type``: ``"same"`` (as it
+    is), ``"cast"`` (a cast that cannot fail on any value) or ``None`` (incompatible: read as NULL, warned).
+
+    The schema's types are the Timestore mapping (``naming.duckdb_type``): VARCHAR, DOUBLE, BIGINT, BOOLEAN,
+    TIMESTAMP. A lossy or value-dependent cast (VARCHAR -> DOUBLE, DOUBLE -> BIGINT, UBIGINT -> BIGINT) is
+    incompatible: it would fail the whole query on one value instead of one partition's column.
+    """
+    f, t = file_type.upper(), schema_type.upper()
+    if f == t or f in _SAME.get(t, ()):
+        return "same"
+    if t == "VARCHAR":
+        return "cast"
+    if t == "BIGINT" and f in _BIGINT_SAFE:
+        return "cast"
+    if t == "DOUBLE" and (f in _DOUBLE_SAFE or f.startswith("DECIMAL")):
+        return "cast"
+    if t == "TIMESTAMP" and f in _TIMESTAMP_SAFE:
+        return "cast"
+    return None
+
+
+def _lookup(group_columns: dict[str, str]) -> dict[str, str]:
+    """Column names are case-insensitive in DuckDB: a file's ``Site`` provides the schema's ``site``."""
+    out: dict[str, str] = {}
+    for name, typ in group_columns.items():
+        out.setdefault(name.lower(), typ)
+    return out
+
+
+def incompatible_columns(
+    columns: Sequence[tuple[str, str]], file_columns: dict[str, str]
+) -> list[tuple[str, str, str]]:
+    """(column, file type, schema type) of the schema columns a file holds with an incompatible type."""
+    have = _lookup(file_columns)
+    out: list[tuple[str, str, str]] = []
+    for name, typ in columns:
+        ftype = have.get(name.lower())
+        if ftype is not None and read_as(ftype, typ) is None:
+            out.append((name, ftype, typ))
+    return out
+
+
+def incompatible_warning(slug: str, partition_id: str, location: str, bad: list[tuple[str, str, str]]) -> str:
+    what = ", ".join(f"{name} is {ftype} in the file, {typ} in the schema" for name, ftype, typ in bad)
+    return (
+        f"Partition {partition_id} of dataset {slug}: incompatible column type(s) in {location} ({what});"
+        " read as NULL for this partition."
+    )
+
+
+def group_files(
+    files: Sequence[tuple[str, str, str | None]],
+    columns: Sequence[tuple[str, str]],
+    versions: dict[str, dict[str, str]],
+    footers: dict[str, dict[str, str] | None],
+    slug: str,
+) -> tuple[list[FileGroup], list[str]]:
+    """Readable files ``(partition id, location, schema version id)`` into groups, and the per-partition
+    warnings of incompatible column types. A file's footer decides its columns; without one (remote,
+    unreadable) the schema version the catalog names does, and an unknown version reads as the newest."""
+    groups: dict[tuple[object, ...], FileGroup] = {}
+    warnings: list[str] = []
+    for pid, loc, svid in files:
+        cols = footers.get(loc)
+        if cols is not None:
+            key: tuple[object, ...] = ("file", tuple(cols.items()))
+            bad = incompatible_columns(columns, cols) if columns else []
+            if bad:
+                warnings.append(incompatible_warning(slug, pid, loc, bad))
+            group = groups.get(key)
+            if group is None:
+                group = groups[key] = FileGroup(cols, [], physical=True)
+        else:
+            known = svid if svid in versions else None
+            key = ("version", known)
+            group = groups.get(key)
+            if group is None:
+                group = groups[key] = FileGroup(versions.get(known) if known else None, [])
+        group.locations.append(loc)
+    return list(groups.values()), warnings
 
 
 def empty_relation_sql(columns: Sequence[tuple[str, str]]) -> str:
@@ -45,16 +141,29 @@ def file_list_sql(locations: Sequence[str], quoted: bool = False) -> str:
     return "[" + ", ".join(locations if quoted else (quote_literal(loc) for loc in locations)) + "]"
 
 
-def select_list_sql(columns: Sequence[tuple[str, str]], group_columns: dict[str, str] | None) -> str:
-    """The newest schema's columns as a file group written with ``group_columns`` provides them."""
+def select_list_sql(
+    columns: Sequence[tuple[str, str]], group_columns: dict[str, str] | None, physical: bool = False
+) -> str:
+    """The newest schema's columns as a file group holding ``group_columns`` provides them (``physical``:
+    the files' own types, see :class:`FileGroup`)."""
     if group_columns is None:
         return ", ".join(quote_ident(name) for name, _ in columns)
+    have = _lookup(group_columns) if physical else group_columns
     items: list[str] = []
     for name, typ in columns:
         q = quote_ident(name)
-        if name not in group_columns:
+        ftype = have.get(name.lower() if physical else name)
+        if ftype is None:
             items.append(f"CAST(NULL AS {typ}) AS {q}")
-        elif group_columns[name] != typ:
+        elif physical:
+            how = read_as(ftype, typ)
+            if how == "same":
+                items.append(q)
+            elif how == "cast":
+                items.append(f"CAST({q} AS {typ}) AS {q}")
+            else:
+                items.append(f"CAST(NULL AS {typ}) AS {q}")
+        elif ftype != typ:
             items.append(f"CAST({q} AS {typ}) AS {q}")
         else:
             items.append(q)
@@ -73,21 +182,27 @@ def group_select_sql(
     files = bind(list(group.locations)) if bind is not None else file_list_sql(group.locations, group.quoted)
     if not columns:
         return f"SELECT * FROM read_parquet({files}, union_by_name = true)"
-    return f"SELECT {select_list_sql(columns, group.columns)} FROM read_parquet({files}, hive_partitioning = false)"
+    select = select_list_sql(columns, group.columns, group.physical)
+    return f"SELECT {select} FROM read_parquet({files}, hive_partitioning = false)"
 
 
 def merge_groups(columns: Sequence[tuple[str, str]], groups: Sequence[FileGroup]) -> list[FileGroup]:
     """Groups whose files need the same select list become one ``read_parquet`` (one scan, no UNION)."""
     if not columns:
         return [g for g in groups if g.locations]
-    merged: dict[tuple[str, bool], FileGroup] = {}
+    merged: dict[tuple[str, bool, tuple[str | None, ...]], FileGroup] = {}
     for g in groups:
         if not g.locations:
             continue
-        key = (select_list_sql(columns, g.columns), g.quoted)
+        # files of one scan must also agree on the types of the columns read: without union_by_name DuckDB
+        # reads every file as the first one's types (a BIGINT file after an INTEGER one would be narrowed)
+        types = (
+            tuple(_lookup(g.columns).get(n.lower()) for n, _ in columns) if g.physical and g.columns else ()
+        )
+        key = (select_list_sql(columns, g.columns, g.physical), g.quoted, types)
         into = merged.get(key)
         if into is None:
-            merged[key] = FileGroup(g.columns, list(g.locations), g.quoted)
+            merged[key] = FileGroup(g.columns, list(g.locations), g.quoted, g.physical)
         else:
             into.locations.extend(g.locations)
     return list(merged.values())

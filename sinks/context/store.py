@@ -33,6 +33,7 @@ import pyarrow as pa
 from sinks.context import ddl, staleness
 from sinks.context.bulkload import insert_partitions
 from sinks.context.ddl import INDEX_SCHEMA as WD
+from sinks.context.file_columns import FileColumns
 from sinks.context.file_presence import FilePresence, FileState
 from sinks.context.naming import (
     alias_warning,
@@ -43,7 +44,7 @@ from sinks.context.naming import (
 )
 from sinks.context.pgsource import CatalogSnapshot, as_json_text, read_catalog
 from sinks.context.rebuilds import RebuildJob, RebuildScheduler
-from sinks.context.relation import FileBinder, FileGroup, empty_relation_sql, relation_sql
+from sinks.context.relation import FileBinder, empty_relation_sql, group_files, relation_sql
 from sinks.settings import SinkSettings
 from walduck import metrics
 from walduck.config import ContextMode, WalduckSettings
@@ -237,6 +238,7 @@ class ContextStore:
         # local file existence from directory listings cached per directory mtime (no stat per file per
         # query); a directory's listing is dropped when DuckDB reports a missing file in it (reader())
         self._presence = FilePresence(roots=[self.storage_root, *settings.allowed_directories])
+        self._file_columns = FileColumns()
         self._outside_logged: set[str] = set()  # partition ids already logged as outside the root
         self._views_dirty: set[str] = set()
         self._rebuilds_running = 0
@@ -1555,30 +1557,36 @@ class ContextStore:
         probe = self._presence.probe()
         missing: list[str] = []
         outside: list[tuple[str, str]] = []
-        groups: dict[str | None, FileGroup] = {}
+        present: list[tuple[str, str, str | None]] = []
         for pid, loc, svid in parts:
             state = probe.state(loc)
-            if state is not FileState.PRESENT:
-                if state is FileState.MISSING:
-                    missing.append(pid)
-                else:
-                    outside.append((pid, loc))
-                continue
-            key = svid if svid in versions else None
-            group = groups.get(key)
-            if group is None:
-                group = groups[key] = FileGroup(versions.get(key) if key else None, [])
-            group.locations.append(loc)
+            if state is FileState.PRESENT:
+                present.append((pid, loc, svid))
+            elif state is FileState.MISSING:
+                missing.append(pid)
+            else:
+                outside.append((pid, loc))
         warnings = self._skip_warnings(view.slug, missing, count_skips) if missing else []
         if outside:
             warnings.extend(self._outside_warnings(view.slug, outside, count_skips))
+        # a file's columns are what its footer says, whatever version the catalog attributes it to (issue 20)
+        cur = self._cursor()
+        try:
+            footers = self._file_columns.columns(cur, [loc for _, loc, _ in present])
+        finally:
+            cur.close()
+        groups, type_warnings = group_files(present, view.columns, versions, footers, view.slug)
+        if type_warnings:
+            warnings.extend(type_warnings)
+            if count_skips:
+                metrics.INCOMPATIBLE_PARTITION_COLUMNS.inc(len(type_warnings))
         if not groups:
             if parts:
                 warnings.append(
                     f"No readable partitions found for dataset {view.slug}; returning empty view."
                 )
             return empty_relation_sql(view.columns), warnings
-        return relation_sql(view.columns, list(groups.values()), bind), warnings
+        return relation_sql(view.columns, groups, bind), warnings
 
     def _schema_versions(self, dataset_id: str) -> dict[str, dict[str, str]]:
         """Column name -> type per schema version id of the dataset (cached until the dataset changes)."""
