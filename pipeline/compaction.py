@@ -136,6 +136,7 @@ class _DatasetWindow:
     # shard -> partition id -> visible at window start?
     touched: dict[str, dict[str, bool]] = field(default_factory=dict)
     shards_touched: set[str] = field(default_factory=set)
+    resync: str | None = None  # a change of the dataset could not travel: contexts rebuild it
 
     def note(self, rec: ChangeRecord) -> None:
         self.raw += 1
@@ -247,12 +248,21 @@ class Compactor:
     def state_partitions(self) -> int:
         return sum(len(s.partitions) for s in self.shards.values())
 
-    def skip(self, offset: int, position: SharePosition | None = None) -> None:
+    def skip(self, offset: int, position: SharePosition | None = None, resync: str | None = None) -> None:
         """An offset that carried no usable record (sent to the DLQ): it still belongs to the window. With the
         record's ``position`` (its bytes still named one) it also takes its slot in its transaction share, so the
         share's other records complete and seal (a rejected record never orphans its transaction)."""
         self._advance(offset)
         self._window.extend(offset)
+        if resync is not None and position is not None and position.dataset_id is not None:
+            # the change itself is lost to the stream (e.g. an oversize stub): its dataset's delta of this window
+            # tells every context to rebuild that dataset from PostgreSQL, which holds the change
+            dw = self._dw(position.dataset_id)
+            dw.resync = resync
+            dw.lsn_from = (
+                position.commit_lsn if dw.lsn_from is None else min(dw.lsn_from, position.commit_lsn)
+            )
+            dw.lsn_to = max(dw.lsn_to, position.commit_lsn)
         if position is not None:
             key = position.dataset_id or GLOBAL_KEY
             ident = (position.source, position.commit_lsn, position.xid)
@@ -617,9 +627,10 @@ class Compactor:
                 schema_versions=[dw.schema_versions[k] for k in sorted(dw.schema_versions)],
                 shards=self._shard_changes(dataset_id, dw),
                 snapshot=dw.snapshot,
+                resync=dw.resync,
                 **base,
             )
-            if delta.entry_count or delta.shards:
+            if delta.entry_count or delta.shards or delta.resync:
                 out.append(delta)
         gw = window.global_
         if gw is not None and window.storage_targets:

@@ -52,7 +52,7 @@ from walduck.metrics import (
     DLQ_RECORDS,
     KAFKA_CONSUMER_LAG,
 )
-from walduck.records import ChangeRecord, MalformedRecord, share_position
+from walduck.records import OVERSIZE_REASON, ChangeRecord, MalformedRecord, share_position
 
 log = logging.getLogger(__name__)
 COMPONENT = "compactor"
@@ -285,7 +285,9 @@ class CompactorRunner:
             record = ChangeRecord.from_bytes(msg.value, self.settings.max_message_bytes)
         except MalformedRecord as exc:
             # its slot in its transaction share is still accounted when the bytes name it (issue 16, finding 6)
-            compactor.skip(msg.offset, share_position(msg.value))
+            # an oversize stub names its dataset: that dataset's delta asks contexts to rebuild it (issue 16)
+            resync = "oversize_record" if exc.reason.startswith(OVERSIZE_REASON) else None
+            compactor.skip(msg.offset, share_position(msg.value), resync=resync)
             self._dlq(work, tp, msg.offset, msg.key, msg.value, "malformed", exc.reason)
             return
         try:

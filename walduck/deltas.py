@@ -82,6 +82,9 @@ class Delta:
     storage_targets: list[dict[str, Any]] = field(default_factory=list)
     shards: dict[str, ShardChange] = field(default_factory=dict)
     snapshot: bool = False
+    # set when the window held a change of this dataset that could not travel (an oversize stub,
+    # walduck/sizepolicy.py): contexts rebuild the dataset from PostgreSQL (the reason, for their logs)
+    resync: str | None = None
     v: int = DELTA_SCHEMA_VERSION
 
     def kafka_key(self) -> bytes:
@@ -158,4 +161,5 @@ class Delta:
             storage_targets=list(doc.get("storage_targets") or []),
             shards=shards,
             snapshot=bool(doc.get("snapshot", False)),
+            resync=doc.get("resync") if isinstance(doc.get("resync"), str) else None,
         )

@@ -80,6 +80,9 @@ def partition_of(key: str | bytes, partitions: int) -> int:
     return (murmur2(raw) & 0x7FFFFFFF) % max(partitions, 1)
 
 
+OVERSIZE_REASON = "oversize record"
+"""The DLQ reason of a stub (``omitted = ["*"]``): its dataset is rebuilt from PostgreSQL downstream."""
+
 OMITTED_ALL = "*"
 """``omitted = ["*"]``: a record over the size limit that carries no row (:mod:`walduck.sizepolicy`)."""
 
@@ -227,7 +230,7 @@ class ChangeRecord:
         ):
             raise MalformedRecord("omitted must be a list of column names")
         if omitted and OMITTED_ALL in omitted:
-            raise MalformedRecord("oversize record: its row exceeded the size limit (omitted *)")
+            raise MalformedRecord(f"{OVERSIZE_REASON}: its row exceeded the size limit (omitted *)")
         same = doc.get("old_same_as_new")
         if same is not None:
             old_row, new_row = doc.get("old"), doc.get("new")

@@ -21,8 +21,8 @@ A change record that would exceed it is made to fit without losing what a consum
    carries megabytes of statistics then still reaches every context exactly.
 4. ``stub``: still too large (a value a consumer reads is itself over the limit): the record keeps its key,
    table, op, dataset and transaction position with ``omitted = ["*"]`` and no row. Its transaction share stays
-   whole (the compactor dead-letters the stub and seals the rest); the change itself is lost to the context,
-   which ``walduck verify`` reports as drift for that dataset (rebuild it: ``docs/operations.md``).
+   whole (the compactor dead-letters the stub and seals the rest) and its dataset's delta carries ``resync``:
+   every context rebuilds that dataset from PostgreSQL, so the change still reaches it.
 """
 
 from __future__ import annotations

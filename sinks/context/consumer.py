@@ -172,6 +172,18 @@ class DeltaConsumer:
         applied = sum(results)
         self.applied += applied
         self.duplicates += len(results) - applied
+        self._resync([delta for delta, _, _ in items])
+
+    def _resync(self, deltas: list[Delta]) -> None:
+        """A delta saying a change of its dataset could not travel (an oversize stub): rebuild that dataset from
+        PostgreSQL, queued (merged with a pending one) after the delta's own apply; re-deliveries ask again,
+        harmlessly."""
+        for delta in deltas:
+            if delta.resync and delta.dataset_id:
+                log.warning(
+                    "dataset %s: %s upstream; rebuilding it from PostgreSQL", delta.dataset_id, delta.resync
+                )
+                self.store.request_rebuild(delta.dataset_id, f"resync: {delta.resync}")
 
     async def _apply_one(
         self,
@@ -193,6 +205,7 @@ class DeltaConsumer:
             self.applied += 1
         else:
             self.duplicates += 1
+        self._resync([delta])
 
     async def _dead_letter(
         self, partition: int, offset: int, value: bytes | None, key: bytes | None, reason: str, detail: str
