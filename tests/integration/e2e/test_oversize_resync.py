@@ -30,7 +30,8 @@ async def test_an_oversize_dataset_row_reaches_the_context_through_a_rebuild(mak
     deadline = time.monotonic() + 90
     found = None
     while time.monotonic() < deadline:
-        body = httpx.get(f"{stack.base_url}/sql/schema", timeout=30).json()
+        resp = await asyncio.to_thread(httpx.get, f"{stack.base_url}/sql/schema", timeout=30)
+        body = resp.json()
         found = next((t for t in body["tables"] if t["name"] == "timestore.ds_huge"), None)
         if found is not None and (found.get("description") or "").startswith(description):
             break
