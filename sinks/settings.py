@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -17,6 +18,14 @@ class SinkSettings(BaseSettings):
     # rebuilds and full-scan applies read partitions with COPY -> Arrow -> one DuckDB INSERT (no Python per row);
     # false = the per-row path (dicts), kept as the benchmark's baseline (docs/performance.md, "bootstrap")
     bulk_load: bool = True
+    # how a new, wiped or retention-truncated shard is built: "snapshot" = from PostgreSQL (one REPEATABLE READ
+    # snapshot, bulk COPY, then the deltas from the end offsets recorded before it; sinks/context/build.py);
+    # "replay" = replaying the deltas partition from offset 0 (the old path, kept as the benchmark's baseline;
+    # a partition whose head was deleted by retention is built from the snapshot anyway)
+    sink_bootstrap: Literal["snapshot", "replay"] = "snapshot"
+    # refresh every plain view under the writer lock at the end of a build (the old behaviour; minutes at 1M
+    # partitions). false = the views are refreshed afterwards in bounded chunks (view_refresh_budget_s)
+    build_refresh_views: bool = False
     # DuckDB instance limits (per instance, not per connection)
     duckdb_memory_limit: str = "2GB"
     duckdb_threads: int = 2
@@ -46,6 +55,9 @@ class SinkSettings(BaseSettings):
     # ... and a refresh (which holds the writer) may take at most this share of the writer's time: under a
     # steady write load the interval stretches to (last refresh duration / share); 0 = no such limit
     view_refresh_max_share: float = 0.1
+    # one (non-forced) refresh stops starting new views after this many seconds; the rest stay dirty for the next
+    # refresh, so a build that dirtied every dataset never holds the writer for minutes (0 = no bound)
+    view_refresh_budget_s: float = 0.2
     # the deltas consumer
     consumer_max_records: int = 500
     consumer_poll_ms: int = 100

@@ -87,6 +87,16 @@ class WalduckSettings(BaseSettings):
     topic_replication_factor: int = 1
     topic_min_insync_replicas: int | None = None
     dlq_retention_ms: int = 7 * 24 * 3600 * 1000
+    # retention of the changes and deltas topics (-1 = keep forever). Nothing needs history older than what a
+    # context can boot from: a new, wiped or truncated context shard is built from PostgreSQL (a snapshot) and
+    # follows the deltas from the end offsets recorded before it (sinks/context/build.py), so a bounded
+    # retention only has to cover the longest outage a running replica should ride out by replaying
+    # (docs/operations.md "Retention"). The compactor restores from its deltas partition: keep deltas at least
+    # as long as changes.
+    changes_retention_ms: int = -1
+    changes_retention_bytes: int = -1
+    deltas_retention_ms: int = -1
+    deltas_retention_bytes: int = -1
     # largest record on the changes/deltas topics (topic max.message.bytes, producer max_request_size,
     # consumer max_partition_fetch_bytes): a delta of a few thousand partition entries is a few MB
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES

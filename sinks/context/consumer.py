@@ -1,8 +1,13 @@
 """DeltaConsumer: reads every partition of the deltas topic into one ContextStore.
 
 1. Manual assignment of ALL partitions (no consumer group: every query-service replica holds every shard).
-2. Each partition is sought to the deltas offset stored in the context + 1 (0 for a new or wiped shard:
-   bootstrap = replaying the partition, whose head holds the connector's initial snapshot).
+2. A shard not bootstrapped yet (new or wiped context), or whose stored offset lies below its partition's log
+   start offset (history deleted by retention), is built from PostgreSQL first: the partition's end offset E is
+   recorded, THEN the snapshot is read and bulk-loaded, E-1 is stored as the shard's deltas offset
+   (``sinks/context/build.py``: why nothing after the snapshot is missed). A fetch answered OffsetOutOfRange
+   while running does the same for that partition (``walduck_rebuilds_total{scope="shard"}``).
+   ``WALDUCK_SINK_BOOTSTRAP=replay`` replays a new shard's partition from offset 0 instead (the old path).
+   Then each partition is sought to the stored deltas offset + 1.
 3. Each record is decoded (:meth:`Delta.from_bytes`); malformed ones go to the DLQ with the reason,
    counted in ``walduck_dlq_records_total{component="context"}``; the stream continues.
 4. Deltas are applied in ONE writer thread (a dedicated single-thread executor), in partition order;
@@ -10,7 +15,8 @@
    (every partition) go to :meth:`ContextStore.apply_batch` together (partition-only deltas and heartbeats
    share a transaction), so a consumer that fell behind catches up in few transactions; if that batch
    fails, its deltas are applied one by one, so only the failing delta goes to the DLQ.
-5. A shard counts as bootstrapped once it reached the partition's end offset seen at start.
+5. A shard counts as bootstrapped once built from PostgreSQL (replay mode: once it reached the partition's
+   end offset seen at start). The deltas topic is read with ``isolation_level="read_committed"``.
 Offsets are never committed to Kafka: the context file is the source of truth for where to resume.
 """
 
@@ -24,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, OffsetOutOfRangeError
 
 from sinks.context.store import ContextStore
 from walduck import metrics
@@ -87,7 +93,9 @@ class DeltaConsumer:
             **self._client_kwargs(),
             group_id=None,
             enable_auto_commit=False,
-            auto_offset_reset="earliest",
+            # never silently skip history deleted by retention: OffsetOutOfRange rebuilds the shard instead
+            auto_offset_reset="none",
+            isolation_level="read_committed",
             max_poll_records=settings.consumer_max_records,
             max_partition_fetch_bytes=self.store.walduck.max_message_bytes,
         )
@@ -101,22 +109,21 @@ class DeltaConsumer:
             raise KafkaError(f"topic {self.topic} has no partitions (yet)")
         tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
         consumer.assign(tps)
-        progress = self.store.progress()
-        ends = await consumer.end_offsets(tps)
-        for tp in tps:
-            stored = progress[tp.partition].deltas_offset if tp.partition in progress else -1
-            consumer.seek(tp, stored + 1)
-            if not (progress.get(tp.partition) and progress[tp.partition].bootstrapped):
-                self._bootstrap_targets[tp.partition] = ends[tp]
-                if self._check_bootstrapped(tp.partition, stored + 1):
-                    self.store.mark_bootstrapped(tp.partition)
+        loop = asyncio.get_running_loop()
+        await self._bootstrap(loop, consumer, tps)
         self._producer = AIOKafkaProducer(**self._client_kwargs())
         await start_client(self._producer, self.store.walduck)
-        loop = asyncio.get_running_loop()
         last_delta = time.monotonic()
         checkpoint_due = False  # changes applied since the last idle checkpoint
         while not self._stop.is_set():
-            batches = await consumer.getmany(timeout_ms=settings.consumer_poll_ms)
+            try:
+                batches = await consumer.getmany(timeout_ms=settings.consumer_poll_ms)
+            except OffsetOutOfRangeError as exc:
+                # the next offset to read was deleted by retention: rebuild those shards from PostgreSQL
+                lost = sorted(exc.args[0]) if exc.args and isinstance(exc.args[0], dict) else tps
+                log.warning("deltas %s: offsets out of range (deleted by retention?); rebuilding", lost)
+                await self._bootstrap(loop, consumer, tps, force={tp.partition for tp in lost})
+                continue
             if any(batches.values()):
                 last_delta = time.monotonic()
                 checkpoint_due = True
@@ -136,6 +143,52 @@ class DeltaConsumer:
                     await loop.run_in_executor(self._executor, self.store.mark_bootstrapped, tp.partition)
             await loop.run_in_executor(self._executor, self.store.refresh_views)
             self._update_lag(consumer, tps)
+
+    async def _bootstrap(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        consumer: AIOKafkaConsumer,
+        tps: list[TopicPartition],
+        force: set[int] | None = None,
+    ) -> None:
+        """Seek every partition to its stored offset + 1, building from PostgreSQL first the shards that need
+        it (not bootstrapped, history below the log start, or ``force``d). E is read BEFORE the snapshot."""
+        progress = self.store.progress()
+        begins = await consumer.beginning_offsets(tps)
+        ends = await consumer.end_offsets(tps)
+        # without a catalog DSN (tests feeding deltas by hand) there is nothing to build from: replay
+        replay = self.store.settings.sink_bootstrap == "replay" or not self.store.can_read_catalog()
+        todo: dict[int, int] = {}
+        for tp in tps:
+            prog = progress.get(tp.partition)
+            stored = prog.deltas_offset if prog else -1
+            booted = bool(prog and prog.bootstrapped)
+            truncated = stored + 1 < begins[tp]
+            if truncated and booted:
+                log.warning(
+                    "deltas %s: stored offset %d is below the log start offset %d (history deleted by"
+                    " retention); rebuilding the shard from PostgreSQL",
+                    tp.partition,
+                    stored,
+                    begins[tp],
+                )
+            if (force and tp.partition in force) or truncated or not (booted or replay):
+                todo[tp.partition] = ends[tp]
+        if todo:
+            try:
+                await loop.run_in_executor(self._executor, self.store.bootstrap, todo)
+            except Exception:
+                metrics.REBUILDS.labels(scope="shard", result="error").inc(len(todo))
+                raise
+        progress = self.store.progress()
+        for tp in tps:
+            prog = progress.get(tp.partition)
+            stored = prog.deltas_offset if prog else -1
+            consumer.seek(tp, stored + 1)
+            if replay and not (prog and prog.bootstrapped):
+                self._bootstrap_targets[tp.partition] = ends[tp]
+                if self._check_bootstrapped(tp.partition, stored + 1):
+                    self.store.mark_bootstrapped(tp.partition)
 
     async def _handle_batch(
         self, loop: asyncio.AbstractEventLoop, polled: list[tuple[int, list[Any]]]

@@ -31,7 +31,7 @@ import orjson
 import pyarrow as pa
 
 from sinks.context import ddl, staleness
-from sinks.context.bulkload import insert_partitions
+from sinks.context.build import ContextBuilder
 from sinks.context.ddl import INDEX_SCHEMA as WD
 from sinks.context.file_columns import FileColumns
 from sinks.context.file_presence import FilePresence, FileState
@@ -42,7 +42,7 @@ from sinks.context.naming import (
     schema_columns,
     timestamp_column,
 )
-from sinks.context.pgsource import CatalogSnapshot, as_json_text, read_catalog
+from sinks.context.pgsource import CatalogSnapshot, as_json_text
 from sinks.context.rebuilds import RebuildJob, RebuildScheduler
 from sinks.context.relation import FileBinder, empty_relation_sql, group_files, relation_sql
 from sinks.settings import SinkSettings
@@ -53,7 +53,7 @@ from walduck.errors import WalduckError
 from walduck.jsonexact import loads_exact
 from walduck.locations import partition_location
 from walduck.lsn import format_lsn
-from walduck.records import GLOBAL_KEY, partition_of
+from walduck.records import GLOBAL_KEY
 from walduck.timeutil import iso, parse_instant_clamped, utcnow
 
 log = logging.getLogger(__name__)
@@ -251,6 +251,7 @@ class ContextStore:
         # deltas applied while a rebuild reads PostgreSQL, one journal per running rebuild (see _rebuild)
         self._rebuild_journals: list[list[tuple[Delta, int]]] = []
         self._rebuilds = RebuildScheduler(self._rebuild_now)
+        self.builder = ContextBuilder(self)
         self.pg_connect: Callable[[], Any] | None = None
         # readers blocked in wait_for_lsn: (lsn, their event loop, future the writer resolves)
         self._lsn_waiters: list[tuple[int, asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
@@ -289,7 +290,8 @@ class ContextStore:
             self._views_dirty = {
                 row[0] for row in self._writer.execute(f"SELECT id FROM {WD}.datasets").fetchall()
             }
-            self.refresh_views(force=True)
+            # bounded: a big context's views are finished by the consumer's refreshes (build.py)
+            self._refresh_views(time.monotonic(), self.settings.view_refresh_budget_s)
 
     def _sandbox(self, db: duckdb.DuckDBPyConnection) -> None:
         dirs = [self.storage_root, *self.settings.allowed_directories]
@@ -679,9 +681,7 @@ class ContextStore:
         prog.deltas_offset = offset
 
     def _full_scan_snapshot(self, delta: Delta) -> CatalogSnapshot:
-        ids = [delta.dataset_id] if delta.dataset_id else []
-        with self._pg() as conn:
-            snap = read_catalog(conn, self.walduck.catalog_schema, ids, bulk=self.settings.bulk_load)
+        snap = self.builder.read([delta.dataset_id] if delta.dataset_id else [])
         metrics.REBUILDS.labels(scope="dataset", result="ok").inc()
         return snap
 
@@ -923,129 +923,27 @@ class ContextStore:
                 [[did, row[0], i, n, t, nl, d] for i, (n, t, nl, d) in enumerate(fields)],
             )
 
-    # ------------------------------------------------------------------ rebuilds (PostgreSQL)
-    @contextlib.contextmanager
-    def _pg(self) -> Iterator[Any]:
-        if self.pg_connect is not None:
-            conn = self.pg_connect()
-        else:
-            import psycopg
-
-            conn = psycopg.connect(self.walduck.pg_dsn, autocommit=False)
-        try:
-            yield conn
-        finally:
-            conn.close()
+    # ------------------------------------------------------------------ builds from PostgreSQL (build.py)
+    def _pg(self) -> Any:
+        return self.builder.pg()
 
     def _replace_from_snapshot(
         self, cur: duckdb.DuckDBPyConnection, snap: CatalogSnapshot, shard: int | None, only: str | None
     ) -> set[str]:
-        """Replace the named dataset(s) (``only`` None = all) with the PostgreSQL snapshot's rows."""
-        for target in snap.storage_targets:
-            self._upsert_target(cur, target)
-        existing = dict(cur.execute(f"SELECT id, shard FROM {WD}.datasets").fetchall())
-        ids = {str(d["id"]) for d in snap.datasets}
-        if only is not None:
-            ids.add(only)
-        else:
-            ids |= set(existing)
-        # set-based: one statement per table for every dataset replaced (a statement per dataset and table
-        # scanned the partitions table 300 times at 1M partitions)
-        id_list = sorted(ids)
-        for table in ("datasets", "schema_versions", "partitions", "columns"):
-            col = "id" if table == "datasets" else "dataset_id"
-            cur.execute(f"DELETE FROM {WD}.{table} WHERE list_contains(?, {col})", [id_list])
+        return self.builder.replace_from_snapshot(cur, snap, shard, only)
 
-        def shard_of(did: str) -> int:
-            if shard is not None:
-                return shard
-            return existing.get(did, partition_of(did, self.walduck.topic_partitions))
+    def can_read_catalog(self) -> bool:
+        """True when builds can reach PostgreSQL (a DSN or a connect function is configured)."""
+        return self.pg_connect is not None or bool(self.walduck.pg_dsn)
 
-        self._insert_rows(
-            cur,
-            "datasets",
-            [_dataset_row(ds, shard_of(str(ds["id"]))) for ds in snap.datasets],
-        )
-        sv_ids = [str(sv["id"]) for sv in snap.schema_versions]
-        if sv_ids:
-            cur.execute(f"DELETE FROM {WD}.schema_versions WHERE list_contains(?, id)", [sv_ids])
-        self._insert_rows(
-            cur,
-            "schema_versions",
-            [
-                [
-                    str(sv["id"]),
-                    str(sv["dataset_id"]),
-                    shard_of(str(sv["dataset_id"])),
-                    int(sv.get("version") or 0),
-                    as_json_text(_as_dict(sv.get("schema"))),
-                ]
-                for sv in snap.schema_versions
-            ],
-        )
-        if snap.partitions_table is not None:
-            insert_partitions(
-                cur, snap.partitions_table, shard_of, self._targets, self.storage_root, FAR_PAST, FAR_FUTURE
-            )
-        parts: dict[str, list[dict[str, Any]]] = {}
-        for p in snap.partitions:
-            parts.setdefault(str(p["dataset_id"]), []).append(p)
-        for did, ps in parts.items():
-            self._insert_partitions(cur, ps, shard_of(did), did)
-        self._recompute_columns_of(cur, id_list)
-        return ids
+    def _progress_of(self, shard: int) -> ShardProgress:
+        return self._progress.setdefault(shard, ShardProgress(shard))
 
-    @staticmethod
-    def _insert_rows(cur: duckdb.DuckDBPyConnection, table: str, rows: list[list[Any]]) -> None:
-        """One multi-row INSERT per 500 rows (rebuilds: datasets, schema versions, columns)."""
-        for start in range(0, len(rows), 500):
-            chunk = rows[start : start + 500]
-            marks = "(" + ", ".join(["?"] * len(chunk[0])) + ")"
-            cur.execute(
-                f"INSERT INTO {WD}.{table} VALUES " + ", ".join([marks] * len(chunk)),
-                [v for row in chunk for v in row],
-            )
+    def bootstrap(self, ends: dict[int, int], reason: str = "bootstrap") -> Any:
+        """Build the shards of ``ends`` (partition -> deltas end offset read before) from PostgreSQL
+        (``ContextBuilder.bootstrap``); their deltas offset becomes ``end - 1``, they are bootstrapped."""
+        return self.builder.bootstrap(ends, reason)
 
-    def _recompute_columns_of(self, cur: duckdb.DuckDBPyConnection, ids: list[str]) -> None:
-        """:meth:`_recompute_columns` for many datasets in a few statements (their rows are already deleted)."""
-        if not ids:
-            return
-        shards = dict(
-            cur.execute(f"SELECT id, shard FROM {WD}.datasets WHERE list_contains(?, id)", [ids]).fetchall()
-        )
-        newest = cur.execute(
-            f"SELECT dataset_id, schema FROM (SELECT dataset_id, schema, row_number() OVER"
-            f" (PARTITION BY dataset_id ORDER BY version DESC) AS rn FROM {WD}.schema_versions"
-            f" WHERE list_contains(?, dataset_id)) WHERE rn = 1",
-            [ids],
-        ).fetchall()
-        rows = [
-            [did, shards[did], i, n, t, nl, d]
-            for did, schema in newest
-            if did in shards
-            for i, (n, t, nl, d) in enumerate(schema_columns(_as_dict(schema)))
-        ]
-        if rows:
-            self._insert_rows(cur, "columns", rows)
-
-    # A rebuild reads PostgreSQL without holding the writer (a full read takes minutes at 1M partitions) and
-    # then replaces the rows it read under the writer. Race-free by construction, in these steps:
-    #   1. Under the write lock, open a journal: from now on every applied delta (apply, apply_batch) is
-    #      appended to it, in apply order (per shard = deltas offset order = LSN order).
-    #   2. Read L = pg_current_wal_lsn() in its own statement, THEN take a REPEATABLE READ snapshot and read
-    #      the catalog (read_catalog). Every delta applied before step 1 committed before L was read, so the
-    #      snapshot holds its changes; every delta with lsn_to > L was applied after step 1 or is still to
-    #      come, so it is in the journal or ahead of the consumer.
-    #   3. Under the write lock, in ONE DuckDB transaction: replace the scope's rows with the snapshot, then
-    #      re-apply every journaled delta's content in journal order (offsets and LSNs are not touched: they
-    #      were recorded when the delta was applied). In full-scan mode the journaled datasets are re-read
-    #      from PostgreSQL instead (their delta content is not what full-scan applies).
-    #   4. Commit, close the journal. Deltas still to come re-apply net final states in LSN order.
-    # Why replaying converges: a delta carries the net final state of every row it names (upserts replace,
-    # deletes remove), so "snapshot, then the deltas applied meanwhile, then the rest in order" leaves each
-    # row at the state of the last change that named it. The journal is a superset of "deltas with
-    # lsn_to > L applied before step 3": a journaled delta the snapshot already holds is replayed twice,
-    # harmlessly, which also covers a commit whose WAL record precedes L but that the snapshot did not see yet.
     def rebuild(self, dataset_id: str | None = None, reason: str = "manual") -> None:
         """Reload one dataset (or everything) straight from PostgreSQL and wait for it; offsets are kept.
 
@@ -1129,89 +1027,7 @@ class ContextStore:
                 self._rebuild_info[k] = info
 
     def _rebuild(self, dataset_id: str | None, scope: str, started: float, reason: str) -> None:
-        journal: list[tuple[Delta, int]] = []
-        with self._write_lock:  # step 1
-            self._rebuild_journals.append(journal)
-        try:
-            with self._pg() as conn:  # step 2
-                snap = read_catalog(
-                    conn,
-                    self.walduck.catalog_schema,
-                    [dataset_id] if dataset_id else None,
-                    bulk=self.settings.bulk_load,
-                )
-            with self._write_lock:  # step 3
-                cur = self._writer
-                assert cur is not None
-                cur.begin()
-                try:
-                    touched = self._replace_from_snapshot(cur, snap, None, dataset_id)
-                    touched |= self._replay_journal(cur, journal)
-                    cur.commit()
-                except Exception:
-                    with contextlib.suppress(Exception):
-                        cur.rollback()
-                    raise
-                replayed = len(journal)
-                self._rebuild_journals.remove(journal)  # step 4
-                self._version += 1
-                with self._ds_lock:
-                    self._ds_dirty |= touched
-                self._views_dirty |= touched
-                self.refresh_views(force=True)
-        finally:
-            with self._write_lock, contextlib.suppress(ValueError):
-                self._rebuild_journals.remove(journal)
-        elapsed = time.perf_counter() - started
-        metrics.REBUILDS.labels(scope=scope, result="ok").inc()
-        metrics.REBUILD_DURATION.labels(scope=scope).observe(elapsed)
-        info = {
-            "scope": scope,
-            "reason": reason,
-            "result": "ok",
-            "error": None,
-            "at": iso(utcnow()),
-            "durationMs": round(elapsed * 1000, 2),
-            "lsn": format_lsn(snap.lsn),
-            "replayedDeltas": replayed,
-        }
-        self._record_rebuild(touched | ({"*"} if dataset_id is None else set()), info)
-        log.info(
-            "rebuilt %s (%s) in %.1f ms at snapshot LSN %s, %d delta(s) applied meanwhile replayed",
-            dataset_id or "all datasets",
-            reason,
-            elapsed * 1000,
-            format_lsn(snap.lsn),
-            replayed,
-        )
-
-    def _replay_journal(self, cur: duckdb.DuckDBPyConnection, journal: list[tuple[Delta, int]]) -> set[str]:
-        """Step 3 of a rebuild: re-apply the content of the deltas applied while it read PostgreSQL."""
-        touched: set[str] = set()
-        if not journal:
-            return touched
-        if self.full_scan:
-            ids = list(dict.fromkeys(d.dataset_id for d, _ in journal if d.dataset_id is not None))
-            shard_of = {d.dataset_id: p for d, p in journal if d.dataset_id is not None}
-            if ids:
-                with self._pg() as conn:
-                    snap = read_catalog(conn, self.walduck.catalog_schema, ids)
-                for did in ids:
-                    one = CatalogSnapshot(
-                        snap.lsn,
-                        [d for d in snap.datasets if str(d["id"]) == did],
-                        [v for v in snap.schema_versions if str(v["dataset_id"]) == did],
-                        snap.storage_targets,
-                        [p for p in snap.partitions if str(p["dataset_id"]) == did],
-                    )
-                    touched |= self._replace_from_snapshot(cur, one, shard_of[did], did)
-            for delta, partition in journal:
-                if delta.dataset_id is None:
-                    touched |= self._apply_content(cur, delta, partition)
-            return touched
-        for delta, partition in journal:
-            touched |= self._apply_content(cur, delta, partition)
-        return touched
+        self.builder.rebuild(dataset_id, scope, started, reason)
 
     def reset_shard(self, shard: int) -> None:
         """Wipe one shard (its rows and progress) so it bootstraps by replaying its deltas from offset 0."""
@@ -1266,17 +1082,22 @@ class ContextStore:
             interval = max(interval, self._views_refresh_s / self.settings.view_refresh_max_share)
         if not force and now - self._views_refreshed_at < interval:
             return
+        if not force and not self._views_dirty:
+            return
         with self._write_lock:
             if not self._views_dirty and not force:
                 return
             started = time.perf_counter()
             try:
-                self._refresh_views(now)
+                self._refresh_views(now, 0.0 if force else self.settings.view_refresh_budget_s)
             finally:
                 self._views_refresh_s = time.perf_counter() - started
 
-    def _refresh_views(self, now: float) -> None:
+    def _refresh_views(self, now: float, budget_s: float = 0.0) -> None:
+        """Refresh the dirty views; with ``budget_s`` > 0 stop starting new ones once it is spent (the rest
+        stay dirty for the next call: a build that dirtied every dataset is refreshed in bounded chunks)."""
         with self._write_lock:
+            started = time.perf_counter()
             dirty, self._views_dirty = self._views_dirty, set()
             self._views_refreshed_at = now
             views = self.datasets()
@@ -1296,12 +1117,19 @@ class ContextStore:
                 # per file, so refreshing every dataset's view on every change does not scale
                 if self._view_owner.get(name) == dv.id and dv.id not in dirty:
                     continue
+                if budget_s > 0 and time.perf_counter() - started > budget_s:
+                    self._views_dirty.add(dv.id)
+                    continue
                 sql_text, _ = self.relation_sql(dv.id, count_skips=False)
                 try:
                     cur.execute(f"CREATE OR REPLACE VIEW timestore.{quote_ident(name)} AS {sql_text}")
                     self._view_owner[name] = dv.id
                 except duckdb.Error as exc:
                     log.warning("view timestore.%s not refreshed: %s", name, exc)
+
+    def views_pending(self) -> int:
+        """Datasets whose plain view waits for a refresh (after a build: refreshed in chunks)."""
+        return len(self._views_dirty)
 
     # ------------------------------------------------------------------ progress
     def progress(self) -> dict[int, ShardProgress]:

@@ -17,7 +17,6 @@ log = logging.getLogger(__name__)
 
 TOPIC_ALREADY_EXISTS = 36
 UNKNOWN_TOPIC_OR_PARTITION = 3
-INFINITE = {"retention.ms": "-1", "retention.bytes": "-1"}
 
 
 @dataclass(frozen=True)
@@ -28,18 +27,28 @@ class TopicSpec:
 
 
 def topic_specs(settings: WalduckSettings) -> list[TopicSpec]:
-    """Changes and deltas are kept forever (they are the replayable history); the DLQ for
-    ``dlq_retention_ms``; ``min.insync.replicas`` when set."""
+    """Changes and deltas kept for ``{changes,deltas}_retention_{ms,bytes}`` (default -1: forever); the DLQ
+    for ``dlq_retention_ms``; ``min.insync.replicas`` when set."""
     parts = settings.topic_partitions
     durability = (
         {"min.insync.replicas": str(settings.topic_min_insync_replicas)}
         if settings.topic_min_insync_replicas
         else {}
     )
-    big = {**INFINITE, "max.message.bytes": str(settings.max_message_bytes), **durability}
+    big = {"max.message.bytes": str(settings.max_message_bytes), **durability}
+
+    def kept(ms: int, size: int) -> dict[str, str]:
+        return {"retention.ms": str(ms), "retention.bytes": str(size), **big}
+
     return [
-        TopicSpec(settings.changes_topic, parts, dict(big)),
-        TopicSpec(settings.deltas_topic, parts, dict(big)),
+        TopicSpec(
+            settings.changes_topic,
+            parts,
+            kept(settings.changes_retention_ms, settings.changes_retention_bytes),
+        ),
+        TopicSpec(
+            settings.deltas_topic, parts, kept(settings.deltas_retention_ms, settings.deltas_retention_bytes)
+        ),
         TopicSpec(settings.dlq_topic, parts, {"retention.ms": str(settings.dlq_retention_ms), **durability}),
     ]
 

@@ -292,7 +292,9 @@ async def test_incomplete_transaction_expires_and_other_datasets_stay_readable(
         tmp_path / "runner.log",
         {"WALDUCK_COMPACTOR_SHARE_EXPIRE_S": "3", "WALDUCK_COMPACTOR_SHARE_EXPIRE_RECORDS": "100000"},
     )
-    sink = SinkSettings(context_path=tmp_path / "ctx" / "context.duckdb", view_refresh_interval_s=0.0)
+    sink = SinkSettings(
+        context_path=tmp_path / "ctx" / "context.duckdb", view_refresh_interval_s=0.0, sink_bootstrap="replay"
+    )
     store = ContextStore(sink, settings.model_copy(update={"storage_root": tmp_path / "storage"}))
     store.open()
     consumer = DeltaConsumer(store)

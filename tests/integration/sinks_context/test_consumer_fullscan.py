@@ -36,7 +36,9 @@ async def _run_until(consumer: DeltaConsumer, cond, limit_s: float = 30.0) -> No
 async def test_consumer_applies_resumes_and_dead_letters(fresh_topics, factory, tmp_path):
     wd = await fresh_topics(partitions=2)
     wd = wd.model_copy(update={"storage_root": factory.root})
-    sink = SinkSettings(context_path=tmp_path / "c" / "ctx.duckdb", view_refresh_interval_s=0.0)
+    sink = SinkSettings(
+        context_path=tmp_path / "c" / "ctx.duckdb", view_refresh_interval_s=0.0, sink_bootstrap="replay"
+    )
     deltas = [
         factory.create_dataset(0, "obs"),
         factory.delta(0, "ds-obs", upserts=[factory.write_file("obs", h, 4) for h in range(3)]),

@@ -92,6 +92,7 @@ async def test_consumer_checkpoints_when_idle(fresh_topics, factory, ctx_setting
             "duckdb_checkpoint_threshold": "1GB",
             "checkpoint_idle_s": 0.3,
             "checkpoint_idle_min_bytes": 1,
+            "sink_bootstrap": "replay",  # deltas fed by hand, no catalog to build from
         }
     )
     deltas = [factory.create_dataset(0, "obs")]

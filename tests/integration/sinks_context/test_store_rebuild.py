@@ -13,7 +13,7 @@ from typing import Any
 import psycopg
 import pytest
 
-import sinks.context.store as store_module
+import sinks.context.build as store_module  # the module that reads the catalog
 from sinks.context.store import ContextStore
 from stack.catalog.migrate import apply_migrations
 from walduck import metrics

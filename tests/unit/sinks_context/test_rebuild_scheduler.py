@@ -82,3 +82,21 @@ def test_every_merged_requester_sees_the_error_and_the_next_job_still_runs() -> 
             job.wait(10)
     assert sched.wait_idle(5)
     assert [r for _, r in gate.ran] == ["r1", "r2"]
+
+
+def test_topic_specs_apply_the_changes_and_deltas_retention() -> None:
+    from stack.services.topics import topic_specs
+    from walduck.config import WalduckSettings
+
+    specs = {
+        s.name: s.configs
+        for s in topic_specs(
+            WalduckSettings(
+                changes_retention_ms=3_600_000, deltas_retention_ms=60_000, deltas_retention_bytes=1 << 20
+            )
+        )
+    }
+    changes, deltas = specs["walduck.changes"], specs["walduck.deltas"]
+    assert (changes["retention.ms"], changes["retention.bytes"]) == ("3600000", "-1")
+    assert (deltas["retention.ms"], deltas["retention.bytes"]) == ("60000", str(1 << 20))
+    assert specs["walduck.dlq"]["retention.ms"] == str(7 * 24 * 3600 * 1000)
