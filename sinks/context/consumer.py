@@ -88,6 +88,7 @@ class DeltaConsumer:
             group_id=None,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
+            isolation_level="read_committed",  # the compactor writes deltas in Kafka transactions
             max_poll_records=settings.consumer_max_records,
             max_partition_fetch_bytes=self.store.walduck.max_message_bytes,
         )
