@@ -182,9 +182,7 @@ class CompactorRunner:
             else:
                 to_restore.append(tp)
         if to_restore:
-            await self._restore(to_restore)
-            for tp in to_restore:
-                self.work[tp.partition].producer = producers[tp.partition]
+            await self._restore(to_restore, producers)
         log.info("holding partitions %s", sorted(self.work))
         self._state_gauges()
 
@@ -219,7 +217,7 @@ class CompactorRunner:
         finally:
             await consumer.stop()
 
-    async def _restore(self, tps: list[TopicPartition]) -> None:
+    async def _restore(self, tps: list[TopicPartition], producers: dict[int, AIOKafkaProducer]) -> None:
         assert self.consumer is not None
         started = time.monotonic()
         read = await read_deltas_of(self.settings, [tp.partition for tp in tps])
@@ -234,7 +232,10 @@ class CompactorRunner:
             else:
                 self.consumer.seek(tp, restored.resume_offset)
             self.work[tp.partition] = PartitionWork(
-                restored.compactor, committed if committed is not None else -1, deltas_end=deltas_end
+                restored.compactor,
+                committed if committed is not None else -1,
+                deltas_end=deltas_end,
+                producer=producers[tp.partition],
             )
             COMPACTOR_PARTITION_ASSIGNMENTS.labels("restored").inc()
             log.info(
@@ -395,6 +396,7 @@ class CompactorRunner:
             (partition, work)
             for partition, work in list(self.work.items())
             if work.window_started is not None
+            and work.producer is not None
             and (
                 (now - work.window_started) * 1000 >= self.knobs.flush_interval_ms
                 or work.compactor.window_records >= self.knobs.flush_max_changes
