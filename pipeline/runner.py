@@ -3,8 +3,13 @@
 Plain aiokafka (see ``docs/compactor.md`` for why not faust-streaming). At-least-once delivery with an
 exactly-once effect:
 
-* input offsets are committed only after every delta (and DLQ record) covering them is acknowledged by
-  Kafka (idempotent producer, ``acks=all``);
+* each sealed window's deltas and the input offsets after it go to Kafka in ONE transaction
+  (``send_offsets_to_transaction``) of a transactional producer owned by that changes partition
+  (transactional id ``<group>.<changes topic>.<partition>``, EOS v1 style: aiokafka has no KIP-447
+  group-metadata fencing). A new owner's producer start (``InitProducerId``) bumps the epoch and aborts
+  the old owner's open transaction, so a stale member's writes are never committed (fenced); every reader
+  of the deltas topic uses ``isolation_level="read_committed"``. DLQ records use a plain idempotent
+  producer and are acknowledged before the transaction commits (DLQ is at-least-once);
 * state is not stored separately: on assignment of changes partition ``p`` the compactor replays deltas
   partition ``p`` from the beginning (:func:`~pipeline.compaction.restore_from_deltas`), which also tells
   the exact input offset to resume at (the first offset of the last, possibly cut, window). Deltas already
@@ -27,8 +32,7 @@ import time
 from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import CommitFailedError
-from aiokafka.structs import OffsetAndMetadata
+from aiokafka.errors import InvalidProducerEpoch, ProducerFenced
 
 from pipeline.compaction import Compactor, InvalidChange, OffsetRegression, Rejected, restore_from_deltas
 from pipeline.settings import CompactorSettings
@@ -42,6 +46,7 @@ from walduck.metrics import (
     COMPACTOR_COMMITS_LOST,
     COMPACTOR_DELTA_ENTRIES,
     COMPACTOR_DELTAS_OUT,
+    COMPACTOR_FENCED,
     COMPACTOR_FLUSH_LATENCY,
     COMPACTOR_PARTITION_ASSIGNMENTS,
     COMPACTOR_RAW_CHANGES,
@@ -68,9 +73,11 @@ class PartitionWork:
     committed: int  # next input offset committed to the group (-1: none yet)
     window_started: float | None = None
     dlq: list[asyncio.Future] = field(default_factory=list)
-    # end offset of the deltas partition after this member's last acknowledged delta: if it is still the
-    # end when a rebalance gives the partition back, nobody else produced for it meanwhile
+    # end offset (read_committed) of the deltas partition when this member let the partition go: if it is
+    # still the end when a rebalance gives the partition back, nobody else produced for it meanwhile
     deltas_end: int = 0
+    # the partition's transactional producer (started on assignment: that start fences any older owner)
+    producer: AIOKafkaProducer | None = None
 
 
 async def read_deltas(settings: WalduckSettings, partition: int) -> list[Delta]:
@@ -91,6 +98,7 @@ async def read_deltas_of(
         **client_kwargs(settings),
         enable_auto_commit=False,
         group_id=None,
+        isolation_level="read_committed",
         max_partition_fetch_bytes=settings.max_message_bytes,
     )
     await start_client(consumer, settings)
@@ -137,6 +145,16 @@ class CompactorRunner:
         assert self.consumer is not None
         mine = [tp for tp in partitions if tp.topic == self.settings.changes_topic]
         parked, self.parked = self.parked, {}
+        # Fence first: starting the partition's transactional producer bumps its epoch, aborts any open
+        # transaction of an older owner and makes that owner's later commits fail. Only then are the
+        # committed offsets and the deltas read, so they include everything the old owner committed.
+        producers = dict(
+            zip(
+                [tp.partition for tp in mine],
+                await asyncio.gather(*(self._start_producer(tp.partition) for tp in mine)),
+                strict=True,
+            )
+        )
         deltas_ends: dict[int, int] = {}
         if parked:
             deltas_tps = [TopicPartition(self.settings.deltas_topic, tp.partition) for tp in mine]
@@ -152,6 +170,7 @@ class CompactorRunner:
                 and (committed if committed is not None else -1) == work.committed
             ):
                 # nobody produced deltas for it nor committed its offsets since this member let it go
+                work.producer = producers[tp.partition]
                 self.work[tp.partition] = work
                 resume = work.compactor.last_offset + 1
                 if resume > 0:
@@ -163,21 +182,42 @@ class CompactorRunner:
             else:
                 to_restore.append(tp)
         if to_restore:
-            await self._restore(to_restore)
+            await self._restore(to_restore, producers)
         log.info("holding partitions %s", sorted(self.work))
         self._state_gauges()
+
+    def transactional_id(self, partition: int) -> str:
+        """One transactional id per changes partition: whoever owns the partition owns the id."""
+        return f"{self.knobs.group_id}.{self.settings.changes_topic}.{partition}"
+
+    async def _start_producer(self, partition: int) -> AIOKafkaProducer:
+        producer = AIOKafkaProducer(
+            **client_kwargs(self.settings),
+            transactional_id=self.transactional_id(partition),
+            enable_idempotence=True,
+            acks="all",
+            linger_ms=5,
+            max_request_size=self.settings.max_message_bytes,
+        )
+        await start_client(producer, self.settings)
+        return producer
 
     async def consumer_end_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
         """End offsets of deltas partitions (a short-lived consumer: the group consumer only knows the
         changes topic)."""
-        consumer = AIOKafkaConsumer(**client_kwargs(self.settings), enable_auto_commit=False, group_id=None)
+        consumer = AIOKafkaConsumer(
+            **client_kwargs(self.settings),
+            enable_auto_commit=False,
+            group_id=None,
+            isolation_level="read_committed",
+        )
         await start_client(consumer, self.settings)
         try:
             return await consumer.end_offsets(tps)
         finally:
             await consumer.stop()
 
-    async def _restore(self, tps: list[TopicPartition]) -> None:
+    async def _restore(self, tps: list[TopicPartition], producers: dict[int, AIOKafkaProducer]) -> None:
         assert self.consumer is not None
         started = time.monotonic()
         read = await read_deltas_of(self.settings, [tp.partition for tp in tps])
@@ -192,7 +232,10 @@ class CompactorRunner:
             else:
                 self.consumer.seek(tp, restored.resume_offset)
             self.work[tp.partition] = PartitionWork(
-                restored.compactor, committed if committed is not None else -1, deltas_end=deltas_end
+                restored.compactor,
+                committed if committed is not None else -1,
+                deltas_end=deltas_end,
+                producer=producers[tp.partition],
             )
             COMPACTOR_PARTITION_ASSIGNMENTS.labels("restored").inc()
             log.info(
@@ -210,11 +253,29 @@ class CompactorRunner:
         """Park revoked partitions' state (the next assignment may give them back); the lock waits for an
         in-flight flush to be acknowledged first."""
         async with self.lock:
+            released: list[PartitionWork] = []
             for tp in partitions:
                 work = self.work.pop(tp.partition, None)
                 if work is not None and tp.topic == self.settings.changes_topic:
                     self.parked[tp.partition] = work
+                    released.append(work)
+            if self.parked:
+                with contextlib.suppress(Exception):
+                    ends = await self.consumer_end_offsets(
+                        [TopicPartition(self.settings.deltas_topic, p) for p in self.parked]
+                    )
+                    for tp, end in ends.items():
+                        self.parked[tp.partition].deltas_end = end
+            await asyncio.gather(*(self._stop_producer(w) for w in released))
         self._state_gauges()
+
+    @staticmethod
+    async def _stop_producer(work: PartitionWork) -> None:
+        producer, work.producer = work.producer, None
+        if producer is not None:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(10):
+                    await producer.stop()
 
     # ------------------------------------------------------------------------------ main loop
     async def run(self) -> None:
@@ -271,6 +332,8 @@ class CompactorRunner:
         finally:
             with contextlib.suppress(Exception):
                 await self.consumer.stop()
+            for work in [*self.work.values(), *self.parked.values()]:
+                await self._stop_producer(work)
             with contextlib.suppress(Exception):
                 await self.producer.stop()
 
@@ -335,6 +398,7 @@ class CompactorRunner:
             (partition, work)
             for partition, work in list(self.work.items())
             if work.window_started is not None
+            and work.producer is not None
             and (
                 (now - work.window_started) * 1000 >= self.knobs.flush_interval_ms
                 or work.compactor.window_records >= self.knobs.flush_max_changes
@@ -349,66 +413,18 @@ class CompactorRunner:
         offsets of all of them go to Kafka in ONE commit once every delta and DLQ record of all of them is
         acknowledged: a partition's deltas never wait for another partition's produce-ack-commit cycle."""
         assert self.producer is not None and self.consumer is not None
-        sealed: list[tuple[int, PartitionWork, list[Delta], list[asyncio.Future]]] = []
-        for partition, work in due:
-            # 1. Seal: take the deltas of every window that holds only whole transaction shares. A share
-            #    still missing records stays buffered, and so does every offset from its first record on.
-            deltas = work.compactor.flush()
-            # 2. Produce each delta to deltas partition == changes partition (co-partitioned, explicit
-            #    partition), key <dataset>/<shard>, in the compactor's deterministic order. The idempotent
-            #    producer (acks=all) keeps them in order and writes each once even when it retries.
-            sends = [
-                await self.producer.send(
-                    self.settings.deltas_topic, value=d.to_bytes(), key=d.kafka_key(), partition=partition
-                )
-                for d in deltas
-            ]
-            sealed.append((partition, work, deltas, sends))
-        # 3. Await the acknowledgement of every delta and every DLQ record of the windows. Anything else
-        #    is a broken invariant: raise UnackedDelta and commit nothing (a restart restores from the
-        #    deltas topic and re-processes from the last window, so nothing is lost).
-        for partition, work, _deltas, sends in sealed:
-            try:
-                metas = await asyncio.gather(*sends, *work.dlq)
-                await asyncio.gather(*(f.result() for f in work.dlq))
-            except Exception as exc:
-                raise UnackedDelta(f"partition {partition}: {exc!r}") from exc
-            if sends:
-                work.deltas_end = max(work.deltas_end, metas[len(sends) - 1].offset + 1)
-            work.dlq.clear()
-        # 4. Only now commit the input offsets after the last sealed windows. They never go backwards: a
-        #    regression means the compactor and the group disagree about what was processed.
-        offsets: dict[int, int] = {}
-        for partition, work, deltas, _sends in sealed:
-            next_offset = work.compactor.covered_to + 1
-            if next_offset > work.committed:
-                if partition not in self.work or self.work[partition] is not work:
-                    raise OffsetRegression(f"partition {partition} was revoked during its flush")
-                offsets[partition] = next_offset
-            elif next_offset < work.committed and deltas:
-                raise OffsetRegression(
-                    f"partition {partition}: sealed through {next_offset - 1} < {work.committed}"
-                )
-        if offsets:
-            topic = self.settings.changes_topic
-            try:
-                await self.consumer.commit(
-                    {TopicPartition(topic, p): OffsetAndMetadata(o, "") for p, o in offsets.items()}
-                )
-            except CommitFailedError as exc:
-                # the group rebalanced meanwhile (this member missed its session): the partitions are
-                # revoked and, when assigned again (here or elsewhere), restored from the deltas just
-                # produced, which name the offsets they cover: nothing lost, re-sent records dropped
-                COMPACTOR_COMMITS_LOST.inc()
-                log.warning(
-                    "offset commit refused after a rebalance; state is restored on re-assignment: %s", exc
-                )
-                offsets = {}
-            for partition, work, _deltas, _sends in sealed:
-                if partition in offsets:
-                    work.committed = offsets[partition]
+        # 1. Seal: take the deltas of every window that holds only whole transaction shares. A share still
+        #    missing records stays buffered, and so does every offset from its first record on.
+        sealed = [(partition, work, work.compactor.flush()) for partition, work in due]
+        # 2-4. One Kafka transaction per partition, all partitions concurrently (a partition's deltas never
+        #    wait for another partition's round trips): its deltas + the input offset after its last sealed
+        #    window, committed together or not at all.
+        results = await asyncio.gather(
+            *(self._commit_window(partition, work, deltas) for partition, work, deltas in sealed)
+        )
+        sealed = [entry for entry, kept in zip(sealed, results, strict=True) if kept]
         # 5. Metrics: deltas out, compaction ratio counters, latency from the window's first record.
-        for partition, work, deltas, _sends in sealed:
+        for partition, work, deltas in sealed:
             for d in deltas:
                 COMPACTOR_DELTAS_OUT.labels(d.kind.value).inc()
                 COMPACTOR_RAW_CHANGES.inc(d.raw_changes)
@@ -425,6 +441,87 @@ class CompactorRunner:
                         max(high - next_offset, 0)
                     )
         self._state_gauges()
+
+    async def _commit_window(self, partition: int, work: PartitionWork, deltas: list[Delta]) -> bool:
+        """Steps 2-4 of the commit protocol for one partition. False when this member was fenced (another
+        member owns the partition now): its transaction is aborted by the broker, its state dropped."""
+        assert work.producer is not None
+        # 4'. The input offset after the last sealed window never goes backwards: a regression means the
+        #     compactor and the group disagree about what was processed.
+        next_offset = work.compactor.covered_to + 1
+        offset: int | None = None
+        if next_offset > work.committed:
+            if partition not in self.work or self.work[partition] is not work:
+                raise OffsetRegression(f"partition {partition} was revoked during its flush")
+            offset = next_offset
+        elif next_offset < work.committed and deltas:
+            raise OffsetRegression(
+                f"partition {partition}: sealed through {next_offset - 1} < {work.committed}"
+            )
+        if not deltas and offset is None and not work.dlq:
+            return True
+        producer = work.producer
+        try:
+            async with asyncio.timeout(self.knobs.transaction_timeout_s):
+                await self._transaction(producer, partition, work, deltas, offset)
+        except (ProducerFenced, InvalidProducerEpoch, TimeoutError) as exc:
+            # A newer owner started this partition's transactional id (or the broker never answered: the
+            # transaction times out and is aborted): nothing of this window is visible to read_committed
+            # readers. Drop the (stale) state; the group gives the partition back or elsewhere.
+            COMPACTOR_FENCED.inc()
+            COMPACTOR_COMMITS_LOST.inc()
+            log.warning("partition %s: fenced by a newer owner, its window is discarded: %r", partition, exc)
+            if self.work.get(partition) is work:
+                del self.work[partition]
+            self.parked.pop(partition, None)
+            await self._stop_producer(work)
+            return False
+        work.dlq.clear()
+        if offset is not None:
+            work.committed = offset
+        return True
+
+    async def _transaction(
+        self,
+        producer: AIOKafkaProducer,
+        partition: int,
+        work: PartitionWork,
+        deltas: list[Delta],
+        offset: int | None,
+    ) -> None:
+        await producer.begin_transaction()
+        try:
+            # 2. Produce each delta to deltas partition == changes partition (co-partitioned), key
+            #    <dataset>/<shard>, in the compactor's deterministic order.
+            sends = [
+                await producer.send(
+                    self.settings.deltas_topic, value=d.to_bytes(), key=d.kafka_key(), partition=partition
+                )
+                for d in deltas
+            ]
+            # 3. Every delta and DLQ record acknowledged, else UnackedDelta and the transaction aborts
+            #    (a restart restores from the committed deltas and re-processes the window).
+            acks = await asyncio.gather(*sends, *work.dlq, return_exceptions=True)
+            acks += await asyncio.gather(
+                *(f.result() for f in work.dlq if not f.exception()), return_exceptions=True
+            )
+            for ack in acks:
+                if isinstance(ack, ProducerFenced | InvalidProducerEpoch):
+                    raise ack
+                if isinstance(ack, BaseException):
+                    raise UnackedDelta(f"partition {partition}: {ack!r}") from ack
+            # 4. The input offset joins the same transaction.
+            if offset is not None:
+                await producer.send_offsets_to_transaction(
+                    {TopicPartition(self.settings.changes_topic, partition): offset}, self.knobs.group_id
+                )
+            await producer.commit_transaction()
+        except (ProducerFenced, InvalidProducerEpoch):
+            raise
+        except Exception:
+            with contextlib.suppress(Exception):
+                await producer.abort_transaction()
+            raise
 
     def _state_gauges(self) -> None:
         COMPACTOR_ASSIGNED_PARTITIONS.set(len(self.work))

@@ -14,6 +14,9 @@ class CompactorSettings(BaseSettings):
     # a window is sealed at a transaction boundary once it is this old or holds this many changes
     flush_interval_ms: int = 50
     flush_max_changes: int = 5000
+    # bound of one window's Kafka transaction (begin .. commit); past it the member drops the partition's
+    # state as if fenced (the broker aborts the transaction after transaction.timeout.ms)
+    transaction_timeout_s: float = 30.0
     # Prometheus /metrics port (0 = do not serve)
     metrics_port: int = 9102
     # consumer group of the compactor processes

@@ -155,6 +155,10 @@ COMPACTOR_COMMITS_LOST = _counter(
     "walduck_compactor_commits_lost_total",
     "Offset commits refused because the group rebalanced meanwhile (partitions re-restored from deltas).",
 )
+COMPACTOR_FENCED = _counter(
+    "walduck_compactor_fenced_total",
+    "Windows discarded because a newer owner of the changes partition fenced this member's transactional id.",
+)
 
 # --- context shards (sinks/) ---------------------------------------------------------------
 SHARD_STALENESS = _gauge(
@@ -308,6 +312,7 @@ COMPONENT_METRICS: dict[str, tuple[Any, ...]] = {
         COMPACTOR_ASSIGNED_PARTITIONS,
         COMPACTOR_RESTORE_DURATION,
         COMPACTOR_COMMITS_LOST,
+        COMPACTOR_FENCED,
     ),
     # the query service process: the SQL API and the context shards its delta consumer keeps
     "query": (

@@ -95,7 +95,7 @@ class DeltaConsumer:
             enable_auto_commit=False,
             # never silently skip history deleted by retention: OffsetOutOfRange rebuilds the shard instead
             auto_offset_reset="none",
-            isolation_level="read_committed",
+            isolation_level="read_committed",  # the compactor writes deltas in Kafka transactions
             max_poll_records=settings.consumer_max_records,
             max_partition_fetch_bytes=self.store.walduck.max_message_bytes,
         )

@@ -359,7 +359,10 @@ def run_latency(
 
     async def tail() -> None:
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=env.settings.kafka_bootstrap, enable_auto_commit=False, fetch_max_wait_ms=5
+            bootstrap_servers=env.settings.kafka_bootstrap,
+            enable_auto_commit=False,
+            fetch_max_wait_ms=5,
+            isolation_level="read_committed",
         )
         await consumer.start()
         try:

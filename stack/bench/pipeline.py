@@ -52,7 +52,9 @@ def topic_records(settings: WalduckSettings, topic: str, partitions: int) -> int
     from walduck.kafka_security import client_kwargs, start_client
 
     async def count() -> int:
-        consumer = AIOKafkaConsumer(**client_kwargs(settings), enable_auto_commit=False)
+        consumer = AIOKafkaConsumer(
+            **client_kwargs(settings), enable_auto_commit=False, isolation_level="read_committed"
+        )
         await start_client(consumer, settings)
         try:
             tps = [TopicPartition(topic, p) for p in range(partitions)]

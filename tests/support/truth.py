@@ -88,7 +88,9 @@ async def deltas_replayed(stack: Stack) -> dict[tuple[str, str], dict[str, dict]
     from walduck.kafka_security import client_kwargs, start_client
 
     s = stack.settings
-    consumer = AIOKafkaConsumer(**client_kwargs(s), enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        **client_kwargs(s), enable_auto_commit=False, isolation_level="read_committed"
+    )
     await start_client(consumer, s)
     try:
         tps = [TopicPartition(s.deltas_topic, p) for p in range(s.topic_partitions)]
