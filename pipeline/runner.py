@@ -190,15 +190,20 @@ class CompactorRunner:
         """One transactional id per changes partition: whoever owns the partition owns the id."""
         return f"{self.knobs.group_id}.{self.settings.changes_topic}.{partition}"
 
-    async def _start_producer(self, partition: int) -> AIOKafkaProducer:
-        producer = AIOKafkaProducer(
+    def _new_producer(self, transactional_id: str | None = None) -> AIOKafkaProducer:
+        """The compactor's producers (the DLQ one and each partition's transactional one): idempotent,
+        acks=all, records up to WALDUCK_MAX_MESSAGE_BYTES."""
+        return AIOKafkaProducer(
             **client_kwargs(self.settings),
-            transactional_id=self.transactional_id(partition),
+            transactional_id=transactional_id,
             enable_idempotence=True,
             acks="all",
             linger_ms=5,
             max_request_size=self.settings.max_message_bytes,
         )
+
+    async def _start_producer(self, partition: int) -> AIOKafkaProducer:
+        producer = self._new_producer(transactional_id=self.transactional_id(partition))
         await start_client(producer, self.settings)
         return producer
 
@@ -289,13 +294,7 @@ class CompactorRunner:
             async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
                 await runner.assign(list(assigned))
 
-        self.producer = AIOKafkaProducer(
-            **client_kwargs(self.settings),
-            enable_idempotence=True,
-            acks="all",
-            linger_ms=5,
-            max_request_size=self.settings.max_message_bytes,
-        )
+        self.producer = self._new_producer()
         session_timeout_ms = knobs.resolved_session_timeout_ms()
         log.info(
             "group %s as %s, session timeout %d ms",
