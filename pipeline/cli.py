@@ -53,7 +53,15 @@ def run(
     # the state (visible partitions per shard) is large and long-lived: keep start-up objects out of full
     # collections and collect less often (full collections over millions of dicts stalled the loop)
     tune_for_streaming()
-    asyncio.run(_run(settings, knobs))
+    from aiokafka.errors import KafkaConnectionError
+
+    try:
+        asyncio.run(_run(settings, knobs))
+    except KafkaConnectionError as exc:
+        # one clear line and exit 2 (issue 17), as `walduck kafka ensure-topics`: nothing to consume from; the
+        # orchestrator restarts the pod, which then resumes from the committed offsets
+        typer.echo(f"walduck compactor: cannot reach Kafka at {settings.kafka_bootstrap}: {exc}", err=True)
+        raise typer.Exit(2) from None
 
 
 async def _run(settings: WalduckSettings, knobs: CompactorSettings) -> None:

@@ -313,10 +313,10 @@ class CompactorRunner:
             session_timeout_ms=session_timeout_ms,
             heartbeat_interval_ms=max(min(session_timeout_ms // 4, 3000), 500),
         )
-        await start_client(self.producer, self.settings)
-        await start_client(self.consumer, self.settings)
-        self.consumer.subscribe([self.settings.changes_topic], listener=Listener())
         try:
+            await start_client(self.producer, self.settings)
+            await start_client(self.consumer, self.settings)
+            self.consumer.subscribe([self.settings.changes_topic], listener=Listener())
             while not self.stopping.is_set():
                 batch = await self.consumer.getmany(timeout_ms=knobs.flush_interval_ms)
                 async with self.lock:
