@@ -34,6 +34,8 @@ def test_compactor_exits_2_with_one_line_when_kafka_is_unreachable() -> None:
     done = _walduck("compactor", "run", "--kafka", "127.0.0.1:1", "--metrics-port", "0")
     output = done.stdout + done.stderr
     assert done.returncode == 2, output
-    lines = [line for line in output.splitlines() if line.startswith("walduck compactor: cannot reach Kafka at")]
+    lines = [
+        line for line in output.splitlines() if line.startswith("walduck compactor: cannot reach Kafka at")
+    ]
     assert len(lines) == 1 and "127.0.0.1:1" in lines[0], output
     assert "Traceback" not in output and "Unclosed" not in output, output
