@@ -39,6 +39,7 @@ from sinks.service.errors import ApiError, error_json, not_readable
 from sinks.service.exec_params import bind_params
 from sinks.service.iam import Principal, principal_from_headers
 from sinks.service.limits import QueryTimeout, Saturated
+from sinks.service.refusals import refusal_of
 from sinks.service.sandbox import NOT_SINGLE_SELECT, PolicyViolation, check_read_sql, is_select_only
 from sinks.service.state import ServiceState
 from walduck.lsn import InvalidLSN, format_lsn, parse_lsn
@@ -202,12 +203,6 @@ def reads_everything(s: ServiceState, p: Principal) -> bool:
     return s.iam.is_admin(p)
 
 
-def _forbidden_slug(exc: Exception) -> str | None:
-    if type(exc).__name__ == "ForbiddenDataset":
-        return getattr(exc, "slug", None) or (str(exc.args[0]) if exc.args else "?")
-    return None
-
-
 OFF_LOOP_SQL_CHARS = 4096
 
 
@@ -357,18 +352,18 @@ MISSING_FILE_RETRIES = 4
 # how long one re-plan waits for the contexts to apply the catalog's current LSN
 CATCH_UP_WAIT_S = 2.0
 _MISSING_FILE_MARKERS = ("no files found", "cannot open file", "no such file", "could not open file")
-# DuckDB errors that are the caller's fault (bad SQL, bad parameter), answered 400 like Timestore's check
-_CLIENT_DUCKDB_ERRORS = (
-    "BinderException",
-    "ParserException",
-    "CatalogException",
-    "ConversionException",
-    "InvalidInputException",
-    "OutOfRangeException",
-    "TypeMismatchException",
-    "SyntaxException",
-    "NotImplementedException",
-    "InvalidTypeException",
+# DuckDB's errors that a statement, not the service, caused: 400 (everything else from DuckDB: 500)
+_CLIENT_DUCKDB_ERRORS: tuple[type[Exception], ...] = (
+    duckdb.BinderException,
+    duckdb.ParserException,
+    duckdb.CatalogException,
+    duckdb.ConversionException,
+    duckdb.InvalidInputException,
+    duckdb.OutOfRangeException,
+    duckdb.TypeMismatchException,
+    duckdb.SyntaxException,
+    duckdb.NotImplementedException,
+    duckdb.InvalidTypeException,
 )
 
 
@@ -409,38 +404,28 @@ def _missing_file(message: str) -> bool:
 
 
 def _duckdb_error_status(exc: BaseException) -> int:
-    return 400 if type(exc).__name__ in _CLIENT_DUCKDB_ERRORS else 500
+    return 400 if isinstance(exc, _CLIENT_DUCKDB_ERRORS) else 500
 
 
 async def _plan(s: ServiceState, p: Any, checked: Any, allowed: set[str], audit_meta: dict[str, Any]) -> Any:
-    """The planner's rewrite checked by the execution guard, with their named errors mapped to 403/400."""
+    """The planner's rewrite checked by the execution guard; its refusals mapped to 403/400 (refusals.py)."""
     try:
         return await s.runner.in_pool(
             guard.plan_verified, s.planner, checked.expression, s.store, allowed, checked.param_count
         )
-    except guard.GuardViolation as exc:
-        # the policy and the planner passed what DuckDB's own parse shows reaches further: a bug, refused
-        QUERY_GUARD_REFUSALS.labels(reason=type(exc).__name__).inc()
-        log.error("execution guard refused a planned read (%s): %s", audit_meta.get("requestId"), exc)
-        _audit(s, p, [(None, NO_DATASET_SLUG)], False, {**audit_meta, "reason": "guard"})
-        raise ApiError(400, f"Statement is not permitted on /sql/read ({exc})") from exc
     except Exception as exc:
-        slug = _forbidden_slug(exc)
-        if slug is not None:
-            _audit(s, p, [(None, slug)], False, {**audit_meta, "reason": "forbidden"})
-            raise not_readable(slug) from exc
-        unknown = getattr(exc, "name", "") if type(exc).__name__ == "UnknownRelation" else ""
-        if unknown.startswith("timestore.") and not reads_everything(s, p):
-            _audit(s, p, [(None, unknown[10:])], False, {**audit_meta, "reason": "unknown"})
-            raise not_readable(unknown[10:]) from exc
-        if type(exc).__name__ in {
-            "UnknownRelation",
-            "AmbiguousRelation",
-            "ForbiddenFunction",
-            "UnsupportedStatement",
-        }:
-            raise ApiError(400, str(exc)) from exc
-        raise
+        refusal = refusal_of(exc, reads_everything(s, p))
+        if refusal is None:
+            raise
+        if refusal.kind == "guard":
+            # the policy and the planner passed what DuckDB's own parse shows reaches further: a bug, refused
+            QUERY_GUARD_REFUSALS.labels(reason=type(exc).__name__).inc()
+            log.error("execution guard refused a planned read (%s): %s", audit_meta.get("requestId"), exc)
+            _audit(s, p, [(None, NO_DATASET_SLUG)], False, {**audit_meta, "reason": "guard"})
+        elif refusal.dataset is not None:
+            _audit(s, p, [(None, refusal.dataset)], False, {**audit_meta, "reason": refusal.kind})
+            raise not_readable(refusal.dataset) from exc
+        raise ApiError(refusal.status, refusal.message) from exc
 
 
 def _cut(truncated: bool, withheld: bool) -> bool:

@@ -36,8 +36,8 @@ from sqlglot.errors import SqlglotError
 from sinks.context import guard
 from sinks.context.naming import quote_ident, quote_literal
 from sinks.context.scope import bind_relations
-from sinks.service.errors import not_readable
 from sinks.service.jobs.exceptions import InvalidProject, ScriptRefused
+from sinks.service.refusals import refusal_of
 from sinks.service.sandbox import NOT_SINGLE_SELECT, PolicyViolation, check_read_sql, is_select_only
 
 LAYER_ALIAS = "__wdlayer"
@@ -177,23 +177,15 @@ def _with_chain_objects(
 
 
 def _map_plan_error(path: str, exc: Exception, reads_everything: bool) -> ScriptRefused | None:
-    """The planner's and guard's named errors as /sql/read words them (sql_routes._plan)."""
-    if isinstance(exc, guard.GuardViolation):
-        return ScriptRefused(path, f"Statement is not permitted on /sql/read ({exc})", "guard")
-    name = type(exc).__name__
-    if name == "ForbiddenDataset":
-        slug = getattr(exc, "slug", None) or "?"
-        refused = ScriptRefused(path, not_readable(slug).message, "forbidden")
-        refused.dataset = slug
-        return refused
-    unknown = getattr(exc, "name", "") if name == "UnknownRelation" else ""
-    if unknown.startswith("timestore.") and not reads_everything:
-        refused = ScriptRefused(path, not_readable(unknown[10:]).message, "forbidden")
-        refused.dataset = unknown[10:]
-        return refused
-    if name in {"UnknownRelation", "AmbiguousRelation", "ForbiddenFunction", "UnsupportedStatement"}:
-        return ScriptRefused(path, str(exc), "sandbox")
-    return None
+    """The planner's and guard's refusals worded as /sql/read words them (one mapping: refusals.py)."""
+    refusal = refusal_of(exc, reads_everything)
+    if refusal is None:
+        return None
+    kind = {"unknown": "forbidden"}.get(refusal.kind, refusal.kind)
+    refused = ScriptRefused(path, refusal.message, kind)
+    if refusal.dataset is not None:
+        refused.dataset = refusal.dataset
+    return refused
 
 
 @dataclass(slots=True)
