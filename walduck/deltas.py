@@ -27,8 +27,8 @@ from enum import StrEnum
 from typing import Any
 
 from walduck.config import DEFAULT_MAX_MESSAGE_BYTES
-from walduck.jsonexact import dumps_exact, loads_exact
-from walduck.records import GLOBAL_KEY, MalformedRecord
+from walduck.jsonexact import dumps_exact
+from walduck.records import GLOBAL_KEY, MalformedRecord, decode_object
 from walduck.shardkey import shard_id
 
 DELTA_SCHEMA_VERSION = 1
@@ -109,16 +109,7 @@ class Delta:
     def from_bytes(cls, raw: bytes | None, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Delta:
         """Decode and validate; raises :class:`~walduck.records.MalformedRecord`. ``max_bytes``: the one size
         limit (``WALDUCK_MAX_MESSAGE_BYTES``, :mod:`walduck.sizepolicy`)."""
-        if raw is None:
-            raise MalformedRecord("empty value (tombstone)")
-        if len(raw) > max_bytes:
-            raise MalformedRecord(f"delta of {len(raw)} bytes exceeds {max_bytes}")
-        try:
-            doc = loads_exact(raw)
-        except (ValueError, RecursionError) as exc:
-            raise MalformedRecord(f"not JSON: {exc}") from None
-        if not isinstance(doc, dict):
-            raise MalformedRecord("not a JSON object")
+        doc = decode_object(raw, max_bytes, "delta")
         if doc.get("v") != DELTA_SCHEMA_VERSION:
             raise MalformedRecord(f"unknown delta version {doc.get('v')!r}")
         try:

@@ -114,6 +114,23 @@ class MalformedRecord(Unprocessable, ValueError):
         self.reason = reason
 
 
+def decode_object(raw: bytes | None, max_bytes: int, what: str) -> dict[str, Any]:
+    """A Kafka value as one JSON object (exact numbers), within the one size limit; raises
+    :class:`MalformedRecord` naming why (tombstone, oversize, not JSON, not an object). ``what`` names the
+    message in the reason ("record", "delta"). The envelope check shared by change records and deltas."""
+    if raw is None:
+        raise MalformedRecord("empty value (tombstone)")
+    if len(raw) > max_bytes:
+        raise MalformedRecord(f"{what} of {len(raw)} bytes exceeds {max_bytes}")
+    try:
+        doc = loads_exact(raw)
+    except (ValueError, RecursionError) as exc:
+        raise MalformedRecord(f"not JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise MalformedRecord("not a JSON object")
+    return doc
+
+
 @dataclass(frozen=True, slots=True)
 class SharePosition:
     """Where a record sits in its transaction share: what a consumer needs to account for a record it rejects
@@ -198,16 +215,7 @@ class ChangeRecord:
     def from_bytes(cls, raw: bytes | None, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> ChangeRecord:
         """Decode and validate; raises :class:`MalformedRecord` with a reason. ``max_bytes`` is the one size
         limit (``WALDUCK_MAX_MESSAGE_BYTES``, :mod:`walduck.sizepolicy`)."""
-        if raw is None:
-            raise MalformedRecord("empty value (tombstone)")
-        if len(raw) > max_bytes:
-            raise MalformedRecord(f"record of {len(raw)} bytes exceeds {max_bytes}")
-        try:
-            doc = loads_exact(raw)
-        except (ValueError, RecursionError) as exc:
-            raise MalformedRecord(f"not JSON: {exc}") from None
-        if not isinstance(doc, dict):
-            raise MalformedRecord("not a JSON object")
+        doc = decode_object(raw, max_bytes, "record")
         version = doc.get("v")
         if version != SCHEMA_VERSION:
             raise MalformedRecord(f"unknown schema version {version!r} (expected {SCHEMA_VERSION})")
