@@ -24,9 +24,6 @@ from walduck.errors import InvariantBroken
 from walduck.records import ChangeRecord, Kind, Op, Source
 from walduck.timeutil import iso, utcnow
 
-PRIMARY_KEYS: dict[str, tuple[str, ...]] = {}
-"""Primary-key columns by table when not ``id`` (REPLICA IDENTITY FULL flags every column as key)."""
-
 
 class TransactionOrderError(InvariantBroken, RuntimeError):
     """Begin inside a transaction, Commit/change outside one: the stream is not what pgoutput sends."""
@@ -62,14 +59,11 @@ class Heartbeat:
 
 
 def key_columns(rel: po.Relation) -> tuple[str, ...]:
-    names = PRIMARY_KEYS.get(rel.name)
-    if names is None:
-        names = (
-            ("id",)
-            if any(c.name == "id" for c in rel.columns)
-            else tuple(c.name for c in rel.columns if c.is_key)
-        )
-    return names
+    """``id`` when the table has one (every published table does; REPLICA IDENTITY FULL flags every column as
+    key, so the flags alone would name them all), else the columns pgoutput flags as key."""
+    if any(c.name == "id" for c in rel.columns):
+        return ("id",)
+    return tuple(c.name for c in rel.columns if c.is_key)
 
 
 def key_of(rel: po.Relation, row: dict[str, Any]) -> dict[str, Any]:
