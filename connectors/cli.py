@@ -54,7 +54,7 @@ def run(
     dlq_topic: str = typer.Option(None, help="[WALDUCK_DLQ_TOPIC]"),
     heartbeat_interval: float = typer.Option(None, help="Seconds [WALDUCK_HEARTBEAT_INTERVAL]."),
     status_interval: float = typer.Option(None, help="Seconds [WALDUCK_STATUS_INTERVAL]."),
-    metrics_port: int = typer.Option(None, help="0 = off [WALDUCK_METRICS_PORT]."),
+    metrics_port: int = typer.Option(None, help="0 = off [WALDUCK_CONNECTOR_METRICS_PORT]."),
     snapshot_mode: SnapshotMode = typer.Option(None, help="[WALDUCK_SNAPSHOT_MODE]"),
     log_level: LogLevel = level_option(),
     log_format: LogFormat = format_option(),

@@ -5,6 +5,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Literal
 
+from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -25,7 +26,7 @@ class SnapshotMode(StrEnum):
 
 
 class ConnectorSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="WALDUCK_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="WALDUCK_", extra="ignore", populate_by_name=True)
 
     # seconds between pg_logical_emit_message heartbeats (0 = off)
     heartbeat_interval: float = 1.0
@@ -35,8 +36,10 @@ class ConnectorSettings(BaseSettings):
     watermarks: bool = True
     # seconds between unsolicited standby status updates
     status_interval: float = 1.0
-    # Prometheus /metrics port (0 = not served)
-    metrics_port: int = 0
+    # Prometheus /metrics port (0 = not served); WALDUCK_METRICS_PORT, the old name, still works
+    metrics_port: int = Field(
+        0, validation_alias=AliasChoices("WALDUCK_CONNECTOR_METRICS_PORT", "WALDUCK_METRICS_PORT")
+    )
     snapshot_mode: SnapshotMode = SnapshotMode.INITIAL
     # schema of the connector's own state table (snapshot-done marker); not published
     state_schema: str = "walduck"

@@ -10,7 +10,7 @@ import yaml
 
 from stack.cli import DIRECT_VARIABLES, settings_classes
 from stack.procs import component_env
-from walduck.config import ContextMode, WalduckSettings, settings_env, unknown_variables
+from walduck.config import ContextMode, WalduckSettings, env_names, settings_env, unknown_variables
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -56,3 +56,14 @@ def test_every_k8s_configmap_variable_is_read_by_some_component() -> None:
             data.update(doc.get("data") or {})
     assert "WALDUCK_METRICS_HOST" in data  # Prometheus must reach the connector's and compactor's /metrics
     assert unknown_variables(data, settings_classes(), DIRECT_VARIABLES) == []
+
+
+def test_the_connector_metrics_port_has_a_component_prefix_and_keeps_its_old_name() -> None:
+    from connectors.settings import ConnectorSettings
+
+    assert env_names(ConnectorSettings)["metrics_port"] == [
+        "WALDUCK_CONNECTOR_METRICS_PORT",
+        "WALDUCK_METRICS_PORT",
+    ]
+    environ = {"WALDUCK_CONNECTOR_METRICS_PORT": "9101", "WALDUCK_METRICS_PORT": "9109"}
+    assert unknown_variables(environ, settings_classes(), DIRECT_VARIABLES) == []
