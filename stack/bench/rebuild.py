@@ -2,6 +2,8 @@
 
 * :func:`build_steps`: the snapshot bootstrap of an empty context in-process, per step (COPY + Arrow, delete,
   inserts, columns, commit), then the first dataset listing (``_load_datasets``) and a budgeted view refresh;
+* :func:`join_replica`: a second query-service process joining the running pipeline (an operator adding a
+  replica), timed from process start to every partition visible through its ``/sql/read``;
 * :func:`replay_replica`: the baseline, a new replica replaying the deltas topic from offset 0
   (``WALDUCK_SINK_BOOTSTRAP=replay``) until its index holds every partition;
 * :func:`rebuild_under_ingestion`: admin rebuilds of one dataset and of all datasets on the running query
@@ -11,6 +13,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import threading
 import time
 from typing import Any
@@ -46,6 +50,32 @@ def build_steps(env: ScenarioEnv, res: Result) -> float:
         return boot_s
     finally:
         store.close()
+
+
+def join_replica(env: ScenarioEnv, partitions: int, timeout: float, **extra_env: str) -> float | str:
+    """Seconds from starting a new query-service process (own, empty context directory and port) next to the
+    running pipeline until its ``/sql/read`` counts ``partitions`` partitions."""
+    from stack.bench.pipeline import count_visible, make_stack
+
+    own = dataclasses.replace(
+        env, settings=env.settings.model_copy(update={"data_dir": env.work_dir / "replica-2"})
+    )
+    replica = make_stack(own, **extra_env)
+    replica.work_dir = env.work_dir / "replica-2-stack"
+    try:
+        started = time.monotonic()
+        replica.start(("query",))
+        visible = -1
+        while time.monotonic() - started < timeout:
+            if replica.ready():
+                with contextlib.suppress(httpx.HTTPError):
+                    visible = count_visible(replica)
+                if visible >= partitions:
+                    return time.monotonic() - started
+            time.sleep(0.1)
+        return f"not done after {timeout:.0f} s ({visible:,} visible)"
+    finally:
+        replica.stop()
 
 
 def replay_replica(env: ScenarioEnv, partitions: int, timeout: float) -> float | str:
