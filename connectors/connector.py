@@ -1,5 +1,7 @@
 """The delivery loop: PostgreSQL logical decoding -> Kafka, at least once, LSN-ordered.
 
+Over 500 lines: the numbered delivery steps, the FlushTracker they rely on and the slot loop read as one protocol.
+
 Delivery steps (numbered where they happen below):
 
   (1) receive a whole transaction (Begin … Commit) from the slot;

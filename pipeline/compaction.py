@@ -1,5 +1,7 @@
 """The compaction state machine: change records of ONE changes-topic partition -> deltas.
 
+Over 500 lines: one state machine; windows, transaction shares and shard states are the invariants its property tests check together.
+
 Pure logic, no Kafka. :class:`Compactor` is fed decoded :class:`~walduck.records.ChangeRecord`s with
 their input offsets and turns *windows* of whole transactions into deltas (``walduck/deltas.py``).
 

@@ -1,5 +1,7 @@
 """The compactor process: changes topic -> :class:`~pipeline.compaction.Compactor` -> deltas topic.
 
+Over 500 lines: the numbered consume -> compact -> transactional produce -> offsets protocol reads as one unit.
+
 Plain aiokafka (see ``docs/compactor.md`` for why not faust-streaming). At-least-once delivery with an
 exactly-once effect:
 

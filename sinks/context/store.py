@@ -1,5 +1,7 @@
 """ContextStore: one DuckDB instance holding every context shard's partition index.
 
+Over 500 lines: the context store's façade and the concepts not yet split out of it (issue 14, item 2).
+
 Layout (reasoning in ``docs/contexts.md``): one DuckDB file; every index row carries ``shard`` (the
 deltas-topic partition it came from); ``wd.shard_progress`` / ``wd.src_offsets`` hold, per shard,
 the deltas offset, source offset and LSN applied, written in the same DuckDB transaction as the

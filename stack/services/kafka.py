@@ -1,5 +1,7 @@
 """Local Apache Kafka 4.x: one KRaft node (broker + controller) run from its Maven Central artifacts.
 
+Over 500 lines: one local broker's whole lifecycle (Maven jars, KRaft format, config, SASL/SSL listeners, state).
+
 The jars (``org.apache.kafka:kafka_2.13`` and its runtime dependencies, plus the slf4j → log4j2 binding so the
 broker logs to a file) are resolved once with Maven into a cache dir (default
 ``~/.cache/walduck/kafka-<version>/libs``; ``WALDUCK_CACHE_DIR`` moves ``~/.cache/walduck``). The node is then

@@ -1,5 +1,7 @@
 """The catalog workload generator: real Parquet files + Timestore's exact transaction shapes.
 
+Over 500 lines: the catalog operations (ingest, retention, compaction, schema change, archive) share one connection, its file templates and its bookkeeping.
+
 Determinism: the choice RNG is seeded with ``seed`` (``run(seed=…)`` reseeds it); ids come from an
 :class:`~stack.workload.naming.IdFactory` seeded with ``seed`` and salted with the catalog's
 current manifest/partition count, so a fresh catalog always gets the same ids and a re-run on a
