@@ -33,6 +33,7 @@ import pyarrow as pa
 from sinks.context import ddl, staleness
 from sinks.context.build import ContextBuilder
 from sinks.context.ddl import INDEX_SCHEMA as WD
+from sinks.context.exceptions import ReaderPoolExhausted, StoreNotOpen, UnknownDataset
 from sinks.context.file_columns import FileColumns
 from sinks.context.file_presence import FilePresence, FileState
 from sinks.context.naming import (
@@ -49,7 +50,6 @@ from sinks.settings import SinkSettings
 from walduck import metrics
 from walduck.config import ContextMode, WalduckSettings
 from walduck.deltas import Delta, DeltaKind
-from walduck.errors import WalduckError
 from walduck.jsonexact import loads_exact
 from walduck.locations import partition_location
 from walduck.lsn import format_lsn
@@ -72,22 +72,6 @@ FAR_FUTURE = datetime(9999, 12, 31)
 # DuckDB's messages for a file it cannot open (a partition file deleted before its catalog row)
 MISSING_FILE_MARKERS = ("no files found", "cannot open file", "no such file", "could not open file")
 _QUOTED_PATH = re.compile(r'"([^"]+)"')
-
-
-class ContextError(WalduckError, RuntimeError):
-    """Base of the context store's named errors."""
-
-
-class ReaderPoolExhausted(ContextError):
-    """No reader cursor became free within ``reader_wait_s``."""
-
-
-class UnknownDataset(ContextError):
-    """A dataset id the context does not hold."""
-
-
-class StoreNotOpen(ContextError):
-    """The store was used before :meth:`ContextStore.open` or after :meth:`ContextStore.close`."""
 
 
 @dataclass(slots=True)
