@@ -1013,28 +1013,6 @@ class ContextStore:
     def _rebuild(self, dataset_id: str | None, scope: str, started: float, reason: str) -> None:
         self.builder.rebuild(dataset_id, scope, started, reason)
 
-    def reset_shard(self, shard: int) -> None:
-        """Wipe one shard (its rows and progress) so it bootstraps by replaying its deltas from offset 0."""
-        with self._write_lock:
-            cur = self._writer
-            assert cur is not None
-            ids = {
-                r[0] for r in cur.execute(f"SELECT id FROM {WD}.datasets WHERE shard = ?", [shard]).fetchall()
-            }
-            cur.begin()
-            for table in ("datasets", "schema_versions", "partitions", "columns", "shard_progress"):
-                cur.execute(f"DELETE FROM {WD}.{table} WHERE shard = ?", [shard])
-            cur.execute(f"DELETE FROM {WD}.src_offsets WHERE src_partition = ?", [shard])
-            cur.commit()
-            self._progress[shard] = ShardProgress(shard)
-            for key in [k for k in self._src_offsets if k[0] == shard]:
-                del self._src_offsets[key]
-            with self._ds_lock:
-                self._ds_dirty |= ids
-            self._views_dirty |= ids
-            self._version += 1
-            metrics.REBUILDS.labels(scope="shard", result="ok").inc()
-
     def mark_bootstrapped(self, shard: int) -> None:
         with self._write_lock:
             prog = self._progress.setdefault(shard, ShardProgress(shard))
