@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import contextvars
 import dataclasses
-import hashlib
 import logging
 import os
 import queue
@@ -52,7 +51,6 @@ from walduck.config import ContextMode, WalduckSettings
 from walduck.deltas import Delta, DeltaKind
 from walduck.jsonexact import loads_exact
 from walduck.locations import partition_location
-from walduck.lsn import format_lsn
 from walduck.records import GLOBAL_KEY
 from walduck.timeutil import iso, parse_instant_clamped, utcnow
 
@@ -343,6 +341,13 @@ class ContextStore:
         if self._db is None:
             raise StoreNotOpen("context store is not open")
         return self._db
+
+    def is_open(self) -> bool:
+        return self._db is not None
+
+    @property
+    def opened_at(self) -> datetime | None:
+        return self._opened_at
 
     def _load_state(self) -> None:
         cur = self._writer
@@ -950,6 +955,16 @@ class ContextStore:
         """True while a rebuild from PostgreSQL runs (a read now is a cache *miss*: its answer predates it)."""
         return self._rebuilds_running > 0
 
+    def rebuild_history(self) -> dict[str, dict[str, Any]]:
+        """The last rebuild result per dataset id (``"*"``: the last full rebuild)."""
+        return dict(self._rebuild_info)
+
+    def pending_rebuilds(self) -> list[dict[str, Any]]:
+        return self._rebuilds.pending()
+
+    def running_rebuilds(self) -> list[dict[str, Any]]:
+        return self._rebuilds.running()
+
     def _rebuild_now(self, dataset_id: str | None, reason: str) -> None:
         scope = "dataset" if dataset_id else "full"
         started = time.perf_counter()
@@ -1505,98 +1520,3 @@ class ContextStore:
             }
             for d, m, p, f, r, s in rows
         ]
-
-    def snapshot(self, detail_partitions: bool = False) -> dict[str, Any]:
-        views = self.datasets()
-        prog = self.progress()
-        context_staleness = staleness.overall(p.staleness_s for p in prog.values())
-        signature = hashlib.sha1(
-            "|".join(f"{v.id}:{v.partition_count}:{v.total_rows}:{v.updated_at}" for v in views).encode()
-        ).hexdigest()
-        parts_by_ds: dict[str, list[dict[str, Any]]] = {}
-        if detail_partitions:
-            for row in self.partition_index():
-                parts_by_ds.setdefault(row["datasetId"], []).append(row)
-        datasets = []
-        every = self._rebuild_info.get("*", {})
-        slugs = {v.id: v.slug for v in views}
-        for v in views:
-            info = self._rebuild_info.get(v.id, {})
-            if every and (every.get("at") or "") > (info.get("at") or ""):
-                info = every  # a full rebuild newer than the dataset's own (its failure names no dataset)
-            shard_error = prog.get(v.shard, ShardProgress(v.shard)).last_error
-            entry: dict[str, Any] = {
-                "datasetId": v.id,
-                "datasetSlug": v.slug,
-                "status": v.status,
-                "updatedAt": v.updated_at,
-                "included": v.write_format == "parquet",
-                "signature": hashlib.sha1(f"{v.id}:{v.partition_count}:{v.total_rows}".encode()).hexdigest(),
-                "lastRefreshedAt": info.get("at") or prog.get(v.shard, ShardProgress(v.shard)).applied_at,
-                "lastBuildDurationMs": info.get("durationMs"),
-                "lastError": shard_error or info.get("error"),
-                "manifestVersion": None,
-                "manifestUpdatedAt": v.updated_at,
-                "partitionCount": v.partition_count,
-                "totalRows": v.total_rows,
-                "totalBytes": v.total_bytes,
-                "refreshReason": info.get("reason") or "delta",
-                "viewName": v.view_name,
-                "contextShard": v.shard,
-                "collision": v.collision,
-                "lastRebuild": (
-                    {
-                        k: info.get(k)
-                        for k in (
-                            "scope",
-                            "reason",
-                            "result",
-                            "error",
-                            "at",
-                            "durationMs",
-                            "lsn",
-                            "replayedDeltas",
-                        )
-                    }
-                    if info
-                    else None
-                ),
-            }
-            if detail_partitions:
-                entry["partitions"] = parts_by_ds.get(v.id, [])
-            datasets.append(entry)
-        return {
-            "incrementalEnabled": not self.full_scan,
-            "contextMode": self.walduck.context_mode.value,
-            "ttlMs": None,
-            "cachePresent": self._db is not None,
-            "cacheMode": "full" if self.full_scan else "incremental",
-            "version": self._version,
-            "signature": signature,
-            "builtAt": iso(self._opened_at) if self._opened_at else None,
-            "expiresAt": None,
-            "stalenessSeconds": context_staleness,
-            "datasetCount": len(views),
-            "appliedLsn": format_lsn(self.applied_lsn()),
-            "datasets": datasets,
-            "pendingInvalidations": [
-                {**job, "datasetSlug": slugs.get(job["datasetId"])} for job in self._rebuilds.pending()
-            ],
-            "runningRebuilds": self._rebuilds.running(),
-            "lastFullRebuild": every or None,
-            "shards": [
-                {
-                    "shard": p.shard,
-                    "appliedLsn": format_lsn(p.applied_lsn),
-                    "deltasOffset": p.deltas_offset,
-                    "srcOffset": p.src_offset,
-                    "newestCommitTs": p.newest_commit_ts,
-                    "stalenessSeconds": p.staleness_s,
-                    "lastApplyMs": p.last_apply_ms,
-                    "lastError": p.last_error,
-                    "bootstrapped": p.bootstrapped,
-                }
-                for p in prog.values()
-            ],
-            "warnings": [w for v in views if (w := v.alias_warning)] + self.collision_warnings(views),
-        }
