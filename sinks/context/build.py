@@ -174,20 +174,20 @@ class ContextBuilder:
                     touched |= set(existing)
                     with timings.step("journal replay"):
                         touched |= self._replay_journal(cur, journal)
-                    cur.execute(f"DELETE FROM {WD}.shard_progress WHERE list_contains(?, shard)", [shards])
-                    for shard in shards:
-                        prog = st._progress_of(shard)
-                        cur.execute(
-                            f"INSERT INTO {WD}.shard_progress VALUES (?, ?, ?, ?, ?, ?)",
+                    st._write_progress_rows(
+                        cur,
+                        [
                             [
                                 shard,
                                 ends[shard] - 1,
-                                max(prog.applied_lsn, snap.lsn),
-                                _naive(at),
+                                max(st._progress_of(shard).applied_lsn, snap.lsn),
+                                at,
                                 True,
-                                _naive(at),
-                            ],
-                        )
+                                at,
+                            ]
+                            for shard in shards
+                        ],
+                    )
                     with timings.step("commit"):
                         cur.commit()
                 except Exception:
@@ -444,12 +444,6 @@ class ContextBuilder:
         for delta, partition in journal:
             touched |= st._apply_content(cur, delta, partition)
         return touched
-
-
-def _naive(value: Any) -> Any:
-    from sinks.context.store import _naive_utc
-
-    return _naive_utc(value)
 
 
 def _insert_rows(cur: duckdb.DuckDBPyConnection, table: str, rows: list[list[Any]]) -> None:

@@ -442,56 +442,18 @@ class ContextStore:
 
     # ------------------------------------------------------------------ apply
     def apply(self, delta: Delta, partition: int, offset: int) -> bool:
-        """Apply one delta as one DuckDB transaction. False = duplicate (already applied), dropped."""
-        self._require()
-        with self._write_lock:
-            prog = self._progress.setdefault(partition, ShardProgress(partition))
-            if offset <= prog.deltas_offset or delta.src_offset_to <= self._src_offsets.get(
-                _stream_key(delta), -1
-            ):
-                metrics.DELTAS_APPLIED.labels(result="duplicate").inc()
-                if offset > prog.deltas_offset:
-                    self._record_offset_only(partition, offset)
-                return False
-            started = time.perf_counter()
-            touched: set[str] = set()
-            snap: CatalogSnapshot | None = None
-            # full-scan mode rebuilds the dataset a delta names straight from PostgreSQL; a global delta
-            # (storage targets) names no dataset and is applied as it is: replacing "all datasets named"
-            # with an empty read would wipe every dataset of the context
-            if self.full_scan and delta.kind == DeltaKind.DELTA and delta.dataset_id is not None:
-                snap = self._full_scan_snapshot(delta)
-            cur = self._writer
-            assert cur is not None
-            cur.begin()
-            try:
-                if delta.kind == DeltaKind.DELTA:
-                    if snap is not None:
-                        touched = self._replace_from_snapshot(cur, snap, partition, delta.dataset_id)
-                    else:
-                        touched = self._apply_content(cur, delta, partition)
-                self._write_progress(cur, delta, partition, offset)
-                cur.commit()
-            except Exception as exc:
-                with contextlib.suppress(Exception):
-                    cur.rollback()
-                prog.last_error = f"{type(exc).__name__}: {exc}"[:500]
-                raise
-            elapsed = time.perf_counter() - started
-            self._after_commit(delta, partition, offset, elapsed, touched)
-        self._wake_lsn_waiters()
-        # plain views are refreshed by the consumer between batches (refresh_views), never inside an apply
-        return True
+        """``apply_batch([(delta, partition, offset)])``: False = duplicate (already applied), dropped."""
+        return self.apply_batch([(delta, partition, offset)])[0]
 
     def apply_batch(self, items: Sequence[tuple[Delta, int, int]]) -> list[bool]:
-        """Apply ``(delta, deltas partition, deltas offset)`` items in order, with the effect of :meth:`apply`
-        on each (False = duplicate, dropped).
+        """Apply ``(delta, deltas partition, deltas offset)`` items in order (False = duplicate, dropped).
 
-        Consecutive deltas that only change partitions (and heartbeats) share ONE DuckDB transaction: their
-        net partition changes (one DELETE, one INSERT), one progress row per shard and one source-offset row
-        per stream. A delta with dataset, schema-version or storage-target rows (or any delta in full-scan
-        mode) is applied alone, in its place. Per-delta statements, not the commit, are most of an apply's
-        cost, so a consumer that fell behind catches up in a few transactions instead of one per delta.
+        ONE path: the items are cut into runs, each ONE DuckDB transaction (:meth:`_apply_run`).
+        Consecutive deltas that only change partitions (and heartbeats) form one run: their net partition
+        changes (one DELETE, one INSERT), one progress row per shard and one source-offset row per stream.
+        A delta with dataset, schema-version or storage-target rows (or any delta in full-scan mode) is a
+        run of its own, in its place. Per-delta statements, not the commit, are most of an apply's cost, so
+        a consumer that fell behind catches up in a few transactions instead of one per delta.
         On an error nothing of the failing run is applied (the caller may retry delta by delta).
         """
         self._require()
@@ -504,7 +466,7 @@ class ContextStore:
                     continue
                 results.extend(self._apply_run(run))
                 run = []
-                results.append(self.apply(*item))
+                results.extend(self._apply_run([item]))
             results.extend(self._apply_run(run))
         return results
 
@@ -520,16 +482,14 @@ class ContextStore:
         )
 
     def _apply_run(self, run: list[tuple[Delta, int, int]]) -> list[bool]:
-        """One transaction for partition-only deltas and heartbeats (see :meth:`apply_batch`)."""
+        """One transaction: partition-only deltas and heartbeats, or one delta of any other kind."""
         if not run:
             return []
         results: list[bool] = []
         accepted: list[tuple[Delta, int, int]] = []
         last_offset: dict[int, int] = {}  # deltas offset per shard after the run (duplicates included)
         src: dict[tuple[int, str], int] = {}
-        row_ts: dict[
-            int, str | None
-        ] = {}  # commit_ts of each shard's progress row, as apply() would write it
+        row_ts: dict[int, str | None] = {}  # commit_ts of each shard's progress row
         newest: dict[int, str | None] = {}
         for delta, partition, offset in run:
             prog = self._progress.setdefault(partition, ShardProgress(partition))
@@ -553,66 +513,44 @@ class ContextStore:
         if not last_offset:
             return results
         started = time.perf_counter()
-        # net partition changes in delta order: within one delta upserts win over deletes (apply() deletes
-        # every named id, then inserts the upserts); a later delta overrides an earlier one
-        net: dict[str, tuple[dict[str, Any] | None, int, str | None]] = {}
-        touched: dict[int, set[str]] = {}
-        for i, (delta, partition, _) in enumerate(accepted):
-            if delta.kind != DeltaKind.DELTA:
-                continue
-            ds_id = delta.dataset_id
-            changes = list(delta.shards.values())
-            for change in changes:
-                for pid in change.deletes:
-                    net[str(pid)] = (None, partition, ds_id)
-            for change in changes:
-                for u in change.upserts:
-                    net[str(u["id"])] = (u, partition, ds_id)
-            if any(c.upserts or c.deletes for c in changes):
-                names = {str(u.get("dataset_id") or ds_id) for c in changes for u in c.upserts}
-                if ds_id:
-                    names.add(ds_id)
-                names.discard("None")
-                touched[i] = names
+        alone = accepted[0] if len(run) == 1 and accepted and not self._batchable(accepted[0][0]) else None
+        snap: CatalogSnapshot | None = None
+        # full-scan mode rebuilds the dataset a delta names straight from PostgreSQL; a global delta
+        # (storage targets) names no dataset and is applied as it is: replacing "all datasets named"
+        # with an empty read would wipe every dataset of the context
+        if alone is not None and self.full_scan and alone[0].kind == DeltaKind.DELTA and alone[0].dataset_id:
+            snap = self._full_scan_snapshot(alone[0])
         cur = self._writer
         assert cur is not None
         cur.begin()
         try:
-            if net:
-                doomed: dict[str | None, list[str]] = {}
-                for pid, (row, _partition, ds_id) in net.items():
-                    doomed.setdefault(_owner(row, ds_id), []).append(pid)
-                self._delete_partitions(cur, doomed)
-                by_shard: dict[int, list[dict[str, Any]]] = {}
-                for row, partition, ds_id in net.values():
-                    if row is not None:
-                        if not row.get("dataset_id"):
-                            row = {**row, "dataset_id": ds_id}
-                        by_shard.setdefault(partition, []).append(row)
-                for partition, rows in by_shard.items():
-                    self._insert_partitions(cur, rows, partition, None)
-            shards = sorted(last_offset)
-            now = _naive_utc(utcnow())
-            progress_rows = [
+            if alone is not None:
+                delta, partition, _ = alone
+                if snap is not None:
+                    touched = self._replace_from_snapshot(cur, snap, partition, delta.dataset_id)
+                elif delta.kind == DeltaKind.DELTA:
+                    touched = self._apply_content(cur, delta, partition)
+                else:
+                    touched = set()
+            else:
+                touched = self._apply_partition_changes(cur, accepted)
+            now = utcnow()
+            self._write_progress_rows(
+                cur,
                 [
-                    shard,
-                    last_offset[shard],
-                    max(
-                        [self._progress[shard].applied_lsn]
-                        + [covered_lsn(d) for d, p, _ in accepted if p == shard]
-                    ),
-                    _naive_utc(row_ts.get(shard)),
-                    self._progress[shard].bootstrapped,
-                    now
-                    if any(p == shard for _, p, _ in accepted)
-                    else _naive_utc(self._progress[shard].applied_at),
-                ]
-                for shard in shards
-            ]
-            cur.execute(f"DELETE FROM {WD}.shard_progress WHERE list_contains(?, shard)", [shards])
-            cur.execute(
-                f"INSERT INTO {WD}.shard_progress VALUES " + ", ".join(["(?, ?, ?, ?, ?, ?)"] * len(shards)),
-                [v for row in progress_rows for v in row],
+                    [
+                        shard,
+                        last_offset[shard],
+                        max(
+                            [self._progress[shard].applied_lsn]
+                            + [covered_lsn(d) for d, p, _ in accepted if p == shard]
+                        ),
+                        row_ts.get(shard),
+                        self._progress[shard].bootstrapped,
+                        now if any(p == shard for _, p, _ in accepted) else self._progress[shard].applied_at,
+                    ]
+                    for shard in sorted(last_offset)
+                ],
             )
             if src:
                 # one DELETE + one INSERT for every (changes partition, stream) the run advanced
@@ -638,36 +576,70 @@ class ContextStore:
                 self._progress[partition].last_error = f"{type(exc).__name__}: {exc}"[:500]
             raise
         elapsed = time.perf_counter() - started
-        # every touched dataset is marked before any LSN of the run is published (see _after_commit)
-        self._mark_touched(set().union(*touched.values()) if touched else set())
+        # invalidate the dataset cache BEFORE publishing the run's applied LSNs: a reader that waits for one
+        # (read-your-writes) must not then plan against a dataset list that predates the apply
+        self._mark_touched(touched)
         for delta, partition, offset in accepted:
-            self._after_commit(delta, partition, offset, elapsed, set(), observe=False)
+            self._after_commit(delta, partition, offset, elapsed)
         for shard, offset in last_offset.items():
             self._progress[shard].deltas_offset = max(self._progress[shard].deltas_offset, offset)
-        metrics.DELTA_APPLY_DURATION.observe(elapsed)
+        if accepted:
+            metrics.DELTA_APPLY_DURATION.observe(elapsed)
         self._wake_lsn_waiters()
         return results
 
-    def _record_offset_only(self, partition: int, offset: int) -> None:
-        """A re-produced delta at a new deltas offset: remember the offset so a restart does not re-read it."""
-        cur = self._writer
-        assert cur is not None
-        prog = self._progress[partition]
-        cur.begin()
-        cur.execute(f"DELETE FROM {WD}.shard_progress WHERE shard = ?", [partition])
+    def _apply_partition_changes(
+        self, cur: duckdb.DuckDBPyConnection, accepted: list[tuple[Delta, int, int]]
+    ) -> set[str]:
+        """The net partition changes of partition-only deltas, in delta order: within one delta upserts win
+        over deletes (as :meth:`_apply_content`, which deletes every named id, then inserts the upserts); a
+        later delta overrides an earlier one."""
+        net: dict[str, tuple[dict[str, Any] | None, int, str | None]] = {}
+        touched: set[str] = set()
+        for delta, partition, _ in accepted:
+            if delta.kind != DeltaKind.DELTA:
+                continue
+            ds_id = delta.dataset_id
+            changes = list(delta.shards.values())
+            for change in changes:
+                for pid in change.deletes:
+                    net[str(pid)] = (None, partition, ds_id)
+            for change in changes:
+                for u in change.upserts:
+                    net[str(u["id"])] = (u, partition, ds_id)
+            if any(c.upserts or c.deletes for c in changes):
+                names = {str(u.get("dataset_id") or ds_id) for c in changes for u in c.upserts}
+                if ds_id:
+                    names.add(ds_id)
+                names.discard("None")
+                touched |= names
+        if not net:
+            return touched
+        doomed: dict[str | None, list[str]] = {}
+        for pid, (row, _partition, ds_id) in net.items():
+            doomed.setdefault(_owner(row, ds_id), []).append(pid)
+        self._delete_partitions(cur, doomed)
+        by_shard: dict[int, list[dict[str, Any]]] = {}
+        for row, partition, ds_id in net.values():
+            if row is not None:
+                if not row.get("dataset_id"):
+                    row = {**row, "dataset_id": ds_id}
+                by_shard.setdefault(partition, []).append(row)
+        for partition, rows in by_shard.items():
+            self._insert_partitions(cur, rows, partition, None)
+        return touched
+
+    @staticmethod
+    def _write_progress_rows(cur: duckdb.DuckDBPyConnection, rows: list[list[Any]]) -> None:
+        """Replace the ``wd.shard_progress`` rows ``[shard, deltas offset, applied LSN, commit ts, bootstrapped,
+        applied at]`` of their shards (the one place that writes them; times as instant text or datetimes)."""
+        if not rows:
+            return
+        cur.execute(f"DELETE FROM {WD}.shard_progress WHERE list_contains(?, shard)", [[r[0] for r in rows]])
         cur.execute(
-            f"INSERT INTO {WD}.shard_progress VALUES (?, ?, ?, ?, ?, ?)",
-            [
-                partition,
-                offset,
-                prog.applied_lsn,
-                _naive_utc(prog.newest_commit_ts),
-                prog.bootstrapped,
-                _naive_utc(prog.applied_at),
-            ],
+            f"INSERT INTO {WD}.shard_progress VALUES " + ", ".join(["(?, ?, ?, ?, ?, ?)"] * len(rows)),
+            [v for r in rows for v in (*r[:3], _naive_utc(r[3]), r[4], _naive_utc(r[5]))],
         )
-        cur.commit()
-        prog.deltas_offset = offset
 
     def _full_scan_snapshot(self, delta: Delta) -> CatalogSnapshot:
         snap = self.builder.read([delta.dataset_id] if delta.dataset_id else [])
@@ -681,18 +653,8 @@ class ContextStore:
                 self._ds_dirty |= touched
             self._views_dirty |= touched
 
-    def _after_commit(
-        self,
-        delta: Delta,
-        partition: int,
-        offset: int,
-        elapsed: float,
-        touched: set[str],
-        observe: bool = True,
-    ) -> None:
-        # invalidate the dataset cache BEFORE publishing the new applied LSN: a reader that waits for this
-        # LSN (read-your-writes) must not then plan against a dataset list that predates the apply
-        self._mark_touched(touched)
+    def _after_commit(self, delta: Delta, partition: int, offset: int, elapsed: float) -> None:
+        """One delta of a committed run: journaled for running builds, its shard and stream advanced."""
         if delta.kind == DeltaKind.DELTA:
             for journal in self._rebuild_journals:
                 journal.append((delta, partition))
@@ -707,8 +669,6 @@ class ContextStore:
         prog.applied_at = iso(utcnow())
         prog.last_apply_ms = round(elapsed * 1000, 3)
         prog.last_error = None
-        if observe:
-            metrics.DELTA_APPLY_DURATION.observe(elapsed)
         metrics.DELTAS_APPLIED.labels(result="applied").inc()
         metrics.SHARD_APPLIED_LSN.labels(shard=str(partition)).set(prog.applied_lsn)
         if delta.snapshot:
@@ -716,24 +676,6 @@ class ContextStore:
         lag = staleness.publish(partition, prog.newest_commit_ts)
         if lag is not None and delta.kind == DeltaKind.DELTA:
             metrics.END_TO_END_LATENCY.observe(staleness.of(delta.commit_ts_max) or 0.0)
-
-    def _write_progress(
-        self, cur: duckdb.DuckDBPyConnection, delta: Delta, partition: int, offset: int
-    ) -> None:
-        prog = self._progress[partition]
-        lsn = max(prog.applied_lsn, covered_lsn(delta))
-        commit_ts = _naive_utc(prog.newest_commit_ts if delta.snapshot else delta.commit_ts_max)
-        cur.execute(f"DELETE FROM {WD}.shard_progress WHERE shard = ?", [partition])
-        cur.execute(
-            f"INSERT INTO {WD}.shard_progress VALUES (?, ?, ?, ?, ?, ?)",
-            [partition, offset, lsn, commit_ts, prog.bootstrapped, _naive_utc(utcnow())],
-        )
-        key = _stream_key(delta)
-        src = max(self._src_offsets.get(key, -1), delta.src_offset_to)
-        cur.execute(f"DELETE FROM {WD}.src_offsets WHERE src_partition = ? AND stream = ?", list(key))
-        cur.execute(
-            f"INSERT INTO {WD}.src_offsets (src_partition, stream, src_offset) VALUES (?, ?, ?)", [*key, src]
-        )
 
     def _apply_content(self, cur: duckdb.DuckDBPyConnection, delta: Delta, shard: int) -> set[str]:
         touched: set[str] = set()

@@ -154,3 +154,26 @@ async def test_applies_wake_lsn_waiters(
         await asyncio.to_thread(store.apply, hb1, 1, 0)
     assert await asyncio.wait_for(waiter, 10.0) is True
     assert store._lsn_waiters == []
+
+
+def test_apply_is_apply_batch_of_one(
+    store: ContextStore, factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One apply path (issue 14): ``apply(x)`` is ``apply_batch([x])``, for every kind of delta."""
+    calls: list[list[tuple[Delta, int, int]]] = []
+    real = store.apply_batch
+
+    def spy(items: list[tuple[Delta, int, int]]) -> list[bool]:
+        calls.append(list(items))
+        return real(items)
+
+    monkeypatch.setattr(store, "apply_batch", spy)
+    items = [
+        (factory.create_dataset(0, "a"), 0, 0),
+        (factory.delta(0, "ds-a", upserts=[factory.write_file("a", 1, 5)]), 0, 1),
+        (factory.delta(0, None, kind=DeltaKind.HEARTBEAT), 0, 2),
+    ]
+    assert [store.apply(*item) for item in items] == [True, True, True]
+    assert store.apply(*items[1]) is False  # a re-delivery, dropped by the same path
+    assert calls == [[item] for item in items] + [[items[1]]]
+    assert store.datasets()[0].partition_count == 1
