@@ -208,7 +208,7 @@ class ContextBuilder:
         finally:
             with st._write_lock, contextlib.suppress(ValueError):
                 st._rebuild_journals.remove(journal)
-        st._wake_lsn_waiters()
+        st._lsn.wake()
         elapsed = time.perf_counter() - started
         metrics.REBUILDS.labels(scope="shard", result="ok").inc(len(shards))
         metrics.REBUILD_DURATION.labels(scope="shard").observe(elapsed)

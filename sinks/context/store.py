@@ -9,17 +9,13 @@ from a bounded pool on the sandboxed instance and keep their MVCC snapshot while
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import contextvars
 import dataclasses
 import logging
-import os
-import queue
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,12 +25,13 @@ import duckdb
 import orjson
 import pyarrow as pa
 
-from sinks.context import ddl, staleness
+from sinks.context import ddl, lifecycle, staleness
 from sinks.context.build import ContextBuilder
 from sinks.context.ddl import INDEX_SCHEMA as WD
-from sinks.context.exceptions import ReaderPoolExhausted, StoreNotOpen, UnknownDataset
+from sinks.context.exceptions import StoreNotOpen, UnknownDataset
 from sinks.context.file_columns import FileColumns
 from sinks.context.file_presence import FilePresence, FileState
+from sinks.context.lsnwait import LsnWaits
 from sinks.context.naming import (
     alias_warning,
     quote_ident,
@@ -43,6 +40,7 @@ from sinks.context.naming import (
     timestamp_column,
 )
 from sinks.context.pgsource import CatalogSnapshot, as_json_text
+from sinks.context.readers import Readers
 from sinks.context.rebuilds import RebuildJob, RebuildScheduler
 from sinks.context.relation import FileBinder, empty_relation_sql, group_files, relation_sql
 from sinks.settings import SinkSettings
@@ -133,15 +131,6 @@ def _as_dict(value: Any) -> dict[str, Any]:
     return dict(value) if isinstance(value, dict) else {}
 
 
-# a reader waiting for an LSN re-checks this often even without a wake-up from the writer
-LSN_RECHECK_S = 0.05
-
-
-def _resolve(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)
-
-
 def covered_lsn(delta: Delta) -> int:
     """The LSN through which everything is applied once ``delta`` is.
 
@@ -176,21 +165,6 @@ def _dataset_row(ds: dict[str, Any], shard: int) -> list[Any]:
     ]
 
 
-class _Borrowed:
-    """A pinned cursor lent to one read: ``close()`` is the owner's (:meth:`ContextStore.pinned_snapshot`)."""
-
-    __slots__ = ("_cur",)
-
-    def __init__(self, cur: duckdb.DuckDBPyConnection) -> None:
-        self._cur = cur
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._cur, name)
-
-    def close(self) -> None:
-        pass
-
-
 class ContextStore:
     def __init__(self, settings: SinkSettings, walduck: WalduckSettings) -> None:
         self.settings = settings
@@ -200,11 +174,10 @@ class ContextStore:
         self.full_scan = walduck.context_mode == ContextMode.FULL_SCAN
         self._db: duckdb.DuckDBPyConnection | None = None
         self._writer: duckdb.DuckDBPyConnection | None = None
-        self._pinned: contextvars.ContextVar[_Borrowed | None] = contextvars.ContextVar(
-            f"walduck_pinned_snapshot_{id(self)}", default=None
-        )
         self._write_lock = threading.RLock()
-        self._pool: queue.Queue[duckdb.DuckDBPyConnection] = queue.Queue()
+        self._readers = Readers(
+            self._require, settings.reader_pool_size, settings.reader_wait_s, self.forget_missing_files
+        )
         self._progress: dict[int, ShardProgress] = {}
         # highest source offset applied per (changes partition, dataset stream): the compactor writes one
         # delta per dataset per window, all naming the window's offset range (see walduck/deltas.py)
@@ -235,38 +208,15 @@ class ContextStore:
         self._rebuilds = RebuildScheduler(self._rebuild_now)
         self.builder = ContextBuilder(self)
         self.pg_connect: Callable[[], Any] | None = None
-        # readers blocked in wait_for_lsn: (lsn, their event loop, future the writer resolves)
-        self._lsn_waiters: list[tuple[int, asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
-        self._lsn_lock = threading.Lock()
+        self._lsn = LsnWaits(self.applied_lsn)
 
     # ------------------------------------------------------------------ lifecycle
     def open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        Path(self.storage_root).mkdir(parents=True, exist_ok=True)
-        config = {
-            "threads": self.settings.duckdb_threads,
-            "memory_limit": self.settings.duckdb_memory_limit,
-            "checkpoint_threshold": self.settings.duckdb_checkpoint_threshold,  # (see checkpoint())
-            "max_temp_directory_size": self.settings.duckdb_max_temp_directory_size,  # bounded spill
-        }
-        if self.settings.duckdb_temp_directory:
-            config["temp_directory"] = self.settings.duckdb_temp_directory
-        db = duckdb.connect(str(self.path), config=config)
-        db.execute(ddl.TABLES)
-        db.execute(ddl.RUNTIME_VIEWS)
-        if self.settings.duckdb_parquet_metadata_cache:
-            # GLOBAL: the setting is per connection by default, and the readers are other connections (cursors)
-            # of this instance; a plain SET here never reached them. Parsed footers are kept in DuckDB's object
-            # cache (counted in memory_limit, evicted under pressure) and re-validated against the file on every
-            # open, so a rewritten file is re-read. Without it every scan reads and parses every file's footer
-            # again: ~20–30% of the CPU of a scan of many small partition files (docs/performance.md, "query").
-            db.execute("SET GLOBAL parquet_metadata_cache = true")
-        self._sandbox(db)
+        db = lifecycle.connect(self.path, self.settings, self.storage_root)
         self._db = db
         self._writer = db.cursor()
         self._load_state()
-        for _ in range(self.settings.reader_pool_size):
-            self._pool.put(db.cursor())
+        self._readers.fill()
         self._opened_at = utcnow()
         with self._write_lock:
             self._views_dirty = {
@@ -275,54 +225,20 @@ class ContextStore:
             # bounded: a big context's views are finished by the consumer's refreshes (build.py)
             self._refresh_views(time.monotonic(), self.settings.view_refresh_budget_s)
 
-    def _sandbox(self, db: duckdb.DuckDBPyConnection) -> None:
-        dirs = [self.storage_root, *self.settings.allowed_directories]
-        dirs = [d.rstrip("/") + "/" for d in dirs]
-        db.execute("SET allowed_directories = ?", [dirs])
-        db.execute("SET enable_external_access = false")
-        db.execute("SET autoload_known_extensions = false")
-        db.execute("SET autoinstall_known_extensions = false")
-        db.execute("SET allow_community_extensions = false")
-        db.execute("SET lock_configuration = true")
-
     def wal_bytes(self) -> int:
         """Size of DuckDB's write-ahead log: committed changes not yet folded into the database file."""
-        try:
-            return os.stat(f"{self.path}.wal").st_size
-        except FileNotFoundError:
-            return 0
+        return lifecycle.wal_bytes(self.path)
 
     def checkpoint(self, min_wal_bytes: int = 0) -> bool | None:
-        """Fold the WAL into the database file now, holding the writer (called when no delta is waiting, so
-        no apply pays for it). ``None``: the WAL is below ``min_wal_bytes``; ``False``: DuckDB refused (older
-        versions do while any transaction is open; 2.0 checkpoints beside readers) and the next idle moment
-        tries again; ``True``: done."""
+        """Fold the WAL into the database file when idle (``lifecycle.checkpoint``)."""
         self._require()
-        wal = self.wal_bytes()
-        metrics.CONTEXT_WAL_BYTES.set(wal)
-        if wal < max(1, min_wal_bytes):
-            return None
-        with self._write_lock:
-            cur = self._writer
-            assert cur is not None
-            started = time.perf_counter()
-            try:
-                cur.execute("CHECKPOINT")
-            except duckdb.Error as exc:
-                metrics.CONTEXT_CHECKPOINTS.labels(result="busy").inc()
-                log.debug("idle checkpoint refused: %s", exc)
-                return False
-            metrics.CONTEXT_CHECKPOINT_DURATION.observe(time.perf_counter() - started)
-        metrics.CONTEXT_CHECKPOINTS.labels(result="done").inc()
-        metrics.CONTEXT_WAL_BYTES.set(self.wal_bytes())
-        return True
+        assert self._writer is not None
+        return lifecycle.checkpoint(self.path, self._writer, self._write_lock, min_wal_bytes)
 
     def close(self) -> None:
         if self._db is None:
             return
-        while not self._pool.empty():
-            with contextlib.suppress(Exception):
-                self._pool.get_nowait().close()
+        self._readers.close()
         with self._write_lock:
             with contextlib.suppress(Exception):
                 self._writer.execute("CHECKPOINT")  # type: ignore[union-attr]
@@ -387,58 +303,15 @@ class ContextStore:
                 "replayedDeltas": replayed,
             }
 
-    # ------------------------------------------------------------------ readers
-    @contextlib.contextmanager
-    def reader(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        db = self._require()
-        try:
-            cur = self._pool.get(timeout=self.settings.reader_wait_s)
-        except queue.Empty:
-            raise ReaderPoolExhausted(
-                f"all {self.settings.reader_pool_size} reader cursors busy for {self.settings.reader_wait_s}s"
-            ) from None
-        ok = False
-        try:
-            yield cur
-            ok = True
-        except duckdb.Error as exc:
-            self.forget_missing_files(str(exc))
-            raise
-        finally:
-            if not ok:
-                # a failed or interrupted read may leave a transaction or a half-read result: replace it
-                with contextlib.suppress(Exception):
-                    cur.close()
-                cur = db.cursor()
-            self._pool.put(cur)
+    # ------------------------------------------------------------------ readers (readers.py)
+    def reader(self) -> contextlib.AbstractContextManager[duckdb.DuckDBPyConnection]:
+        return self._readers.reader()
 
     def _cursor(self) -> duckdb.DuckDBPyConnection:
-        """A cursor for one index read: the pinned snapshot's inside :meth:`pinned_snapshot`, else a new one."""
-        pinned = self._pinned.get()
-        if pinned is not None:
-            return pinned  # type: ignore[return-value]
-        return self._require().cursor()
+        return self._readers.cursor()
 
-    @contextlib.contextmanager
-    def pinned_snapshot(self) -> Iterator[None]:
-        """Every index read of this thread inside the block sees one DuckDB snapshot (one read transaction).
-
-        The query path plans (partition lists) and verifies the plan (``guard.files_outside``) inside one
-        block, so an apply committing in between cannot make the two disagree: the files verified are the
-        files planned, as the index listed them at one instant. Only reads may run inside the block."""
-        if self._pinned.get() is not None:
-            yield
-            return
-        cur = self._require().cursor()
-        cur.execute("BEGIN TRANSACTION")
-        token = self._pinned.set(_Borrowed(cur))
-        try:
-            yield
-        finally:
-            self._pinned.reset(token)
-            with contextlib.suppress(duckdb.Error):
-                cur.execute("ROLLBACK")
-            cur.close()
+    def pinned_snapshot(self) -> contextlib.AbstractContextManager[None]:
+        return self._readers.pinned_snapshot()
 
     # ------------------------------------------------------------------ apply
     def apply(self, delta: Delta, partition: int, offset: int) -> bool:
@@ -585,7 +458,7 @@ class ContextStore:
             self._progress[shard].deltas_offset = max(self._progress[shard].deltas_offset, offset)
         if accepted:
             metrics.DELTA_APPLY_DURATION.observe(elapsed)
-        self._wake_lsn_waiters()
+        self._lsn.wake()
         return results
 
     def _apply_partition_changes(
@@ -1075,46 +948,8 @@ class ContextStore:
         return min(p.applied_lsn for p in self._progress.values())
 
     async def wait_for_lsn(self, lsn: int, timeout_s: float) -> bool:
-        """True once every shard applied ``lsn``, False after ``timeout_s``.
-
-        Woken by the writer right after an apply that reaches ``lsn`` (no polling delay on the
-        read-your-writes path); it also re-checks every ``LSN_RECHECK_S`` in case progress moved some other
-        way."""
-        if self.applied_lsn() >= lsn:
-            return True
-        loop = asyncio.get_running_loop()
-        deadline = time.monotonic() + timeout_s
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return False
-            waiter = (lsn, loop, loop.create_future())
-            with self._lsn_lock:
-                self._lsn_waiters.append(waiter)
-            try:
-                if self.applied_lsn() >= lsn:  # applied between the check and the registration
-                    return True
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(waiter[2], min(remaining, LSN_RECHECK_S))
-            finally:
-                with self._lsn_lock, contextlib.suppress(ValueError):
-                    self._lsn_waiters.remove(waiter)
-            if self.applied_lsn() >= lsn:
-                return True
-
-    def _wake_lsn_waiters(self) -> None:
-        """Wake the readers waiting for an LSN every shard has now applied (called after applies)."""
-        if not self._lsn_waiters:
-            return
-        applied = self.applied_lsn()
-        with self._lsn_lock:
-            ready = [w for w in self._lsn_waiters if w[0] <= applied]
-            if not ready:
-                return
-            self._lsn_waiters = [w for w in self._lsn_waiters if w[0] > applied]
-        for _, loop, fut in ready:
-            with contextlib.suppress(RuntimeError):  # loop closed: nobody is waiting any more
-                loop.call_soon_threadsafe(_resolve, fut)
+        """True once every shard applied ``lsn``, False after ``timeout_s`` (woken by the writer)."""
+        return await self._lsn.wait(lsn, timeout_s)
 
     # ------------------------------------------------------------------ catalog views
     def version(self) -> int:

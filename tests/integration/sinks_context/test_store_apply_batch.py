@@ -139,9 +139,9 @@ async def test_applies_wake_lsn_waiters(
     10 s bound, not a latency assertion)."""
     import asyncio
 
-    import sinks.context.store as store_module
+    import sinks.context.lsnwait as lsnwait
 
-    monkeypatch.setattr(store_module, "LSN_RECHECK_S", 3600.0)
+    monkeypatch.setattr(lsnwait, "LSN_RECHECK_S", 3600.0)
     hb0, hb1 = (factory.delta(p, None, kind=DeltaKind.HEARTBEAT) for p in (0, 1))
     waiter = asyncio.create_task(store.wait_for_lsn(min(hb0.lsn_to, hb1.lsn_to), 3600.0))
     await asyncio.sleep(0.05)
@@ -153,7 +153,7 @@ async def test_applies_wake_lsn_waiters(
         assert not waiter.done()  # shard 1 has not passed the LSN yet
         await asyncio.to_thread(store.apply, hb1, 1, 0)
     assert await asyncio.wait_for(waiter, 10.0) is True
-    assert store._lsn_waiters == []
+    assert store._lsn.waiters == []
 
 
 def test_apply_is_apply_batch_of_one(
