@@ -62,8 +62,11 @@ import pyarrow.compute as pc
 
 from sinks.context import pgsource
 from sinks.context.bulkload import insert_partitions
+from sinks.context.datasets import dataset_row
 from sinks.context.ddl import INDEX_SCHEMA as WD
+from sinks.context.naming import schema_columns
 from sinks.context.pgsource import CatalogSnapshot, as_json_text
+from sinks.context.values import FAR_FUTURE, FAR_PAST, as_dict
 from walduck import metrics
 from walduck.deltas import Delta
 from walduck.lsn import format_lsn
@@ -301,8 +304,7 @@ class ContextBuilder:
         """Under the writer lock, after the commit: caches dirty; plain views refreshed later, in chunks."""
         st = self.store
         st._version += 1
-        with st._ds_lock:
-            st._ds_dirty |= touched
+        st._datasets.mark(touched)
         st._views_dirty |= touched
         if st.settings.build_refresh_views:  # the old behaviour (bench baseline): every view, under the lock
             with timings.step("plain views"):
@@ -344,8 +346,6 @@ class ContextBuilder:
         wiped: bool = False,
     ) -> set[str]:
         """Insert the snapshot's rows (their old rows are already deleted); the dataset ids written."""
-        from sinks.context.store import FAR_FUTURE, FAR_PAST, _as_dict, _dataset_row
-
         st = self.store
         n = st.walduck.topic_partitions
         existing = existing or {}
@@ -359,7 +359,7 @@ class ContextBuilder:
             for target in snap.storage_targets:
                 st._upsert_target(cur, target)
             ids = {str(d["id"]) for d in snap.datasets}
-            _insert_rows(cur, "datasets", [_dataset_row(ds, shard_of(str(ds["id"]))) for ds in snap.datasets])
+            _insert_rows(cur, "datasets", [dataset_row(ds, shard_of(str(ds["id"]))) for ds in snap.datasets])
             sv_ids = [str(sv["id"]) for sv in snap.schema_versions]
             if sv_ids and not wiped:
                 cur.execute(f"DELETE FROM {WD}.schema_versions WHERE list_contains(?, id)", [sv_ids])
@@ -372,7 +372,7 @@ class ContextBuilder:
                         str(sv["dataset_id"]),
                         shard_of(str(sv["dataset_id"])),
                         int(sv.get("version") or 0),
-                        as_json_text(_as_dict(sv.get("schema"))),
+                        as_json_text(as_dict(sv.get("schema"))),
                     ]
                     for sv in snap.schema_versions
                 ],
@@ -393,9 +393,6 @@ class ContextBuilder:
 
     def _recompute_columns_of(self, cur: duckdb.DuckDBPyConnection, ids: list[str]) -> None:
         """``ContextStore._recompute_columns`` for many datasets in a few statements (rows already deleted)."""
-        from sinks.context.naming import schema_columns
-        from sinks.context.store import _as_dict
-
         if not ids:
             return
         shards = dict(
@@ -411,7 +408,7 @@ class ContextBuilder:
             [did, shards[did], i, n, t, nl, d]
             for did, schema in newest
             if did in shards
-            for i, (n, t, nl, d) in enumerate(schema_columns(_as_dict(schema)))
+            for i, (n, t, nl, d) in enumerate(schema_columns(as_dict(schema)))
         ]
         if rows:
             _insert_rows(cur, "columns", rows)

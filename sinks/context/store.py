@@ -10,14 +10,12 @@ from a bounded pool on the sandboxed instance and keep their MVCC snapshot while
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
-import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,30 +25,26 @@ import pyarrow as pa
 
 from sinks.context import ddl, lifecycle, staleness
 from sinks.context.build import ContextBuilder
+from sinks.context.datasets import DatasetCache, DatasetView, collision_warnings, dataset_row, partition_index
 from sinks.context.ddl import INDEX_SCHEMA as WD
-from sinks.context.exceptions import StoreNotOpen, UnknownDataset
-from sinks.context.file_columns import FileColumns
-from sinks.context.file_presence import FilePresence, FileState
+from sinks.context.exceptions import StoreNotOpen
 from sinks.context.lsnwait import LsnWaits
 from sinks.context.naming import (
-    alias_warning,
     quote_ident,
-    sanitize_view_name,
     schema_columns,
-    timestamp_column,
 )
 from sinks.context.pgsource import CatalogSnapshot, as_json_text
 from sinks.context.readers import Readers
 from sinks.context.rebuilds import RebuildJob, RebuildScheduler
-from sinks.context.relation import FileBinder, empty_relation_sql, group_files, relation_sql
+from sinks.context.relation import FileBinder, RelationReader
+from sinks.context.values import FAR_FUTURE, FAR_PAST, as_dict, naive_utc
 from sinks.settings import SinkSettings
 from walduck import metrics
 from walduck.config import ContextMode, WalduckSettings
 from walduck.deltas import Delta, DeltaKind
-from walduck.jsonexact import loads_exact
 from walduck.locations import partition_location
 from walduck.records import GLOBAL_KEY
-from walduck.timeutil import iso, parse_instant_clamped, utcnow
+from walduck.timeutil import iso, utcnow
 
 log = logging.getLogger(__name__)
 _MAX_DATASET_DELETES = 3
@@ -61,13 +55,6 @@ def _owner(row: dict[str, Any] | None, ds_id: str | None) -> str | None:
     """The dataset holding a partition row: its own ``dataset_id``, else the delta's (``None``: unknown)."""
     owner = (row.get("dataset_id") if row is not None else None) or ds_id
     return None if owner is None else str(owner)
-
-
-FAR_PAST = datetime(1, 1, 1)
-FAR_FUTURE = datetime(9999, 12, 31)
-# DuckDB's messages for a file it cannot open (a partition file deleted before its catalog row)
-MISSING_FILE_MARKERS = ("no files found", "cannot open file", "no such file", "could not open file")
-_QUOTED_PATH = re.compile(r'"([^"]+)"')
 
 
 @dataclass(slots=True)
@@ -84,53 +71,6 @@ class ShardProgress:
     applied_at: str | None = None
 
 
-@dataclass(slots=True)
-class DatasetView:
-    id: str
-    slug: str
-    name: str
-    description: str | None
-    status: str
-    metadata: dict[str, Any]
-    view_name: str
-    columns: list[tuple[str, str]]
-    timestamp_column: str
-    partition_keys: list[str]
-    partition_count: int
-    total_rows: int
-    total_bytes: int
-    updated_at: str | None
-    alias_warning: str | None
-    collision: bool = False
-    shard: int = 0
-    write_format: str = "parquet"
-    created_at: str | None = None
-    column_details: list[tuple[str, str, bool, str | None]] = field(default_factory=list)
-
-
-def _naive_utc(value: Any) -> datetime | None:
-    if value is None:
-        return None
-    # row times are walduck's instant text; the ones a DuckDB TIMESTAMP (years 1..9999) cannot hold
-    # (±infinity, years > 9999, BC) are clamped to its ends (docs/contexts.md, "Values")
-    ts = parse_instant_clamped(value)[0] if isinstance(value, str) else value
-    if ts.tzinfo is not None:
-        ts = ts.astimezone(UTC).replace(tzinfo=None)
-    return ts
-
-
-def _as_dict(value: Any) -> dict[str, Any]:
-    if value is None:
-        return {}
-    if isinstance(value, str):
-        try:
-            loaded = loads_exact(value)
-        except (ValueError, RecursionError):
-            return {}
-        return loaded if isinstance(loaded, dict) else {}
-    return dict(value) if isinstance(value, dict) else {}
-
-
 def covered_lsn(delta: Delta) -> int:
     """The LSN through which everything is applied once ``delta`` is.
 
@@ -145,24 +85,6 @@ def covered_lsn(delta: Delta) -> int:
 def _stream_key(delta: Delta) -> tuple[int, str]:
     """Idempotence key of a delta: its changes-topic partition and its dataset (or the global stream)."""
     return (delta.src_partition, delta.dataset_id or GLOBAL_KEY)
-
-
-def _dataset_row(ds: dict[str, Any], shard: int) -> list[Any]:
-    """A catalog ``datasets`` row as the context's ``wd.datasets`` row (apply and rebuild write the same)."""
-    did = str(ds["id"])
-    return [
-        did,
-        shard,
-        ds.get("slug") or did,
-        ds.get("name") or ds.get("slug") or did,
-        ds.get("description"),
-        ds.get("status") or "active",
-        ds.get("write_format") or "parquet",
-        ds.get("default_storage_target_id"),
-        as_json_text(_as_dict(ds.get("metadata"))),
-        _naive_utc(ds.get("created_at")),
-        _naive_utc(ds.get("updated_at")),
-    ]
 
 
 class ContextStore:
@@ -183,18 +105,10 @@ class ContextStore:
         # delta per dataset per window, all naming the window's offset range (see walduck/deltas.py)
         self._src_offsets: dict[tuple[int, str], int] = {}
         self._targets: dict[str, dict[str, Any]] = {}
-        self._ds_cache: dict[str, DatasetView] = {}
-        self._ds_dirty: set[str] = set()
-        self._ds_all_dirty = True
-        self._ds_lock = threading.Lock()
-        # read-path caches (rebuilt from _ds_cache when a dataset is marked dirty; see _sync_datasets)
-        self._ds_snapshot: tuple[tuple[DatasetView, ...], dict[str, DatasetView]] | None = None
-        self._sv_cache: dict[str, dict[str, dict[str, str]]] = {}
-        # local file existence from directory listings cached per directory mtime (no stat per file per
-        # query); a directory's listing is dropped when DuckDB reports a missing file in it (reader())
-        self._presence = FilePresence(roots=[self.storage_root, *settings.allowed_directories])
-        self._file_columns = FileColumns()
-        self._outside_logged: set[str] = set()  # partition ids already logged as outside the root
+        self._datasets = DatasetCache(self._cursor)
+        self._relations = RelationReader(
+            self._cursor, self._datasets, [self.storage_root, *settings.allowed_directories]
+        )
         self._views_dirty: set[str] = set()
         self._rebuilds_running = 0
         self._view_owner: dict[str, str] = {}
@@ -287,7 +201,7 @@ class ContextStore:
         for tid, name, kind, config in cur.execute(
             f"SELECT id, name, kind, config FROM {WD}.storage_targets"
         ).fetchall():
-            self._targets[tid] = {"id": tid, "name": name, "kind": kind, "config": _as_dict(config)}
+            self._targets[tid] = {"id": tid, "name": name, "kind": kind, "config": as_dict(config)}
         for did, scope, reason, result, error, at, ms, lsn, replayed in cur.execute(
             f"SELECT dataset_id, scope, reason, result, error, finished_at, duration_ms, lsn, replayed_deltas"
             f" FROM {WD}.rebuilds"
@@ -511,7 +425,7 @@ class ContextStore:
         cur.execute(f"DELETE FROM {WD}.shard_progress WHERE list_contains(?, shard)", [[r[0] for r in rows]])
         cur.execute(
             f"INSERT INTO {WD}.shard_progress VALUES " + ", ".join(["(?, ?, ?, ?, ?, ?)"] * len(rows)),
-            [v for r in rows for v in (*r[:3], _naive_utc(r[3]), r[4], _naive_utc(r[5]))],
+            [v for r in rows for v in (*r[:3], naive_utc(r[3]), r[4], naive_utc(r[5]))],
         )
 
     def _full_scan_snapshot(self, delta: Delta) -> CatalogSnapshot:
@@ -522,8 +436,7 @@ class ContextStore:
     def _mark_touched(self, touched: set[str]) -> None:
         if touched:
             self._version += 1
-            with self._ds_lock:
-                self._ds_dirty |= touched
+            self._datasets.mark(touched)
             self._views_dirty |= touched
 
     def _after_commit(self, delta: Delta, partition: int, offset: int, elapsed: float) -> None:
@@ -613,7 +526,7 @@ class ContextStore:
             "id": tid,
             "name": target.get("name"),
             "kind": target.get("kind") or "local",
-            "config": _as_dict(target.get("config")),
+            "config": as_dict(target.get("config")),
         }
         cur.execute(f"DELETE FROM {WD}.storage_targets WHERE id = ?", [tid])
         if not target.get("deleted"):
@@ -648,7 +561,7 @@ class ContextStore:
             cur.execute(f"DELETE FROM {WD}.datasets WHERE id = ?", [did])
             cur.execute(
                 f"INSERT INTO {WD}.datasets VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                _dataset_row(ds, shard),
+                dataset_row(ds, shard),
             )
 
     def _upsert_schema_versions(
@@ -663,7 +576,7 @@ class ContextStore:
                     str(sv.get("dataset_id") or ds_id),
                     shard,
                     int(sv.get("version") or 0),
-                    as_json_text(_as_dict(sv.get("schema"))),
+                    as_json_text(as_dict(sv.get("schema"))),
                 ],
             )
 
@@ -686,8 +599,8 @@ class ContextStore:
                 partition_location(self._targets.get(str(u.get("storage_target_id"))), fp, self.storage_root)
             )
             cols["file_format"].append(u.get("file_format") or "parquet")
-            cols["start_time"].append(_naive_utc(u.get("start_time")) or FAR_PAST)
-            cols["end_time"].append(_naive_utc(u.get("end_time")) or FAR_FUTURE)
+            cols["start_time"].append(naive_utc(u.get("start_time")) or FAR_PAST)
+            cols["end_time"].append(naive_utc(u.get("end_time")) or FAR_FUTURE)
             cols["row_count"].append(u.get("row_count"))
             cols["file_size_bytes"].append(u.get("file_size_bytes"))
             cols["schema_version_id"].append(u.get("schema_version_id"))
@@ -720,7 +633,7 @@ class ContextStore:
         ).fetchone()
         if row is None or newest is None:
             return
-        fields = schema_columns(_as_dict(newest[0]))
+        fields = schema_columns(as_dict(newest[0]))
         if fields:
             cur.executemany(
                 f"INSERT INTO {WD}.columns VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -821,7 +734,7 @@ class ContextStore:
                     info["reason"],
                     info["result"],
                     info["error"],
-                    _naive_utc(info["at"]),
+                    naive_utc(info["at"]),
                     info["durationMs"],
                     info["lsn"],
                     info["replayedDeltas"],
@@ -958,149 +871,23 @@ class ContextStore:
 
     def datasets(self) -> list[DatasetView]:
         """Every dataset the context holds (copies: callers may change them), newest update first."""
-        views, _ = self._sync_datasets()
-        return [self._copy_view(v) for v in views]
-
-    def _sync_datasets(self) -> tuple[tuple[DatasetView, ...], dict[str, DatasetView]]:
-        """The dataset cache, brought up to date: (views sorted newest first, by id). Read-only for callers.
-
-        Only datasets marked dirty since the last call are re-read. One loader at a time, holding the
-        lock: a concurrent caller must not read the cache between another caller taking the dirty set and
-        storing what it loaded (it would miss those datasets).
-        """
-        with self._ds_lock:
-            if self._ds_all_dirty:
-                self._ds_cache.clear()
-                self._sv_cache.clear()
-                dirty: set[str] | None = None
-            else:
-                dirty = set(self._ds_dirty)
-            self._ds_dirty.clear()
-            self._ds_all_dirty = False
-            if dirty is None or dirty:
-                fresh = self._load_datasets(dirty)
-                for did in dirty or set():
-                    self._ds_cache.pop(did, None)
-                    self._sv_cache.pop(did, None)
-                self._ds_cache.update(fresh)
-                self._ds_snapshot = None
-            if self._ds_snapshot is None:
-                self._ds_snapshot = self._build_snapshot(self._ds_cache.values())
-            return self._ds_snapshot
-
-    def _build_snapshot(
-        self, cached: Iterable[DatasetView]
-    ) -> tuple[tuple[DatasetView, ...], dict[str, DatasetView]]:
-        views = [self._copy_view(v) for v in cached]
-        by_name: dict[str, list[DatasetView]] = {}
-        for v in views:
-            by_name.setdefault(v.view_name, []).append(v)
-        for group in by_name.values():
-            if len(group) > 1:
-                for v in group:
-                    v.collision = True
-        views.sort(key=lambda v: (v.updated_at or "", v.id), reverse=True)
-        return tuple(views), {v.id: v for v in views}
-
-    @staticmethod
-    def _copy_view(v: DatasetView) -> DatasetView:
-        return dataclasses.replace(v, columns=list(v.columns), partition_keys=list(v.partition_keys))
-
-    def collision_warnings(self, views: list[DatasetView] | None = None) -> list[str]:
-        views = views if views is not None else self.datasets()
-        by_name: dict[str, list[str]] = {}
-        for v in views:
-            by_name.setdefault(v.view_name, []).append(v.slug)
-        return [
-            f"Datasets {', '.join(sorted(slugs))} all sanitise to view timestore.{name}; "
-            "the relation is ambiguous (reference it with the exact slug)."
-            for name, slugs in sorted(by_name.items())
-            if len(slugs) > 1
-        ]
-
-    def _load_datasets(self, only: set[str] | None) -> dict[str, DatasetView]:
-        # ONE query (dataset rows, partition aggregates, columns): it runs after every apply that touched a
-        # dataset, on the request path; the filters sit inside the aggregates so re-reading one dataset
-        # never scans the other datasets' partitions
-        # `col IN (?, …)`, not list_contains(): DuckDB pushes an IN list into the scan (2× faster here)
-        if only is not None and not only:
-            return {}
-        ids = sorted(only) if only is not None else []
-        flt = f"WHERE {{col}} IN ({', '.join('?' * len(ids))})" if only is not None else ""
-        params = ids * 3
-        cur = self._cursor()
-        try:
-            rows = cur.execute(
-                f"""WITH p AS (SELECT dataset_id, count(*) AS n, sum(row_count) AS r, sum(file_size_bytes) AS b,
-                                      list(DISTINCT partition_key) AS keys
-                               FROM {WD}.partitions {flt.format(col="dataset_id")} GROUP BY dataset_id),
-                         c AS (SELECT dataset_id,
-                                      list([column_name, data_type, nullable::VARCHAR, description]
-                                           ORDER BY ordinal) AS cols
-                               FROM {WD}.columns {flt.format(col="dataset_id")} GROUP BY dataset_id)
-                    SELECT d.id, d.slug, d.name, d.description, d.status, d.metadata, d.updated_at, d.shard,
-                           d.write_format, d.created_at,
-                           coalesce(p.n, 0), coalesce(p.r, 0), coalesce(p.b, 0), p.keys, c.cols
-                    FROM {WD}.datasets d
-                    LEFT JOIN p ON p.dataset_id = d.id
-                    LEFT JOIN c ON c.dataset_id = d.id
-                    {flt.format(col="d.id")}""",
-                params,
-            ).fetchall()
-        finally:
-            cur.close()
-        out: dict[str, DatasetView] = {}
-        for did, slug, name, desc, status, meta, updated, shard, wf, created, n, r, b, keys, cols in rows:
-            metadata = _as_dict(meta)
-            details = [(c[0], c[1], c[2] == "true", c[3]) for c in cols or []]
-            columns = [(c[0], c[1]) for c in details]
-            key_names: set[str] = set()
-            for k in keys or []:
-                key_names |= set(_as_dict(k))
-            view = sanitize_view_name(slug)
-            out[did] = DatasetView(
-                id=did,
-                slug=slug,
-                name=name,
-                description=desc,
-                status=status,
-                metadata=metadata,
-                view_name=view,
-                columns=columns,
-                timestamp_column=timestamp_column(metadata, columns),
-                partition_keys=sorted(key_names),
-                partition_count=int(n),
-                total_rows=int(r),
-                total_bytes=int(b),
-                updated_at=iso(updated) if updated else None,
-                alias_warning=alias_warning(slug, view),
-                shard=int(shard),
-                write_format=wf,
-                created_at=iso(created) if created else None,
-                column_details=details,
-            )
-        return out
+        return self._datasets.datasets()
 
     def dataset(self, dataset_id: str) -> DatasetView:
-        _, by_id = self._sync_datasets()
-        view = by_id.get(dataset_id)
-        if view is None:
-            raise UnknownDataset(dataset_id)
-        return self._copy_view(view)
+        return self._datasets.dataset(dataset_id)
 
     def resolve_relation(self, name: str) -> list[DatasetView]:
         """Datasets a ``timestore.<name>`` reference may mean: exact slug matches first, then view-name matches."""
-        views, _ = self._sync_datasets()
-        exact = [v for v in views if v.slug == name]
-        if exact:
-            found = exact + [v for v in views if v.view_name == name and v.slug != name]
-        else:
-            # DuckDB identifiers are case-insensitive: `timestore.OBSERVATORY` reaches view `observatory`
-            folded = name.lower()
-            found = [v for v in views if v.slug.lower() == folded or v.view_name.lower() == folded]
-        return [self._copy_view(v) for v in found]
+        return self._datasets.resolve(name)
 
-    # ------------------------------------------------------------------ relation SQL
+    def collision_warnings(self, views: list[DatasetView] | None = None) -> list[str]:
+        return collision_warnings(views if views is not None else self.datasets())
+
+    def partition_index(self, dataset_id: str | None = None) -> list[dict[str, Any]]:
+        """Visible partitions held (for verify and ``?detail=partitions``)."""
+        return partition_index(self._cursor, dataset_id)
+
+    # ------------------------------------------------------------------ relation SQL (relation.py)
     def relation_sql(
         self,
         dataset_id: str,
@@ -1110,128 +897,8 @@ class ContextStore:
         count_skips: bool = True,
         bind: FileBinder | None = None,
     ) -> tuple[str, list[str]]:
-        """SQL of a subquery over the dataset's visible partitions overlapping [start, end].
-
-        ``bind``: file lists become statement parameters (``relation.relation_sql``).
-
-        Per call: one indexed DuckDB query for the overlapping partitions (MVCC-consistent, so an apply
-        never has to patch a Python copy of the index); the dataset's columns and schema versions come
-        from caches re-read only when an apply marks the dataset dirty; files already seen to exist are
-        not stat'ed one by one (``file_presence``: directory listings cached per directory mtime).
-        """
-        lo = _naive_utc(start) or FAR_PAST
-        hi = _naive_utc(end) or FAR_FUTURE
-        view = self._sync_datasets()[1].get(dataset_id)
-        if view is None:
-            raise UnknownDataset(dataset_id)
-        versions = self._schema_versions(dataset_id)
-        cur = self._cursor()
-        try:
-            parts = cur.execute(
-                f"""SELECT id, location, schema_version_id FROM {WD}.partitions
-                    WHERE dataset_id = ? AND end_time >= ? AND start_time <= ?
-                      AND coalesce(file_format, 'parquet') = 'parquet'
-                    ORDER BY start_time, id""",
-                [dataset_id, lo, hi],
-            ).fetchall()
-        finally:
-            cur.close()
-        probe = self._presence.probe()
-        missing: list[str] = []
-        outside: list[tuple[str, str]] = []
-        present: list[tuple[str, str, str | None]] = []
-        for pid, loc, svid in parts:
-            state = probe.state(loc)
-            if state is FileState.PRESENT:
-                present.append((pid, loc, svid))
-            elif state is FileState.MISSING:
-                missing.append(pid)
-            else:
-                outside.append((pid, loc))
-        warnings = self._skip_warnings(view.slug, missing, count_skips) if missing else []
-        if outside:
-            warnings.extend(self._outside_warnings(view.slug, outside, count_skips))
-        # a file's columns are what its footer says, whatever version the catalog attributes it to (issue 20)
-        cur = self._cursor()
-        try:
-            footers = self._file_columns.columns(cur, [loc for _, loc, _ in present])
-        finally:
-            cur.close()
-        groups, type_warnings = group_files(present, view.columns, versions, footers, view.slug)
-        if type_warnings:
-            warnings.extend(type_warnings)
-            if count_skips:
-                metrics.INCOMPATIBLE_PARTITION_COLUMNS.inc(len(type_warnings))
-        if not groups:
-            if parts:
-                warnings.append(
-                    f"No readable partitions found for dataset {view.slug}; returning empty view."
-                )
-            return empty_relation_sql(view.columns), warnings
-        return relation_sql(view.columns, groups, bind), warnings
-
-    def _schema_versions(self, dataset_id: str) -> dict[str, dict[str, str]]:
-        """Column name -> type per schema version id of the dataset (cached until the dataset changes)."""
-        cached = self._sv_cache.get(dataset_id)
-        if cached is not None:
-            return cached
-        with self._ds_lock:  # loaded and stored under the lock that invalidates it (_sync_datasets)
-            if dataset_id in self._ds_dirty or self._ds_all_dirty:
-                return self._read_schema_versions(dataset_id)  # stale in a moment: do not cache
-            cached = self._sv_cache.get(dataset_id)
-            if cached is None:
-                cached = self._sv_cache[dataset_id] = self._read_schema_versions(dataset_id)
-            return cached
-
-    def _read_schema_versions(self, dataset_id: str) -> dict[str, dict[str, str]]:
-        cur = self._cursor()
-        try:
-            rows = cur.execute(
-                f"SELECT id, schema FROM {WD}.schema_versions WHERE dataset_id = ?", [dataset_id]
-            ).fetchall()
-        finally:
-            cur.close()
-        return {svid: {n: t for n, t, _, _ in schema_columns(_as_dict(schema))} for svid, schema in rows}
-
-    def _outside_warnings(self, slug: str, outside: list[tuple[str, str]], count_skips: bool) -> list[str]:
-        """Partitions whose file lies outside the storage root: skipped (DuckDB would refuse the whole read)."""
-        if count_skips:
-            metrics.PARTITIONS_OUTSIDE_ROOT.inc(len(outside))
-            new = [(pid, loc) for pid, loc in outside if pid not in self._outside_logged]
-            if new:
-                if len(self._outside_logged) > 10_000:
-                    self._outside_logged.clear()
-                self._outside_logged.update(pid for pid, _ in new)
-                log.warning(
-                    "dataset %s: %d partition file(s) outside the storage root skipped, e.g. %s at %s",
-                    slug,
-                    len(new),
-                    new[0][0],
-                    new[0][1],
-                )
-        return [
-            f"Ignored partition {pid} from dataset {slug}: its file {loc} lies outside the storage root."
-            for pid, loc in outside
-        ]
-
-    def _skip_warnings(self, slug: str, missing: list[str], count_skips: bool) -> list[str]:
-        """Timestore's "Skipped partition …" text per missing file (built only when a file is missing)."""
-        if count_skips:
-            metrics.SKIPPED_PARTITIONS.inc(len(missing))
-        cur = self._cursor()
-        try:
-            rows = cur.execute(
-                f"""SELECT id, start_time, end_time, storage_target_id, location FROM {WD}.partitions
-                    WHERE list_contains(?, id) ORDER BY start_time, id""",
-                [missing],
-            ).fetchall()
-        finally:
-            cur.close()
-        return [
-            f"Skipped partition {pid} from dataset {slug}; storage target {target}; "
-            f"window {iso(st)} – {iso(et)}; object not found at {loc}."
-            for pid, st, et, target, loc in rows
-        ]
+        """SQL of a subquery over the dataset's visible partitions overlapping [start, end], and warnings."""
+        return self._relations.relation_sql(dataset_id, start, end, count_skips=count_skips, bind=bind)
 
     # ------------------------------------------------------------------ execution guard (guard.py)
     def statement_tree(self, sql: str) -> dict[str, Any]:
@@ -1245,55 +912,8 @@ class ContextStore:
 
     def files_outside(self, dataset_id: str, locations: list[str]) -> list[str]:
         """Those of ``locations`` the partition index does not list for ``dataset_id`` now."""
-        cur = self._cursor()
-        try:
-            rows = cur.execute(
-                f"""SELECT f.loc FROM (SELECT DISTINCT unnest(?::VARCHAR[]) AS loc) f
-                    WHERE NOT EXISTS (SELECT 1 FROM {WD}.partitions p
-                                      WHERE p.dataset_id = ? AND p.location = f.loc)""",
-                [locations, dataset_id],
-            ).fetchall()
-        finally:
-            cur.close()
-        return [r[0] for r in rows]
+        return self._relations.files_outside(dataset_id, locations)
 
     def forget_missing_files(self, error: str) -> None:
-        """DuckDB could not open a file: drop the cached listing of its directory, so the next plan re-reads
-        it (and skips the file with a warning).
-
-        Called by :meth:`reader` for every failed read; only "file not found" errors matter. The paths are
-        taken from the message; when none can be named, every cached listing is dropped.
-        """
-        lowered = error.lower()
-        if not any(marker in lowered for marker in MISSING_FILE_MARKERS):
-            return
-        paths = _QUOTED_PATH.findall(error)
-        if not paths:
-            self._presence.forget_all()
-        for path in paths:
-            self._presence.forget(path)
-
-    # ------------------------------------------------------------------ snapshot
-    def partition_index(self, dataset_id: str | None = None) -> list[dict[str, Any]]:
-        """Visible partitions held (for verify and ``?detail=partitions``)."""
-        cur = self._cursor()
-        try:
-            where = " WHERE dataset_id = ?" if dataset_id else ""
-            rows = cur.execute(
-                f"""SELECT dataset_id, manifest_shard, id, file_path, row_count, shard FROM {WD}.partitions{where}
-                    ORDER BY dataset_id, manifest_shard, id""",
-                [dataset_id] if dataset_id else [],
-            ).fetchall()
-        finally:
-            cur.close()
-        return [
-            {
-                "datasetId": d,
-                "manifestShard": m,
-                "partitionId": p,
-                "filePath": f,
-                "rowCount": r,
-                "contextShard": s,
-            }
-            for d, m, p, f, r, s in rows
-        ]
+        """DuckDB could not open a file: forget the cached listing of its directory (``relation.py``)."""
+        self._relations.forget_missing_files(error)
