@@ -109,9 +109,9 @@ class ContextStore:
         self._readers.fill()
         self._opened_at = utcnow()
         with self._write_lock:
-            self._views.mark(
-                {row[0] for row in self._writer.execute(f"SELECT id FROM {WD}.datasets").fetchall()}
-            )
+            self._views.dirty = {
+                row[0] for row in self._writer.execute(f"SELECT id FROM {WD}.datasets").fetchall()
+            }
             # bounded: a big context's views are finished by the consumer's refreshes (build.py)
             self._views.refresh_now(time.monotonic(), self.settings.view_refresh_budget_s)
 
