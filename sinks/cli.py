@@ -88,10 +88,11 @@ def context_status(
 ) -> None:
     """Print the runtime-cache snapshot of a context file (per-shard LSN, offsets, datasets)."""
     from sinks.context.store import ContextStore
+    from sinks.service.admin_snapshot import admin_snapshot
 
     sink, walduck = _settings(data_dir, None, context_path)
     with ContextStore(sink, walduck) as store:
-        print(json.dumps(store.snapshot(), indent=2, default=str))
+        print(json.dumps(admin_snapshot(store), indent=2, default=str))
 
 
 @app.command()

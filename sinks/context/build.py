@@ -3,7 +3,7 @@
 * **bootstrap** of new, wiped or retention-truncated shards (:meth:`ContextBuilder.bootstrap`, called by the
   deltas consumer before it follows the deltas),
 * **admin rebuild** of one dataset or all (:meth:`ContextBuilder.rebuild`, through the rebuild scheduler),
-* **full-scan applies** (:meth:`ContextBuilder.replace_from_snapshot`, called from ``ContextStore.apply``).
+* **full-scan applies** (:meth:`ContextBuilder.replace_from_snapshot`, called from ``apply.Applier``).
 
 Every build is the same sequence (``read_catalog`` documents the snapshot; ``bulkload`` the COPY path):
 
@@ -42,7 +42,7 @@ the snapshot already holds is replayed twice, harmlessly); deltas still to come 
 Offsets and LSNs are not touched by a rebuild.
 
 Plain views (``timestore.<view>``) are NOT refreshed by a build: the datasets are marked dirty and the consumer
-refreshes them in bounded chunks afterwards (``ContextStore.refresh_views``); ``/sql/read`` never uses them (the
+refreshes them in bounded chunks afterwards (``views.ViewRefresher``); ``/sql/read`` never uses them (the
 planner rewrites every ``timestore.<view>``). ``WALDUCK_BUILD_REFRESH_VIEWS=true`` keeps the old behaviour
 (refresh every view under the writer lock at the end of the build; the benchmark's baseline).
 """
@@ -62,8 +62,12 @@ import pyarrow.compute as pc
 
 from sinks.context import pgsource
 from sinks.context.bulkload import insert_partitions
+from sinks.context.datasets import dataset_row
 from sinks.context.ddl import INDEX_SCHEMA as WD
+from sinks.context.naming import schema_columns
 from sinks.context.pgsource import CatalogSnapshot, as_json_text
+from sinks.context.progress import ProgressRow
+from sinks.context.values import FAR_FUTURE, FAR_PAST, as_dict
 from walduck import metrics
 from walduck.deltas import Delta
 from walduck.lsn import format_lsn
@@ -174,20 +178,20 @@ class ContextBuilder:
                     touched |= set(existing)
                     with timings.step("journal replay"):
                         touched |= self._replay_journal(cur, journal)
-                    cur.execute(f"DELETE FROM {WD}.shard_progress WHERE list_contains(?, shard)", [shards])
-                    for shard in shards:
-                        prog = st._progress_of(shard)
-                        cur.execute(
-                            f"INSERT INTO {WD}.shard_progress VALUES (?, ?, ?, ?, ?, ?)",
-                            [
+                    st._progress.write(
+                        cur,
+                        [
+                            ProgressRow(
                                 shard,
                                 ends[shard] - 1,
-                                max(prog.applied_lsn, snap.lsn),
-                                _naive(at),
+                                max(st._progress.of(shard).applied_lsn, snap.lsn),
+                                at,
                                 True,
-                                _naive(at),
-                            ],
-                        )
+                                at,
+                            )
+                            for shard in shards
+                        ],
+                    )
                     with timings.step("commit"):
                         cur.commit()
                 except Exception:
@@ -196,7 +200,7 @@ class ContextBuilder:
                     raise
                 st._rebuild_journals.remove(journal)
                 for shard in shards:
-                    prog = st._progress_of(shard)
+                    prog = st._progress.of(shard)
                     prog.deltas_offset = ends[shard] - 1
                     prog.applied_lsn = max(prog.applied_lsn, snap.lsn)
                     prog.newest_commit_ts = iso(at)
@@ -208,7 +212,7 @@ class ContextBuilder:
         finally:
             with st._write_lock, contextlib.suppress(ValueError):
                 st._rebuild_journals.remove(journal)
-        st._wake_lsn_waiters()
+        st._lsn.wake()
         elapsed = time.perf_counter() - started
         metrics.REBUILDS.labels(scope="shard", result="ok").inc(len(shards))
         metrics.REBUILD_DURATION.labels(scope="shard").observe(elapsed)
@@ -286,7 +290,7 @@ class ContextBuilder:
             "lsn": format_lsn(snap.lsn),
             "replayedDeltas": replayed,
         }
-        st._record_rebuild(touched | ({"*"} if dataset_id is None else set()), info)
+        st.rebuilds.record(touched | ({"*"} if dataset_id is None else set()), info)
         log.info(
             "rebuilt %s (%s) in %.1f ms at snapshot LSN %s, %d delta(s) applied meanwhile replayed; %s",
             dataset_id or "all datasets",
@@ -300,10 +304,7 @@ class ContextBuilder:
     def _after_build(self, touched: set[str], timings: BuildTimings) -> None:
         """Under the writer lock, after the commit: caches dirty; plain views refreshed later, in chunks."""
         st = self.store
-        st._version += 1
-        with st._ds_lock:
-            st._ds_dirty |= touched
-        st._views_dirty |= touched
+        st._mark_changed(touched, always=True)
         if st.settings.build_refresh_views:  # the old behaviour (bench baseline): every view, under the lock
             with timings.step("plain views"):
                 st.refresh_views(force=True)
@@ -344,8 +345,6 @@ class ContextBuilder:
         wiped: bool = False,
     ) -> set[str]:
         """Insert the snapshot's rows (their old rows are already deleted); the dataset ids written."""
-        from sinks.context.store import FAR_FUTURE, FAR_PAST, _as_dict, _dataset_row
-
         st = self.store
         n = st.walduck.topic_partitions
         existing = existing or {}
@@ -357,9 +356,9 @@ class ContextBuilder:
 
         with timings.step("datasets + schema versions"):
             for target in snap.storage_targets:
-                st._upsert_target(cur, target)
+                st.content.upsert_target(cur, target)
             ids = {str(d["id"]) for d in snap.datasets}
-            _insert_rows(cur, "datasets", [_dataset_row(ds, shard_of(str(ds["id"]))) for ds in snap.datasets])
+            _insert_rows(cur, "datasets", [dataset_row(ds, shard_of(str(ds["id"]))) for ds in snap.datasets])
             sv_ids = [str(sv["id"]) for sv in snap.schema_versions]
             if sv_ids and not wiped:
                 cur.execute(f"DELETE FROM {WD}.schema_versions WHERE list_contains(?, id)", [sv_ids])
@@ -372,7 +371,7 @@ class ContextBuilder:
                         str(sv["dataset_id"]),
                         shard_of(str(sv["dataset_id"])),
                         int(sv.get("version") or 0),
-                        as_json_text(_as_dict(sv.get("schema"))),
+                        as_json_text(as_dict(sv.get("schema"))),
                     ]
                     for sv in snap.schema_versions
                 ],
@@ -380,22 +379,25 @@ class ContextBuilder:
         with timings.step("partitions insert"):
             if snap.partitions_table is not None:
                 insert_partitions(
-                    cur, snap.partitions_table, shard_of, st._targets, st.storage_root, FAR_PAST, FAR_FUTURE
+                    cur,
+                    snap.partitions_table,
+                    shard_of,
+                    st.content.targets,
+                    st.storage_root,
+                    FAR_PAST,
+                    FAR_FUTURE,
                 )
             parts: dict[str, list[dict[str, Any]]] = {}
             for p in snap.partitions:
                 parts.setdefault(str(p["dataset_id"]), []).append(p)
             for did, ps in parts.items():
-                st._insert_partitions(cur, ps, shard_of(did), did)
+                st.content.insert_partitions(cur, ps, shard_of(did), did)
         with timings.step("columns"):
             self._recompute_columns_of(cur, sorted(ids))
         return ids
 
     def _recompute_columns_of(self, cur: duckdb.DuckDBPyConnection, ids: list[str]) -> None:
-        """``ContextStore._recompute_columns`` for many datasets in a few statements (rows already deleted)."""
-        from sinks.context.naming import schema_columns
-        from sinks.context.store import _as_dict
-
+        """``ContentWriter._recompute_columns`` for many datasets in a few statements (rows already deleted)."""
         if not ids:
             return
         shards = dict(
@@ -411,7 +413,7 @@ class ContextBuilder:
             [did, shards[did], i, n, t, nl, d]
             for did, schema in newest
             if did in shards
-            for i, (n, t, nl, d) in enumerate(schema_columns(_as_dict(schema)))
+            for i, (n, t, nl, d) in enumerate(schema_columns(as_dict(schema)))
         ]
         if rows:
             _insert_rows(cur, "columns", rows)
@@ -439,17 +441,11 @@ class ContextBuilder:
                     touched |= self.replace_from_snapshot(cur, one, shard_of[did], did)
             for delta, partition in journal:
                 if delta.dataset_id is None:
-                    touched |= st._apply_content(cur, delta, partition)
+                    touched |= st.content.apply_delta(cur, delta, partition)
             return touched
         for delta, partition in journal:
-            touched |= st._apply_content(cur, delta, partition)
+            touched |= st.content.apply_delta(cur, delta, partition)
         return touched
-
-
-def _naive(value: Any) -> Any:
-    from sinks.context.store import _naive_utc
-
-    return _naive_utc(value)
 
 
 def _insert_rows(cur: duckdb.DuckDBPyConnection, table: str, rows: list[list[Any]]) -> None:

@@ -30,8 +30,9 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from sinks.context.exceptions import FilesNotListed, GuardViolation
 from sinks.context.naming import RUNTIME_SCHEMA
-from sinks.context.planner import RUNTIME_TABLES, PlanError, PlannedQuery
+from sinks.context.planner import RUNTIME_TABLES, PlannedQuery
 from sinks.context.scope import ALLOWED_TABLE_FUNCTIONS, DENIED_FUNCTION
 
 TABLE_FUNCTIONS = ALLOWED_TABLE_FUNCTIONS | {"read_parquet"}
@@ -59,15 +60,6 @@ KNOWN_NODE_TYPES = frozenset(
         "DESCENDING",
     }
 )
-
-
-# how often a plan is made again when the index dropped one of its files meanwhile (retention)
-class GuardViolation(PlanError):
-    """The planned statement reaches something the caller may not read (HTTP 400, counted)."""
-
-
-class FilesNotListed(GuardViolation):
-    """Files of the plan the partition index does not list for the dataset they were planned for."""
 
 
 class GuardedStore(Protocol):

@@ -22,47 +22,21 @@ from typing import TYPE_CHECKING, Any
 
 from sqlglot import exp
 
+from sinks.context.exceptions import (
+    AmbiguousRelation,
+    ForbiddenDataset,
+    ForbiddenFunction,
+    PlanError,
+    UnknownRelation,
+    UnsupportedStatement,
+)
 from sinks.context.naming import RUNTIME_SCHEMA, VIEW_SCHEMA
 from sinks.context.scope import Binding, bind_relations
-from walduck.errors import WalduckError
 
 if TYPE_CHECKING:
     from sinks.context.store import ContextStore, DatasetView
 
 RUNTIME_TABLES = {"datasets": "dataset_id", "partitions": "dataset_slug", "columns": "dataset_slug"}
-
-
-class PlanError(WalduckError, ValueError):
-    """Base of the planner's named errors."""
-
-
-class UnknownRelation(PlanError):
-    def __init__(self, name: str) -> None:
-        super().__init__(f"unknown relation {name}")
-        self.name = name
-
-
-class AmbiguousRelation(UnknownRelation):
-    def __init__(self, name: str, slugs: list[str]) -> None:
-        PlanError.__init__(self, f"relation {name} is ambiguous: datasets {', '.join(slugs)} share it")
-        self.name = name
-        self.slugs = slugs
-
-
-class ForbiddenDataset(PlanError):
-    def __init__(self, slug: str) -> None:
-        super().__init__(f"not allowed to read dataset {slug}")
-        self.slug = slug
-
-
-class ForbiddenFunction(PlanError):
-    def __init__(self, name: str) -> None:
-        super().__init__(f"table function {name} is not allowed")
-        self.name = name
-
-
-class UnsupportedStatement(PlanError):
-    """Only queries (SELECT, set operations, WITH …) can be planned."""
 
 
 @dataclass(slots=True)

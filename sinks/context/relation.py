@@ -14,14 +14,35 @@ Scans with a known select list pass ``hive_partitioning = false``: Timestore wri
 time and, for a schema column named like a key (``window``, ``dataset``), return the path's value instead
 of the file's, and only when every file of the scan has the same keys. The select list never asks for a
 path-only column, so the scan reads the files' own values and skips the per-file path parsing.
+
+:class:`RelationReader` builds one dataset's relation from the partition index: the partitions overlapping a
+time range, files that are missing (skipped, warned) or outside the storage root (skipped, warned), and the
+directory listings forgotten when DuckDB reports a missing file (``forget_missing_files``).
 """
 
 from __future__ import annotations
 
+import logging
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
+import duckdb
+
+from sinks.context.datasets import DatasetCache
+from sinks.context.ddl import INDEX_SCHEMA as WD
+from sinks.context.file_columns import FileColumns
+from sinks.context.file_presence import FilePresence, FileState
 from sinks.context.naming import quote_ident, quote_literal
+from sinks.context.values import FAR_FUTURE, FAR_PAST, naive_utc
+from walduck import metrics
+from walduck.timeutil import iso
+
+log = logging.getLogger(__name__)
+# DuckDB's messages for a file it cannot open (a partition file deleted before its catalog row)
+MISSING_FILE_MARKERS = ("no files found", "cannot open file", "no such file", "could not open file")
+_QUOTED_PATH = re.compile(r'"([^"]+)"')
 
 
 @dataclass(slots=True)
@@ -226,3 +247,155 @@ def relation_sql(
     if not columns and len(parts) > 1:
         return " UNION ALL BY NAME ".join(parts)
     return " UNION ALL ".join(parts)
+
+
+class RelationReader:
+    """One dataset's relation SQL from the partition index (see the module docstring)."""
+
+    def __init__(
+        self, cursor: Callable[[], duckdb.DuckDBPyConnection], datasets: DatasetCache, roots: list[str]
+    ) -> None:
+        self._cursor = cursor
+        self._datasets = datasets
+        # local file existence from directory listings cached per directory mtime (no stat per file per
+        # query); a directory's listing is dropped when DuckDB reports a missing file in it (reader())
+        self._presence = FilePresence(roots=roots)
+        self._file_columns = FileColumns()
+        self._outside_logged: set[str] = set()  # partition ids already logged as outside the root
+
+    def relation_sql(
+        self,
+        dataset_id: str,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        *,
+        count_skips: bool = True,
+        bind: FileBinder | None = None,
+    ) -> tuple[str, list[str]]:
+        """SQL of a subquery over the dataset's visible partitions overlapping [start, end], and warnings.
+
+        ``bind``: file lists become statement parameters (:func:`relation_sql`).
+
+        Per call: one indexed DuckDB query for the overlapping partitions (MVCC-consistent, so an apply
+        never has to patch a Python copy of the index); the dataset's columns and schema versions come
+        from caches re-read only when an apply marks the dataset dirty; files already seen to exist are
+        not stat'ed one by one (``file_presence``: directory listings cached per directory mtime).
+        """
+        lo = naive_utc(start) or FAR_PAST
+        hi = naive_utc(end) or FAR_FUTURE
+        view = self._datasets.get(dataset_id)
+        versions = self._datasets.schema_versions(dataset_id)
+        cur = self._cursor()
+        try:
+            parts = cur.execute(
+                f"""SELECT id, location, schema_version_id FROM {WD}.partitions
+                    WHERE dataset_id = ? AND end_time >= ? AND start_time <= ?
+                      AND coalesce(file_format, 'parquet') = 'parquet'
+                    ORDER BY start_time, id""",
+                [dataset_id, lo, hi],
+            ).fetchall()
+        finally:
+            cur.close()
+        probe = self._presence.probe()
+        missing: list[str] = []
+        outside: list[tuple[str, str]] = []
+        present: list[tuple[str, str, str | None]] = []
+        for pid, loc, svid in parts:
+            state = probe.state(loc)
+            if state is FileState.PRESENT:
+                present.append((pid, loc, svid))
+            elif state is FileState.MISSING:
+                missing.append(pid)
+            else:
+                outside.append((pid, loc))
+        warnings = self._skip_warnings(view.slug, missing, count_skips) if missing else []
+        if outside:
+            warnings.extend(self._outside_warnings(view.slug, outside, count_skips))
+        # a file's columns are what its footer says, whatever version the catalog attributes it to (issue 20)
+        cur = self._cursor()
+        try:
+            footers = self._file_columns.columns(cur, [loc for _, loc, _ in present])
+        finally:
+            cur.close()
+        groups, type_warnings = group_files(present, view.columns, versions, footers, view.slug)
+        if type_warnings:
+            warnings.extend(type_warnings)
+            if count_skips:
+                metrics.INCOMPATIBLE_PARTITION_COLUMNS.inc(len(type_warnings))
+        if not groups:
+            if parts:
+                warnings.append(
+                    f"No readable partitions found for dataset {view.slug}; returning empty view."
+                )
+            return empty_relation_sql(view.columns), warnings
+        return relation_sql(view.columns, groups, bind), warnings
+
+    def _outside_warnings(self, slug: str, outside: list[tuple[str, str]], count_skips: bool) -> list[str]:
+        """Partitions whose file lies outside the storage root: skipped (DuckDB would refuse the whole read)."""
+        if count_skips:
+            metrics.PARTITIONS_OUTSIDE_ROOT.inc(len(outside))
+            new = [(pid, loc) for pid, loc in outside if pid not in self._outside_logged]
+            if new:
+                if len(self._outside_logged) > 10_000:
+                    self._outside_logged.clear()
+                self._outside_logged.update(pid for pid, _ in new)
+                log.warning(
+                    "dataset %s: %d partition file(s) outside the storage root skipped, e.g. %s at %s",
+                    slug,
+                    len(new),
+                    new[0][0],
+                    new[0][1],
+                )
+        return [
+            f"Ignored partition {pid} from dataset {slug}: its file {loc} lies outside the storage root."
+            for pid, loc in outside
+        ]
+
+    def _skip_warnings(self, slug: str, missing: list[str], count_skips: bool) -> list[str]:
+        """Timestore's "Skipped partition …" text per missing file (built only when a file is missing)."""
+        if count_skips:
+            metrics.SKIPPED_PARTITIONS.inc(len(missing))
+        cur = self._cursor()
+        try:
+            rows = cur.execute(
+                f"""SELECT id, start_time, end_time, storage_target_id, location FROM {WD}.partitions
+                    WHERE list_contains(?, id) ORDER BY start_time, id""",
+                [missing],
+            ).fetchall()
+        finally:
+            cur.close()
+        return [
+            f"Skipped partition {pid} from dataset {slug}; storage target {target}; "
+            f"window {iso(st)} – {iso(et)}; object not found at {loc}."
+            for pid, st, et, target, loc in rows
+        ]
+
+    def files_outside(self, dataset_id: str, locations: list[str]) -> list[str]:
+        """Those of ``locations`` the partition index does not list for ``dataset_id`` now."""
+        cur = self._cursor()
+        try:
+            rows = cur.execute(
+                f"""SELECT f.loc FROM (SELECT DISTINCT unnest(?::VARCHAR[]) AS loc) f
+                    WHERE NOT EXISTS (SELECT 1 FROM {WD}.partitions p
+                                      WHERE p.dataset_id = ? AND p.location = f.loc)""",
+                [locations, dataset_id],
+            ).fetchall()
+        finally:
+            cur.close()
+        return [r[0] for r in rows]
+
+    def forget_missing_files(self, error: str) -> None:
+        """DuckDB could not open a file: drop the cached listing of its directory, so the next plan re-reads
+        it (and skips the file with a warning).
+
+        Called by the reader pool for every failed read; only "file not found" errors matter. The paths are
+        taken from the message; when none can be named, every cached listing is dropped.
+        """
+        lowered = error.lower()
+        if not any(marker in lowered for marker in MISSING_FILE_MARKERS):
+            return
+        paths = _QUOTED_PATH.findall(error)
+        if not paths:
+            self._presence.forget_all()
+        for path in paths:
+            self._presence.forget(path)

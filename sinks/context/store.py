@@ -1,214 +1,71 @@
-"""ContextStore: one DuckDB instance holding every context shard's partition index.
-
-Over 500 lines: the context store's façade and the concepts not yet split out of it (issue 14, item 2).
+"""ContextStore: one DuckDB instance holding every context shard's partition index — the façade.
 
 Layout (reasoning in ``docs/contexts.md``): one DuckDB file; every index row carries ``shard`` (the
 deltas-topic partition it came from); ``wd.shard_progress`` / ``wd.src_offsets`` hold, per shard,
 the deltas offset, source offset and LSN applied, written in the same DuckDB transaction as the
-change. One writer (a lock; the consumer calls :meth:`apply` from one thread); readers take cursors
+change. One writer (a lock; the consumer calls :meth:`apply_batch` from one thread); readers take cursors
 from a bounded pool on the sandboxed instance and keep their MVCC snapshot while applies commit.
+
+The concepts live in their own modules (``docs/design.md`` §9); this class holds the shared state (the
+instance, the writer cursor and its lock) and wires them:
+
+=====================  =======================================================================
+``lifecycle``          open (limits, sandbox), idle checkpoint
+``readers``            reader pool, pinned snapshots
+``apply``              deltas → one DuckDB transaction per run (``apply(x)`` is ``apply_batch([x])``)
+``content``            a delta's rows into the index
+``progress``           shard progress and source offsets (the only SQL writing their rows)
+``lsnwait``            readers waiting for an LSN
+``datasets``           the dataset cache
+``relation``           a dataset's relation SQL, missing and outside files
+``views``              plain ``timestore.<view>`` views
+``build``/``rebuilds`` bootstrap, rebuild and full-scan reads from PostgreSQL; scheduling, history
+=====================  =======================================================================
+
+The admin snapshot (JSON for ``/admin/sql/runtime-cache``) is the query service's:
+``sinks/service/admin_snapshot.py``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import contextvars
-import dataclasses
-import hashlib
-import logging
-import os
-import queue
-import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from collections.abc import Callable, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import duckdb
 import orjson
-import pyarrow as pa
 
-from sinks.context import ddl, staleness
+from sinks.context import lifecycle
+from sinks.context.apply import Applier
 from sinks.context.build import ContextBuilder
+from sinks.context.content import ContentWriter
+from sinks.context.datasets import DatasetCache, DatasetView, collision_warnings, partition_index
 from sinks.context.ddl import INDEX_SCHEMA as WD
-from sinks.context.file_columns import FileColumns
-from sinks.context.file_presence import FilePresence, FileState
-from sinks.context.naming import (
-    alias_warning,
-    quote_ident,
-    sanitize_view_name,
-    schema_columns,
-    timestamp_column,
-)
-from sinks.context.pgsource import CatalogSnapshot, as_json_text
-from sinks.context.rebuilds import RebuildJob, RebuildScheduler
-from sinks.context.relation import FileBinder, empty_relation_sql, group_files, relation_sql
+from sinks.context.exceptions import ContextError, ReaderPoolExhausted, StoreNotOpen, UnknownDataset
+from sinks.context.lsnwait import LsnWaits
+from sinks.context.progress import ProgressBook, ShardProgress
+from sinks.context.readers import Readers
+from sinks.context.rebuilds import RebuildJob, Rebuilds
+from sinks.context.relation import FileBinder, RelationReader
+from sinks.context.views import ViewRefresher
 from sinks.settings import SinkSettings
-from walduck import metrics
 from walduck.config import ContextMode, WalduckSettings
-from walduck.deltas import Delta, DeltaKind
-from walduck.errors import WalduckError
-from walduck.jsonexact import loads_exact
-from walduck.locations import partition_location
-from walduck.lsn import format_lsn
-from walduck.records import GLOBAL_KEY
-from walduck.timeutil import iso, parse_instant_clamped, utcnow
+from walduck.deltas import Delta
+from walduck.timeutil import utcnow
 
-log = logging.getLogger(__name__)
-_MAX_DATASET_DELETES = 3
-"""Above this many datasets in one apply, one unrestricted DELETE scan beats a restricted DELETE per dataset."""
-
-
-def _owner(row: dict[str, Any] | None, ds_id: str | None) -> str | None:
-    """The dataset holding a partition row: its own ``dataset_id``, else the delta's (``None``: unknown)."""
-    owner = (row.get("dataset_id") if row is not None else None) or ds_id
-    return None if owner is None else str(owner)
-
-
-FAR_PAST = datetime(1, 1, 1)
-FAR_FUTURE = datetime(9999, 12, 31)
-# DuckDB's messages for a file it cannot open (a partition file deleted before its catalog row)
-MISSING_FILE_MARKERS = ("no files found", "cannot open file", "no such file", "could not open file")
-_QUOTED_PATH = re.compile(r'"([^"]+)"')
-
-
-class ContextError(WalduckError, RuntimeError):
-    """Base of the context store's named errors."""
-
-
-class ReaderPoolExhausted(ContextError):
-    """No reader cursor became free within ``reader_wait_s``."""
-
-
-class UnknownDataset(ContextError):
-    """A dataset id the context does not hold."""
-
-
-class StoreNotOpen(ContextError):
-    """The store was used before :meth:`ContextStore.open` or after :meth:`ContextStore.close`."""
-
-
-@dataclass(slots=True)
-class ShardProgress:
-    shard: int
-    applied_lsn: int = 0
-    deltas_offset: int = -1
-    src_offset: int = -1
-    newest_commit_ts: str | None = None
-    staleness_s: float | None = None
-    last_apply_ms: float | None = None
-    last_error: str | None = None
-    bootstrapped: bool = False
-    applied_at: str | None = None
-
-
-@dataclass(slots=True)
-class DatasetView:
-    id: str
-    slug: str
-    name: str
-    description: str | None
-    status: str
-    metadata: dict[str, Any]
-    view_name: str
-    columns: list[tuple[str, str]]
-    timestamp_column: str
-    partition_keys: list[str]
-    partition_count: int
-    total_rows: int
-    total_bytes: int
-    updated_at: str | None
-    alias_warning: str | None
-    collision: bool = False
-    shard: int = 0
-    write_format: str = "parquet"
-    created_at: str | None = None
-    column_details: list[tuple[str, str, bool, str | None]] = field(default_factory=list)
-
-
-def _naive_utc(value: Any) -> datetime | None:
-    if value is None:
-        return None
-    # row times are walduck's instant text; the ones a DuckDB TIMESTAMP (years 1..9999) cannot hold
-    # (±infinity, years > 9999, BC) are clamped to its ends (docs/contexts.md, "Values")
-    ts = parse_instant_clamped(value)[0] if isinstance(value, str) else value
-    if ts.tzinfo is not None:
-        ts = ts.astimezone(UTC).replace(tzinfo=None)
-    return ts
-
-
-def _as_dict(value: Any) -> dict[str, Any]:
-    if value is None:
-        return {}
-    if isinstance(value, str):
-        try:
-            loaded = loads_exact(value)
-        except (ValueError, RecursionError):
-            return {}
-        return loaded if isinstance(loaded, dict) else {}
-    return dict(value) if isinstance(value, dict) else {}
-
-
-# a reader waiting for an LSN re-checks this often even without a wake-up from the writer
-LSN_RECHECK_S = 0.05
-
-
-def _resolve(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)
-
-
-def covered_lsn(delta: Delta) -> int:
-    """The LSN through which everything is applied once ``delta`` is.
-
-    Every piece of the initial snapshot carries the slot's consistent point as its LSN, but the
-    snapshot is spread over many deltas: only the first delta after it (a heartbeat or a streamed
-    change, which the connector emits after ``snapshot_done``) proves that everything committed at
-    the consistent point is applied. Until then a snapshot piece covers the LSN just before it.
-    """
-    return delta.lsn_to - 1 if delta.snapshot else delta.lsn_to
-
-
-def _stream_key(delta: Delta) -> tuple[int, str]:
-    """Idempotence key of a delta: its changes-topic partition and its dataset (or the global stream)."""
-    return (delta.src_partition, delta.dataset_id or GLOBAL_KEY)
-
-
-def _dataset_row(ds: dict[str, Any], shard: int) -> list[Any]:
-    """A catalog ``datasets`` row as the context's ``wd.datasets`` row (apply and rebuild write the same)."""
-    did = str(ds["id"])
-    return [
-        did,
-        shard,
-        ds.get("slug") or did,
-        ds.get("name") or ds.get("slug") or did,
-        ds.get("description"),
-        ds.get("status") or "active",
-        ds.get("write_format") or "parquet",
-        ds.get("default_storage_target_id"),
-        as_json_text(_as_dict(ds.get("metadata"))),
-        _naive_utc(ds.get("created_at")),
-        _naive_utc(ds.get("updated_at")),
-    ]
-
-
-class _Borrowed:
-    """A pinned cursor lent to one read: ``close()`` is the owner's (:meth:`ContextStore.pinned_snapshot`)."""
-
-    __slots__ = ("_cur",)
-
-    def __init__(self, cur: duckdb.DuckDBPyConnection) -> None:
-        self._cur = cur
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._cur, name)
-
-    def close(self) -> None:
-        pass
+__all__ = [
+    "ContextError",
+    "ContextStore",
+    "DatasetView",
+    "ReaderPoolExhausted",
+    "ShardProgress",
+    "StoreNotOpen",
+    "UnknownDataset",
+]
 
 
 class ContextStore:
@@ -220,129 +77,58 @@ class ContextStore:
         self.full_scan = walduck.context_mode == ContextMode.FULL_SCAN
         self._db: duckdb.DuckDBPyConnection | None = None
         self._writer: duckdb.DuckDBPyConnection | None = None
-        self._pinned: contextvars.ContextVar[_Borrowed | None] = contextvars.ContextVar(
-            f"walduck_pinned_snapshot_{id(self)}", default=None
-        )
         self._write_lock = threading.RLock()
-        self._pool: queue.Queue[duckdb.DuckDBPyConnection] = queue.Queue()
-        self._progress: dict[int, ShardProgress] = {}
-        # highest source offset applied per (changes partition, dataset stream): the compactor writes one
-        # delta per dataset per window, all naming the window's offset range (see walduck/deltas.py)
-        self._src_offsets: dict[tuple[int, str], int] = {}
-        self._targets: dict[str, dict[str, Any]] = {}
-        self._ds_cache: dict[str, DatasetView] = {}
-        self._ds_dirty: set[str] = set()
-        self._ds_all_dirty = True
-        self._ds_lock = threading.Lock()
-        # read-path caches (rebuilt from _ds_cache when a dataset is marked dirty; see _sync_datasets)
-        self._ds_snapshot: tuple[tuple[DatasetView, ...], dict[str, DatasetView]] | None = None
-        self._sv_cache: dict[str, dict[str, dict[str, str]]] = {}
-        # local file existence from directory listings cached per directory mtime (no stat per file per
-        # query); a directory's listing is dropped when DuckDB reports a missing file in it (reader())
-        self._presence = FilePresence(roots=[self.storage_root, *settings.allowed_directories])
-        self._file_columns = FileColumns()
-        self._outside_logged: set[str] = set()  # partition ids already logged as outside the root
-        self._views_dirty: set[str] = set()
-        self._rebuilds_running = 0
-        self._view_owner: dict[str, str] = {}
-        self._views_refreshed_at = 0.0
-        self._views_refresh_s = 0.0  # duration of the last plain-view refresh
         self._version = 0
         self._opened_at: datetime | None = None
-        self._rebuild_info: dict[str, dict[str, Any]] = {}
-        # deltas applied while a rebuild reads PostgreSQL, one journal per running rebuild (see _rebuild)
+        self._progress = ProgressBook()
+        self._lsn = LsnWaits(self._progress.applied_lsn)
+        self._readers = Readers(
+            self._require, settings.reader_pool_size, settings.reader_wait_s, self.forget_missing_files
+        )
+        self._datasets = DatasetCache(self._readers.cursor)
+        self._relations = RelationReader(
+            self._readers.cursor, self._datasets, [self.storage_root, *settings.allowed_directories]
+        )
+        self._views = ViewRefresher(self)
+        self.content = ContentWriter(self.storage_root)
+        self._applier = Applier(self)
+        # deltas applied while a build reads PostgreSQL, one journal per running build (build.py)
         self._rebuild_journals: list[list[tuple[Delta, int]]] = []
-        self._rebuilds = RebuildScheduler(self._rebuild_now)
+        self.rebuilds = Rebuilds(self)
         self.builder = ContextBuilder(self)
         self.pg_connect: Callable[[], Any] | None = None
-        # readers blocked in wait_for_lsn: (lsn, their event loop, future the writer resolves)
-        self._lsn_waiters: list[tuple[int, asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
-        self._lsn_lock = threading.Lock()
 
-    # ------------------------------------------------------------------ lifecycle
+    # ------------------------------------------------------------------ lifecycle (lifecycle.py)
     def open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        Path(self.storage_root).mkdir(parents=True, exist_ok=True)
-        config = {
-            "threads": self.settings.duckdb_threads,
-            "memory_limit": self.settings.duckdb_memory_limit,
-            "checkpoint_threshold": self.settings.duckdb_checkpoint_threshold,  # (see checkpoint())
-            "max_temp_directory_size": self.settings.duckdb_max_temp_directory_size,  # bounded spill
-        }
-        if self.settings.duckdb_temp_directory:
-            config["temp_directory"] = self.settings.duckdb_temp_directory
-        db = duckdb.connect(str(self.path), config=config)
-        db.execute(ddl.TABLES)
-        db.execute(ddl.RUNTIME_VIEWS)
-        if self.settings.duckdb_parquet_metadata_cache:
-            # GLOBAL: the setting is per connection by default, and the readers are other connections (cursors)
-            # of this instance; a plain SET here never reached them. Parsed footers are kept in DuckDB's object
-            # cache (counted in memory_limit, evicted under pressure) and re-validated against the file on every
-            # open, so a rewritten file is re-read. Without it every scan reads and parses every file's footer
-            # again: ~20–30% of the CPU of a scan of many small partition files (docs/performance.md, "query").
-            db.execute("SET GLOBAL parquet_metadata_cache = true")
-        self._sandbox(db)
+        db = lifecycle.connect(self.path, self.settings, self.storage_root)
         self._db = db
         self._writer = db.cursor()
-        self._load_state()
-        for _ in range(self.settings.reader_pool_size):
-            self._pool.put(db.cursor())
+        self._progress.load(self._writer, self.walduck.topic_partitions)
+        self.content.load_targets(self._writer)
+        self.rebuilds.load(self._writer)
+        self._readers.fill()
         self._opened_at = utcnow()
         with self._write_lock:
-            self._views_dirty = {
+            self._views.dirty = {
                 row[0] for row in self._writer.execute(f"SELECT id FROM {WD}.datasets").fetchall()
             }
             # bounded: a big context's views are finished by the consumer's refreshes (build.py)
-            self._refresh_views(time.monotonic(), self.settings.view_refresh_budget_s)
-
-    def _sandbox(self, db: duckdb.DuckDBPyConnection) -> None:
-        dirs = [self.storage_root, *self.settings.allowed_directories]
-        dirs = [d.rstrip("/") + "/" for d in dirs]
-        db.execute("SET allowed_directories = ?", [dirs])
-        db.execute("SET enable_external_access = false")
-        db.execute("SET autoload_known_extensions = false")
-        db.execute("SET autoinstall_known_extensions = false")
-        db.execute("SET allow_community_extensions = false")
-        db.execute("SET lock_configuration = true")
+            self._views.refresh_now(time.monotonic(), self.settings.view_refresh_budget_s)
 
     def wal_bytes(self) -> int:
         """Size of DuckDB's write-ahead log: committed changes not yet folded into the database file."""
-        try:
-            return os.stat(f"{self.path}.wal").st_size
-        except FileNotFoundError:
-            return 0
+        return lifecycle.wal_bytes(self.path)
 
     def checkpoint(self, min_wal_bytes: int = 0) -> bool | None:
-        """Fold the WAL into the database file now, holding the writer (called when no delta is waiting, so
-        no apply pays for it). ``None``: the WAL is below ``min_wal_bytes``; ``False``: DuckDB refused (older
-        versions do while any transaction is open; 2.0 checkpoints beside readers) and the next idle moment
-        tries again; ``True``: done."""
+        """Fold the WAL into the database file when idle (``lifecycle.checkpoint``)."""
         self._require()
-        wal = self.wal_bytes()
-        metrics.CONTEXT_WAL_BYTES.set(wal)
-        if wal < max(1, min_wal_bytes):
-            return None
-        with self._write_lock:
-            cur = self._writer
-            assert cur is not None
-            started = time.perf_counter()
-            try:
-                cur.execute("CHECKPOINT")
-            except duckdb.Error as exc:
-                metrics.CONTEXT_CHECKPOINTS.labels(result="busy").inc()
-                log.debug("idle checkpoint refused: %s", exc)
-                return False
-            metrics.CONTEXT_CHECKPOINT_DURATION.observe(time.perf_counter() - started)
-        metrics.CONTEXT_CHECKPOINTS.labels(result="done").inc()
-        metrics.CONTEXT_WAL_BYTES.set(self.wal_bytes())
-        return True
+        assert self._writer is not None
+        return lifecycle.checkpoint(self.path, self._writer, self._write_lock, min_wal_bytes)
 
     def close(self) -> None:
         if self._db is None:
             return
-        while not self._pool.empty():
-            with contextlib.suppress(Exception):
-                self._pool.get_nowait().close()
+        self._readers.close()
         with self._write_lock:
             with contextlib.suppress(Exception):
                 self._writer.execute("CHECKPOINT")  # type: ignore[union-attr]
@@ -362,584 +148,51 @@ class ContextStore:
             raise StoreNotOpen("context store is not open")
         return self._db
 
-    def _load_state(self) -> None:
-        cur = self._writer
-        assert cur is not None
-        for shard in range(self.walduck.topic_partitions):
-            self._progress.setdefault(shard, ShardProgress(shard))
-        rows = cur.execute(
-            f"SELECT shard, deltas_offset, applied_lsn, commit_ts, bootstrapped, applied_at FROM {WD}.shard_progress"
-        ).fetchall()
-        for shard, doff, lsn, cts, boot, applied_at in rows:
-            p = self._progress.setdefault(shard, ShardProgress(shard))
-            p.deltas_offset, p.applied_lsn, p.bootstrapped = doff, int(lsn), bool(boot)
-            p.newest_commit_ts = iso(cts) if cts else None
-            p.applied_at = iso(applied_at) if applied_at else None
-        for src, stream, off in cur.execute(
-            f"SELECT src_partition, stream, src_offset FROM {WD}.src_offsets"
-        ).fetchall():
-            self._src_offsets[(src, stream)] = off
-            if src in self._progress:
-                self._progress[src].src_offset = max(self._progress[src].src_offset, off)
-        for tid, name, kind, config in cur.execute(
-            f"SELECT id, name, kind, config FROM {WD}.storage_targets"
-        ).fetchall():
-            self._targets[tid] = {"id": tid, "name": name, "kind": kind, "config": _as_dict(config)}
-        for did, scope, reason, result, error, at, ms, lsn, replayed in cur.execute(
-            f"SELECT dataset_id, scope, reason, result, error, finished_at, duration_ms, lsn, replayed_deltas"
-            f" FROM {WD}.rebuilds"
-        ).fetchall():
-            self._rebuild_info[did] = {
-                "scope": scope,
-                "reason": reason,
-                "result": result,
-                "error": error,
-                "at": iso(at) if at else None,
-                "durationMs": ms,
-                "lsn": lsn,
-                "replayedDeltas": replayed,
-            }
+    def is_open(self) -> bool:
+        return self._db is not None
 
-    # ------------------------------------------------------------------ readers
-    @contextlib.contextmanager
-    def reader(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        db = self._require()
+    @property
+    def opened_at(self) -> datetime | None:
+        return self._opened_at
+
+    # ------------------------------------------------------------------ readers (readers.py)
+    def reader(self) -> contextlib.AbstractContextManager[duckdb.DuckDBPyConnection]:
+        return self._readers.reader()
+
+    def pinned_snapshot(self) -> contextlib.AbstractContextManager[None]:
+        return self._readers.pinned_snapshot()
+
+    def statement_tree(self, sql: str) -> dict[str, Any]:
+        """DuckDB's own parse of ``sql`` (``json_serialize_sql``): what the execution guard walks."""
+        cur = self._readers.cursor()
         try:
-            cur = self._pool.get(timeout=self.settings.reader_wait_s)
-        except queue.Empty:
-            raise ReaderPoolExhausted(
-                f"all {self.settings.reader_pool_size} reader cursors busy for {self.settings.reader_wait_s}s"
-            ) from None
-        ok = False
-        try:
-            yield cur
-            ok = True
-        except duckdb.Error as exc:
-            self.forget_missing_files(str(exc))
-            raise
+            row = cur.execute("SELECT json_serialize_sql(?)", [sql]).fetchone()
         finally:
-            if not ok:
-                # a failed or interrupted read may leave a transaction or a half-read result: replace it
-                with contextlib.suppress(Exception):
-                    cur.close()
-                cur = db.cursor()
-            self._pool.put(cur)
-
-    def _cursor(self) -> duckdb.DuckDBPyConnection:
-        """A cursor for one index read: the pinned snapshot's inside :meth:`pinned_snapshot`, else a new one."""
-        pinned = self._pinned.get()
-        if pinned is not None:
-            return pinned  # type: ignore[return-value]
-        return self._require().cursor()
-
-    @contextlib.contextmanager
-    def pinned_snapshot(self) -> Iterator[None]:
-        """Every index read of this thread inside the block sees one DuckDB snapshot (one read transaction).
-
-        The query path plans (partition lists) and verifies the plan (``guard.files_outside``) inside one
-        block, so an apply committing in between cannot make the two disagree: the files verified are the
-        files planned, as the index listed them at one instant. Only reads may run inside the block."""
-        if self._pinned.get() is not None:
-            yield
-            return
-        cur = self._require().cursor()
-        cur.execute("BEGIN TRANSACTION")
-        token = self._pinned.set(_Borrowed(cur))
-        try:
-            yield
-        finally:
-            self._pinned.reset(token)
-            with contextlib.suppress(duckdb.Error):
-                cur.execute("ROLLBACK")
             cur.close()
+        return orjson.loads(row[0]) if row else {"error": True}
 
-    # ------------------------------------------------------------------ apply
+    # ------------------------------------------------------------------ apply (apply.py)
     def apply(self, delta: Delta, partition: int, offset: int) -> bool:
-        """Apply one delta as one DuckDB transaction. False = duplicate (already applied), dropped."""
-        self._require()
-        with self._write_lock:
-            prog = self._progress.setdefault(partition, ShardProgress(partition))
-            if offset <= prog.deltas_offset or delta.src_offset_to <= self._src_offsets.get(
-                _stream_key(delta), -1
-            ):
-                metrics.DELTAS_APPLIED.labels(result="duplicate").inc()
-                if offset > prog.deltas_offset:
-                    self._record_offset_only(partition, offset)
-                return False
-            started = time.perf_counter()
-            touched: set[str] = set()
-            snap: CatalogSnapshot | None = None
-            # full-scan mode rebuilds the dataset a delta names straight from PostgreSQL; a global delta
-            # (storage targets) names no dataset and is applied as it is: replacing "all datasets named"
-            # with an empty read would wipe every dataset of the context
-            if self.full_scan and delta.kind == DeltaKind.DELTA and delta.dataset_id is not None:
-                snap = self._full_scan_snapshot(delta)
-            cur = self._writer
-            assert cur is not None
-            cur.begin()
-            try:
-                if delta.kind == DeltaKind.DELTA:
-                    if snap is not None:
-                        touched = self._replace_from_snapshot(cur, snap, partition, delta.dataset_id)
-                    else:
-                        touched = self._apply_content(cur, delta, partition)
-                self._write_progress(cur, delta, partition, offset)
-                cur.commit()
-            except Exception as exc:
-                with contextlib.suppress(Exception):
-                    cur.rollback()
-                prog.last_error = f"{type(exc).__name__}: {exc}"[:500]
-                raise
-            elapsed = time.perf_counter() - started
-            self._after_commit(delta, partition, offset, elapsed, touched)
-        self._wake_lsn_waiters()
-        # plain views are refreshed by the consumer between batches (refresh_views), never inside an apply
-        return True
+        """``apply_batch([(delta, partition, offset)])``: False = duplicate (already applied), dropped."""
+        return self.apply_batch([(delta, partition, offset)])[0]
 
     def apply_batch(self, items: Sequence[tuple[Delta, int, int]]) -> list[bool]:
-        """Apply ``(delta, deltas partition, deltas offset)`` items in order, with the effect of :meth:`apply`
-        on each (False = duplicate, dropped).
+        """Apply ``(delta, deltas partition, deltas offset)`` items in order (False = duplicate, dropped);
+        a run of partition-only deltas shares one DuckDB transaction (``sinks/context/apply.py``)."""
+        return self._applier.apply_batch(items)
 
-        Consecutive deltas that only change partitions (and heartbeats) share ONE DuckDB transaction: their
-        net partition changes (one DELETE, one INSERT), one progress row per shard and one source-offset row
-        per stream. A delta with dataset, schema-version or storage-target rows (or any delta in full-scan
-        mode) is applied alone, in its place. Per-delta statements, not the commit, are most of an apply's
-        cost, so a consumer that fell behind catches up in a few transactions instead of one per delta.
-        On an error nothing of the failing run is applied (the caller may retry delta by delta).
-        """
-        self._require()
-        results: list[bool] = []
-        run: list[tuple[Delta, int, int]] = []
-        with self._write_lock:
-            for item in items:
-                if self._batchable(item[0]):
-                    run.append(item)
-                    continue
-                results.extend(self._apply_run(run))
-                run = []
-                results.append(self.apply(*item))
-            results.extend(self._apply_run(run))
-        return results
-
-    def _batchable(self, delta: Delta) -> bool:
-        if delta.kind == DeltaKind.HEARTBEAT:
-            return True
-        return (
-            delta.kind == DeltaKind.DELTA
-            and not self.full_scan
-            and delta.dataset is None
-            and not delta.schema_versions
-            and not delta.storage_targets
-        )
-
-    def _apply_run(self, run: list[tuple[Delta, int, int]]) -> list[bool]:
-        """One transaction for partition-only deltas and heartbeats (see :meth:`apply_batch`)."""
-        if not run:
-            return []
-        results: list[bool] = []
-        accepted: list[tuple[Delta, int, int]] = []
-        last_offset: dict[int, int] = {}  # deltas offset per shard after the run (duplicates included)
-        src: dict[tuple[int, str], int] = {}
-        row_ts: dict[
-            int, str | None
-        ] = {}  # commit_ts of each shard's progress row, as apply() would write it
-        newest: dict[int, str | None] = {}
-        for delta, partition, offset in run:
-            prog = self._progress.setdefault(partition, ShardProgress(partition))
-            prev = last_offset.get(partition, prog.deltas_offset)
-            key = _stream_key(delta)
-            newest.setdefault(partition, prog.newest_commit_ts)
-            if offset <= prev or delta.src_offset_to <= src.get(key, self._src_offsets.get(key, -1)):
-                metrics.DELTAS_APPLIED.labels(result="duplicate").inc()
-                if offset > prev:
-                    last_offset[partition] = offset
-                    row_ts[partition] = newest[partition]
-                results.append(False)
-                continue
-            last_offset[partition] = offset
-            src[key] = delta.src_offset_to
-            row_ts[partition] = newest[partition] if delta.snapshot else delta.commit_ts_max
-            if not delta.snapshot:
-                newest[partition] = delta.commit_ts_max
-            accepted.append((delta, partition, offset))
-            results.append(True)
-        if not last_offset:
-            return results
-        started = time.perf_counter()
-        # net partition changes in delta order: within one delta upserts win over deletes (apply() deletes
-        # every named id, then inserts the upserts); a later delta overrides an earlier one
-        net: dict[str, tuple[dict[str, Any] | None, int, str | None]] = {}
-        touched: dict[int, set[str]] = {}
-        for i, (delta, partition, _) in enumerate(accepted):
-            if delta.kind != DeltaKind.DELTA:
-                continue
-            ds_id = delta.dataset_id
-            changes = list(delta.shards.values())
-            for change in changes:
-                for pid in change.deletes:
-                    net[str(pid)] = (None, partition, ds_id)
-            for change in changes:
-                for u in change.upserts:
-                    net[str(u["id"])] = (u, partition, ds_id)
-            if any(c.upserts or c.deletes for c in changes):
-                names = {str(u.get("dataset_id") or ds_id) for c in changes for u in c.upserts}
-                if ds_id:
-                    names.add(ds_id)
-                names.discard("None")
-                touched[i] = names
-        cur = self._writer
-        assert cur is not None
-        cur.begin()
-        try:
-            if net:
-                doomed: dict[str | None, list[str]] = {}
-                for pid, (row, _partition, ds_id) in net.items():
-                    doomed.setdefault(_owner(row, ds_id), []).append(pid)
-                self._delete_partitions(cur, doomed)
-                by_shard: dict[int, list[dict[str, Any]]] = {}
-                for row, partition, ds_id in net.values():
-                    if row is not None:
-                        if not row.get("dataset_id"):
-                            row = {**row, "dataset_id": ds_id}
-                        by_shard.setdefault(partition, []).append(row)
-                for partition, rows in by_shard.items():
-                    self._insert_partitions(cur, rows, partition, None)
-            shards = sorted(last_offset)
-            now = _naive_utc(utcnow())
-            progress_rows = [
-                [
-                    shard,
-                    last_offset[shard],
-                    max(
-                        [self._progress[shard].applied_lsn]
-                        + [covered_lsn(d) for d, p, _ in accepted if p == shard]
-                    ),
-                    _naive_utc(row_ts.get(shard)),
-                    self._progress[shard].bootstrapped,
-                    now
-                    if any(p == shard for _, p, _ in accepted)
-                    else _naive_utc(self._progress[shard].applied_at),
-                ]
-                for shard in shards
-            ]
-            cur.execute(f"DELETE FROM {WD}.shard_progress WHERE list_contains(?, shard)", [shards])
-            cur.execute(
-                f"INSERT INTO {WD}.shard_progress VALUES " + ", ".join(["(?, ?, ?, ?, ?, ?)"] * len(shards)),
-                [v for row in progress_rows for v in row],
-            )
-            if src:
-                # one DELETE + one INSERT for every (changes partition, stream) the run advanced
-                keys = [f"{part}/{stream}" for part, stream in src]
-                cur.execute(
-                    f"DELETE FROM {WD}.src_offsets WHERE list_contains(?, src_partition::VARCHAR || '/' || stream)",
-                    [keys],
-                )
-                cur.execute(
-                    f"INSERT INTO {WD}.src_offsets (src_partition, stream, src_offset) VALUES "
-                    + ", ".join(["(?, ?, ?)"] * len(src)),
-                    [
-                        v
-                        for key, value in src.items()
-                        for v in (*key, max(self._src_offsets.get(key, -1), value))
-                    ],
-                )
-            cur.commit()
-        except Exception as exc:
-            with contextlib.suppress(Exception):
-                cur.rollback()
-            for _, partition, _ in accepted:
-                self._progress[partition].last_error = f"{type(exc).__name__}: {exc}"[:500]
-            raise
-        elapsed = time.perf_counter() - started
-        # every touched dataset is marked before any LSN of the run is published (see _after_commit)
-        self._mark_touched(set().union(*touched.values()) if touched else set())
-        for delta, partition, offset in accepted:
-            self._after_commit(delta, partition, offset, elapsed, set(), observe=False)
-        for shard, offset in last_offset.items():
-            self._progress[shard].deltas_offset = max(self._progress[shard].deltas_offset, offset)
-        metrics.DELTA_APPLY_DURATION.observe(elapsed)
-        self._wake_lsn_waiters()
-        return results
-
-    def _record_offset_only(self, partition: int, offset: int) -> None:
-        """A re-produced delta at a new deltas offset: remember the offset so a restart does not re-read it."""
-        cur = self._writer
-        assert cur is not None
-        prog = self._progress[partition]
-        cur.begin()
-        cur.execute(f"DELETE FROM {WD}.shard_progress WHERE shard = ?", [partition])
-        cur.execute(
-            f"INSERT INTO {WD}.shard_progress VALUES (?, ?, ?, ?, ?, ?)",
-            [
-                partition,
-                offset,
-                prog.applied_lsn,
-                _naive_utc(prog.newest_commit_ts),
-                prog.bootstrapped,
-                _naive_utc(prog.applied_at),
-            ],
-        )
-        cur.commit()
-        prog.deltas_offset = offset
-
-    def _full_scan_snapshot(self, delta: Delta) -> CatalogSnapshot:
-        snap = self.builder.read([delta.dataset_id] if delta.dataset_id else [])
-        metrics.REBUILDS.labels(scope="dataset", result="ok").inc()
-        return snap
-
-    def _mark_touched(self, touched: set[str]) -> None:
-        if touched:
+    def _mark_changed(self, touched: set[str], always: bool = False) -> None:
+        """Datasets changed (under the writer lock): caches dirty, plain views due, version bumped."""
+        if touched or always:
             self._version += 1
-            with self._ds_lock:
-                self._ds_dirty |= touched
-            self._views_dirty |= touched
+        if touched:
+            self._datasets.mark(touched)
+            self._views.mark(touched)
 
-    def _after_commit(
-        self,
-        delta: Delta,
-        partition: int,
-        offset: int,
-        elapsed: float,
-        touched: set[str],
-        observe: bool = True,
-    ) -> None:
-        # invalidate the dataset cache BEFORE publishing the new applied LSN: a reader that waits for this
-        # LSN (read-your-writes) must not then plan against a dataset list that predates the apply
-        self._mark_touched(touched)
-        if delta.kind == DeltaKind.DELTA:
-            for journal in self._rebuild_journals:
-                journal.append((delta, partition))
-        prog = self._progress[partition]
-        prog.deltas_offset = offset
-        prog.applied_lsn = max(prog.applied_lsn, covered_lsn(delta))
-        prog.src_offset = max(prog.src_offset, delta.src_offset_to)
-        key = _stream_key(delta)
-        self._src_offsets[key] = max(self._src_offsets.get(key, -1), delta.src_offset_to)
-        if not delta.snapshot:
-            prog.newest_commit_ts = delta.commit_ts_max
-        prog.applied_at = iso(utcnow())
-        prog.last_apply_ms = round(elapsed * 1000, 3)
-        prog.last_error = None
-        if observe:
-            metrics.DELTA_APPLY_DURATION.observe(elapsed)
-        metrics.DELTAS_APPLIED.labels(result="applied").inc()
-        metrics.SHARD_APPLIED_LSN.labels(shard=str(partition)).set(prog.applied_lsn)
-        if delta.snapshot:
-            return  # a snapshot piece says nothing about freshness until the snapshot is complete
-        lag = staleness.publish(partition, prog.newest_commit_ts)
-        if lag is not None and delta.kind == DeltaKind.DELTA:
-            metrics.END_TO_END_LATENCY.observe(staleness.of(delta.commit_ts_max) or 0.0)
-
-    def _write_progress(
-        self, cur: duckdb.DuckDBPyConnection, delta: Delta, partition: int, offset: int
-    ) -> None:
-        prog = self._progress[partition]
-        lsn = max(prog.applied_lsn, covered_lsn(delta))
-        commit_ts = _naive_utc(prog.newest_commit_ts if delta.snapshot else delta.commit_ts_max)
-        cur.execute(f"DELETE FROM {WD}.shard_progress WHERE shard = ?", [partition])
-        cur.execute(
-            f"INSERT INTO {WD}.shard_progress VALUES (?, ?, ?, ?, ?, ?)",
-            [partition, offset, lsn, commit_ts, prog.bootstrapped, _naive_utc(utcnow())],
-        )
-        key = _stream_key(delta)
-        src = max(self._src_offsets.get(key, -1), delta.src_offset_to)
-        cur.execute(f"DELETE FROM {WD}.src_offsets WHERE src_partition = ? AND stream = ?", list(key))
-        cur.execute(
-            f"INSERT INTO {WD}.src_offsets (src_partition, stream, src_offset) VALUES (?, ?, ?)", [*key, src]
-        )
-
-    def _apply_content(self, cur: duckdb.DuckDBPyConnection, delta: Delta, shard: int) -> set[str]:
-        touched: set[str] = set()
-        ds_id = delta.dataset_id
-        for target in delta.storage_targets:
-            touched |= self._upsert_target(cur, target)
-        if delta.dataset is not None:
-            did = str(delta.dataset.get("id") or ds_id)
-            touched.add(did)
-            if delta.dataset.get("deleted"):
-                self._delete_dataset(cur, did)
-            else:
-                self._upsert_datasets(cur, [delta.dataset], shard)
-        if delta.schema_versions:
-            self._upsert_schema_versions(cur, delta.schema_versions, shard, ds_id)
-            touched |= {str(sv.get("dataset_id") or ds_id) for sv in delta.schema_versions}
-        upserts: list[dict[str, Any]] = []
-        deletes: list[str] = []
-        for change in delta.shards.values():
-            upserts.extend(change.upserts)
-            deletes.extend(change.deletes)
-        if upserts or deletes:
-            doomed: dict[str | None, list[str]] = {_owner(None, ds_id): list(deletes)} if deletes else {}
-            for u in upserts:
-                doomed.setdefault(_owner(u, ds_id), []).append(str(u["id"]))
-            self._delete_partitions(cur, doomed)
-            self._insert_partitions(cur, upserts, shard, ds_id)
-            touched |= {str(u.get("dataset_id") or ds_id) for u in upserts}
-            if ds_id:
-                touched.add(ds_id)
-        if delta.dataset is not None or delta.schema_versions:
-            for did in touched:
-                self._recompute_columns(cur, did)
-        touched.discard("None")
-        return touched
-
-    def _delete_partitions(
-        self, cur: duckdb.DuckDBPyConnection, by_dataset: dict[str | None, list[str]]
-    ) -> None:
-        """Delete partition rows by id, ids grouped by the dataset that holds them (``None``: unknown).
-
-        With a few known datasets each DELETE is restricted to its dataset: ``dataset_id = ?`` lets DuckDB's
-        zone maps skip the other datasets' row groups (1,000 ids at 1M partitions: 6 ms instead of 41 ms for a
-        scan of every id). A partition that moved to another dataset keeps its old row until the old
-        dataset's delta (which carries its delete) is applied, as that dataset's view should. Unknown owners
-        or many datasets: one scan."""
-        by_dataset = {d: ids for d, ids in by_dataset.items() if ids}
-        if not by_dataset:
-            return
-        if None in by_dataset or len(by_dataset) > _MAX_DATASET_DELETES:
-            every = [pid for ids in by_dataset.values() for pid in ids]
-            cur.execute(f"DELETE FROM {WD}.partitions WHERE list_contains(?, id)", [every])
-            return
-        for did, ids in by_dataset.items():
-            cur.execute(
-                f"DELETE FROM {WD}.partitions WHERE dataset_id = ? AND list_contains(?, id)", [did, ids]
-            )
-
-    def _upsert_target(self, cur: duckdb.DuckDBPyConnection, target: dict[str, Any]) -> set[str]:
-        tid = str(target["id"])
-        row = {
-            "id": tid,
-            "name": target.get("name"),
-            "kind": target.get("kind") or "local",
-            "config": _as_dict(target.get("config")),
-        }
-        cur.execute(f"DELETE FROM {WD}.storage_targets WHERE id = ?", [tid])
-        if not target.get("deleted"):
-            cur.execute(
-                f"INSERT INTO {WD}.storage_targets VALUES (?, ?, ?, ?)",
-                [tid, row["name"], row["kind"], as_json_text(row["config"])],
-            )
-        old = self._targets.get(tid)
-        self._targets[tid] = row
-        if old is not None and (old.get("kind"), old.get("config")) == (row["kind"], row["config"]):
-            return set()
-        rows = cur.execute(
-            f"SELECT id, file_path, dataset_id FROM {WD}.partitions WHERE storage_target_id = ?", [tid]
-        ).fetchall()
-        if rows:
-            cur.executemany(
-                f"UPDATE {WD}.partitions SET location = ? WHERE id = ?",
-                [[partition_location(row, fp, self.storage_root), pid] for pid, fp, _ in rows],
-            )
-        return {r[2] for r in rows}
-
-    def _delete_dataset(self, cur: duckdb.DuckDBPyConnection, did: str) -> None:
-        for table in ("datasets", "schema_versions", "partitions", "columns"):
-            col = "id" if table == "datasets" else "dataset_id"
-            cur.execute(f"DELETE FROM {WD}.{table} WHERE {col} = ?", [did])
-
-    def _upsert_datasets(
-        self, cur: duckdb.DuckDBPyConnection, rows: list[dict[str, Any]], shard: int
-    ) -> None:
-        for ds in rows:
-            did = str(ds["id"])
-            cur.execute(f"DELETE FROM {WD}.datasets WHERE id = ?", [did])
-            cur.execute(
-                f"INSERT INTO {WD}.datasets VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                _dataset_row(ds, shard),
-            )
-
-    def _upsert_schema_versions(
-        self, cur: duckdb.DuckDBPyConnection, rows: list[dict[str, Any]], shard: int, ds_id: str | None
-    ) -> None:
-        for sv in rows:
-            cur.execute(f"DELETE FROM {WD}.schema_versions WHERE id = ?", [str(sv["id"])])
-            cur.execute(
-                f"INSERT INTO {WD}.schema_versions VALUES (?, ?, ?, ?, ?)",
-                [
-                    str(sv["id"]),
-                    str(sv.get("dataset_id") or ds_id),
-                    shard,
-                    int(sv.get("version") or 0),
-                    as_json_text(_as_dict(sv.get("schema"))),
-                ],
-            )
-
-    def _insert_partitions(
-        self, cur: duckdb.DuckDBPyConnection, upserts: list[dict[str, Any]], shard: int, ds_id: str | None
-    ) -> None:
-        if not upserts:
-            return
-        cols: dict[str, list[Any]] = {c: [] for c in ddl.PARTITION_COLUMNS}
-        for u in upserts:
-            fp = str(u["file_path"])
-            cols["id"].append(str(u["id"]))
-            cols["dataset_id"].append(str(u.get("dataset_id") or ds_id))
-            cols["shard"].append(shard)
-            cols["manifest_id"].append(u.get("manifest_id"))
-            cols["manifest_shard"].append(u.get("manifest_shard"))
-            cols["storage_target_id"].append(u.get("storage_target_id"))
-            cols["file_path"].append(fp)
-            cols["location"].append(
-                partition_location(self._targets.get(str(u.get("storage_target_id"))), fp, self.storage_root)
-            )
-            cols["file_format"].append(u.get("file_format") or "parquet")
-            cols["start_time"].append(_naive_utc(u.get("start_time")) or FAR_PAST)
-            cols["end_time"].append(_naive_utc(u.get("end_time")) or FAR_FUTURE)
-            cols["row_count"].append(u.get("row_count"))
-            cols["file_size_bytes"].append(u.get("file_size_bytes"))
-            cols["schema_version_id"].append(u.get("schema_version_id"))
-            cols["table_name"].append(u.get("table_name") or "records")
-            cols["partition_key"].append(as_json_text(u.get("partition_key") or {}))
-        typed = {"shard", "start_time", "end_time", "row_count", "file_size_bytes"}
-        table = pa.table(
-            {
-                **{k: pa.array(v, pa.string()) for k, v in cols.items() if k not in typed},
-                "shard": pa.array(cols["shard"], pa.int32()),
-                "start_time": pa.array(cols["start_time"], pa.timestamp("us")),
-                "end_time": pa.array(cols["end_time"], pa.timestamp("us")),
-                "row_count": pa.array(cols["row_count"], pa.int64()),
-                "file_size_bytes": pa.array(cols["file_size_bytes"], pa.int64()),
-            }
-        )
-        cur.register("__wd_upserts", table)
-        try:
-            names = ", ".join(ddl.PARTITION_COLUMNS)
-            cur.execute(f"INSERT INTO {WD}.partitions ({names}) SELECT {names} FROM __wd_upserts")
-        finally:
-            cur.unregister("__wd_upserts")
-
-    def _recompute_columns(self, cur: duckdb.DuckDBPyConnection, did: str) -> None:
-        cur.execute(f"DELETE FROM {WD}.columns WHERE dataset_id = ?", [did])
-        row = cur.execute(f"SELECT shard FROM {WD}.datasets WHERE id = ?", [did]).fetchone()
-        newest = cur.execute(
-            f"SELECT schema FROM {WD}.schema_versions WHERE dataset_id = ? ORDER BY version DESC LIMIT 1",
-            [did],
-        ).fetchone()
-        if row is None or newest is None:
-            return
-        fields = schema_columns(_as_dict(newest[0]))
-        if fields:
-            cur.executemany(
-                f"INSERT INTO {WD}.columns VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [[did, row[0], i, n, t, nl, d] for i, (n, t, nl, d) in enumerate(fields)],
-            )
-
-    # ------------------------------------------------------------------ builds from PostgreSQL (build.py)
-    def _pg(self) -> Any:
-        return self.builder.pg()
-
-    def _replace_from_snapshot(
-        self, cur: duckdb.DuckDBPyConnection, snap: CatalogSnapshot, shard: int | None, only: str | None
-    ) -> set[str]:
-        return self.builder.replace_from_snapshot(cur, snap, shard, only)
-
+    # ------------------------------------------------------------------ builds from PostgreSQL (build.py, rebuilds.py)
     def can_read_catalog(self) -> bool:
         """True when builds can reach PostgreSQL (a DSN or a connect function is configured)."""
         return self.pg_connect is not None or bool(self.walduck.pg_dsn)
-
-    def _progress_of(self, shard: int) -> ShardProgress:
-        return self._progress.setdefault(shard, ShardProgress(shard))
 
     def bootstrap(self, ends: dict[int, int], reason: str = "bootstrap") -> Any:
         """Build the shards of ``ends`` (partition -> deltas end offset read before) from PostgreSQL
@@ -951,404 +204,85 @@ class ContextStore:
 
         Goes through the scheduler (``sinks/context/rebuilds.py``): one rebuild at a time per scope, a
         request while one runs joins the pending one. Deltas applied while the read runs are replayed over
-        the snapshot (steps above), so none is lost; deltas still to come re-apply net final partition
+        the snapshot (``build.py``), so none is lost; deltas still to come re-apply net final partition
         states (docs/contexts.md §Rebuilds). Raises the rebuild's error (also kept in the admin snapshot).
         """
         self.request_rebuild(dataset_id, reason).wait()
 
     def request_rebuild(self, dataset_id: str | None = None, reason: str = "manual") -> RebuildJob:
         """Queue a rebuild and return at once (admin invalidate); merged with a pending one of its scope."""
-        return self._rebuilds.submit(dataset_id, reason)
+        return self.rebuilds.scheduler.submit(dataset_id, reason)
 
     def wait_rebuilds(self, timeout_s: float) -> bool:
         """True once no rebuild runs or waits (tests, benches, shutdown)."""
-        return self._rebuilds.wait_idle(timeout_s)
+        return self.rebuilds.scheduler.wait_idle(timeout_s)
 
     def rebuilding(self) -> bool:
         """True while a rebuild from PostgreSQL runs (a read now is a cache *miss*: its answer predates it)."""
-        return self._rebuilds_running > 0
+        return self.rebuilds.rebuilding()
 
-    def _rebuild_now(self, dataset_id: str | None, reason: str) -> None:
-        scope = "dataset" if dataset_id else "full"
-        started = time.perf_counter()
-        self._rebuilds_running += 1
-        try:
-            self._rebuild(dataset_id, scope, started, reason)
-        except Exception as exc:
-            elapsed = time.perf_counter() - started
-            metrics.REBUILDS.labels(scope=scope, result="error").inc()
-            metrics.REBUILD_DURATION.labels(scope=scope).observe(elapsed)
-            error = f"{type(exc).__name__}: {exc}"[:500]
-            log.error("rebuild of %s (%s) failed: %s", dataset_id or "all datasets", reason, error)
-            info = {
-                "scope": scope,
-                "reason": reason,
-                "result": "error",
-                "error": error,
-                "at": iso(utcnow()),
-                "durationMs": round(elapsed * 1000, 2),
-                "lsn": None,
-                "replayedDeltas": None,
-            }
-            with contextlib.suppress(Exception):  # a closed store cannot keep it: it is logged
-                self._record_rebuild({dataset_id or "*"}, info)
-            raise
-        finally:
-            self._rebuilds_running -= 1
+    def rebuild_history(self) -> dict[str, dict[str, Any]]:
+        """The last rebuild result per dataset id (``"*"``: the last full rebuild)."""
+        return dict(self.rebuilds.history)
 
-    def _record_rebuild(self, keys: set[str], info: dict[str, Any]) -> None:
-        """Keep the last rebuild result per dataset in the context file (read back at open)."""
-        with self._write_lock:
-            cur = self._writer
-            if cur is None:
-                raise StoreNotOpen("context store is not open")
-            rows = [
-                [
-                    k,
-                    info["scope"],
-                    info["reason"],
-                    info["result"],
-                    info["error"],
-                    _naive_utc(info["at"]),
-                    info["durationMs"],
-                    info["lsn"],
-                    info["replayedDeltas"],
-                ]
-                for k in sorted(keys)
-            ]
-            cur.begin()
-            try:
-                cur.execute(f"DELETE FROM {WD}.rebuilds WHERE list_contains(?, dataset_id)", [sorted(keys)])
-                cur.executemany(f"INSERT INTO {WD}.rebuilds VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
-                cur.commit()
-            except Exception:
-                with contextlib.suppress(Exception):
-                    cur.rollback()
-                raise
-            for k in keys:
-                self._rebuild_info[k] = info
+    def pending_rebuilds(self) -> list[dict[str, Any]]:
+        return self.rebuilds.scheduler.pending()
 
-    def _rebuild(self, dataset_id: str | None, scope: str, started: float, reason: str) -> None:
-        self.builder.rebuild(dataset_id, scope, started, reason)
+    def running_rebuilds(self) -> list[dict[str, Any]]:
+        return self.rebuilds.scheduler.running()
 
-    def reset_shard(self, shard: int) -> None:
-        """Wipe one shard (its rows and progress) so it bootstraps by replaying its deltas from offset 0."""
-        with self._write_lock:
-            cur = self._writer
-            assert cur is not None
-            ids = {
-                r[0] for r in cur.execute(f"SELECT id FROM {WD}.datasets WHERE shard = ?", [shard]).fetchall()
-            }
-            cur.begin()
-            for table in ("datasets", "schema_versions", "partitions", "columns", "shard_progress"):
-                cur.execute(f"DELETE FROM {WD}.{table} WHERE shard = ?", [shard])
-            cur.execute(f"DELETE FROM {WD}.src_offsets WHERE src_partition = ?", [shard])
-            cur.commit()
-            self._progress[shard] = ShardProgress(shard)
-            for key in [k for k in self._src_offsets if k[0] == shard]:
-                del self._src_offsets[key]
-            with self._ds_lock:
-                self._ds_dirty |= ids
-            self._views_dirty |= ids
-            self._version += 1
-            metrics.REBUILDS.labels(scope="shard", result="ok").inc()
-
+    # ------------------------------------------------------------------ progress (progress.py, lsnwait.py)
     def mark_bootstrapped(self, shard: int) -> None:
         with self._write_lock:
-            prog = self._progress.setdefault(shard, ShardProgress(shard))
-            if prog.bootstrapped:
-                return
-            prog.bootstrapped = True
             assert self._writer is not None
-            self._writer.execute(
-                f"UPDATE {WD}.shard_progress SET bootstrapped = true WHERE shard = ?", [shard]
-            )
+            self._progress.mark_bootstrapped(self._writer, shard)
 
     def set_error(self, shard: int, error: str) -> None:
-        self._progress.setdefault(shard, ShardProgress(shard)).last_error = error[:500]
+        self._progress.set_error(shard, error)
 
-    # ------------------------------------------------------------------ views
+    def progress(self) -> dict[int, ShardProgress]:
+        return self._progress.view()
+
+    def applied_lsn(self) -> int:
+        return self._progress.applied_lsn()
+
+    async def wait_for_lsn(self, lsn: int, timeout_s: float) -> bool:
+        """True once every shard applied ``lsn``, False after ``timeout_s`` (woken by the writer)."""
+        return await self._lsn.wait(lsn, timeout_s)
+
+    # ------------------------------------------------------------------ views (views.py)
     def refresh_views(self, force: bool = False) -> None:
-        """(Re)create the plain DuckDB views ``timestore.<view>`` of datasets changed since the last refresh.
-
-        Done after applies (at most every ``view_refresh_interval_s``), not inside them: binding a view
-        over N files costs ~20 µs per file. The planner's rewrite is the exact, pruned path. A refresh holds
-        the writer, so under a steady write load the interval also stretches to keep refreshes within
-        ``view_refresh_max_share`` of the writer's time (the last refresh's duration / that share).
-        """
-        if self._db is None:
-            return
-        now = time.monotonic()
-        interval = self.settings.view_refresh_interval_s
-        if self.settings.view_refresh_max_share > 0:
-            interval = max(interval, self._views_refresh_s / self.settings.view_refresh_max_share)
-        if not force and now - self._views_refreshed_at < interval:
-            return
-        if not force and not self._views_dirty:
-            return
-        with self._write_lock:
-            if not self._views_dirty and not force:
-                return
-            started = time.perf_counter()
-            try:
-                self._refresh_views(now, 0.0 if force else self.settings.view_refresh_budget_s)
-            finally:
-                self._views_refresh_s = time.perf_counter() - started
-
-    def _refresh_views(self, now: float, budget_s: float = 0.0) -> None:
-        """Refresh the dirty views; with ``budget_s`` > 0 stop starting new ones once it is spent (the rest
-        stay dirty for the next call: a build that dirtied every dataset is refreshed in bounded chunks)."""
-        with self._write_lock:
-            started = time.perf_counter()
-            dirty, self._views_dirty = self._views_dirty, set()
-            self._views_refreshed_at = now
-            views = self.datasets()
-            wanted: dict[str, DatasetView] = {}
-            for dv in sorted(views, key=lambda d: (d.slug != d.view_name, d.created_at or "", d.id)):
-                if dv.write_format == "parquet":
-                    wanted.setdefault(dv.view_name, dv)
-            cur = self._writer
-            assert cur is not None
-            for name in list(self._view_owner):
-                if name not in wanted:
-                    with contextlib.suppress(duckdb.Error):
-                        cur.execute(f"DROP VIEW IF EXISTS timestore.{quote_ident(name)}")
-                    del self._view_owner[name]
-            for name, dv in wanted.items():
-                # only views whose dataset changed (or whose owner changed): re-binding a view costs ~20 µs
-                # per file, so refreshing every dataset's view on every change does not scale
-                if self._view_owner.get(name) == dv.id and dv.id not in dirty:
-                    continue
-                if budget_s > 0 and time.perf_counter() - started > budget_s:
-                    self._views_dirty.add(dv.id)
-                    continue
-                sql_text, _ = self.relation_sql(dv.id, count_skips=False)
-                try:
-                    cur.execute(f"CREATE OR REPLACE VIEW timestore.{quote_ident(name)} AS {sql_text}")
-                    self._view_owner[name] = dv.id
-                except duckdb.Error as exc:
-                    log.warning("view timestore.%s not refreshed: %s", name, exc)
+        """(Re)create the plain DuckDB views ``timestore.<view>`` of datasets changed since the last refresh."""
+        self._views.refresh(force)
 
     def views_pending(self) -> int:
         """Datasets whose plain view waits for a refresh (after a build: refreshed in chunks)."""
-        return len(self._views_dirty)
+        return self._views.pending()
 
-    # ------------------------------------------------------------------ progress
-    def progress(self) -> dict[int, ShardProgress]:
-        now = utcnow()
-        out: dict[int, ShardProgress] = {}
-        for shard, p in sorted(self._progress.items()):
-            out[shard] = ShardProgress(
-                shard=shard,
-                applied_lsn=p.applied_lsn,
-                deltas_offset=p.deltas_offset,
-                src_offset=p.src_offset,
-                newest_commit_ts=p.newest_commit_ts,
-                staleness_s=staleness.publish(shard, p.newest_commit_ts, now),
-                last_apply_ms=p.last_apply_ms,
-                last_error=p.last_error,
-                bootstrapped=p.bootstrapped,
-                applied_at=p.applied_at,
-            )
-        return out
-
-    def applied_lsn(self) -> int:
-        if not self._progress:
-            return 0
-        return min(p.applied_lsn for p in self._progress.values())
-
-    async def wait_for_lsn(self, lsn: int, timeout_s: float) -> bool:
-        """True once every shard applied ``lsn``, False after ``timeout_s``.
-
-        Woken by the writer right after an apply that reaches ``lsn`` (no polling delay on the
-        read-your-writes path); it also re-checks every ``LSN_RECHECK_S`` in case progress moved some other
-        way."""
-        if self.applied_lsn() >= lsn:
-            return True
-        loop = asyncio.get_running_loop()
-        deadline = time.monotonic() + timeout_s
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return False
-            waiter = (lsn, loop, loop.create_future())
-            with self._lsn_lock:
-                self._lsn_waiters.append(waiter)
-            try:
-                if self.applied_lsn() >= lsn:  # applied between the check and the registration
-                    return True
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(waiter[2], min(remaining, LSN_RECHECK_S))
-            finally:
-                with self._lsn_lock, contextlib.suppress(ValueError):
-                    self._lsn_waiters.remove(waiter)
-            if self.applied_lsn() >= lsn:
-                return True
-
-    def _wake_lsn_waiters(self) -> None:
-        """Wake the readers waiting for an LSN every shard has now applied (called after applies)."""
-        if not self._lsn_waiters:
-            return
-        applied = self.applied_lsn()
-        with self._lsn_lock:
-            ready = [w for w in self._lsn_waiters if w[0] <= applied]
-            if not ready:
-                return
-            self._lsn_waiters = [w for w in self._lsn_waiters if w[0] > applied]
-        for _, loop, fut in ready:
-            with contextlib.suppress(RuntimeError):  # loop closed: nobody is waiting any more
-                loop.call_soon_threadsafe(_resolve, fut)
-
-    # ------------------------------------------------------------------ catalog views
+    # ------------------------------------------------------------------ datasets (datasets.py)
     def version(self) -> int:
         """Bumped by every apply/rebuild that changed a dataset (cache key for callers)."""
         return self._version
 
     def datasets(self) -> list[DatasetView]:
         """Every dataset the context holds (copies: callers may change them), newest update first."""
-        views, _ = self._sync_datasets()
-        return [self._copy_view(v) for v in views]
-
-    def _sync_datasets(self) -> tuple[tuple[DatasetView, ...], dict[str, DatasetView]]:
-        """The dataset cache, brought up to date: (views sorted newest first, by id). Read-only for callers.
-
-        Only datasets marked dirty since the last call are re-read. One loader at a time, holding the
-        lock: a concurrent caller must not read the cache between another caller taking the dirty set and
-        storing what it loaded (it would miss those datasets).
-        """
-        with self._ds_lock:
-            if self._ds_all_dirty:
-                self._ds_cache.clear()
-                self._sv_cache.clear()
-                dirty: set[str] | None = None
-            else:
-                dirty = set(self._ds_dirty)
-            self._ds_dirty.clear()
-            self._ds_all_dirty = False
-            if dirty is None or dirty:
-                fresh = self._load_datasets(dirty)
-                for did in dirty or set():
-                    self._ds_cache.pop(did, None)
-                    self._sv_cache.pop(did, None)
-                self._ds_cache.update(fresh)
-                self._ds_snapshot = None
-            if self._ds_snapshot is None:
-                self._ds_snapshot = self._build_snapshot(self._ds_cache.values())
-            return self._ds_snapshot
-
-    def _build_snapshot(
-        self, cached: Iterable[DatasetView]
-    ) -> tuple[tuple[DatasetView, ...], dict[str, DatasetView]]:
-        views = [self._copy_view(v) for v in cached]
-        by_name: dict[str, list[DatasetView]] = {}
-        for v in views:
-            by_name.setdefault(v.view_name, []).append(v)
-        for group in by_name.values():
-            if len(group) > 1:
-                for v in group:
-                    v.collision = True
-        views.sort(key=lambda v: (v.updated_at or "", v.id), reverse=True)
-        return tuple(views), {v.id: v for v in views}
-
-    @staticmethod
-    def _copy_view(v: DatasetView) -> DatasetView:
-        return dataclasses.replace(v, columns=list(v.columns), partition_keys=list(v.partition_keys))
-
-    def collision_warnings(self, views: list[DatasetView] | None = None) -> list[str]:
-        views = views if views is not None else self.datasets()
-        by_name: dict[str, list[str]] = {}
-        for v in views:
-            by_name.setdefault(v.view_name, []).append(v.slug)
-        return [
-            f"Datasets {', '.join(sorted(slugs))} all sanitise to view timestore.{name}; "
-            "the relation is ambiguous (reference it with the exact slug)."
-            for name, slugs in sorted(by_name.items())
-            if len(slugs) > 1
-        ]
-
-    def _load_datasets(self, only: set[str] | None) -> dict[str, DatasetView]:
-        # ONE query (dataset rows, partition aggregates, columns): it runs after every apply that touched a
-        # dataset, on the request path; the filters sit inside the aggregates so re-reading one dataset
-        # never scans the other datasets' partitions
-        # `col IN (?, …)`, not list_contains(): DuckDB pushes an IN list into the scan (2× faster here)
-        if only is not None and not only:
-            return {}
-        ids = sorted(only) if only is not None else []
-        flt = f"WHERE {{col}} IN ({', '.join('?' * len(ids))})" if only is not None else ""
-        params = ids * 3
-        cur = self._cursor()
-        try:
-            rows = cur.execute(
-                f"""WITH p AS (SELECT dataset_id, count(*) AS n, sum(row_count) AS r, sum(file_size_bytes) AS b,
-                                      list(DISTINCT partition_key) AS keys
-                               FROM {WD}.partitions {flt.format(col="dataset_id")} GROUP BY dataset_id),
-                         c AS (SELECT dataset_id,
-                                      list([column_name, data_type, nullable::VARCHAR, description]
-                                           ORDER BY ordinal) AS cols
-                               FROM {WD}.columns {flt.format(col="dataset_id")} GROUP BY dataset_id)
-                    SELECT d.id, d.slug, d.name, d.description, d.status, d.metadata, d.updated_at, d.shard,
-                           d.write_format, d.created_at,
-                           coalesce(p.n, 0), coalesce(p.r, 0), coalesce(p.b, 0), p.keys, c.cols
-                    FROM {WD}.datasets d
-                    LEFT JOIN p ON p.dataset_id = d.id
-                    LEFT JOIN c ON c.dataset_id = d.id
-                    {flt.format(col="d.id")}""",
-                params,
-            ).fetchall()
-        finally:
-            cur.close()
-        out: dict[str, DatasetView] = {}
-        for did, slug, name, desc, status, meta, updated, shard, wf, created, n, r, b, keys, cols in rows:
-            metadata = _as_dict(meta)
-            details = [(c[0], c[1], c[2] == "true", c[3]) for c in cols or []]
-            columns = [(c[0], c[1]) for c in details]
-            key_names: set[str] = set()
-            for k in keys or []:
-                key_names |= set(_as_dict(k))
-            view = sanitize_view_name(slug)
-            out[did] = DatasetView(
-                id=did,
-                slug=slug,
-                name=name,
-                description=desc,
-                status=status,
-                metadata=metadata,
-                view_name=view,
-                columns=columns,
-                timestamp_column=timestamp_column(metadata, columns),
-                partition_keys=sorted(key_names),
-                partition_count=int(n),
-                total_rows=int(r),
-                total_bytes=int(b),
-                updated_at=iso(updated) if updated else None,
-                alias_warning=alias_warning(slug, view),
-                shard=int(shard),
-                write_format=wf,
-                created_at=iso(created) if created else None,
-                column_details=details,
-            )
-        return out
+        return self._datasets.datasets()
 
     def dataset(self, dataset_id: str) -> DatasetView:
-        _, by_id = self._sync_datasets()
-        view = by_id.get(dataset_id)
-        if view is None:
-            raise UnknownDataset(dataset_id)
-        return self._copy_view(view)
+        return self._datasets.dataset(dataset_id)
 
     def resolve_relation(self, name: str) -> list[DatasetView]:
         """Datasets a ``timestore.<name>`` reference may mean: exact slug matches first, then view-name matches."""
-        views, _ = self._sync_datasets()
-        exact = [v for v in views if v.slug == name]
-        if exact:
-            found = exact + [v for v in views if v.view_name == name and v.slug != name]
-        else:
-            # DuckDB identifiers are case-insensitive: `timestore.OBSERVATORY` reaches view `observatory`
-            folded = name.lower()
-            found = [v for v in views if v.slug.lower() == folded or v.view_name.lower() == folded]
-        return [self._copy_view(v) for v in found]
+        return self._datasets.resolve(name)
 
-    # ------------------------------------------------------------------ relation SQL
+    def collision_warnings(self, views: list[DatasetView] | None = None) -> list[str]:
+        return collision_warnings(views if views is not None else self.datasets())
+
+    def partition_index(self, dataset_id: str | None = None) -> list[dict[str, Any]]:
+        """Visible partitions held (for verify and ``?detail=partitions``)."""
+        return partition_index(self._readers.cursor, dataset_id)
+
+    # ------------------------------------------------------------------ relation SQL (relation.py)
     def relation_sql(
         self,
         dataset_id: str,
@@ -1358,285 +292,13 @@ class ContextStore:
         count_skips: bool = True,
         bind: FileBinder | None = None,
     ) -> tuple[str, list[str]]:
-        """SQL of a subquery over the dataset's visible partitions overlapping [start, end].
-
-        ``bind``: file lists become statement parameters (``relation.relation_sql``).
-
-        Per call: one indexed DuckDB query for the overlapping partitions (MVCC-consistent, so an apply
-        never has to patch a Python copy of the index); the dataset's columns and schema versions come
-        from caches re-read only when an apply marks the dataset dirty; files already seen to exist are
-        not stat'ed one by one (``file_presence``: directory listings cached per directory mtime).
-        """
-        lo = _naive_utc(start) or FAR_PAST
-        hi = _naive_utc(end) or FAR_FUTURE
-        view = self._sync_datasets()[1].get(dataset_id)
-        if view is None:
-            raise UnknownDataset(dataset_id)
-        versions = self._schema_versions(dataset_id)
-        cur = self._cursor()
-        try:
-            parts = cur.execute(
-                f"""SELECT id, location, schema_version_id FROM {WD}.partitions
-                    WHERE dataset_id = ? AND end_time >= ? AND start_time <= ?
-                      AND coalesce(file_format, 'parquet') = 'parquet'
-                    ORDER BY start_time, id""",
-                [dataset_id, lo, hi],
-            ).fetchall()
-        finally:
-            cur.close()
-        probe = self._presence.probe()
-        missing: list[str] = []
-        outside: list[tuple[str, str]] = []
-        present: list[tuple[str, str, str | None]] = []
-        for pid, loc, svid in parts:
-            state = probe.state(loc)
-            if state is FileState.PRESENT:
-                present.append((pid, loc, svid))
-            elif state is FileState.MISSING:
-                missing.append(pid)
-            else:
-                outside.append((pid, loc))
-        warnings = self._skip_warnings(view.slug, missing, count_skips) if missing else []
-        if outside:
-            warnings.extend(self._outside_warnings(view.slug, outside, count_skips))
-        # a file's columns are what its footer says, whatever version the catalog attributes it to (issue 20)
-        cur = self._cursor()
-        try:
-            footers = self._file_columns.columns(cur, [loc for _, loc, _ in present])
-        finally:
-            cur.close()
-        groups, type_warnings = group_files(present, view.columns, versions, footers, view.slug)
-        if type_warnings:
-            warnings.extend(type_warnings)
-            if count_skips:
-                metrics.INCOMPATIBLE_PARTITION_COLUMNS.inc(len(type_warnings))
-        if not groups:
-            if parts:
-                warnings.append(
-                    f"No readable partitions found for dataset {view.slug}; returning empty view."
-                )
-            return empty_relation_sql(view.columns), warnings
-        return relation_sql(view.columns, groups, bind), warnings
-
-    def _schema_versions(self, dataset_id: str) -> dict[str, dict[str, str]]:
-        """Column name -> type per schema version id of the dataset (cached until the dataset changes)."""
-        cached = self._sv_cache.get(dataset_id)
-        if cached is not None:
-            return cached
-        with self._ds_lock:  # loaded and stored under the lock that invalidates it (_sync_datasets)
-            if dataset_id in self._ds_dirty or self._ds_all_dirty:
-                return self._read_schema_versions(dataset_id)  # stale in a moment: do not cache
-            cached = self._sv_cache.get(dataset_id)
-            if cached is None:
-                cached = self._sv_cache[dataset_id] = self._read_schema_versions(dataset_id)
-            return cached
-
-    def _read_schema_versions(self, dataset_id: str) -> dict[str, dict[str, str]]:
-        cur = self._cursor()
-        try:
-            rows = cur.execute(
-                f"SELECT id, schema FROM {WD}.schema_versions WHERE dataset_id = ?", [dataset_id]
-            ).fetchall()
-        finally:
-            cur.close()
-        return {svid: {n: t for n, t, _, _ in schema_columns(_as_dict(schema))} for svid, schema in rows}
-
-    def _outside_warnings(self, slug: str, outside: list[tuple[str, str]], count_skips: bool) -> list[str]:
-        """Partitions whose file lies outside the storage root: skipped (DuckDB would refuse the whole read)."""
-        if count_skips:
-            metrics.PARTITIONS_OUTSIDE_ROOT.inc(len(outside))
-            new = [(pid, loc) for pid, loc in outside if pid not in self._outside_logged]
-            if new:
-                if len(self._outside_logged) > 10_000:
-                    self._outside_logged.clear()
-                self._outside_logged.update(pid for pid, _ in new)
-                log.warning(
-                    "dataset %s: %d partition file(s) outside the storage root skipped, e.g. %s at %s",
-                    slug,
-                    len(new),
-                    new[0][0],
-                    new[0][1],
-                )
-        return [
-            f"Ignored partition {pid} from dataset {slug}: its file {loc} lies outside the storage root."
-            for pid, loc in outside
-        ]
-
-    def _skip_warnings(self, slug: str, missing: list[str], count_skips: bool) -> list[str]:
-        """Timestore's "Skipped partition …" text per missing file (built only when a file is missing)."""
-        if count_skips:
-            metrics.SKIPPED_PARTITIONS.inc(len(missing))
-        cur = self._cursor()
-        try:
-            rows = cur.execute(
-                f"""SELECT id, start_time, end_time, storage_target_id, location FROM {WD}.partitions
-                    WHERE list_contains(?, id) ORDER BY start_time, id""",
-                [missing],
-            ).fetchall()
-        finally:
-            cur.close()
-        return [
-            f"Skipped partition {pid} from dataset {slug}; storage target {target}; "
-            f"window {iso(st)} – {iso(et)}; object not found at {loc}."
-            for pid, st, et, target, loc in rows
-        ]
-
-    # ------------------------------------------------------------------ execution guard (guard.py)
-    def statement_tree(self, sql: str) -> dict[str, Any]:
-        """DuckDB's own parse of ``sql`` (``json_serialize_sql``): what the execution guard walks."""
-        cur = self._cursor()
-        try:
-            row = cur.execute("SELECT json_serialize_sql(?)", [sql]).fetchone()
-        finally:
-            cur.close()
-        return orjson.loads(row[0]) if row else {"error": True}
+        """SQL of a subquery over the dataset's visible partitions overlapping [start, end], and warnings."""
+        return self._relations.relation_sql(dataset_id, start, end, count_skips=count_skips, bind=bind)
 
     def files_outside(self, dataset_id: str, locations: list[str]) -> list[str]:
         """Those of ``locations`` the partition index does not list for ``dataset_id`` now."""
-        cur = self._cursor()
-        try:
-            rows = cur.execute(
-                f"""SELECT f.loc FROM (SELECT DISTINCT unnest(?::VARCHAR[]) AS loc) f
-                    WHERE NOT EXISTS (SELECT 1 FROM {WD}.partitions p
-                                      WHERE p.dataset_id = ? AND p.location = f.loc)""",
-                [locations, dataset_id],
-            ).fetchall()
-        finally:
-            cur.close()
-        return [r[0] for r in rows]
+        return self._relations.files_outside(dataset_id, locations)
 
     def forget_missing_files(self, error: str) -> None:
-        """DuckDB could not open a file: drop the cached listing of its directory, so the next plan re-reads
-        it (and skips the file with a warning).
-
-        Called by :meth:`reader` for every failed read; only "file not found" errors matter. The paths are
-        taken from the message; when none can be named, every cached listing is dropped.
-        """
-        lowered = error.lower()
-        if not any(marker in lowered for marker in MISSING_FILE_MARKERS):
-            return
-        paths = _QUOTED_PATH.findall(error)
-        if not paths:
-            self._presence.forget_all()
-        for path in paths:
-            self._presence.forget(path)
-
-    # ------------------------------------------------------------------ snapshot
-    def partition_index(self, dataset_id: str | None = None) -> list[dict[str, Any]]:
-        """Visible partitions held (for verify and ``?detail=partitions``)."""
-        cur = self._cursor()
-        try:
-            where = " WHERE dataset_id = ?" if dataset_id else ""
-            rows = cur.execute(
-                f"""SELECT dataset_id, manifest_shard, id, file_path, row_count, shard FROM {WD}.partitions{where}
-                    ORDER BY dataset_id, manifest_shard, id""",
-                [dataset_id] if dataset_id else [],
-            ).fetchall()
-        finally:
-            cur.close()
-        return [
-            {
-                "datasetId": d,
-                "manifestShard": m,
-                "partitionId": p,
-                "filePath": f,
-                "rowCount": r,
-                "contextShard": s,
-            }
-            for d, m, p, f, r, s in rows
-        ]
-
-    def snapshot(self, detail_partitions: bool = False) -> dict[str, Any]:
-        views = self.datasets()
-        prog = self.progress()
-        context_staleness = staleness.overall(p.staleness_s for p in prog.values())
-        signature = hashlib.sha1(
-            "|".join(f"{v.id}:{v.partition_count}:{v.total_rows}:{v.updated_at}" for v in views).encode()
-        ).hexdigest()
-        parts_by_ds: dict[str, list[dict[str, Any]]] = {}
-        if detail_partitions:
-            for row in self.partition_index():
-                parts_by_ds.setdefault(row["datasetId"], []).append(row)
-        datasets = []
-        every = self._rebuild_info.get("*", {})
-        slugs = {v.id: v.slug for v in views}
-        for v in views:
-            info = self._rebuild_info.get(v.id, {})
-            if every and (every.get("at") or "") > (info.get("at") or ""):
-                info = every  # a full rebuild newer than the dataset's own (its failure names no dataset)
-            shard_error = prog.get(v.shard, ShardProgress(v.shard)).last_error
-            entry: dict[str, Any] = {
-                "datasetId": v.id,
-                "datasetSlug": v.slug,
-                "status": v.status,
-                "updatedAt": v.updated_at,
-                "included": v.write_format == "parquet",
-                "signature": hashlib.sha1(f"{v.id}:{v.partition_count}:{v.total_rows}".encode()).hexdigest(),
-                "lastRefreshedAt": info.get("at") or prog.get(v.shard, ShardProgress(v.shard)).applied_at,
-                "lastBuildDurationMs": info.get("durationMs"),
-                "lastError": shard_error or info.get("error"),
-                "manifestVersion": None,
-                "manifestUpdatedAt": v.updated_at,
-                "partitionCount": v.partition_count,
-                "totalRows": v.total_rows,
-                "totalBytes": v.total_bytes,
-                "refreshReason": info.get("reason") or "delta",
-                "viewName": v.view_name,
-                "contextShard": v.shard,
-                "collision": v.collision,
-                "lastRebuild": (
-                    {
-                        k: info.get(k)
-                        for k in (
-                            "scope",
-                            "reason",
-                            "result",
-                            "error",
-                            "at",
-                            "durationMs",
-                            "lsn",
-                            "replayedDeltas",
-                        )
-                    }
-                    if info
-                    else None
-                ),
-            }
-            if detail_partitions:
-                entry["partitions"] = parts_by_ds.get(v.id, [])
-            datasets.append(entry)
-        return {
-            "incrementalEnabled": not self.full_scan,
-            "contextMode": self.walduck.context_mode.value,
-            "ttlMs": None,
-            "cachePresent": self._db is not None,
-            "cacheMode": "full" if self.full_scan else "incremental",
-            "version": self._version,
-            "signature": signature,
-            "builtAt": iso(self._opened_at) if self._opened_at else None,
-            "expiresAt": None,
-            "stalenessSeconds": context_staleness,
-            "datasetCount": len(views),
-            "appliedLsn": format_lsn(self.applied_lsn()),
-            "datasets": datasets,
-            "pendingInvalidations": [
-                {**job, "datasetSlug": slugs.get(job["datasetId"])} for job in self._rebuilds.pending()
-            ],
-            "runningRebuilds": self._rebuilds.running(),
-            "lastFullRebuild": every or None,
-            "shards": [
-                {
-                    "shard": p.shard,
-                    "appliedLsn": format_lsn(p.applied_lsn),
-                    "deltasOffset": p.deltas_offset,
-                    "srcOffset": p.src_offset,
-                    "newestCommitTs": p.newest_commit_ts,
-                    "stalenessSeconds": p.staleness_s,
-                    "lastApplyMs": p.last_apply_ms,
-                    "lastError": p.last_error,
-                    "bootstrapped": p.bootstrapped,
-                }
-                for p in prog.values()
-            ],
-            "warnings": [w for v in views if (w := v.alias_warning)] + self.collision_warnings(views),
-        }
+        """DuckDB could not open a file: forget the cached listing of its directory (``relation.py``)."""
+        self._relations.forget_missing_files(error)

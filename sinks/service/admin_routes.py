@@ -10,6 +10,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 
+from sinks.service.admin_snapshot import admin_snapshot
 from sinks.service.audit import ACTION_RUNTIME_INVALIDATE, record_action
 from sinks.service.body_limit import OffLoopJsonRoute
 from sinks.service.errors import ApiError, error_json, not_readable
@@ -43,7 +44,7 @@ async def runtime_cache(request: Request, detail: str | None = None) -> dict[str
     """``?detail=partitions`` adds every dataset's visible partitions (what ``walduck verify`` compares)."""
     authorize_admin(request)
     store = svc(request).store
-    return {"snapshot": await asyncio.to_thread(store.snapshot, detail == "partitions")}
+    return {"snapshot": await asyncio.to_thread(admin_snapshot, store, detail == "partitions")}
 
 
 def _rebuild_in_background(s: ServiceState, dataset_id: str | None, reason: str) -> None:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from sinks.context import staleness
+from sinks.service.admin_snapshot import SnapshotSource
 from sinks.service.audit import AuditSink
 from sinks.service.catalog import Catalog
 from sinks.service.iam import IamPolicy, Principal
@@ -15,8 +16,8 @@ from sinks.service.limits import QueryRunner
 from sinks.service.settings import QuerySettings
 
 
-class Store(Protocol):
-    """The part of ``sinks.context.store.ContextStore`` the service uses."""
+class Store(SnapshotSource, Protocol):
+    """The part of ``sinks.context.store.ContextStore`` the service uses (the admin snapshot's too)."""
 
     def reader(self) -> Any: ...
     def progress(self) -> dict[int, Any]: ...
@@ -25,7 +26,6 @@ class Store(Protocol):
     def datasets(self) -> list[Any]: ...
     def rebuild(self, dataset_id: str | None = None, reason: str = "manual") -> None: ...
     def request_rebuild(self, dataset_id: str | None = None, reason: str = "manual") -> Any: ...
-    def snapshot(self) -> dict[str, Any]: ...
 
 
 Planner = Callable[[Any, Any, set[str]], Any]

@@ -1,7 +1,7 @@
 """Parts of ``walduck bench bootstrap`` about building contexts from PostgreSQL (issue 15).
 
 * :func:`build_steps`: the snapshot bootstrap of an empty context in-process, per step (COPY + Arrow, delete,
-  inserts, columns, commit), then the first dataset listing (``_load_datasets``) and a budgeted view refresh;
+  inserts, columns, commit), then the first dataset listing (``DatasetCache._load``) and a budgeted view refresh;
 * :func:`join_replica`: a second query-service process joining the running pipeline (an operator adding a
   replica), timed from process start to every partition visible through its ``/sql/read``;
 * :func:`replay_replica`: the baseline, a new replica replaying the deltas topic from offset 0
@@ -40,7 +40,7 @@ def build_steps(env: ScenarioEnv, res: Result) -> float:
         for step, secs in timings.steps.items():
             res.add(f"  snapshot build step: {step}", secs, "s")
         list_s, views = timed(store.datasets)
-        res.add("  first dataset listing after the build (_load_datasets)", list_s, "s")
+        res.add("  first dataset listing after the build (DatasetCache._load)", list_s, "s")
         refresh_s, _ = timed(store.refresh_views)
         res.add(
             f"  one bounded plain-view refresh after the build ({store.views_pending()} of {len(views)} left)",

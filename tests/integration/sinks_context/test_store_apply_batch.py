@@ -139,9 +139,9 @@ async def test_applies_wake_lsn_waiters(
     10 s bound, not a latency assertion)."""
     import asyncio
 
-    import sinks.context.store as store_module
+    import sinks.context.lsnwait as lsnwait
 
-    monkeypatch.setattr(store_module, "LSN_RECHECK_S", 3600.0)
+    monkeypatch.setattr(lsnwait, "LSN_RECHECK_S", 3600.0)
     hb0, hb1 = (factory.delta(p, None, kind=DeltaKind.HEARTBEAT) for p in (0, 1))
     waiter = asyncio.create_task(store.wait_for_lsn(min(hb0.lsn_to, hb1.lsn_to), 3600.0))
     await asyncio.sleep(0.05)
@@ -153,4 +153,27 @@ async def test_applies_wake_lsn_waiters(
         assert not waiter.done()  # shard 1 has not passed the LSN yet
         await asyncio.to_thread(store.apply, hb1, 1, 0)
     assert await asyncio.wait_for(waiter, 10.0) is True
-    assert store._lsn_waiters == []
+    assert store._lsn.waiters == []
+
+
+def test_apply_is_apply_batch_of_one(
+    store: ContextStore, factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One apply path (issue 14): ``apply(x)`` is ``apply_batch([x])``, for every kind of delta."""
+    calls: list[list[tuple[Delta, int, int]]] = []
+    real = store.apply_batch
+
+    def spy(items: list[tuple[Delta, int, int]]) -> list[bool]:
+        calls.append(list(items))
+        return real(items)
+
+    monkeypatch.setattr(store, "apply_batch", spy)
+    items = [
+        (factory.create_dataset(0, "a"), 0, 0),
+        (factory.delta(0, "ds-a", upserts=[factory.write_file("a", 1, 5)]), 0, 1),
+        (factory.delta(0, None, kind=DeltaKind.HEARTBEAT), 0, 2),
+    ]
+    assert [store.apply(*item) for item in items] == [True, True, True]
+    assert store.apply(*items[1]) is False  # a re-delivery, dropped by the same path
+    assert calls == [[item] for item in items] + [[items[1]]]
+    assert store.datasets()[0].partition_count == 1

@@ -15,6 +15,7 @@ import pytest
 
 import sinks.context.build as store_module  # the module that reads the catalog
 from sinks.context.store import ContextStore
+from sinks.service.admin_snapshot import admin_snapshot
 from stack.catalog.migrate import apply_migrations
 from walduck import metrics
 from walduck.config import ContextMode
@@ -151,7 +152,7 @@ def test_rebuilds_queue_merge_and_keep_their_last_result_across_restarts(
         with pytest.raises(psycopg.OperationalError):
             store.rebuild("ds-obs", reason="test-broken")
         assert _rebuilds("dataset", "error") == errors + 1
-        entry = store.snapshot()["datasets"][0]
+        entry = admin_snapshot(store)["datasets"][0]
         assert entry["lastRebuild"]["result"] == "error" and "wd_no_such_db" in entry["lastError"]
         assert entry["lastRebuild"]["reason"] == "test-broken"
     finally:
@@ -160,7 +161,7 @@ def test_rebuilds_queue_merge_and_keep_their_last_result_across_restarts(
     store = ContextStore(sink, wd.model_copy(update={"pg_dsn": dsn}))
     store.open()
     try:
-        entry = store.snapshot()["datasets"][0]
+        entry = admin_snapshot(store)["datasets"][0]
         assert entry["lastRebuild"]["result"] == "error", "the failure was not kept across the restart"
         assert "wd_no_such_db" in entry["lastError"]
 
@@ -180,7 +181,7 @@ def test_rebuilds_queue_merge_and_keep_their_last_result_across_restarts(
         first = store.request_rebuild("ds-obs", "admin-1")
         assert entered.wait(10)
         merged = [store.request_rebuild("ds-obs", r) for r in ("admin-2", "admin-3", "admin-2")]
-        snap = store.snapshot()
+        snap = admin_snapshot(store)
         assert [
             (p["datasetId"], p["datasetSlug"], p["reason"], p["requests"])
             for p in snap["pendingInvalidations"]
@@ -194,7 +195,7 @@ def test_rebuilds_queue_merge_and_keep_their_last_result_across_restarts(
         assert store.wait_rebuilds(10)
         assert len(reads) == 2, "four requests must cost two reads of PostgreSQL"
         assert _rebuilds("dataset", "ok") == ok + 2
-        snap = store.snapshot()
+        snap = admin_snapshot(store)
         assert snap["pendingInvalidations"] == [] and snap["runningRebuilds"] == []
         entry = snap["datasets"][0]
         assert entry["lastRebuild"]["result"] == "ok" and entry["lastError"] is None
@@ -204,7 +205,7 @@ def test_rebuilds_queue_merge_and_keep_their_last_result_across_restarts(
     store = ContextStore(sink, wd.model_copy(update={"pg_dsn": dsn}))
     store.open()
     try:
-        assert store.snapshot()["datasets"][0]["lastRebuild"]["result"] == "ok"
+        assert admin_snapshot(store)["datasets"][0]["lastRebuild"]["result"] == "ok"
     finally:
         store.close()
 

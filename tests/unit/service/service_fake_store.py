@@ -14,9 +14,12 @@ import queue
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 import duckdb
+
+from walduck.config import ContextMode
 
 
 @dataclass(slots=True)
@@ -25,6 +28,12 @@ class FakeProgress:
     applied_lsn: int = 0
     staleness_s: float | None = 0.5
     bootstrapped: bool = True
+    deltas_offset: int = -1
+    src_offset: int = -1
+    newest_commit_ts: str | None = None
+    last_apply_ms: float | None = None
+    last_error: str | None = None
+    applied_at: str | None = None
 
 
 @dataclass(slots=True)
@@ -45,9 +54,15 @@ class FakeDataset:
     updated_at: str | None = "2024-01-01T00:00:00Z"
     alias_warning: str | None = None
     collision: bool = False
+    shard: int = 0
+    write_format: str = "parquet"
 
 
 class FakeStore:
+    full_scan = False
+    walduck = SimpleNamespace(context_mode=ContextMode.INCREMENTAL)
+    opened_at = None
+
     def __init__(
         self, pool_size: int = 4, trace_files: bool = False, memory_limit: str | None = None
     ) -> None:
@@ -175,10 +190,24 @@ class FakeStore:
     def rebuilding(self) -> bool:
         return False
 
-    def snapshot(self, detail_partitions: bool = False) -> dict[str, Any]:
-        return {
-            "cachePresent": True,
-            "datasetCount": len(self.views),
-            "datasets": [],
-            "pendingInvalidations": [],
-        }
+    # what the admin snapshot reads (sinks/service/admin_snapshot.py)
+    def version(self) -> int:
+        return 0
+
+    def is_open(self) -> bool:
+        return True
+
+    def partition_index(self, dataset_id: str | None = None) -> list[dict[str, Any]]:
+        return []
+
+    def collision_warnings(self, views: list[Any] | None = None) -> list[str]:
+        return []
+
+    def rebuild_history(self) -> dict[str, dict[str, Any]]:
+        return {}
+
+    def pending_rebuilds(self) -> list[dict[str, Any]]:
+        return []
+
+    def running_rebuilds(self) -> list[dict[str, Any]]:
+        return []

@@ -1,0 +1,267 @@
+"""Content writers: a delta's rows (storage targets, datasets, schema versions, partitions, columns) into
+the partition index, inside the caller's DuckDB transaction. Each returns the dataset ids it touched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from sinks.context import ddl
+from sinks.context.datasets import dataset_row
+from sinks.context.ddl import INDEX_SCHEMA as WD
+from sinks.context.naming import schema_columns
+from sinks.context.pgsource import as_json_text
+from sinks.context.values import FAR_FUTURE, FAR_PAST, as_dict, naive_utc
+from walduck.deltas import Delta, DeltaKind
+from walduck.locations import partition_location
+
+_MAX_DATASET_DELETES = 3
+"""Above this many datasets in one apply, one unrestricted DELETE scan beats a restricted DELETE per dataset."""
+
+
+def _owner(row: dict[str, Any] | None, ds_id: str | None) -> str | None:
+    """The dataset holding a partition row: its own ``dataset_id``, else the delta's (``None``: unknown)."""
+    owner = (row.get("dataset_id") if row is not None else None) or ds_id
+    return None if owner is None else str(owner)
+
+
+class ContentWriter:
+    """Writes deltas' and snapshots' rows; keeps the storage targets (a partition's location needs its own)."""
+
+    def __init__(self, storage_root: str) -> None:
+        self.storage_root = storage_root
+        self.targets: dict[str, dict[str, Any]] = {}
+
+    def load_targets(self, cur: duckdb.DuckDBPyConnection) -> None:
+        for tid, name, kind, config in cur.execute(
+            f"SELECT id, name, kind, config FROM {WD}.storage_targets"
+        ).fetchall():
+            self.targets[tid] = {"id": tid, "name": name, "kind": kind, "config": as_dict(config)}
+
+    # ------------------------------------------------------------------ deltas
+    def apply_delta(self, cur: duckdb.DuckDBPyConnection, delta: Delta, shard: int) -> set[str]:
+        """Every row of one delta (whatever it carries)."""
+        touched: set[str] = set()
+        ds_id = delta.dataset_id
+        for target in delta.storage_targets:
+            touched |= self.upsert_target(cur, target)
+        if delta.dataset is not None:
+            did = str(delta.dataset.get("id") or ds_id)
+            touched.add(did)
+            if delta.dataset.get("deleted"):
+                self._delete_dataset(cur, did)
+            else:
+                self._upsert_datasets(cur, [delta.dataset], shard)
+        if delta.schema_versions:
+            self._upsert_schema_versions(cur, delta.schema_versions, shard, ds_id)
+            touched |= {str(sv.get("dataset_id") or ds_id) for sv in delta.schema_versions}
+        upserts: list[dict[str, Any]] = []
+        deletes: list[str] = []
+        for change in delta.shards.values():
+            upserts.extend(change.upserts)
+            deletes.extend(change.deletes)
+        if upserts or deletes:
+            doomed: dict[str | None, list[str]] = {_owner(None, ds_id): list(deletes)} if deletes else {}
+            for u in upserts:
+                doomed.setdefault(_owner(u, ds_id), []).append(str(u["id"]))
+            self._delete_partitions(cur, doomed)
+            self.insert_partitions(cur, upserts, shard, ds_id)
+            touched |= {str(u.get("dataset_id") or ds_id) for u in upserts}
+            if ds_id:
+                touched.add(ds_id)
+        if delta.dataset is not None or delta.schema_versions:
+            for did in touched:
+                self._recompute_columns(cur, did)
+        touched.discard("None")
+        return touched
+
+    def apply_partition_changes(
+        self, cur: duckdb.DuckDBPyConnection, deltas: Sequence[tuple[Delta, int]]
+    ) -> set[str]:
+        """The NET partition changes of ``(delta, shard)`` that carry only partitions (and heartbeats), in
+        order: one DELETE, one INSERT per shard. Within one delta upserts win over deletes (as
+        :meth:`apply_delta`: it deletes every named id, then inserts the upserts); a later delta overrides
+        an earlier one."""
+        net: dict[str, tuple[dict[str, Any] | None, int, str | None]] = {}
+        touched: set[str] = set()
+        for delta, shard in deltas:
+            if delta.kind != DeltaKind.DELTA:
+                continue
+            ds_id = delta.dataset_id
+            changes = list(delta.shards.values())
+            for change in changes:
+                for pid in change.deletes:
+                    net[str(pid)] = (None, shard, ds_id)
+            for change in changes:
+                for u in change.upserts:
+                    net[str(u["id"])] = (u, shard, ds_id)
+            if any(c.upserts or c.deletes for c in changes):
+                names = {str(u.get("dataset_id") or ds_id) for c in changes for u in c.upserts}
+                if ds_id:
+                    names.add(ds_id)
+                names.discard("None")
+                touched |= names
+        if not net:
+            return touched
+        doomed: dict[str | None, list[str]] = {}
+        for pid, (row, _shard, ds_id) in net.items():
+            doomed.setdefault(_owner(row, ds_id), []).append(pid)
+        self._delete_partitions(cur, doomed)
+        by_shard: dict[int, list[dict[str, Any]]] = {}
+        for row, shard, ds_id in net.values():
+            if row is not None:
+                if not row.get("dataset_id"):
+                    row = {**row, "dataset_id": ds_id}
+                by_shard.setdefault(shard, []).append(row)
+        for shard, rows in by_shard.items():
+            self.insert_partitions(cur, rows, shard, None)
+        return touched
+
+    # ------------------------------------------------------------------ rows
+    def _delete_partitions(
+        self, cur: duckdb.DuckDBPyConnection, by_dataset: dict[str | None, list[str]]
+    ) -> None:
+        """Delete partition rows by id, ids grouped by the dataset that holds them (``None``: unknown).
+
+        With a few known datasets each DELETE is restricted to its dataset: ``dataset_id = ?`` lets DuckDB's
+        zone maps skip the other datasets' row groups (1,000 ids at 1M partitions: 6 ms instead of 41 ms for a
+        scan of every id). A partition that moved to another dataset keeps its old row until the old
+        dataset's delta (which carries its delete) is applied, as that dataset's view should. Unknown owners
+        or many datasets: one scan."""
+        by_dataset = {d: ids for d, ids in by_dataset.items() if ids}
+        if not by_dataset:
+            return
+        if None in by_dataset or len(by_dataset) > _MAX_DATASET_DELETES:
+            every = [pid for ids in by_dataset.values() for pid in ids]
+            cur.execute(f"DELETE FROM {WD}.partitions WHERE list_contains(?, id)", [every])
+            return
+        for did, ids in by_dataset.items():
+            cur.execute(
+                f"DELETE FROM {WD}.partitions WHERE dataset_id = ? AND list_contains(?, id)", [did, ids]
+            )
+
+    def upsert_target(self, cur: duckdb.DuckDBPyConnection, target: dict[str, Any]) -> set[str]:
+        tid = str(target["id"])
+        row = {
+            "id": tid,
+            "name": target.get("name"),
+            "kind": target.get("kind") or "local",
+            "config": as_dict(target.get("config")),
+        }
+        cur.execute(f"DELETE FROM {WD}.storage_targets WHERE id = ?", [tid])
+        if not target.get("deleted"):
+            cur.execute(
+                f"INSERT INTO {WD}.storage_targets VALUES (?, ?, ?, ?)",
+                [tid, row["name"], row["kind"], as_json_text(row["config"])],
+            )
+        old = self.targets.get(tid)
+        self.targets[tid] = row
+        if old is not None and (old.get("kind"), old.get("config")) == (row["kind"], row["config"]):
+            return set()
+        rows = cur.execute(
+            f"SELECT id, file_path, dataset_id FROM {WD}.partitions WHERE storage_target_id = ?", [tid]
+        ).fetchall()
+        if rows:
+            cur.executemany(
+                f"UPDATE {WD}.partitions SET location = ? WHERE id = ?",
+                [[partition_location(row, fp, self.storage_root), pid] for pid, fp, _ in rows],
+            )
+        return {r[2] for r in rows}
+
+    @staticmethod
+    def _delete_dataset(cur: duckdb.DuckDBPyConnection, did: str) -> None:
+        for table in ("datasets", "schema_versions", "partitions", "columns"):
+            col = "id" if table == "datasets" else "dataset_id"
+            cur.execute(f"DELETE FROM {WD}.{table} WHERE {col} = ?", [did])
+
+    @staticmethod
+    def _upsert_datasets(cur: duckdb.DuckDBPyConnection, rows: list[dict[str, Any]], shard: int) -> None:
+        for ds in rows:
+            did = str(ds["id"])
+            cur.execute(f"DELETE FROM {WD}.datasets WHERE id = ?", [did])
+            cur.execute(
+                f"INSERT INTO {WD}.datasets VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                dataset_row(ds, shard),
+            )
+
+    @staticmethod
+    def _upsert_schema_versions(
+        cur: duckdb.DuckDBPyConnection, rows: list[dict[str, Any]], shard: int, ds_id: str | None
+    ) -> None:
+        for sv in rows:
+            cur.execute(f"DELETE FROM {WD}.schema_versions WHERE id = ?", [str(sv["id"])])
+            cur.execute(
+                f"INSERT INTO {WD}.schema_versions VALUES (?, ?, ?, ?, ?)",
+                [
+                    str(sv["id"]),
+                    str(sv.get("dataset_id") or ds_id),
+                    shard,
+                    int(sv.get("version") or 0),
+                    as_json_text(as_dict(sv.get("schema"))),
+                ],
+            )
+
+    def insert_partitions(
+        self, cur: duckdb.DuckDBPyConnection, upserts: list[dict[str, Any]], shard: int, ds_id: str | None
+    ) -> None:
+        if not upserts:
+            return
+        cols: dict[str, list[Any]] = {c: [] for c in ddl.PARTITION_COLUMNS}
+        for u in upserts:
+            fp = str(u["file_path"])
+            cols["id"].append(str(u["id"]))
+            cols["dataset_id"].append(str(u.get("dataset_id") or ds_id))
+            cols["shard"].append(shard)
+            cols["manifest_id"].append(u.get("manifest_id"))
+            cols["manifest_shard"].append(u.get("manifest_shard"))
+            cols["storage_target_id"].append(u.get("storage_target_id"))
+            cols["file_path"].append(fp)
+            cols["location"].append(
+                partition_location(self.targets.get(str(u.get("storage_target_id"))), fp, self.storage_root)
+            )
+            cols["file_format"].append(u.get("file_format") or "parquet")
+            cols["start_time"].append(naive_utc(u.get("start_time")) or FAR_PAST)
+            cols["end_time"].append(naive_utc(u.get("end_time")) or FAR_FUTURE)
+            cols["row_count"].append(u.get("row_count"))
+            cols["file_size_bytes"].append(u.get("file_size_bytes"))
+            cols["schema_version_id"].append(u.get("schema_version_id"))
+            cols["table_name"].append(u.get("table_name") or "records")
+            cols["partition_key"].append(as_json_text(u.get("partition_key") or {}))
+        typed = {"shard", "start_time", "end_time", "row_count", "file_size_bytes"}
+        table = pa.table(
+            {
+                **{k: pa.array(v, pa.string()) for k, v in cols.items() if k not in typed},
+                "shard": pa.array(cols["shard"], pa.int32()),
+                "start_time": pa.array(cols["start_time"], pa.timestamp("us")),
+                "end_time": pa.array(cols["end_time"], pa.timestamp("us")),
+                "row_count": pa.array(cols["row_count"], pa.int64()),
+                "file_size_bytes": pa.array(cols["file_size_bytes"], pa.int64()),
+            }
+        )
+        cur.register("__wd_upserts", table)
+        try:
+            names = ", ".join(ddl.PARTITION_COLUMNS)
+            cur.execute(f"INSERT INTO {WD}.partitions ({names}) SELECT {names} FROM __wd_upserts")
+        finally:
+            cur.unregister("__wd_upserts")
+
+    @staticmethod
+    def _recompute_columns(cur: duckdb.DuckDBPyConnection, did: str) -> None:
+        cur.execute(f"DELETE FROM {WD}.columns WHERE dataset_id = ?", [did])
+        row = cur.execute(f"SELECT shard FROM {WD}.datasets WHERE id = ?", [did]).fetchone()
+        newest = cur.execute(
+            f"SELECT schema FROM {WD}.schema_versions WHERE dataset_id = ? ORDER BY version DESC LIMIT 1",
+            [did],
+        ).fetchone()
+        if row is None or newest is None:
+            return
+        fields = schema_columns(as_dict(newest[0]))
+        if fields:
+            cur.executemany(
+                f"INSERT INTO {WD}.columns VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [[did, row[0], i, n, t, nl, d] for i, (n, t, nl, d) in enumerate(fields)],
+            )
