@@ -121,7 +121,11 @@ class WalduckSettings(BaseSettings):
         if self.compactor_state_topic:
             return self.compactor_state_topic
         prefix = self.deltas_topic.removesuffix(".deltas")
-        return f"{prefix}.compactor-state" if prefix != self.deltas_topic else f"{self.deltas_topic}.compactor-state"
+        return (
+            f"{prefix}.compactor-state"
+            if prefix != self.deltas_topic
+            else f"{self.deltas_topic}.compactor-state"
+        )
 
     def admin_dsn(self) -> str:
         return self.pg_admin_dsn or self.pg_dsn

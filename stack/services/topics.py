@@ -51,7 +51,9 @@ def topic_specs(settings: WalduckSettings) -> list[TopicSpec]:
             settings.deltas_topic, parts, kept(settings.deltas_retention_ms, settings.deltas_retention_bytes)
         ),
         TopicSpec(settings.dlq_topic, parts, {"retention.ms": str(settings.dlq_retention_ms), **durability}),
-        TopicSpec(settings.state_topic(), parts, {"cleanup.policy": "compact", "segment.ms": "3600000", **big}),
+        TopicSpec(
+            settings.state_topic(), parts, {"cleanup.policy": "compact", "segment.ms": "3600000", **big}
+        ),
     ]
 
 
