@@ -74,7 +74,7 @@ from walduck.metrics import (
     KAFKA_CONSUMER_LAG,
 )
 from walduck.records import OVERSIZE_REASON, ChangeRecord, MalformedRecord, share_position
-from walduck.timeutil import iso, utcnow
+from walduck.timeutil import iso, parse_iso, utcnow
 
 log = logging.getLogger(__name__)
 COMPONENT = "compactor"
@@ -106,6 +106,9 @@ class PartitionWork:
     snapshot_sequence: int = 0
     snapshot_chunks: int = 0
     since_snapshot: int = 0
+    snapshot_at: float = field(
+        default_factory=time.time
+    )  # wall clock of the newest snapshot (or the restore)
 
 
 async def read_deltas(settings: WalduckSettings, partition: int) -> list[Delta]:
@@ -287,6 +290,7 @@ class CompactorRunner:
                 snapshot_sequence=head.sequence if head else 0,
                 snapshot_chunks=head.chunks if head else 0,
                 since_snapshot=sum(1 + d.entry_count for d in got.deltas),
+                snapshot_at=parse_iso(head.created_at).timestamp() if head else time.time(),
             )
             chunks = head.chunks + 1 if head else 0
             COMPACTOR_RESTORE_RECORDS.labels("snapshot").inc(chunks)
@@ -567,6 +571,7 @@ class CompactorRunner:
         work.since_snapshot += cost
         if head is not None:
             work.snapshot_sequence, work.snapshot_chunks, work.since_snapshot = head.sequence, head.chunks, 0
+            work.snapshot_at = time.time()
             COMPACTOR_SNAPSHOTS.inc()
             COMPACTOR_SNAPSHOT_BYTES.inc(size)
             log.info(

@@ -48,6 +48,9 @@ class CompactorSettings(BaseSettings):
     snapshots: bool = True
     snapshot_min_records: int = 10000
     snapshot_ratio: float = 1.0
+    # ... and at least this often while deltas are produced: a restore never needs deltas older than this (plus
+    # the time the compactor was down), so the deltas topic's retention only has to exceed it
+    snapshot_max_age_s: float = 3600.0
 
     @property
     def static_member(self) -> bool:

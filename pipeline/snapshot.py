@@ -183,9 +183,22 @@ def _apply_item(compactor: Compactor, item: list[Any]) -> None:
 
 
 def snapshot_due(
-    records_since: int, state_entries: int, min_records: int, ratio: float, *, enabled: bool = True
+    records_since: int,
+    state_entries: int,
+    min_records: int,
+    ratio: float,
+    *,
+    age_s: float = 0.0,
+    max_age_s: float | None = None,
+    enabled: bool = True,
 ) -> bool:
     """A new snapshot is due once the deltas produced since the last one (deltas + their entries, i.e. what a
     restore would replay) reach ``max(min_records, ratio × state entries)``: restore then reads at most the
-    state plus ``max(min_records, ratio × state)`` tail records, whatever the history."""
-    return enabled and records_since > 0 and records_since >= max(min_records, ratio * state_entries)
+    state plus ``max(min_records, ratio × state)`` tail records, whatever the history. Also once the last one
+    is ``max_age_s`` old and anything was produced since: the deltas a restore needs are then never older than
+    that (what makes a time-bounded deltas retention safe, docs/operations.md "Retention")."""
+    if not enabled or records_since <= 0:
+        return False
+    if max_age_s is not None and age_s >= max_age_s:
+        return True
+    return records_since >= max(min_records, ratio * state_entries)

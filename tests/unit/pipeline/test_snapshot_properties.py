@@ -155,3 +155,7 @@ def test_snapshot_due_bounds_the_tail_by_the_state() -> None:
     assert not snapshot_due(10_000, 20_000, 10, 1.0)  # tail below the state: not yet
     assert snapshot_due(20_000, 20_000, 10, 1.0)
     assert not snapshot_due(20_000, 20_000, 10, 1.0, enabled=False)
+    # an old snapshot is renewed with anything produced since, however small the tail
+    assert snapshot_due(1, 20_000, 10, 1.0, age_s=3600, max_age_s=3600)
+    assert not snapshot_due(0, 20_000, 10, 1.0, age_s=7200, max_age_s=3600)
+    assert not snapshot_due(1, 20_000, 10, 1.0, age_s=10, max_age_s=3600)
