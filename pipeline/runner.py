@@ -392,6 +392,8 @@ class CompactorRunner:
                             self._feed(tp, work, msg)
                     self._expire_shares()
                     await self._flush_due()
+            if self.knobs.snapshot_on_stop:
+                await self._final_snapshots()
         finally:
             with contextlib.suppress(Exception):
                 await self.consumer.stop()
@@ -399,6 +401,17 @@ class CompactorRunner:
                 await self._stop_producer(work)
             with contextlib.suppress(Exception):
                 await self.producer.stop()
+
+    async def _final_snapshots(self) -> None:
+        """A clean stop (SIGTERM: a rollout, a scale-down) seals what it can and snapshots every partition at
+        rest with deltas since its last snapshot, so the next owner's restore replays nothing."""
+        if not self.snapshots_on:
+            return
+        async with self.lock:
+            held = [(p, w) for p, w in self.work.items() if w.producer is not None]
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(self.knobs.transaction_timeout_s):
+                    await self.flush_partitions(held, final=True)
 
     async def _check_state_topic(self) -> None:
         assert self.consumer is not None
@@ -483,7 +496,7 @@ class CompactorRunner:
         if due:
             await self.flush_partitions(due)
 
-    async def flush_partitions(self, due: list[tuple[int, PartitionWork]]) -> None:
+    async def flush_partitions(self, due: list[tuple[int, PartitionWork]], final: bool = False) -> None:
         """The commit protocol for the changes partitions whose window is due (called with ``self.lock``
         held). Every partition's deltas are produced before any acknowledgement is awaited, and the input
         offsets of all of them go to Kafka in ONE commit once every delta and DLQ record of all of them is
@@ -496,7 +509,7 @@ class CompactorRunner:
         #    wait for another partition's round trips): its deltas + the input offset after its last sealed
         #    window, committed together or not at all.
         results = await asyncio.gather(
-            *(self._commit_window(partition, work, deltas) for partition, work, deltas in sealed)
+            *(self._commit_window(partition, work, deltas, final) for partition, work, deltas in sealed)
         )
         sealed = [entry for entry, kept in zip(sealed, results, strict=True) if kept]
         # 5. Metrics: deltas out, compaction ratio counters, latency from the window's first record.
@@ -518,7 +531,9 @@ class CompactorRunner:
                     )
         self._state_gauges()
 
-    async def _commit_window(self, partition: int, work: PartitionWork, deltas: list[Delta]) -> bool:
+    async def _commit_window(
+        self, partition: int, work: PartitionWork, deltas: list[Delta], final: bool = False
+    ) -> bool:
         """Steps 2-4 of the commit protocol for one partition. False when this member was fenced (another
         member owns the partition now): its transaction is aborted by the broker, its state dropped."""
         assert work.producer is not None
@@ -535,15 +550,20 @@ class CompactorRunner:
                 f"partition {partition}: sealed through {next_offset - 1} < {work.committed}"
             )
         cost = sum(1 + d.entry_count for d in deltas)
+        due = final or snapshot_due(
+            work.since_snapshot + cost,
+            work.compactor.state_partitions,
+            self.knobs.snapshot_min_records,
+            self.knobs.snapshot_ratio,
+            age_s=time.time() - work.snapshot_at,
+            max_age_s=self.knobs.snapshot_max_age_s,
+        )
+        # a final snapshot (clean stop) only when something was produced since the last one
         snapshot = (
             self.snapshots_on
-            and snapshot_due(
-                work.since_snapshot + cost,
-                work.compactor.state_partitions,
-                self.knobs.snapshot_min_records,
-                self.knobs.snapshot_ratio,
-            )
+            and due
             and work.compactor.at_rest
+            and (not final or work.since_snapshot + cost > 0)
         )
         if not deltas and offset is None and not work.dlq and not snapshot:
             return True

@@ -51,6 +51,9 @@ class CompactorSettings(BaseSettings):
     # ... and at least this often while deltas are produced: a restore never needs deltas older than this (plus
     # the time the compactor was down), so the deltas topic's retention only has to exceed it
     snapshot_max_age_s: float = 3600.0
+    # a clean stop (SIGTERM) snapshots every partition with deltas since its last snapshot: the next owner
+    # replays nothing (a kill -9 leaves at most one interval of tail)
+    snapshot_on_stop: bool = True
 
     @property
     def static_member(self) -> bool:
