@@ -142,6 +142,7 @@ class CompactorRunner:
         self.snapshots_on = False
         # per partition, what its last restore read (tests and `walduck bench history` read it)
         self.restore_stats: dict[int, dict[str, int]] = {}
+        self.restore_seconds: float | None = None  # the last restore pass
 
     # ------------------------------------------------------------------------------ rebalance
     async def assign(self, partitions: list[TopicPartition]) -> None:
@@ -314,6 +315,7 @@ class CompactorRunner:
                 committed,
             )
         elapsed = time.monotonic() - started
+        self.restore_seconds = elapsed
         COMPACTOR_RESTORE_DURATION.observe(elapsed)
         log.info("restore pass: %d partitions in %.2f s", len(tps), elapsed)
 

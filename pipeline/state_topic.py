@@ -61,7 +61,9 @@ async def _read_ranges(
         consumer.seek(tp, start)
     pending = {tp for tp, (start, stop) in ranges.items() if start < stop}
     while pending:
-        batch = await consumer.getmany(*pending, timeout_ms=1000, max_records=20000)
+        # a short wait: the last offset of a range is often a transaction marker, which yields no record, so
+        # a long timeout would be waited out in full once per range
+        batch = await consumer.getmany(*pending, timeout_ms=50, max_records=20000)
         for tp, msgs in batch.items():
             stop = ranges[tp][1]
             got[tp].extend(m for m in msgs if m.offset < stop)
