@@ -351,7 +351,7 @@ SCENARIOS: dict[str, Callable[[bool], Callable[..., Result]]] = {
     "query": lambda quick: query_body(quick),
     "bootstrap+memory+hit-ratio": lambda quick: service_body(quick),
     "failover": lambda quick: failover_body(quick),
-    "history": lambda quick: history_body(quick),
+    # not `history`: its --quick run takes ~3 min and would push `bench all --quick` past its smoke-test bound
 }
 
 
