@@ -243,6 +243,40 @@ class Compactor:
         return not self._shares
 
     @property
+    def at_rest(self) -> bool:
+        """No open window, no half-received share, nothing sealed but not yet taken, no restored window being
+        re-processed: the state is exactly the effect of the input through ``covered_to`` (a snapshot may be
+        taken, ``pipeline/snapshot.py``)."""
+        return (
+            not self._shares
+            and self._window.first is None
+            and not self._sealed
+            and self.force_boundary is None
+        )
+
+    def state_view(self, full: bool = True) -> dict[str, Any]:
+        """The state as plain values, for comparisons (tests, the bench). ``full=False`` leaves out what a
+        restore from deltas cannot know: manifests never published, partitions of draft manifests, and the
+        commit LSNs applied per key (``last_applied``: a transaction that changed nothing visible made no
+        delta, so a replay knows a lower LSN; it only serves to drop the connector's re-sends)."""
+        view: dict[str, Any] = {
+            "shards": {
+                key: (s.published_manifest_id, dict(sorted(s.partitions.items())))
+                for key, s in sorted(self.shards.items())
+            },
+            "datasets": sorted(self.datasets),
+            "covered_to": self.covered_to,
+            "last_offset": self.last_offset,
+            "force_boundary": self.force_boundary,
+            "skip_regenerated": sorted(self.skip_regenerated, key=repr),
+        }
+        if full:
+            view["last_applied"] = dict(sorted(self.last_applied.items()))
+            view["manifests"] = dict(sorted(self.manifests.items()))
+            view["hidden"] = dict(sorted(self.hidden.items()))
+        return view
+
+    @property
     def window_records(self) -> int:
         return self._window.records
 
@@ -742,14 +776,18 @@ class Restored:
     resume_offset: int | None  # None: no delta yet, start at the beginning of the partition
 
 
-def restore_from_deltas(src_partition: int, deltas: Iterable[Delta]) -> Restored:
+def restore_from_deltas(
+    src_partition: int, deltas: Iterable[Delta], base: Compactor | None = None
+) -> Restored:
     """Rebuild a :class:`Compactor` from the deltas it produced for ``src_partition``, in topic order.
 
+    ``base``: the state of a snapshot (``pipeline/snapshot.py``, taken at rest through ``covered_to``), and
+    ``deltas`` only the ones after the snapshot's deltas offset; without it, every delta from the beginning.
     A window's deltas share one ``src_offset_from..to``; the last group may have been cut by a crash
     between produce calls, so it is NOT applied: the compactor resumes at its first offset, seals the
     window again exactly at its last offset, and drops the regenerated deltas that are already there.
     """
-    compactor = Compactor(src_partition)
+    compactor = base if base is not None else Compactor(src_partition)
     group: list[Delta] = []
     for delta in deltas:
         if delta.src_partition != src_partition:
@@ -763,7 +801,7 @@ def restore_from_deltas(src_partition: int, deltas: Iterable[Delta]) -> Restored
             group = []
         group.append(delta)
     if not group:
-        return Restored(compactor, None)
+        return Restored(compactor, compactor.covered_to + 1 if compactor.covered_to >= 0 else None)
     compactor.last_offset = group[0].src_offset_from - 1
     compactor.covered_to = group[0].src_offset_from - 1
     compactor.force_boundary = group[0].src_offset_to

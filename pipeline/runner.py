@@ -12,8 +12,11 @@ exactly-once effect:
   the old owner's open transaction, so a stale member's writes are never committed (fenced); every reader
   of the deltas topic uses ``isolation_level="read_committed"``. DLQ records use a plain idempotent
   producer and are acknowledged before the transaction commits (DLQ is at-least-once);
-* state is not stored separately: on assignment of changes partition ``p`` the compactor replays deltas
-  partition ``p`` from the beginning (:func:`~pipeline.compaction.restore_from_deltas`), which also tells
+* state snapshots (``pipeline/snapshot.py``): every so often (``snapshot_due``) a window's transaction also
+  carries the partition's whole state, chunked, to the compacted compactor-state topic, so state, deltas and
+  offsets never disagree. On assignment of changes partition ``p`` the compactor reads the newest snapshot of
+  state partition ``p`` and replays only the deltas after the snapshot's deltas offset (no snapshot yet: the
+  whole deltas partition, the old path) (:func:`~pipeline.compaction.restore_from_deltas`), which also tells
   the exact input offset to resume at (the first offset of the last, possibly cut, window). Deltas already
   present for that window are not produced again, so the deltas topic holds no duplicate.
 
@@ -38,6 +41,16 @@ from aiokafka.errors import InvalidProducerEpoch, ProducerFenced
 
 from pipeline.compaction import Compactor, InvalidChange, OffsetRegression, Rejected, restore_from_deltas
 from pipeline.settings import CompactorSettings
+from pipeline.snapshot import (
+    HEAD_KEY,
+    BadSnapshot,
+    SnapshotHead,
+    chunk_key,
+    decode_snapshot,
+    encode_chunks,
+    snapshot_due,
+)
+from pipeline.state_topic import read_deltas_from, read_snapshots
 from walduck.config import WalduckSettings
 from walduck.deltas import Delta
 from walduck.dlq import DeadLetter
@@ -54,12 +67,16 @@ from walduck.metrics import (
     COMPACTOR_RAW_CHANGES,
     COMPACTOR_RECORDS_IN,
     COMPACTOR_RESTORE_DURATION,
+    COMPACTOR_RESTORE_RECORDS,
+    COMPACTOR_SNAPSHOT_BYTES,
+    COMPACTOR_SNAPSHOTS,
     COMPACTOR_STATE_PARTITIONS,
     COMPACTOR_STATE_SHARDS,
     DLQ_RECORDS,
     KAFKA_CONSUMER_LAG,
 )
 from walduck.records import OVERSIZE_REASON, ChangeRecord, MalformedRecord, share_position
+from walduck.timeutil import iso, parse_iso, utcnow
 
 log = logging.getLogger(__name__)
 COMPONENT = "compactor"
@@ -67,6 +84,11 @@ COMPONENT = "compactor"
 
 class UnackedDelta(InvariantBroken, RuntimeError):
     """Kafka did not acknowledge a delta or DLQ record: the input offsets must not be committed."""
+
+
+class StateHistoryGap(InvariantBroken, RuntimeError):
+    """The deltas after a partition's newest snapshot are gone (deltas retention shorter than the snapshot
+    interval): its state cannot be restored exactly (docs/operations.md "Retention")."""
 
 
 @dataclass(slots=True)
@@ -80,6 +102,15 @@ class PartitionWork:
     deltas_end: int = 0
     # the partition's transactional producer (started on assignment: that start fences any older owner)
     producer: AIOKafkaProducer | None = None
+    # state snapshots: offset of the last delta of this partition (-1: none), the newest snapshot's sequence
+    # and chunk count, and what a restore would replay now (deltas + entries since that snapshot)
+    deltas_offset: int = -1
+    snapshot_sequence: int = 0
+    snapshot_chunks: int = 0
+    since_snapshot: int = 0
+    snapshot_at: float = field(
+        default_factory=time.time
+    )  # wall clock of the newest snapshot (or the restore)
 
 
 async def read_deltas(settings: WalduckSettings, partition: int) -> list[Delta]:
@@ -92,40 +123,8 @@ async def read_deltas_of(
 ) -> dict[int, tuple[list[Delta], int]]:
     """Every delta of each deltas partition in ``partitions`` with the partition's end offset, read in ONE
     pass (one consumer fetching all of them at once, not one consumer per partition in turn)."""
-    topic = settings.deltas_topic
-    out: dict[int, tuple[list[Delta], int]] = {}
-    if not partitions:
-        return out
-    consumer = AIOKafkaConsumer(
-        **client_kwargs(settings),
-        enable_auto_commit=False,
-        group_id=None,
-        isolation_level="read_committed",
-        max_partition_fetch_bytes=settings.max_message_bytes,
-    )
-    await start_client(consumer, settings)
-    try:
-        tps = [TopicPartition(topic, p) for p in partitions]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        ends = await consumer.end_offsets(tps)
-        got: dict[int, list[Delta]] = {p: [] for p in partitions}
-        pending = {tp for tp in tps if await consumer.position(tp) < ends[tp]}
-        while pending:
-            batch = await consumer.getmany(*pending, timeout_ms=1000, max_records=20000)
-            for tp, msgs in batch.items():
-                into = got[tp.partition]
-                for msg in msgs:
-                    if msg.offset >= ends[tp]:
-                        break
-                    with contextlib.suppress(MalformedRecord):
-                        into.append(Delta.from_bytes(msg.value, settings.max_message_bytes))
-            pending = {tp for tp in pending if await consumer.position(tp) < ends[tp]}
-        for tp in tps:
-            out[tp.partition] = (got[tp.partition], ends[tp])
-        return out
-    finally:
-        await consumer.stop()
+    read = await read_deltas_from(settings, dict.fromkeys(partitions, 0))
+    return {p: (r.deltas, r.end) for p, r in read.items()}
 
 
 class CompactorRunner:
@@ -139,6 +138,13 @@ class CompactorRunner:
         self.stopping = asyncio.Event()
         self.consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None
+        self.state_topic = settings.state_topic()
+        # snapshots are written and read only when the state topic exists (checked at start; an upgrade that
+        # has not created it yet keeps the old full-replay restore, with a warning)
+        self.snapshots_on = False
+        # per partition, what its last restore read (tests and `walduck bench history` read it)
+        self.restore_stats: dict[int, dict[str, int]] = {}
+        self.restore_seconds: float | None = None  # the last restore pass
 
     # ------------------------------------------------------------------------------ rebalance
     async def assign(self, partitions: list[TopicPartition]) -> None:
@@ -224,13 +230,51 @@ class CompactorRunner:
         finally:
             await consumer.stop()
 
+    def _accept_head(self, partition: int, head: SnapshotHead) -> bool:
+        return head.same_stream(
+            partition, self.settings.changes_topic, self.settings.deltas_topic, self.knobs.group_id
+        )
+
     async def _restore(self, tps: list[TopicPartition], producers: dict[int, AIOKafkaProducer]) -> None:
+        """Restore protocol (docs/compactor.md § State snapshots): (1) the newest snapshot of each state
+        partition, (2) decoded (unusable: the full replay), (3) the deltas after its deltas offset (no snapshot:
+        from the beginning), all partitions in one pass, (4) applied on top, the last window held back as
+        before, (5) seek to the resume offset."""
         assert self.consumer is not None
         started = time.monotonic()
-        read = await read_deltas_of(self.settings, [tp.partition for tp in tps])
+        partitions = [tp.partition for tp in tps]
+        stored = (
+            await read_snapshots(self.settings, self.state_topic, partitions, self._accept_head)
+            if self.snapshots_on
+            else dict.fromkeys(partitions)
+        )
+        bases: dict[int, tuple[SnapshotHead, Compactor]] = {}
+        for p, snap in stored.items():
+            if snap is None:
+                continue
+            try:
+                bases[p] = (snap.head, decode_snapshot(snap.head, snap.chunks))
+            except BadSnapshot as exc:
+                log.warning(
+                    "partition %s: snapshot %s unusable (%s); replaying its deltas",
+                    p,
+                    snap.head.sequence,
+                    exc,
+                )
+        starts = {p: (bases[p][0].deltas_offset + 1 if p in bases else 0) for p in partitions}
+        read = await read_deltas_from(self.settings, starts)
         for tp in tps:
-            deltas, deltas_end = read[tp.partition]
-            restored = restore_from_deltas(tp.partition, deltas)
+            p = tp.partition
+            got = read[p]
+            head, base = bases.get(p, (None, None))
+            if got.begin > got.start:
+                if head is not None:
+                    raise StateHistoryGap(
+                        f"partition {p}: deltas from {got.start} are needed after snapshot {head.sequence} but "
+                        f"the log starts at {got.begin} (deltas retention shorter than the snapshot interval)"
+                    )
+                log.warning("partition %s: no snapshot and deltas before %s were deleted", p, got.begin)
+            restored = restore_from_deltas(p, got.deltas, base=base)
             restored.compactor.share_max_records = self.knobs.share_expire_records
             restored.compactor.share_max_age_s = self.knobs.share_expire_s
             committed = await self.consumer.committed(tp)
@@ -238,21 +282,42 @@ class CompactorRunner:
                 await self.consumer.seek_to_beginning(tp)
             else:
                 self.consumer.seek(tp, restored.resume_offset)
-            self.work[tp.partition] = PartitionWork(
+            self.work[p] = PartitionWork(
                 restored.compactor,
                 committed if committed is not None else -1,
-                deltas_end=deltas_end,
-                producer=producers[tp.partition],
+                deltas_end=got.end,
+                producer=producers[p],
+                deltas_offset=got.last_offset
+                if got.last_offset >= 0
+                else (head.deltas_offset if head else -1),
+                snapshot_sequence=head.sequence if head else 0,
+                snapshot_chunks=head.chunks if head else 0,
+                since_snapshot=sum(1 + d.entry_count for d in got.deltas),
+                snapshot_at=parse_iso(head.created_at).timestamp() if head else time.time(),
             )
+            chunks = head.chunks + 1 if head else 0
+            COMPACTOR_RESTORE_RECORDS.labels("snapshot").inc(chunks)
+            COMPACTOR_RESTORE_RECORDS.labels("tail" if head else "replay").inc(len(got.deltas))
+            self.restore_stats[p] = {
+                "snapshot_records": chunks,
+                "snapshot_entries": head.entries if head else 0,
+                "deltas": len(got.deltas),
+                "deltas_from": got.start,
+            }
             COMPACTOR_PARTITION_ASSIGNMENTS.labels("restored").inc()
             log.info(
-                "partition %s restored from %d deltas, resuming at %s (committed %s)",
-                tp.partition,
-                len(deltas),
+                "partition %s restored from %s + %d deltas from offset %d, resuming at %s (committed %s)",
+                p,
+                f"snapshot {head.sequence} ({head.entries} entries, {chunks} records)"
+                if head
+                else "no snapshot",
+                len(got.deltas),
+                got.start,
                 restored.resume_offset,
                 committed,
             )
         elapsed = time.monotonic() - started
+        self.restore_seconds = elapsed
         COMPACTOR_RESTORE_DURATION.observe(elapsed)
         log.info("restore pass: %d partitions in %.2f s", len(tps), elapsed)
 
@@ -318,6 +383,7 @@ class CompactorRunner:
         try:
             await start_client(self.producer, self.settings)
             await start_client(self.consumer, self.settings)
+            await self._check_state_topic()
             self.consumer.subscribe([self.settings.changes_topic], listener=Listener())
             while not self.stopping.is_set():
                 batch = await self.consumer.getmany(timeout_ms=knobs.flush_interval_ms)
@@ -330,6 +396,8 @@ class CompactorRunner:
                             self._feed(tp, work, msg)
                     self._expire_shares()
                     await self._flush_due()
+            if self.knobs.snapshot_on_stop:
+                await self._final_snapshots()
         finally:
             with contextlib.suppress(Exception):
                 await self.consumer.stop()
@@ -337,6 +405,30 @@ class CompactorRunner:
                 await self._stop_producer(work)
             with contextlib.suppress(Exception):
                 await self.producer.stop()
+
+    async def _final_snapshots(self) -> None:
+        """A clean stop (SIGTERM: a rollout, a scale-down) seals what it can and snapshots every partition at
+        rest with deltas since its last snapshot, so the next owner's restore replays nothing."""
+        if not self.snapshots_on:
+            return
+        async with self.lock:
+            held = [(p, w) for p, w in self.work.items() if w.producer is not None]
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(self.knobs.transaction_timeout_s):
+                    await self.flush_partitions(held, final=True)
+
+    async def _check_state_topic(self) -> None:
+        assert self.consumer is not None
+        if not self.knobs.snapshots:
+            log.info("state snapshots off (WALDUCK_COMPACTOR_SNAPSHOTS=false): restores replay every delta")
+            return
+        self.snapshots_on = self.state_topic in await self.consumer.topics()
+        if not self.snapshots_on:
+            log.warning(
+                "state topic %s does not exist (run `walduck kafka ensure-topics`): no snapshots, restores "
+                "replay the whole deltas partition",
+                self.state_topic,
+            )
 
     def _feed(self, tp: TopicPartition, work: PartitionWork, msg) -> None:
         compactor = work.compactor
@@ -408,7 +500,7 @@ class CompactorRunner:
         if due:
             await self.flush_partitions(due)
 
-    async def flush_partitions(self, due: list[tuple[int, PartitionWork]]) -> None:
+    async def flush_partitions(self, due: list[tuple[int, PartitionWork]], final: bool = False) -> None:
         """The commit protocol for the changes partitions whose window is due (called with ``self.lock``
         held). Every partition's deltas are produced before any acknowledgement is awaited, and the input
         offsets of all of them go to Kafka in ONE commit once every delta and DLQ record of all of them is
@@ -421,7 +513,7 @@ class CompactorRunner:
         #    wait for another partition's round trips): its deltas + the input offset after its last sealed
         #    window, committed together or not at all.
         results = await asyncio.gather(
-            *(self._commit_window(partition, work, deltas) for partition, work, deltas in sealed)
+            *(self._commit_window(partition, work, deltas, final) for partition, work, deltas in sealed)
         )
         sealed = [entry for entry, kept in zip(sealed, results, strict=True) if kept]
         # 5. Metrics: deltas out, compaction ratio counters, latency from the window's first record.
@@ -443,7 +535,9 @@ class CompactorRunner:
                     )
         self._state_gauges()
 
-    async def _commit_window(self, partition: int, work: PartitionWork, deltas: list[Delta]) -> bool:
+    async def _commit_window(
+        self, partition: int, work: PartitionWork, deltas: list[Delta], final: bool = False
+    ) -> bool:
         """Steps 2-4 of the commit protocol for one partition. False when this member was fenced (another
         member owns the partition now): its transaction is aborted by the broker, its state dropped."""
         assert work.producer is not None
@@ -459,12 +553,28 @@ class CompactorRunner:
             raise OffsetRegression(
                 f"partition {partition}: sealed through {next_offset - 1} < {work.committed}"
             )
-        if not deltas and offset is None and not work.dlq:
+        cost = sum(1 + d.entry_count for d in deltas)
+        due = final or snapshot_due(
+            work.since_snapshot + cost,
+            work.compactor.state_partitions,
+            self.knobs.snapshot_min_records,
+            self.knobs.snapshot_ratio,
+            age_s=time.time() - work.snapshot_at,
+            max_age_s=self.knobs.snapshot_max_age_s,
+        )
+        # a final snapshot (clean stop) only when something was produced since the last one
+        snapshot = (
+            self.snapshots_on
+            and due
+            and work.compactor.at_rest
+            and (not final or work.since_snapshot + cost > 0)
+        )
+        if not deltas and offset is None and not work.dlq and not snapshot:
             return True
         producer = work.producer
         try:
             async with asyncio.timeout(self.knobs.transaction_timeout_s):
-                await self._transaction(producer, partition, work, deltas, offset)
+                written = await self._transaction(producer, partition, work, deltas, offset, snapshot)
         except (ProducerFenced, InvalidProducerEpoch, TimeoutError) as exc:
             # A newer owner started this partition's transactional id (or the broker never answered: the
             # transaction times out and is aborted): nothing of this window is visible to read_committed
@@ -480,6 +590,23 @@ class CompactorRunner:
         work.dlq.clear()
         if offset is not None:
             work.committed = offset
+        last_delta, head, size = written
+        work.deltas_offset = max(work.deltas_offset, last_delta)
+        work.since_snapshot += cost
+        if head is not None:
+            work.snapshot_sequence, work.snapshot_chunks, work.since_snapshot = head.sequence, head.chunks, 0
+            work.snapshot_at = time.time()
+            COMPACTOR_SNAPSHOTS.inc()
+            COMPACTOR_SNAPSHOT_BYTES.inc(size)
+            log.info(
+                "partition %s: snapshot %d committed (%d entries, %d chunks, %d bytes, through input offset %d)",
+                partition,
+                head.sequence,
+                head.entries,
+                head.chunks,
+                size,
+                head.covered_to,
+            )
         return True
 
     async def _transaction(
@@ -489,7 +616,10 @@ class CompactorRunner:
         work: PartitionWork,
         deltas: list[Delta],
         offset: int | None,
-    ) -> None:
+        snapshot: bool = False,
+    ) -> tuple[int, SnapshotHead | None, int]:
+        """One window's transaction; returns the offset of its last delta (-1: none) and the snapshot head
+        written in it (with its size in bytes), if any."""
         await producer.begin_transaction()
         try:
             # 2. Produce each delta to deltas partition == changes partition (co-partitioned), key
@@ -511,18 +641,63 @@ class CompactorRunner:
                     raise ack
                 if isinstance(ack, BaseException):
                     raise UnackedDelta(f"partition {partition}: {ack!r}") from ack
+            last_delta = max((a.offset for a in acks[: len(sends)]), default=-1)
+            # 3'. A state snapshot when due: the state after this window (at rest), with the offset of the
+            #     window's last delta, in the same transaction (pipeline/snapshot.py).
+            head, size = (
+                await self._write_snapshot(producer, partition, work, max(last_delta, work.deltas_offset))
+                if snapshot
+                else (None, 0)
+            )
             # 4. The input offset joins the same transaction.
             if offset is not None:
                 await producer.send_offsets_to_transaction(
                     {TopicPartition(self.settings.changes_topic, partition): offset}, self.knobs.group_id
                 )
             await producer.commit_transaction()
+            return last_delta, head, size
         except (ProducerFenced, InvalidProducerEpoch):
             raise
         except Exception:
             with contextlib.suppress(Exception):
                 await producer.abort_transaction()
             raise
+
+    async def _write_snapshot(
+        self, producer: AIOKafkaProducer, partition: int, work: PartitionWork, deltas_offset: int
+    ) -> tuple[SnapshotHead, int]:
+        """Chunks, tombstones for the previous snapshot's chunk keys this one does not use, then the head (it
+        names the first chunk's offset), all to state partition ``partition`` inside the open transaction."""
+        compactor = work.compactor
+        sequence = work.snapshot_sequence + 1
+        # the state is not fed meanwhile (the runner's lock is held); encoding off the loop keeps heartbeats going
+        chunks = await asyncio.to_thread(encode_chunks, compactor, sequence)
+        topic = self.state_topic
+        sends = [
+            await producer.send(topic, value=chunk, key=chunk_key(i), partition=partition)
+            for i, chunk in enumerate(chunks)
+        ]
+        sends += [
+            await producer.send(topic, value=None, key=chunk_key(i), partition=partition)
+            for i in range(len(chunks), work.snapshot_chunks)
+        ]
+        acks = await asyncio.gather(*sends)
+        head = SnapshotHead(
+            src_partition=partition,
+            changes_topic=self.settings.changes_topic,
+            deltas_topic=self.settings.deltas_topic,
+            group_id=self.knobs.group_id,
+            sequence=sequence,
+            covered_to=compactor.covered_to,
+            deltas_offset=deltas_offset,
+            chunks=len(chunks),
+            first_offset=acks[0].offset,
+            entries=compactor.state_partitions,
+            created_at=iso(utcnow()),
+        )
+        raw = head.to_bytes()
+        await (await producer.send(topic, value=raw, key=HEAD_KEY, partition=partition))
+        return head, sum(len(c) for c in chunks) + len(raw)
 
     def _state_gauges(self) -> None:
         COMPACTOR_ASSIGNED_PARTITIONS.set(len(self.work))

@@ -40,6 +40,20 @@ class CompactorSettings(BaseSettings):
     # transactions"). Below the service's min_lsn wait (30 s) so read-your-writes reads are still answered.
     share_expire_records: int = 10000
     share_expire_s: float = 10.0
+    # state snapshots (pipeline/snapshot.py; docs/compactor.md "State snapshots"): written to the
+    # compactor-state topic, in a window's transaction, once the deltas produced since the last one (deltas +
+    # their entries: what a restore would replay) reach max(snapshot_min_records, snapshot_ratio x the
+    # partition entries in state). A restore reads one snapshot + at most that many tail records. Off: every
+    # restore replays the deltas partition from the beginning (the old path)
+    snapshots: bool = True
+    snapshot_min_records: int = 10000
+    snapshot_ratio: float = 1.0
+    # ... and at least this often while deltas are produced: a restore never needs deltas older than this (plus
+    # the time the compactor was down), so the deltas topic's retention only has to exceed it
+    snapshot_max_age_s: float = 3600.0
+    # a clean stop (SIGTERM) snapshots every partition with deltas since its last snapshot: the next owner
+    # replays nothing (a kill -9 leaves at most one interval of tail)
+    snapshot_on_stop: bool = True
 
     @property
     def static_member(self) -> bool:

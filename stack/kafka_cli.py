@@ -12,9 +12,9 @@ app = typer.Typer(no_args_is_help=True)
 
 @app.command("ensure-topics")
 def ensure_topics_cmd() -> None:
-    """Create the changes, deltas and DLQ topics that are missing (WALDUCK_TOPIC_PARTITIONS,
+    """Create the changes, deltas, DLQ and compactor-state topics that are missing (WALDUCK_TOPIC_PARTITIONS,
     WALDUCK_TOPIC_REPLICATION_FACTOR, WALDUCK_TOPIC_MIN_INSYNC_REPLICAS, WALDUCK_DLQ_RETENTION_MS,
-    WALDUCK_{CHANGES,DELTAS}_RETENTION_{MS,BYTES}); existing topics are left as they are. Exit 0 when all three exist, 2 with one line when they cannot be made."""
+    WALDUCK_{CHANGES,DELTAS}_RETENTION_{MS,BYTES}); existing topics are left as they are. Exit 0 when all four exist, 2 with one line when they cannot be made."""
     from aiokafka.errors import KafkaError
 
     from stack.services.errors import ServiceError

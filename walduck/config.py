@@ -80,6 +80,9 @@ class WalduckSettings(BaseSettings):
     changes_topic: str = "walduck.changes"
     deltas_topic: str = "walduck.deltas"
     dlq_topic: str = "walduck.dlq"
+    # the compactor's state snapshots (compacted, co-partitioned with the changes topic; docs/compactor.md
+    # "State snapshots"). Empty: named after the deltas topic, ".deltas" -> ".compactor-state"
+    compactor_state_topic: str = ""
     topic_partitions: int = 4
     # what `walduck kafka ensure-topics` (and the local stack) creates topics with: replication factor (3 on a
     # production cluster; 1 on a single local broker), min.insync.replicas (unset: the broker's default) and
@@ -111,6 +114,18 @@ class WalduckSettings(BaseSettings):
     # address the connector's and the compactor's /metrics servers bind; 127.0.0.1 keeps them local, k8s sets
     # 0.0.0.0 so Prometheus (PodMonitor) can scrape each pod (the query service serves /metrics on its own port)
     metrics_host: str = "127.0.0.1"
+
+    def state_topic(self) -> str:
+        """The compactor's state topic: ``compactor_state_topic``, or ``<prefix>.compactor-state`` for a deltas
+        topic ``<prefix>.deltas`` (``<deltas topic>.compactor-state`` for any other name)."""
+        if self.compactor_state_topic:
+            return self.compactor_state_topic
+        prefix = self.deltas_topic.removesuffix(".deltas")
+        return (
+            f"{prefix}.compactor-state"
+            if prefix != self.deltas_topic
+            else f"{self.deltas_topic}.compactor-state"
+        )
 
     def admin_dsn(self) -> str:
         return self.pg_admin_dsn or self.pg_dsn

@@ -151,6 +151,18 @@ COMPACTOR_RESTORE_DURATION = _histogram(
     "One assignment's restore pass: reading the deltas of every newly assigned partition and rebuilding state.",
     buckets=LATENCY_BUCKETS,
 )
+COMPACTOR_RESTORE_RECORDS = _counter(
+    "walduck_compactor_restore_records_total",
+    "Records read to restore compactor state: source=snapshot (state-topic chunks), tail (deltas after the "
+    "snapshot), replay (deltas from the beginning: no snapshot yet).",
+    ["source"],
+)
+COMPACTOR_SNAPSHOTS = _counter(
+    "walduck_compactor_state_snapshots_total", "State snapshots committed to the compactor-state topic."
+)
+COMPACTOR_SNAPSHOT_BYTES = _counter(
+    "walduck_compactor_state_snapshot_bytes_total", "Bytes of state snapshots committed (chunks and heads)."
+)
 COMPACTOR_COMMITS_LOST = _counter(
     "walduck_compactor_commits_lost_total",
     "Offset commits refused because the group rebalanced meanwhile (partitions re-restored from deltas).",
@@ -311,6 +323,9 @@ COMPONENT_METRICS: dict[str, tuple[Any, ...]] = {
         COMPACTOR_PARTITION_ASSIGNMENTS,
         COMPACTOR_ASSIGNED_PARTITIONS,
         COMPACTOR_RESTORE_DURATION,
+        COMPACTOR_RESTORE_RECORDS,
+        COMPACTOR_SNAPSHOTS,
+        COMPACTOR_SNAPSHOT_BYTES,
         COMPACTOR_COMMITS_LOST,
         COMPACTOR_FENCED,
     ),

@@ -317,6 +317,32 @@ def failover_cmd(
     _run("failover", data_dir, out, failover_body(quick, kills, writers, rate, settle, restart_delay))
 
 
+def history_body(
+    quick: bool, datasets: int | None = None, catalog: int | None = None, history: int | None = None
+) -> Callable[..., Result]:
+    from stack.bench.history import run_history
+
+    return lambda services: run_history(
+        services,
+        datasets=int(_pick(quick, datasets, 2_000, 400)),
+        catalog=int(_pick(quick, catalog, 100_000, 10_000)),
+        history=int(_pick(quick, history, 100_000, 10_000)),
+    )
+
+
+@app.command("history")
+def history_cmd(
+    datasets: int = typer.Option(None, help="Datasets of the catalog [2,000; quick 400]."),
+    catalog: int = typer.Option(None, help="Partitions in the catalog [100,000; quick 10,000]."),
+    history: int = typer.Option(None, help="Partition updates of the 1x history [100,000; quick 10,000]."),
+    quick: bool = Quick,
+    data_dir: Path = DataDir,
+    out: Path = OutDir,
+) -> None:
+    """Compactor restore time after 1x and 10x history over the same catalog (snapshot vs full replay)."""
+    _run("history", data_dir, out, history_body(quick, datasets, catalog, history))
+
+
 SCENARIOS: dict[str, Callable[[bool], Callable[..., Result]]] = {
     "connector": lambda quick: connector_body(quick),
     "freshness": lambda quick: freshness_body(quick),
@@ -325,6 +351,7 @@ SCENARIOS: dict[str, Callable[[bool], Callable[..., Result]]] = {
     "query": lambda quick: query_body(quick),
     "bootstrap+memory+hit-ratio": lambda quick: service_body(quick),
     "failover": lambda quick: failover_body(quick),
+    # not `history`: its --quick run takes ~3 min and would push `bench all --quick` past its smoke-test bound
 }
 
 

@@ -103,7 +103,12 @@ def scenario_env(
                 asyncio.run(
                     delete_topics(
                         settings,
-                        [settings.changes_topic, settings.deltas_topic, settings.dlq_topic],
+                        [
+                            settings.changes_topic,
+                            settings.deltas_topic,
+                            settings.dlq_topic,
+                            settings.state_topic(),
+                        ],
                     )
                 )
         if not keep:

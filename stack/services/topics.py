@@ -1,4 +1,4 @@
-"""The walduck Kafka topics (changes, deltas, dlq), created idempotently with aiokafka's admin client."""
+"""The walduck Kafka topics (changes, deltas, dlq, the compactor's state), created idempotently with aiokafka's admin client."""
 
 from __future__ import annotations
 
@@ -28,7 +28,8 @@ class TopicSpec:
 
 def topic_specs(settings: WalduckSettings) -> list[TopicSpec]:
     """Changes and deltas kept for ``{changes,deltas}_retention_{ms,bytes}`` (default -1: forever); the DLQ
-    for ``dlq_retention_ms``; ``min.insync.replicas`` when set."""
+    for ``dlq_retention_ms``; the compactor's state topic compacted (``cleanup.policy=compact``: one snapshot
+    per partition survives the cleaner, ``pipeline/snapshot.py``); ``min.insync.replicas`` when set."""
     parts = settings.topic_partitions
     durability = (
         {"min.insync.replicas": str(settings.topic_min_insync_replicas)}
@@ -50,13 +51,16 @@ def topic_specs(settings: WalduckSettings) -> list[TopicSpec]:
             settings.deltas_topic, parts, kept(settings.deltas_retention_ms, settings.deltas_retention_bytes)
         ),
         TopicSpec(settings.dlq_topic, parts, {"retention.ms": str(settings.dlq_retention_ms), **durability}),
+        TopicSpec(
+            settings.state_topic(), parts, {"cleanup.policy": "compact", "segment.ms": "3600000", **big}
+        ),
     ]
 
 
 async def ensure_topics(bootstrap: str, settings: WalduckSettings, wait_s: float = 30.0) -> list[str]:
-    """Create whichever of the changes/deltas/dlq topics is missing; the names created (idempotent).
+    """Create whichever of the changes/deltas/dlq/compactor-state topics is missing; the names created (idempotent).
 
-    Returns once every partition of the three topics has a leader, so producers can use them at once.
+    Returns once every partition of the topics has a leader, so producers can use them at once.
     A topic that already exists is left as it is (a partition count differing from the settings is logged).
     """
     specs = topic_specs(settings)

@@ -1,4 +1,4 @@
-"""`walduck kafka ensure-topics` creates the three topics with the configured configs, idempotently, and fails
+"""`walduck kafka ensure-topics` creates the four topics (changes, deltas, DLQ, compactor state) with the configured configs, idempotently, and fails
 with exit 2 and one line when Kafka cannot be reached (issue 17: topic creation usable as an init Job)."""
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ async def _configs(bootstrap: str, topic: str) -> dict[str, str]:
 async def test_ensure_topics_creates_then_reports_existing(kafka_bootstrap: str) -> None:
     suffix = uuid.uuid4().hex[:8]
     names = {f"WALDUCK_{k}_TOPIC": f"it.{k.lower()}.{suffix}" for k in ("CHANGES", "DELTAS", "DLQ")}
+    names["WALDUCK_COMPACTOR_STATE_TOPIC"] = f"it.compactor-state.{suffix}"
     env = {
         "WALDUCK_KAFKA_BOOTSTRAP": kafka_bootstrap,
         "WALDUCK_TOPIC_PARTITIONS": "3",
@@ -50,15 +51,17 @@ async def test_ensure_topics_creates_then_reports_existing(kafka_bootstrap: str)
     }
     first = _run(env)
     assert first.returncode == 0, first.stderr
-    assert [line.split("\t")[1] for line in first.stdout.splitlines()] == ["created"] * 3
+    assert [line.split("\t")[1] for line in first.stdout.splitlines()] == ["created"] * 4
     dlq = await _configs(kafka_bootstrap, names["WALDUCK_DLQ_TOPIC"])
     assert dlq["retention.ms"] == "3600000" and dlq["min.insync.replicas"] == "1"
     changes = await _configs(kafka_bootstrap, names["WALDUCK_CHANGES_TOPIC"])
     assert changes["retention.ms"] == "-1"
+    state = await _configs(kafka_bootstrap, names["WALDUCK_COMPACTOR_STATE_TOPIC"])
+    assert state["cleanup.policy"] == "compact"
     again = _run(env)
     assert (
         again.returncode == 0
-        and [line.split("\t")[1] for line in again.stdout.splitlines()] == ["exists"] * 3
+        and [line.split("\t")[1] for line in again.stdout.splitlines()] == ["exists"] * 4
     )
 
 

@@ -138,6 +138,9 @@ def test_topic_specs_retention() -> None:
     assert specs["walduck.changes"].configs["retention.ms"] == "-1"
     assert specs["walduck.deltas"].configs["retention.ms"] == "-1"
     assert specs["walduck.dlq"].configs["retention.ms"] == str(7 * 24 * 3600 * 1000)  # the DLQ is bounded
+    assert (
+        specs["walduck.compactor-state"].configs["cleanup.policy"] == "compact"
+    )  # one snapshot per partition
     assert {s.partitions for s in specs.values()} == {6}
 
 

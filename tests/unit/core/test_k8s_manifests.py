@@ -194,12 +194,19 @@ def test_kafka_topics_match_the_config_and_are_durable() -> None:
         for d in _all_docs()
         if d["kind"] == "KafkaTopic"
     }
-    names = {config["WALDUCK_CHANGES_TOPIC"], config["WALDUCK_DELTAS_TOPIC"], config["WALDUCK_DLQ_TOPIC"]}
+    state = config["WALDUCK_COMPACTOR_STATE_TOPIC"]
+    names = {
+        config["WALDUCK_CHANGES_TOPIC"],
+        config["WALDUCK_DELTAS_TOPIC"],
+        config["WALDUCK_DLQ_TOPIC"],
+        state,
+    }
     assert set(topics) == names
     for name, spec in topics.items():
         assert spec["partitions"] == int(config["WALDUCK_TOPIC_PARTITIONS"]), name
         assert spec["replicas"] >= 3 and int(spec["config"]["min.insync.replicas"]) == 2, name
-        assert "retention.ms" in spec["config"], name
+        assert "retention.ms" in spec["config"] or name == state, name
+    assert topics[state]["config"]["cleanup.policy"] == "compact", "one snapshot per partition survives"
     for history in (config["WALDUCK_CHANGES_TOPIC"], config["WALDUCK_DELTAS_TOPIC"]):
         assert int(topics[history]["config"]["retention.ms"]) == -1, (
             "changes/deltas are the replayable history"
@@ -215,6 +222,7 @@ def test_kafka_user_is_scram_with_acls_for_each_topic() -> None:
     assert {"Write", "Read"} <= allowed[("topic", config["WALDUCK_CHANGES_TOPIC"])]
     assert {"Write", "Read"} <= allowed[("topic", config["WALDUCK_DELTAS_TOPIC"])]
     assert "Write" in allowed[("topic", config["WALDUCK_DLQ_TOPIC"])]
+    assert {"Write", "Read"} <= allowed[("topic", config["WALDUCK_COMPACTOR_STATE_TOPIC"])]
     assert "Read" in allowed[("group", "walduck-compactor")]
     assert not any("All" in ops or "Create" in ops for ops in allowed.values()), "least privilege"
 
@@ -242,6 +250,7 @@ def test_plain_kafka_overlay_patches_existing_keys_and_creates_the_topics() -> N
         "WALDUCK_CHANGES_TOPIC",
         "WALDUCK_DELTAS_TOPIC",
         "WALDUCK_DLQ_TOPIC",
+        "WALDUCK_COMPACTOR_STATE_TOPIC",
         "WALDUCK_TOPIC_PARTITIONS",
     ):
         assert f"${var}" in script or f"${{{var}}}" in script, var
