@@ -99,7 +99,7 @@ def test_kafka_restart_keeps_topics_and_stop_leaves_no_jvm(own_dir: Path) -> Non
         dlq_topic=f"q.{suffix}",
         topic_partitions=2,
     )
-    names = [settings.changes_topic, settings.deltas_topic, settings.dlq_topic]
+    names = [settings.changes_topic, settings.deltas_topic, settings.dlq_topic, settings.state_topic()]
     assert sorted(asyncio.run(ensure_topics(bootstrap, settings))) == sorted(names)
     asyncio.run(_produce(bootstrap, settings.changes_topic, b"before restart"))
     first_pid = kafka.pid()
