@@ -212,7 +212,7 @@ class LocalKafka(RecordedState):
         self._popen: subprocess.Popen[bytes] | None = None
         self._log_offset = 0
 
-    # -- state (RecordedState: _state(), port) ----------------------------------------------------------
+    # -- state (RecordedState: _state(), port, is_running, _status) ----------------------------------------------------------
     @property
     def bootstrap(self) -> str:
         port = self.port
@@ -258,29 +258,23 @@ class LocalKafka(RecordedState):
         return creds
 
     def pid(self) -> int | None:
-        """The broker's pid if it runs (checked against its command line, so a reused pid is not taken)."""
+        """The broker's pid (from the state file, checked against its command line)."""
         pid = self._state().get("pid")
         if pid and pid_alive(int(pid)) and str(self.properties_file) in pid_cmdline(int(pid)):
             return int(pid)
         return None
 
-    def is_running(self) -> bool:
-        return self.pid() is not None
-
     def status(self) -> dict[str, Any]:
         state = self._state()
-        pid = self.pid()
-        return {
-            "service": "kafka",
-            "version": KAFKA_VERSION,
-            "running": pid is not None,
-            "pid": pid,
-            "bootstrap": f"{LOOPBACK}:{state['port']}" if state.get("port") else None,
-            "security_protocol": self.protocol.value,
-            "controller_port": state.get("controller_port"),
-            "data_dir": str(self.data_dir),
-            "log": str(self.log_file),
-        }
+        return self._status(
+            "kafka",
+            KAFKA_VERSION,
+            bootstrap=f"{LOOPBACK}:{state['port']}" if state.get("port") else None,
+            security_protocol=self.protocol.value,
+            controller_port=state.get("controller_port"),
+            data_dir=str(self.data_dir),
+            log=str(self.log_file),
+        )
 
     # -- lifecycle -------------------------------------------------------------------------------------
     def start(self, timeout: float = START_TIMEOUT) -> str:

@@ -167,7 +167,7 @@ class LocalPostgres(RecordedState):
         self.log_file = self.data_dir / "postgres.log"
         self.as_root = os.geteuid() == 0
 
-    # -- state (RecordedState: _state(), port) ----------------------------------------------------------
+    # -- state (RecordedState: _state(), port, is_running, _status) ----------------------------------------------------------
     @property
     def dsn(self) -> str:
         """Superuser ``postgres``, database ``postgres``, over TCP on 127.0.0.1."""
@@ -195,21 +195,15 @@ class LocalPostgres(RecordedState):
             return pid
         return None
 
-    def is_running(self) -> bool:
-        return self.pid() is not None
-
     def status(self) -> dict[str, Any]:
         state = self._state()
-        pid = self.pid()
-        return {
-            "service": "postgres",
-            "version": state.get("version"),
-            "running": pid is not None,
-            "pid": pid,
-            "dsn": self.dsn if state.get("port") else None,
-            "data_dir": str(self.data_dir),
-            "log": str(self.log_file),
-        }
+        return self._status(
+            "postgres",
+            state.get("version"),
+            dsn=self.dsn if state.get("port") else None,
+            data_dir=str(self.data_dir),
+            log=str(self.log_file),
+        )
 
     # -- running commands as the cluster's owner -------------------------------------------------------
     def _run(self, args: list[str], timeout: float = 120) -> subprocess.CompletedProcess[str]:

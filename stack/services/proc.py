@@ -147,3 +147,15 @@ class RecordedState:
     def port(self) -> int | None:
         port = self._state().get("port")
         return int(port) if port else None
+
+    def pid(self) -> int | None:
+        """The service's pid if it runs (checked against its command line, so a reused pid is not taken)."""
+        raise NotImplementedError
+
+    def is_running(self) -> bool:
+        return self.pid() is not None
+
+    def _status(self, service: str, version: str | None, **fields: Any) -> dict[str, Any]:
+        """``walduck services status`` of one service: name, version, running, pid, then its own fields."""
+        pid = self.pid()
+        return {"service": service, "version": version, "running": pid is not None, "pid": pid, **fields}
