@@ -343,6 +343,29 @@ def history_cmd(
     _run("history", data_dir, out, history_body(quick, datasets, catalog, history))
 
 
+@app.command("compactor-memory")
+def compactor_memory_cmd(
+    datasets: int = typer.Option(None, help="Datasets of the catalog [300; quick 30]."),
+    catalog: int = typer.Option(None, help="Visible partitions in the catalog [1,000,000; quick 50,000]."),
+    changes_partitions: int = typer.Option(4, help="Changes partitions (one compactor state each)."),
+    quick: bool = Quick,
+    out: Path = OutDir,
+) -> None:
+    """Compactor RSS holding a catalog's visible partitions (in-process, no services; goal < 1 GiB at 1M)."""
+    from stack.bench.compactor_memory import run_compactor_memory
+
+    logging.basicConfig(level=logging.WARNING)
+    started = time.monotonic()
+    result = run_compactor_memory(
+        datasets=int(_pick(quick, datasets, 300, 30)),
+        catalog=int(_pick(quick, catalog, 1_000_000, 50_000)),
+        changes_partitions=changes_partitions,
+    )
+    result.params["elapsed_s"] = round(time.monotonic() - started, 2)
+    result.write(out)
+    result.print()
+
+
 SCENARIOS: dict[str, Callable[[bool], Callable[..., Result]]] = {
     "connector": lambda quick: connector_body(quick),
     "freshness": lambda quick: freshness_body(quick),

@@ -86,7 +86,8 @@ class _Source:
             "created_at": TS,
         }
 
-    def catalog_records(self) -> list[ChangeRecord]:
+    def catalog_records_head(self) -> list[ChangeRecord]:
+        """Every dataset and its published manifest (the catalog's records before its partitions)."""
         out = []
         for ds in self.datasets:
             out.append(self._rec(DATASETS, Op.INSERT, {"id": ds, "slug": ds, "status": "active"}, None, ds))
@@ -98,11 +99,15 @@ class _Source:
                 "schema_version_id": None,
             }
             out.append(self._rec(MANIFESTS, Op.INSERT, manifest, None, ds))
-        out += [
-            self._rec(PARTITIONS, Op.INSERT, self._partition(i), None, self.datasets[i % len(self.datasets)])
-            for i in range(self.catalog)
-        ]
         return out
+
+    def partition_insert(self, i: int) -> ChangeRecord:
+        return self._rec(
+            PARTITIONS, Op.INSERT, self._partition(i), None, self.datasets[i % len(self.datasets)]
+        )
+
+    def catalog_records(self) -> list[ChangeRecord]:
+        return self.catalog_records_head() + [self.partition_insert(i) for i in range(self.catalog)]
 
     def updates(self, start: int, count: int) -> list[ChangeRecord]:
         """``count`` partition updates from history position ``start`` (round-robin over the catalog)."""
