@@ -13,7 +13,7 @@ from sinks.context.consumer import DeltaConsumer
 from sinks.context.store import ContextStore
 from sinks.settings import SinkSettings
 from sinks.verify import verify
-from stack.catalog.migrate import apply_migrations
+from support.obs_catalog import seed_obs_catalog
 from walduck import metrics
 from walduck.config import ContextMode
 
@@ -96,42 +96,10 @@ async def test_consumer_applies_resumes_and_dead_letters(fresh_topics, factory, 
     ) == (rebuilds_before)
 
 
-def _seed_catalog(dsn: str, factory, files: list[dict]) -> None:
-    apply_migrations(dsn)
-    with psycopg.connect(dsn) as conn:
-        conn.execute(
-            "INSERT INTO timestore.storage_targets (id, name, kind, config) VALUES "
-            "('st-local', 'timestore-default-local', 'local', '{}')"
-        )
-        conn.execute("INSERT INTO timestore.datasets (id, slug, name) VALUES ('ds-obs', 'obs', 'Obs')")
-        conn.execute(
-            "INSERT INTO timestore.dataset_schema_versions (id, dataset_id, version, schema) VALUES "
-            """('dsv-obs-1', 'ds-obs', 1, '{"fields":[{"name":"ts","type":"timestamp"},{"name":"value","type":"double"}]}')"""
-        )
-        conn.execute(
-            "INSERT INTO timestore.dataset_manifests (id, dataset_id, version, status, schema_version_id, manifest_shard)"
-            " VALUES ('dm-obs', 'ds-obs', 1, 'published', 'dsv-obs-1', '2024-01-01')"
-        )
-        for f in files:
-            conn.execute(
-                "INSERT INTO timestore.dataset_partitions (id, dataset_id, manifest_id, manifest_shard, partition_key,"
-                " storage_target_id, file_format, file_path, file_size_bytes, row_count, start_time, end_time, metadata)"
-                " VALUES (%s, 'ds-obs', 'dm-obs', '2024-01-01', '{}', 'st-local', 'parquet', %s, %s, %s, %s, %s, '{}')",
-                [
-                    f["id"],
-                    f["file_path"],
-                    f["file_size_bytes"],
-                    f["row_count"],
-                    f["start_time"],
-                    f["end_time"],
-                ],
-            )
-
-
 def test_full_scan_mode_gives_the_same_answers_and_verify(fresh_db, factory, ctx_settings, tmp_path):
     dsn = fresh_db()
     files = [factory.write_file("obs", h, 5 + h) for h in range(4)]
-    _seed_catalog(dsn, factory, files)
+    seed_obs_catalog(dsn, files)
     sink, wd = ctx_settings
     wd = wd.model_copy(update={"pg_dsn": dsn})
     incremental = ContextStore(sink, wd)

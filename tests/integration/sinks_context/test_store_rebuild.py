@@ -16,39 +16,11 @@ import pytest
 import sinks.context.build as store_module  # the module that reads the catalog
 from sinks.context.store import ContextStore
 from sinks.service.admin_snapshot import admin_snapshot
-from stack.catalog.migrate import apply_migrations
+from support.obs_catalog import insert_obs_partition, seed_obs_catalog
 from walduck import metrics
 from walduck.config import ContextMode
 
 pytestmark = pytest.mark.integration
-
-
-def _seed(dsn: str) -> None:
-    apply_migrations(dsn)
-    with psycopg.connect(dsn) as conn:
-        conn.execute(
-            "INSERT INTO timestore.storage_targets (id, name, kind, config) VALUES "
-            "('st-local', 'timestore-default-local', 'local', '{}')"
-        )
-        conn.execute("INSERT INTO timestore.datasets (id, slug, name) VALUES ('ds-obs', 'obs', 'Obs')")
-        conn.execute(
-            "INSERT INTO timestore.dataset_schema_versions (id, dataset_id, version, schema) VALUES "
-            """('dsv-obs-1', 'ds-obs', 1, '{"fields":[{"name":"ts","type":"timestamp"},{"name":"value","type":"double"}]}')"""
-        )
-        conn.execute(
-            "INSERT INTO timestore.dataset_manifests (id, dataset_id, version, status, schema_version_id, manifest_shard)"
-            " VALUES ('dm-obs', 'ds-obs', 1, 'published', 'dsv-obs-1', '2024-01-01')"
-        )
-
-
-def _insert_partition(dsn: str, f: dict[str, Any]) -> None:
-    with psycopg.connect(dsn) as conn:
-        conn.execute(
-            "INSERT INTO timestore.dataset_partitions (id, dataset_id, manifest_id, manifest_shard, partition_key,"
-            " storage_target_id, file_format, file_path, file_size_bytes, row_count, start_time, end_time, metadata)"
-            " VALUES (%s, 'ds-obs', 'dm-obs', '2024-01-01', '{}', 'st-local', 'parquet', %s, %s, %s, %s, %s, '{}')",
-            [f["id"], f["file_path"], f["file_size_bytes"], f["row_count"], f["start_time"], f["end_time"]],
-        )
 
 
 def _ids(store: ContextStore) -> list[str]:
@@ -70,7 +42,7 @@ def test_delta_applied_during_the_rebuild_read_is_kept(
     fresh_db, factory, ctx_settings, monkeypatch, scope, mode
 ):
     dsn = fresh_db()
-    _seed(dsn)
+    seed_obs_catalog(dsn)
     sink, wd = ctx_settings
     wd = wd.model_copy(update={"pg_dsn": dsn, "context_mode": mode})
     store = ContextStore(sink, wd)
@@ -78,7 +50,7 @@ def test_delta_applied_during_the_rebuild_read_is_kept(
     offset = _Offsets()
     try:
         p1 = factory.write_file("obs", 0, 3)
-        _insert_partition(dsn, p1)
+        insert_obs_partition(dsn, p1)
         assert store.apply(factory.create_dataset(0, "obs"), 0, offset())
         assert store.apply(factory.delta(0, "ds-obs", upserts=[p1]), 0, offset())
         assert _ids(store) == [p1["id"]]
@@ -97,7 +69,7 @@ def test_delta_applied_during_the_rebuild_read_is_kept(
             assert p1["id"] in read_ids and p2["id"] not in read_ids
             # p2 commits in PostgreSQL after the snapshot and its delta is applied by the consumer (another
             # thread) before the rebuild takes the write lock
-            _insert_partition(dsn, p2)
+            insert_obs_partition(dsn, p2)
             applier = threading.Thread(
                 target=lambda: interleaved.append(
                     str(store.apply(factory.delta(0, "ds-obs", upserts=[p2]), 0, offset()))
@@ -119,7 +91,7 @@ def test_delta_applied_during_the_rebuild_read_is_kept(
         assert store.dataset("ds-obs").total_rows == 7
 
         p3 = factory.write_file("obs", 2, 5)
-        _insert_partition(dsn, p3)
+        insert_obs_partition(dsn, p3)
         assert store.apply(factory.delta(0, "ds-obs", upserts=[p3]), 0, offset())
         assert sorted(_ids(store)) == sorted([p1["id"], p2["id"], p3["id"]])
         store.refresh_views(force=True)  # (the consumer does this between batches)
@@ -137,7 +109,7 @@ def test_rebuilds_queue_merge_and_keep_their_last_result_across_restarts(
     fresh_db, factory, ctx_settings, monkeypatch
 ):
     dsn = fresh_db()
-    _seed(dsn)
+    seed_obs_catalog(dsn)
     sink, wd = ctx_settings
     # first: a catalog that does not exist → the rebuild fails; its error is kept
     broken = wd.model_copy(update={"pg_dsn": dsn.rsplit("/", 1)[0] + "/wd_no_such_db"})
@@ -145,7 +117,7 @@ def test_rebuilds_queue_merge_and_keep_their_last_result_across_restarts(
     store.open()
     try:
         p1 = factory.write_file("obs", 0, 3)
-        _insert_partition(dsn, p1)
+        insert_obs_partition(dsn, p1)
         store.apply(factory.create_dataset(0, "obs"), 0, 0)
         store.apply(factory.delta(0, "ds-obs", upserts=[p1]), 0, 1)
         errors = _rebuilds("dataset", "error")
@@ -218,7 +190,7 @@ def test_bulk_path_builds_the_same_context_as_the_per_row_path(fresh_db, factory
     from sinks.settings import SinkSettings
 
     dsn = fresh_db()
-    _seed(dsn)
+    seed_obs_catalog(dsn)
     with psycopg.connect(dsn) as conn:
         conn.execute(
             "INSERT INTO timestore.storage_targets (id, name, kind, config) VALUES"
