@@ -16,10 +16,9 @@ from sinks.context.consumer import DeltaConsumer
 from sinks.context.store import ContextStore
 from sinks.settings import SinkSettings
 from sinks.verify import verify
+from support.obs_catalog import insert_obs_partition, seed_obs_catalog
 from walduck import metrics
 from walduck.deltas import Delta
-
-from .test_store_rebuild import _insert_partition, _seed
 
 pytestmark = pytest.mark.integration
 
@@ -54,11 +53,11 @@ async def test_new_replica_boots_from_postgresql_and_loses_no_delta_around_the_s
     fresh_db, fresh_topics, factory, tmp_path, monkeypatch
 ):
     dsn = fresh_db()
-    _seed(dsn)
+    seed_obs_catalog(dsn)
     wd = await fresh_topics(partitions=1, pg_dsn=dsn)
     wd = wd.model_copy(update={"storage_root": factory.root})
     p1 = factory.write_file("obs", 0, 3)
-    _insert_partition(dsn, p1)
+    insert_obs_partition(dsn, p1)
     # the history: what a replay from offset 0 would apply (3 deltas)
     history = [factory.create_dataset(0, "obs"), factory.delta(0, "ds-obs", upserts=[p1])]
     history.append(factory.delta(0, "ds-obs", upserts=[p1]))
@@ -71,11 +70,11 @@ async def test_new_replica_boots_from_postgresql_and_loses_no_delta_around_the_s
     def interleaved_read(*args: Any, **kwargs: Any) -> Any:
         # E was recorded before this call. p2 commits and its delta is produced now, BEFORE the snapshot
         # (the snapshot holds p2 and its delta lies at an offset >= E: applied again, harmlessly) ...
-        _insert_partition(dsn, p2)
+        insert_obs_partition(dsn, p2)
         asyncio.run(_produce(wd, [factory.delta(0, "ds-obs", upserts=[p2])]))
         snap = real_read(*args, **kwargs)
         # ... and p3 commits AFTER the snapshot: only its delta (offset >= E) brings it
-        _insert_partition(dsn, p3)
+        insert_obs_partition(dsn, p3)
         asyncio.run(_produce(wd, [factory.delta(0, "ds-obs", upserts=[p3])]))
         reads.append("read")
         return snap
@@ -111,11 +110,11 @@ async def test_shard_whose_history_was_deleted_is_rebuilt_from_postgresql(
     fresh_db, fresh_topics, factory, tmp_path, caplog
 ):
     dsn = fresh_db()
-    _seed(dsn)
+    seed_obs_catalog(dsn)
     wd = await fresh_topics(partitions=1, pg_dsn=dsn)
     wd = wd.model_copy(update={"storage_root": factory.root})
     p1 = factory.write_file("obs", 0, 3)
-    _insert_partition(dsn, p1)
+    insert_obs_partition(dsn, p1)
     await _produce(wd, [factory.create_dataset(0, "obs"), factory.delta(0, "ds-obs", upserts=[p1])])
     sink = SinkSettings(context_path=tmp_path / "ctx" / "context.duckdb", view_refresh_interval_s=0.0)
 
@@ -135,7 +134,7 @@ async def test_shard_whose_history_was_deleted_is_rebuilt_from_postgresql(
 
     # while the replica is down: p2 added, p1 deleted, their deltas produced ... and then deleted by retention
     p2 = factory.write_file("obs", 1, 4)
-    _insert_partition(dsn, p2)
+    insert_obs_partition(dsn, p2)
     with psycopg.connect(dsn) as conn:
         conn.execute("DELETE FROM timestore.dataset_partitions WHERE id = %s", [p1["id"]])
     await _produce(
