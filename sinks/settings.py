@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from walduck.config import WalduckSettings
@@ -18,6 +19,9 @@ class SinkSettings(BaseSettings):
     # rebuilds and full-scan applies read partitions with COPY -> Arrow -> one DuckDB INSERT (no Python per row);
     # false = the per-row path (dicts), kept as the benchmark's baseline (docs/performance.md, "bootstrap")
     bulk_load: bool = True
+    # a whole-catalog bulk read (bootstrap, rebuild of all) is split over this many PostgreSQL connections sharing
+    # one exported snapshot, each reading a block range of dataset_partitions (sinks/context/bulkload.py); 1 = one
+    bulk_read_connections: int = Field(default=2, ge=1, le=16)
     # how a new, wiped or retention-truncated shard is built: "snapshot" = from PostgreSQL (one REPEATABLE READ
     # snapshot, bulk COPY, then the deltas from the end offsets recorded before it; sinks/context/build.py);
     # "replay" = replaying the deltas partition from offset 0 (the old path, kept as the benchmark's baseline;

@@ -111,15 +111,18 @@ class ContextBuilder:
         self.last = BuildTimings()
 
     # ------------------------------------------------------------------ PostgreSQL
-    @contextlib.contextmanager
-    def pg(self) -> Iterator[Any]:
+    def connect(self) -> Any:
+        """A new PostgreSQL connection (the store's ``pg_connect`` hook, else the catalog DSN)."""
         st = self.store
         if st.pg_connect is not None:
-            conn = st.pg_connect()
-        else:
-            import psycopg
+            return st.pg_connect()
+        import psycopg
 
-            conn = psycopg.connect(st.walduck.pg_dsn, autocommit=False)
+        return psycopg.connect(st.walduck.pg_dsn, autocommit=False)
+
+    @contextlib.contextmanager
+    def pg(self) -> Iterator[Any]:
+        conn = self.connect()
         try:
             yield conn
         finally:
@@ -132,6 +135,8 @@ class ContextBuilder:
                 self.store.walduck.catalog_schema,
                 dataset_ids,
                 bulk=self.store.settings.bulk_load if bulk is None else bulk,
+                connect=self.connect,
+                connections=self.store.settings.bulk_read_connections,
             )
 
     # ------------------------------------------------------------------ bootstrap

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any
 
@@ -54,15 +55,61 @@ def _clamped(column: str) -> str:
     )
 
 
-def copy_partitions(cur: psycopg.Cursor[Any], schema: str, dataset_ids: list[str] | None) -> pa.Table:
-    """The visible partitions (published manifests), in the caller's transaction (its snapshot)."""
+def copy_partitions(
+    cur: psycopg.Cursor[Any],
+    schema: str,
+    dataset_ids: list[str] | None,
+    connect: Callable[[], psycopg.Connection[Any]] | None = None,
+    connections: int = 1,
+) -> pa.Table:
+    """The visible partitions (published manifests), in the caller's transaction (its snapshot).
+
+    A whole-catalog read (``dataset_ids`` None) with ``connections`` > 1 and a ``connect`` factory is split into
+    that many block ranges of ``dataset_partitions`` (TID range scans), read at once: the caller's cursor reads
+    the first, each other range is read by a new connection that imports the caller's snapshot
+    (``pg_export_snapshot()`` → ``SET TRANSACTION SNAPSHOT``), so every range sees exactly the same rows. The
+    PostgreSQL backends format CSV while Arrow parses the ranges already received (both release the GIL).
+    """
+    if dataset_ids is not None or connect is None or connections <= 1:
+        return _read(cur, _query(schema, dataset_ids, None))
+    conn = cur.connection
+    snapshot = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]  # type: ignore[index]
+    blocks = conn.execute(
+        sql.SQL("SELECT pg_relation_size({}) / current_setting('block_size')::int").format(
+            sql.Literal(f"{schema}.dataset_partitions")
+        )
+    ).fetchone()[0]  # type: ignore[index]
+    ranges = block_ranges(int(blocks), connections)
+    with ThreadPoolExecutor(len(ranges) - 1, thread_name_prefix="catalog-copy") as pool:
+        others = [
+            pool.submit(_read_in_snapshot, connect, snapshot, _query(schema, None, r)) for r in ranges[1:]
+        ]
+        tables = [_read(cur, _query(schema, None, ranges[0]))]
+        tables += [f.result() for f in others]
+    return pa.concat_tables(tables)
+
+
+def block_ranges(blocks: int, parts: int) -> list[tuple[int, int | None]]:
+    """``parts`` contiguous block ranges ``[lo, hi)`` covering a relation of ``blocks`` blocks; the last range is
+    open (``hi`` None), so blocks the relation gained after its size was read are covered too."""
+    parts = max(1, parts)
+    edges = [blocks * i // parts for i in range(parts)]
+    return [(edges[i], edges[i + 1] if i + 1 < parts else None) for i in range(parts)]
+
+
+def _query(schema: str, dataset_ids: list[str] | None, blocks: tuple[int, int | None] | None) -> sql.Composed:
     s = sql.Identifier(schema)
     only = (
         sql.SQL(" AND p.dataset_id = ANY({})").format(sql.Literal(list(dataset_ids)))
         if dataset_ids is not None
         else sql.SQL("")
     )
-    query = (
+    if blocks is not None:
+        lo, hi = blocks
+        only += sql.SQL(" AND p.ctid >= {}::tid").format(sql.Literal(f"({lo},0)"))
+        if hi is not None:
+            only += sql.SQL(" AND p.ctid < {}::tid").format(sql.Literal(f"({hi},0)"))
+    return (
         sql.SQL(
             "COPY (SELECT p.id, p.dataset_id, p.manifest_id, p.manifest_shard, p.storage_target_id, p.file_path,"
             # instants a context's TIMESTAMP cannot hold (±infinity, BC, years > 9999) are clamped as the delta
@@ -77,6 +124,22 @@ def copy_partitions(cur: psycopg.Cursor[Any], schema: str, dataset_ids: list[str
         + only
         + sql.SQL(") TO STDOUT (FORMAT csv)")
     )
+
+
+def _read_in_snapshot(
+    connect: Callable[[], psycopg.Connection[Any]], snapshot: str, query: sql.Composed
+) -> pa.Table:
+    """``query`` on a new connection inside the exported ``snapshot`` (REPEATABLE READ, read only)."""
+    with connect() as conn:
+        conn.autocommit = True
+        with conn.transaction(), conn.cursor() as cur:
+            cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            cur.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
+            cur.execute("SET LOCAL DateStyle = ISO")
+            return _read(cur, query)
+
+
+def _read(cur: psycopg.Cursor[Any], query: sql.Composed) -> pa.Table:
     buf = io.BytesIO()
     with cur.copy(query) as copy:
         for chunk in copy:

@@ -7,6 +7,7 @@ Visible partitions = partitions of the published manifest of their (dataset, sha
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -42,11 +43,14 @@ def read_catalog(
     schema: str = "timestore",
     dataset_ids: list[str] | None = None,
     bulk: bool = False,
+    connect: Callable[[], psycopg.Connection[Any]] | None = None,
+    connections: int = 1,
 ) -> CatalogSnapshot:
     """Datasets, schema versions, storage targets and visible partitions in one consistent snapshot.
 
     ``dataset_ids`` None = everything. ``bulk``: partitions as one Arrow table (``partitions_table``,
-    COPY → Arrow, see ``sinks/context/bulkload.py``) instead of dicts. ``lsn`` is ``pg_current_wal_lsn()`` read in its own statement
+    COPY → Arrow, see ``sinks/context/bulkload.py``) instead of dicts; with a ``connect`` factory and
+    ``connections`` > 1 a whole-catalog bulk read is split over that many connections sharing this snapshot. ``lsn`` is ``pg_current_wal_lsn()`` read in its own statement
     BEFORE the REPEATABLE READ snapshot is taken: a lower bound. Every commit whose WAL record lies above
     it may or may not be in the snapshot; every commit the caller saw applied before calling is in it.
     (Read inside the snapshot's transaction the value would be an upper bound instead: a commit between
@@ -87,7 +91,7 @@ def read_catalog(
         if bulk:  # same snapshot, COPY -> Arrow, no Python per row
             from sinks.context.bulkload import copy_partitions
 
-            table = copy_partitions(cur, schema, dataset_ids if only else None)
+            table = copy_partitions(cur, schema, dataset_ids if only else None, connect, connections)
             return CatalogSnapshot(lsn, datasets, versions, targets, [], table)
         cur.execute(
             sql.SQL(
