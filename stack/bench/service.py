@@ -153,6 +153,12 @@ def run_service(
                 boot.notes.append(stack.logs()[-3000:])
                 return {"bootstrap": boot, "memory": mem, "hit-ratio": hit}
             rebuild_under_ingestion(env, stack.base_url, boot, ingest_rate, timeout)
+            # the service's own account of where the time went (its build log lines), next to the figures
+            for marker in ("bootstrapped shard(s)", "rebuilt all datasets"):
+                log_text = stack.components["query"].tail(10**9)
+                lines = [line for line in log_text.splitlines() if marker in line]
+                if lines:
+                    boot.notes.append("query service log: " + lines[-1].split(" INFO ", 1)[-1])
 
             pid = component_pid(stack, "query")
             time.sleep(2)
