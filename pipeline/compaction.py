@@ -7,7 +7,9 @@ their input offsets and turns *windows* of whole transactions into deltas (``wal
 
 State (per input partition, which is exactly the datasets whose key hashes there):
 
-* per ``(dataset_id, manifest_shard)``: the published manifest id and its partitions (the visible set);
+* per ``(dataset_id, manifest_shard)``: the published manifest id and its partitions (the visible set; one
+  compact tuple per partition, :data:`PartitionEntry`, the delta entry's dict is made only for a delta or a
+  snapshot);
 * ``manifest_id -> (dataset, shard, status, schema_version_id)``;
 * partitions inserted into manifests that are not (yet) published, so publishing such a manifest later
   shows them (``hidden``; lives in memory only, see ``docs/compactor.md``);
@@ -43,6 +45,7 @@ expired again (its records reach the DLQ at least once).
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -69,6 +72,30 @@ DEFAULT_TABLE_NAME = "records"
 
 ShardKey = tuple[str, str]
 
+PartitionEntry = tuple[Any, ...] | dict[str, Any]
+"""A visible partition held in :attr:`ShardState.partitions`: a tuple of its values in :data:`PARTITION_FIELDS`
+order (compact: no per-entry dict, repeated strings interned; issue 15), or the delta entry as it came when it
+does not have exactly those keys in that order (a delta of another version): then kept as is, so every delta
+and snapshot made from the state carries the same content as before. :func:`entry_dict` gives the dict."""
+
+_FIELD_INDEX = {name: i for i, name in enumerate(PARTITION_FIELDS)}
+_SHARD_IX = _FIELD_INDEX["manifest_shard"]
+_SCHEMA_IX = _FIELD_INDEX["schema_version_id"]
+_TABLE_IX = _FIELD_INDEX["table_name"]
+# values repeated across many partitions (one copy each instead of one per decoded row)
+_INTERNED_IX = tuple(
+    _FIELD_INDEX[name]
+    for name in (
+        "dataset_id",
+        "manifest_id",
+        "manifest_shard",
+        "storage_target_id",
+        "file_format",
+        "schema_version_id",
+        "table_name",
+    )
+)
+
 
 class InvalidChange(Unprocessable, ValueError):
     """A decoded record that breaks the state machine's invariants; ``reason`` goes to the DLQ."""
@@ -93,7 +120,7 @@ class ManifestInfo:
 @dataclass(slots=True)
 class ShardState:
     published_manifest_id: str | None = None
-    partitions: dict[str, dict[str, Any]] = field(default_factory=dict)
+    partitions: dict[str, PartitionEntry] = field(default_factory=dict)  # partition id -> entry
 
 
 @dataclass(slots=True)
@@ -194,15 +221,43 @@ def _json_text(value: Any) -> str | None:
 def partition_entry(row: dict[str, Any], manifest: ManifestInfo | None) -> dict[str, Any]:
     """The delta entry of one partition row: exactly :data:`PARTITION_FIELDS`. ``metadata`` may be any JSON
     (an array, a string, a number: jsonb does not say); only an object's members count, read like ``->>``."""
+    return entry_dict(_partition_values(row, manifest))
+
+
+def _interned(values: list[Any]) -> tuple[Any, ...]:
+    for i in _INTERNED_IX:
+        value = values[i]
+        if type(value) is str:
+            values[i] = sys.intern(value)
+    return tuple(values)
+
+
+def _partition_values(row: dict[str, Any], manifest: ManifestInfo | None) -> tuple[Any, ...]:
+    """:func:`partition_entry` as the compact state holds it (a tuple in :data:`PARTITION_FIELDS` order)."""
     meta = row.get("metadata")
     if not isinstance(meta, dict):
         meta = {}
-    entry = {name: row.get(name) for name in PARTITION_FIELDS}
-    entry["schema_version_id"] = partition_schema_version(meta)  # never the manifest's (issue 20)
-    entry["table_name"] = _json_text(meta.get("tableName")) or DEFAULT_TABLE_NAME
-    if not entry.get("manifest_shard"):
-        entry["manifest_shard"] = manifest.shard if manifest else shard_for(row.get("start_time"))
-    return entry
+    values = [row.get(name) for name in PARTITION_FIELDS]
+    values[_SCHEMA_IX] = partition_schema_version(meta)  # never the manifest's (issue 20)
+    values[_TABLE_IX] = _json_text(meta.get("tableName")) or DEFAULT_TABLE_NAME
+    if not values[_SHARD_IX]:
+        values[_SHARD_IX] = manifest.shard if manifest else shard_for(row.get("start_time"))
+    return _interned(values)
+
+
+def compact_entry(entry: dict[str, Any]) -> PartitionEntry:
+    """A delta/snapshot entry as the state holds it: the compact tuple when it has exactly
+    :data:`PARTITION_FIELDS` in that order, else a copy of the dict as is."""
+    if tuple(entry) == PARTITION_FIELDS:
+        return _interned(list(entry.values()))
+    return dict(entry)
+
+
+def entry_dict(entry: PartitionEntry) -> dict[str, Any]:
+    """The delta entry (a new dict) of an entry of :attr:`ShardState.partitions`."""
+    if type(entry) is tuple:
+        return dict(zip(PARTITION_FIELDS, entry, strict=True))
+    return dict(entry)
 
 
 class Compactor:
@@ -261,7 +316,10 @@ class Compactor:
         delta, so a replay knows a lower LSN; it only serves to drop the connector's re-sends)."""
         view: dict[str, Any] = {
             "shards": {
-                key: (s.published_manifest_id, dict(sorted(s.partitions.items())))
+                key: (
+                    s.published_manifest_id,
+                    {pid: entry_dict(e) for pid, e in sorted(s.partitions.items())},
+                )
                 for key, s in sorted(self.shards.items())
             },
             "datasets": sorted(self.datasets),
@@ -547,7 +605,7 @@ class Compactor:
         manifest = self.manifests.get(manifest_id)
         for part_id, row in self.hidden.pop(manifest_id, {}).items():
             self._touch(key[0], key[1], part_id)
-            state.partitions[part_id] = partition_entry(row, manifest)
+            state.partitions[part_id] = _partition_values(row, manifest)
 
     def _apply_manifest(self, rec: ChangeRecord) -> None:
         row = rec.row
@@ -612,7 +670,7 @@ class Compactor:
         state = self.shards.get((dataset_id, shard))
         if state is not None and state.published_manifest_id == manifest_id:
             self._touch(dataset_id, shard, part_id)
-            state.partitions[part_id] = partition_entry(row, self.manifests.get(manifest_id))
+            state.partitions[part_id] = _partition_values(row, self.manifests.get(manifest_id))
         else:
             manifest = self.manifests.get(manifest_id)
             if manifest is None or manifest.status == "draft":
@@ -709,7 +767,7 @@ class Compactor:
             for part_id, was_visible in sorted(dw.touched.get(shard, {}).items()):
                 entry = visible.get(part_id)
                 if entry is not None:
-                    change.upserts.append(dict(entry))
+                    change.upserts.append(entry_dict(entry))
                 elif was_visible:
                     change.deletes.append(part_id)
             if change.upserts or change.deletes or shard in dw.shards_touched:
@@ -754,7 +812,7 @@ class Compactor:
             for part_id in change.deletes:
                 state.partitions.pop(part_id, None)
             for entry in change.upserts:
-                state.partitions[entry["id"]] = dict(entry)
+                state.partitions[entry["id"]] = compact_entry(entry)
             if state.published_manifest_id and state.published_manifest_id != change.published_manifest_id:
                 self.manifests.pop(state.published_manifest_id, None)
             state.published_manifest_id = change.published_manifest_id

@@ -31,7 +31,7 @@ from typing import Any
 
 import orjson
 
-from pipeline.compaction import Compactor, ManifestInfo, ShardState
+from pipeline.compaction import Compactor, ManifestInfo, ShardState, compact_entry, entry_dict
 from walduck.errors import Unprocessable
 from walduck.jsonexact import dumps_exact, loads_exact
 
@@ -99,11 +99,14 @@ def _items(compactor: Compactor) -> Iterator[list[Any]]:
     for manifest_id, info in compactor.manifests.items():
         yield ["m", manifest_id, info.dataset_id, info.shard, info.status, info.schema_version_id]
     for (dataset_id, shard), state in compactor.shards.items():
+        # the state holds compact entries (``pipeline.compaction.PartitionEntry``); the snapshot carries the
+        # delta entries (dicts), made one piece at a time so a big shard is never a list of dicts at once
         entries = list(state.partitions.values())
         if not entries:
             yield ["s", dataset_id, shard, state.published_manifest_id, []]
         for i in range(0, len(entries), _PIECE):
-            yield ["s", dataset_id, shard, state.published_manifest_id, entries[i : i + _PIECE]]
+            piece = [entry_dict(e) for e in entries[i : i + _PIECE]]
+            yield ["s", dataset_id, shard, state.published_manifest_id, piece]
     for manifest_id, rows in compactor.hidden.items():
         yield ["h", manifest_id, rows]
 
@@ -175,7 +178,7 @@ def _apply_item(compactor: Compactor, item: list[Any]) -> None:
     elif tag == "s":
         state = compactor.shards.setdefault((item[1], item[2]), ShardState(item[3]))
         for entry in item[4]:
-            state.partitions[entry["id"]] = entry
+            state.partitions[entry["id"]] = compact_entry(entry)
     elif tag == "h":
         compactor.hidden[item[1]] = item[2]
     else:
