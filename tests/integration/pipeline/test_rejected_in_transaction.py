@@ -131,7 +131,7 @@ async def test_rejected_record_keeps_its_transaction_share_whole(
     deltas = await deltas_of(settings)
     visible = {p for (d, _), parts in replay(deltas).items() if d == DS for p in parts}
     assert visible == {"p-0", "p-2", "p-after"}
-    dlq = await read_topic(settings.kafka_bootstrap, settings.dlq_topic)
+    dlq = await read_topic(settings, settings.dlq_topic)
     assert [m.value for m in dlq] == [bad]
     headers = dict(dlq[0].headers)  # the one DLQ envelope (walduck/dlq.py): reason = class, detail = text
     assert headers["reason"] == b"malformed" and headers["detail"] == b"insert record without new row"

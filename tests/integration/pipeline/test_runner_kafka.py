@@ -19,6 +19,8 @@ from support.catalog_model import APPEND_HEAVY, OPERATIONS, CatalogModel
 from support.reference_consumer import replay
 from walduck.config import WalduckSettings
 from walduck.deltas import Delta
+from walduck.kafka_readers import committed_reader
+from walduck.kafka_security import start_client
 from walduck.records import partition_of
 
 pytestmark = pytest.mark.integration
@@ -80,11 +82,9 @@ def start_runner(
     )
 
 
-async def read_topic(bootstrap: str, topic: str) -> list:
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None, isolation_level="read_committed"
-    )
-    await consumer.start()
+async def read_topic(settings: WalduckSettings, topic: str) -> list:
+    consumer = committed_reader(settings)
+    await start_client(consumer, settings)
     try:
         tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
         consumer.assign(tps)
@@ -129,7 +129,7 @@ def assert_no_duplicates(deltas: list[Delta]) -> None:
 
 
 async def deltas_of(settings: WalduckSettings) -> list[Delta]:
-    msgs = await read_topic(settings.kafka_bootstrap, settings.deltas_topic)
+    msgs = await read_topic(settings, settings.deltas_topic)
     out = []
     for m in msgs:
         d = Delta.from_bytes(m.value)
@@ -253,7 +253,7 @@ async def test_malformed_record_goes_to_dlq_and_nothing_is_lost(
         stop(proc)
     deltas = await deltas_of(settings)
     assert replay(deltas) == model.visible()
-    dlq = await read_topic(settings.kafka_bootstrap, settings.dlq_topic)
+    dlq = await read_topic(settings, settings.dlq_topic)
     assert [m.value for m in dlq] == [bad]
     headers = dict(dlq[0].headers)
     assert headers["reason"] == b"malformed" and headers["detail"].startswith(b"not JSON")
@@ -322,7 +322,7 @@ async def test_incomplete_transaction_expires_and_other_datasets_stay_readable(
     assert any(ds == b for ds, _ in visible), "the later transaction of the other dataset never sealed"
     assert not any(ds == a for ds, _ in visible), "a half transaction was published"
     assert max(d.lsn_to for d in deltas if d.dataset_id == b) == b_commit
-    dlq = await read_topic(settings.kafka_bootstrap, settings.dlq_topic)
+    dlq = await read_topic(settings, settings.dlq_topic)
     assert len(dlq) == 1
     headers = dict(dlq[0].headers)
     assert headers["reason"] == b"incomplete_transaction_expired"
