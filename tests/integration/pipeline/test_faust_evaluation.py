@@ -21,7 +21,9 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
-from integration.pipeline.test_runner_kafka import (
+
+from pipeline.compaction import Compactor
+from support.compactor_kafka import (
     PARTITIONS,
     build_model,
     deltas_of,
@@ -30,8 +32,6 @@ from integration.pipeline.test_runner_kafka import (
     stop,
     wait_committed,
 )
-
-from pipeline.compaction import Compactor
 from support.faust_app import STATE_TABLE, process
 from support.reference_consumer import replay
 from walduck.config import WalduckSettings

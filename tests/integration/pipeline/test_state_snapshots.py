@@ -10,18 +10,19 @@ import time
 import uuid
 
 import pytest
-from integration.pipeline.test_runner_kafka import (
-    PARTITIONS,
-    assert_no_duplicates,
-    deltas_of,
-    produce,
-    wait_committed,
-)
 
 from pipeline.compaction import Compactor
 from pipeline.runner import CompactorRunner
 from pipeline.settings import CompactorSettings
 from support.catalog_model import CatalogModel
+from support.compaction_runs import assert_no_duplicates
+from support.compactor_kafka import (
+    PARTITIONS,
+    caught_up,
+    deltas_of,
+    produce,
+    wait_committed,
+)
 from support.reference_consumer import replay
 from walduck.config import WalduckSettings
 
@@ -108,14 +109,7 @@ async def test_restart_restores_from_snapshot_and_tail_like_a_full_replay(
     # the first one stops without a final snapshot (as after a kill -9): its successor has a tail to replay
     first = CompactorRunner(settings, knobs.model_copy(update={"snapshot_on_stop": False}))
 
-    async def caught_up() -> bool:
-        try:
-            await wait_committed(settings, group, limit_s=0.5)
-            return True
-        except AssertionError:
-            return False
-
-    task = await run_until(first, caught_up, limit_s=180)
+    task = await run_until(first, lambda: caught_up(settings, group), limit_s=180)
     assert first.snapshots_on, "the state topic was created with the others"
     await stop(first, task)
     history = await deltas_of(settings)
@@ -188,14 +182,7 @@ async def test_first_upgrade_replays_then_snapshots(pipeline_topics: WalduckSett
         settings, CompactorSettings(group_id=group, metrics_port=0, snapshots=False, **small)
     )
 
-    async def caught_up() -> bool:
-        try:
-            await wait_committed(settings, group, limit_s=0.5)
-            return True
-        except AssertionError:
-            return False
-
-    await stop(old, await run_until(old, caught_up, limit_s=120))
+    await stop(old, await run_until(old, lambda: caught_up(settings, group), limit_s=120))
     knobs = CompactorSettings(group_id=group, metrics_port=0, snapshot_min_records=50, **small)
     upgraded = CompactorRunner(settings, knobs)
 

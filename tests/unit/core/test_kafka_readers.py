@@ -23,7 +23,7 @@ READERS = {
     "stack/bench/pipeline.py": {"topic_records"},
     "stack/bench/connector.py": {"tail"},
     "tests/support/truth.py": {"deltas_replayed"},
-    "tests/integration/pipeline/test_runner_kafka.py": {"read_topic"},
+    "tests/support/compactor_kafka.py": {"read_topic"},
 }
 # the other consumers of the runtime packages read topics no transaction writes, in a consumer group
 OTHER_CONSUMERS = {
