@@ -83,6 +83,15 @@ def settled(runner: CompactorRunner) -> bool:
     )
 
 
+def restored_and_settled(runner: CompactorRunner):
+    """For :func:`run_until`: every partition restored, held and at rest."""
+
+    async def check() -> bool:
+        return len(runner.restore_stats) == PARTITIONS and settled(runner)
+
+    return check
+
+
 async def test_restart_restores_from_snapshot_and_tail_like_a_full_replay(
     pipeline_topics: WalduckSettings,
 ) -> None:
@@ -118,10 +127,7 @@ async def test_restart_restores_from_snapshot_and_tail_like_a_full_replay(
     # restart: restore from the newest snapshot of each partition + the deltas after it
     second = CompactorRunner(settings, knobs)
 
-    async def restored() -> bool:
-        return len(second.restore_stats) == PARTITIONS and settled(second)
-
-    task = await run_until(second, restored)
+    task = await run_until(second, restored_and_settled(second))
     try:
         read = sum(s["snapshot_records"] + s["deltas"] for s in second.restore_stats.values())
         busy = 0
@@ -154,10 +160,7 @@ async def test_restart_restores_from_snapshot_and_tail_like_a_full_replay(
     # a clean stop snapshots every partition: the next restore replays no delta at all
     third = CompactorRunner(settings, knobs)
 
-    async def restored_again() -> bool:
-        return len(third.restore_stats) == PARTITIONS and settled(third)
-
-    task = await run_until(third, restored_again)
+    task = await run_until(third, restored_and_settled(third))
     try:
         assert all(s["deltas"] == 0 for s in third.restore_stats.values()), third.restore_stats
         for p in range(PARTITIONS):
@@ -181,7 +184,6 @@ async def test_first_upgrade_replays_then_snapshots(pipeline_topics: WalduckSett
     old = CompactorRunner(
         settings, CompactorSettings(group_id=group, metrics_port=0, snapshots=False, **small)
     )
-
     await stop(old, await run_until(old, lambda: caught_up(settings, group), limit_s=120))
     knobs = CompactorSettings(group_id=group, metrics_port=0, snapshot_min_records=50, **small)
     upgraded = CompactorRunner(settings, knobs)
@@ -201,10 +203,7 @@ async def test_first_upgrade_replays_then_snapshots(pipeline_topics: WalduckSett
         await stop(upgraded, task)
     third = CompactorRunner(settings, knobs)
 
-    async def restored() -> bool:
-        return len(third.restore_stats) == PARTITIONS and settled(third)
-
-    task = await run_until(third, restored)
+    task = await run_until(third, restored_and_settled(third))
     try:
         # every partition whose replay was worth a snapshot (50 records) got one with its next window
         busy = [p for p, s in replayed.items() if s["deltas"] >= 50]
