@@ -10,7 +10,7 @@ exactly-once effect:
   (transactional id ``<group>.<changes topic>.<partition>``, EOS v1 style: aiokafka has no KIP-447
   group-metadata fencing). A new owner's producer start (``InitProducerId``) bumps the epoch and aborts
   the old owner's open transaction, so a stale member's writes are never committed (fenced); every reader
-  of the deltas topic uses ``isolation_level="read_committed"``. DLQ records use a plain idempotent
+  of the deltas topic uses ``isolation_level="read_committed"`` (:mod:`walduck.kafka_readers`). DLQ records use a plain idempotent
   producer and are acknowledged before the transaction commits (DLQ is at-least-once);
 * state snapshots (``pipeline/snapshot.py``): every so often (``snapshot_due``) a window's transaction also
   carries the partition's whole state, chunked, to the compacted compactor-state topic, so state, deltas and
@@ -55,6 +55,7 @@ from walduck.config import WalduckSettings
 from walduck.deltas import Delta
 from walduck.dlq import DeadLetter
 from walduck.errors import InvariantBroken
+from walduck.kafka_readers import committed_reader
 from walduck.kafka_security import client_kwargs, start_client
 from walduck.metrics import (
     COMPACTOR_ASSIGNED_PARTITIONS,
@@ -218,12 +219,7 @@ class CompactorRunner:
     async def consumer_end_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
         """End offsets of deltas partitions (a short-lived consumer: the group consumer only knows the
         changes topic)."""
-        consumer = AIOKafkaConsumer(
-            **client_kwargs(self.settings),
-            enable_auto_commit=False,
-            group_id=None,
-            isolation_level="read_committed",
-        )
+        consumer = committed_reader(self.settings)
         await start_client(consumer, self.settings)
         try:
             return await consumer.end_offsets(tps)

@@ -1,6 +1,6 @@
 """Reading what a restore needs from Kafka: the newest state snapshot per partition and the deltas after it.
 
-Both reads fetch every partition being restored at once (one consumer, ``read_committed``: an aborted
+Both reads fetch every partition being restored at once (one :func:`~walduck.kafka_readers.committed_reader`: an aborted
 transaction's snapshot or deltas are never seen). The newest snapshot is found from the END of the state
 partition: its head is normally the last record before the transaction marker, so the reader looks at the last
 few offsets (8× further back each time nothing is found), then seeks to the head's ``first_offset`` and reads
@@ -20,7 +20,8 @@ from aiokafka.structs import ConsumerRecord
 from pipeline.snapshot import CHUNK_PREFIX, HEAD_KEY, BadSnapshot, SnapshotHead
 from walduck.config import WalduckSettings
 from walduck.deltas import Delta
-from walduck.kafka_security import client_kwargs, start_client
+from walduck.kafka_readers import committed_reader
+from walduck.kafka_security import start_client
 from walduck.records import MalformedRecord
 
 _FIRST_LOOK_BACK = 4  # head + commit marker (+ a tombstone or two)
@@ -40,16 +41,6 @@ class DeltasRead:
     begin: int  # the partition's log start offset (retention may have moved it past ``start``)
     end: int  # the partition's end offset (read_committed) when the read began
     last_offset: int  # offset of the last delta read (-1: none)
-
-
-def _consumer(settings: WalduckSettings) -> AIOKafkaConsumer:
-    return AIOKafkaConsumer(
-        **client_kwargs(settings),
-        enable_auto_commit=False,
-        group_id=None,
-        isolation_level="read_committed",
-        max_partition_fetch_bytes=settings.max_message_bytes,
-    )
 
 
 async def _read_ranges(
@@ -79,7 +70,7 @@ async def read_snapshots(
     out: dict[int, StoredSnapshot | None] = {p: None for p in partitions}
     if not partitions:
         return out
-    consumer = _consumer(settings)
+    consumer = committed_reader(settings)
     await start_client(consumer, settings)
     try:
         tps = {p: TopicPartition(topic, p) for p in partitions}
@@ -130,7 +121,7 @@ async def read_deltas_from(settings: WalduckSettings, starts: dict[int, int]) ->
     out: dict[int, DeltasRead] = {}
     if not starts:
         return out
-    consumer = _consumer(settings)
+    consumer = committed_reader(settings)
     await start_client(consumer, settings)
     try:
         tps = {p: TopicPartition(topic, p) for p in starts}

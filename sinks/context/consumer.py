@@ -16,7 +16,8 @@
    share a transaction), so a consumer that fell behind catches up in few transactions; if that batch
    fails, its deltas are applied one by one, so only the failing delta goes to the DLQ.
 5. A shard counts as bootstrapped once built from PostgreSQL (replay mode: once it reached the partition's
-   end offset seen at start). The deltas topic is read with ``isolation_level="read_committed"``.
+   end offset seen at start). The deltas topic is read with ``isolation_level="read_committed"``
+   (:func:`walduck.kafka_readers.committed_reader`).
 Offsets are never committed to Kafka: the context file is the source of truth for where to resume.
 """
 
@@ -36,6 +37,7 @@ from sinks.context.store import ContextStore
 from walduck import metrics
 from walduck.deltas import Delta
 from walduck.dlq import DeadLetter
+from walduck.kafka_readers import committed_reader
 from walduck.kafka_security import client_kwargs, start_client
 from walduck.records import MalformedRecord
 
@@ -89,15 +91,12 @@ class DeltaConsumer:
 
     async def _run_once(self) -> None:
         settings = self.store.settings
-        consumer = AIOKafkaConsumer(
-            **self._client_kwargs(),
-            group_id=None,
-            enable_auto_commit=False,
+        consumer = committed_reader(
+            self.store.walduck,
+            bootstrap_servers=self.bootstrap,
             # never silently skip history deleted by retention: OffsetOutOfRange rebuilds the shard instead
             auto_offset_reset="none",
-            isolation_level="read_committed",  # the compactor writes deltas in Kafka transactions
             max_poll_records=settings.consumer_max_records,
-            max_partition_fetch_bytes=self.store.walduck.max_message_bytes,
         )
         self._consumer = consumer
         await start_client(consumer, self.store.walduck)

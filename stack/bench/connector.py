@@ -338,7 +338,10 @@ def run_latency(
     import asyncio
     import threading
 
-    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka import TopicPartition
+
+    from walduck.kafka_readers import committed_reader
+    from walduck.kafka_security import start_client
 
     topics = {"walduck": env.settings.changes_topic}
     if dbz is not None:
@@ -358,13 +361,8 @@ def run_latency(
     started, stop = threading.Event(), threading.Event()
 
     async def tail() -> None:
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=env.settings.kafka_bootstrap,
-            enable_auto_commit=False,
-            fetch_max_wait_ms=5,
-            isolation_level="read_committed",
-        )
-        await consumer.start()
+        consumer = committed_reader(env.settings, fetch_max_wait_ms=5)
+        await start_client(consumer, env.settings)
         try:
             cluster = await consumer._client.fetch_all_metadata()
             tps = [

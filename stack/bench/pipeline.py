@@ -47,14 +47,13 @@ def slot_active(dsn: str, slot: str) -> bool:
 
 def topic_records(settings: WalduckSettings, topic: str, partitions: int) -> int:
     """Records in ``topic`` (sum of end offsets minus beginning offsets over its ``partitions``)."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka import TopicPartition
 
-    from walduck.kafka_security import client_kwargs, start_client
+    from walduck.kafka_readers import committed_reader
+    from walduck.kafka_security import start_client
 
     async def count() -> int:
-        consumer = AIOKafkaConsumer(
-            **client_kwargs(settings), enable_auto_commit=False, isolation_level="read_committed"
-        )
+        consumer = committed_reader(settings)
         await start_client(consumer, settings)
         try:
             tps = [TopicPartition(topic, p) for p in range(partitions)]

@@ -5,16 +5,16 @@ from __future__ import annotations
 import typer
 from rich.console import Console
 
+from stack.options import AdminPgDsn, CatalogSchema, PgDsn
+
 app = typer.Typer(no_args_is_help=True)
 console = Console()
 
 
 @app.command()
 def migrate(
-    pg_dsn: str = typer.Option(
-        None, "--pg-dsn", help="Admin PostgreSQL DSN [WALDUCK_PG_ADMIN_DSN, else WALDUCK_PG_DSN]."
-    ),
-    schema: str = typer.Option(None, "--schema", help="Catalog schema [WALDUCK_CATALOG_SCHEMA]."),
+    pg_dsn: AdminPgDsn = None,
+    schema: CatalogSchema = None,
 ) -> None:
     """Create or upgrade the Timestore catalog schema (idempotent)."""
     from stack.catalog.migrate import apply_migrations
@@ -35,8 +35,8 @@ def migrate(
 
 @app.command()
 def status(
-    pg_dsn: str = typer.Option(None, "--pg-dsn", help="PostgreSQL DSN [WALDUCK_PG_DSN]."),
-    schema: str = typer.Option(None, "--schema", help="Catalog schema [WALDUCK_CATALOG_SCHEMA]."),
+    pg_dsn: PgDsn = None,
+    schema: CatalogSchema = None,
 ) -> None:
     """List applied and pending migrations."""
     import psycopg
@@ -54,10 +54,8 @@ def status(
 
 @app.command()
 def roles(
-    pg_dsn: str = typer.Option(
-        None, "--pg-dsn", help="Admin PostgreSQL DSN [WALDUCK_PG_ADMIN_DSN, else WALDUCK_PG_DSN]."
-    ),
-    schema: str = typer.Option(None, "--schema", help="Catalog schema [WALDUCK_CATALOG_SCHEMA]."),
+    pg_dsn: AdminPgDsn = None,
+    schema: CatalogSchema = None,
     state_schema: str = typer.Option("walduck", help="The connector's state schema."),
 ) -> None:
     """Create or narrow the least-privilege roles (connector, reader, exec) and their grants (idempotent).

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from stack.options import CatalogSchema, PgDsn, StorageRoot
 from walduck.config import WalduckSettings, load_settings
 from walduck.lsn import format_lsn
 
@@ -18,7 +19,6 @@ console = Console()
 
 
 def _settings(pg_dsn: str | None, schema: str | None, storage_root: Path | None) -> WalduckSettings:
-
     settings = load_settings(pg_dsn=pg_dsn, catalog_schema=schema, storage_root=storage_root)
     if not settings.pg_dsn:
         raise typer.BadParameter("no PostgreSQL DSN: pass --pg-dsn or set WALDUCK_PG_DSN")
@@ -33,11 +33,9 @@ def run(
     rate: float = typer.Option(5.0, help="Target catalog commits per second (0 = as fast as possible)."),
     duration: float = typer.Option(30.0, help="Seconds to run."),
     seed: int = typer.Option(0, help="Seed of the deterministic shape mix and ids."),
-    pg_dsn: str = typer.Option(None, "--pg-dsn", help="PostgreSQL DSN [WALDUCK_PG_DSN]."),
-    schema: str = typer.Option(None, "--schema", help="Catalog schema [WALDUCK_CATALOG_SCHEMA]."),
-    storage_root: Path = typer.Option(
-        None, "--storage-root", help="Local storage root [WALDUCK_STORAGE_ROOT]."
-    ),
+    pg_dsn: PgDsn = None,
+    schema: CatalogSchema = None,
+    storage_root: StorageRoot = None,
 ) -> None:
     """Run a deterministic random mix of Timestore's write shapes at a target commit rate."""
     from stack.workload.generator import RunSummary, Workload
@@ -94,11 +92,9 @@ def bulk(
     days: int = typer.Option(30, help="Day shards per dataset."),
     files: str = typer.Option("shared", help="shared (hard links to a few real files) | real | synthetic."),
     seed: int = typer.Option(0),
-    pg_dsn: str = typer.Option(None, "--pg-dsn", help="PostgreSQL DSN [WALDUCK_PG_DSN]."),
-    schema: str = typer.Option(None, "--schema", help="Catalog schema [WALDUCK_CATALOG_SCHEMA]."),
-    storage_root: Path = typer.Option(
-        None, "--storage-root", help="Local storage root [WALDUCK_STORAGE_ROOT]."
-    ),
+    pg_dsn: PgDsn = None,
+    schema: CatalogSchema = None,
+    storage_root: StorageRoot = None,
 ) -> None:
     """Create a large catalog fast with COPY (see stack.workload.bulk for the file modes)."""
     from stack.workload.bulk import bulk_load

@@ -81,16 +81,15 @@ def run_verify(stack: Stack) -> subprocess.CompletedProcess[str]:
 
 async def deltas_replayed(stack: Stack) -> dict[tuple[str, str], dict[str, dict]]:
     """Every delta on the deltas topic, replayed into a plain dict by the reference consumer."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka import TopicPartition
 
     from support.reference_consumer import replay
     from walduck.deltas import Delta
-    from walduck.kafka_security import client_kwargs, start_client
+    from walduck.kafka_readers import committed_reader
+    from walduck.kafka_security import start_client
 
     s = stack.settings
-    consumer = AIOKafkaConsumer(
-        **client_kwargs(s), enable_auto_commit=False, isolation_level="read_committed"
-    )
+    consumer = committed_reader(s)
     await start_client(consumer, s)
     try:
         tps = [TopicPartition(s.deltas_topic, p) for p in range(s.topic_partitions)]

@@ -21,7 +21,9 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
-from integration.pipeline.test_runner_kafka import (
+
+from pipeline.compaction import Compactor
+from support.compactor_kafka import (
     PARTITIONS,
     build_model,
     deltas_of,
@@ -30,8 +32,6 @@ from integration.pipeline.test_runner_kafka import (
     stop,
     wait_committed,
 )
-
-from pipeline.compaction import Compactor
 from support.faust_app import STATE_TABLE, process
 from support.reference_consumer import replay
 from walduck.config import WalduckSettings
@@ -101,7 +101,7 @@ async def reference_deltas(settings: WalduckSettings) -> dict[int, list[Delta]]:
     """The deltas the faust app must produce, computed from the changes topic as it is in Kafka."""
     out: dict[int, list[Delta]] = {p: [] for p in range(PARTITIONS)}
     compactors = {p: Compactor(p) for p in range(PARTITIONS)}
-    for msg in await read_topic(settings.kafka_bootstrap, settings.changes_topic):
+    for msg in await read_topic(settings, settings.changes_topic):
         out[msg.partition].extend(process(compactors[msg.partition], msg.value, msg.offset))
     return out
 
@@ -297,7 +297,7 @@ async def test_faust_commits_never_pass_unacked_deltas_or_open_windows(fresh_top
     try:
         await wait_started(log, proc)
         compactors = {p: Compactor(p) for p in range(PARTITIONS)}
-        for msg in await read_topic(settings.kafka_bootstrap, settings.changes_topic):
+        for msg in await read_topic(settings, settings.changes_topic):
             process(compactors[msg.partition], msg.value, msg.offset)
         sealed_end = {p: c.covered_to + 1 for p, c in compactors.items()}
         assert any(not c.clean for c in compactors.values()), "the cut did not leave an open window"

@@ -11,9 +11,13 @@ import uuid
 from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from integration.pipeline.test_runner_kafka import (
+
+from pipeline.compaction import Compactor
+from pipeline.runner import CompactorRunner, PartitionWork
+from pipeline.settings import CompactorSettings
+from support.compaction_runs import assert_no_duplicates, feed_windows
+from support.compactor_kafka import (
     PARTITIONS,
-    assert_no_duplicates,
     build_model,
     deltas_of,
     produce,
@@ -22,10 +26,6 @@ from integration.pipeline.test_runner_kafka import (
     wait_committed,
     wait_for_log,
 )
-
-from pipeline.compaction import Compactor
-from pipeline.runner import CompactorRunner, PartitionWork
-from pipeline.settings import CompactorSettings
 from support.reference_consumer import replay
 from walduck.config import WalduckSettings
 from walduck.metrics import COMPACTOR_FENCED
@@ -50,9 +50,7 @@ async def test_a_fenced_owner_commits_neither_deltas_nor_offsets(pipeline_topics
     records = model.records
     old = CompactorRunner(settings, knobs)
     compactor = Compactor(0)
-    for offset, rec in enumerate(records):
-        compactor.feed(rec, offset)
-    deltas = compactor.flush()
+    deltas = feed_windows(compactor, records)
     assert deltas, "the window gave no delta: the test would prove nothing"
     work = PartitionWork(compactor, -1, producer=await old._start_producer(0))
     old.work[0] = work
@@ -67,11 +65,10 @@ async def test_a_fenced_owner_commits_neither_deltas_nor_offsets(pipeline_topics
         assert await committed_offset(settings, group, 0) is None, "the fenced owner committed offsets"
         # the new owner's transaction goes through
         again = Compactor(0)
-        for offset, rec in enumerate(records):
-            again.feed(rec, offset)
+        window = feed_windows(again, records)
         mine = PartitionWork(again, -1, producer=newer)
         new.work[0] = mine
-        assert await new._commit_window(0, mine, again.flush()) is True
+        assert await new._commit_window(0, mine, window) is True
         assert [d.to_bytes() for d in await deltas_of(settings)] == [d.to_bytes() for d in deltas]
         assert await committed_offset(settings, group, 0) == again.covered_to + 1
     finally:

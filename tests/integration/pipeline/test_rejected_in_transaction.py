@@ -9,21 +9,17 @@ partition until the next transaction of that key rejected the whole share as ``i
 
 from __future__ import annotations
 
-import uuid
 from pathlib import Path
 
 import orjson
 import pytest
-from integration.pipeline.test_runner_kafka import (
-    deltas_of,
-    produce,
-    read_topic,
-    start_runner,
-    stop,
-    wait_committed,
-)
 
 from pipeline.compaction import Compactor
+from support.compactor_kafka import (
+    compact_to_end,
+    produce,
+    read_topic,
+)
 from support.reference_consumer import replay
 from walduck.config import WalduckSettings
 from walduck.records import ChangeRecord, Kind, Op, Source, share_position
@@ -122,16 +118,10 @@ async def test_rejected_record_keeps_its_transaction_share_whole(
     settings = pipeline_topics
     records, bad = _history()
     await produce(settings, records)
-    group = f"g-{uuid.uuid4().hex[:6]}"
-    proc = start_runner(settings, group, tmp_path / "runner.log")
-    try:
-        await wait_committed(settings, group, limit_s=60)  # every offset sealed and committed
-    finally:
-        stop(proc)
-    deltas = await deltas_of(settings)
+    deltas = await compact_to_end(settings, tmp_path / "runner.log", limit_s=60)  # every offset sealed
     visible = {p for (d, _), parts in replay(deltas).items() if d == DS for p in parts}
     assert visible == {"p-0", "p-2", "p-after"}
-    dlq = await read_topic(settings.kafka_bootstrap, settings.dlq_topic)
+    dlq = await read_topic(settings, settings.dlq_topic)
     assert [m.value for m in dlq] == [bad]
     headers = dict(dlq[0].headers)  # the one DLQ envelope (walduck/dlq.py): reason = class, detail = text
     assert headers["reason"] == b"malformed" and headers["detail"] == b"insert record without new row"

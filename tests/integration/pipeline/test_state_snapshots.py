@@ -10,18 +10,19 @@ import time
 import uuid
 
 import pytest
-from integration.pipeline.test_runner_kafka import (
-    PARTITIONS,
-    assert_no_duplicates,
-    deltas_of,
-    produce,
-    wait_committed,
-)
 
 from pipeline.compaction import Compactor
 from pipeline.runner import CompactorRunner
 from pipeline.settings import CompactorSettings
 from support.catalog_model import CatalogModel
+from support.compaction_runs import assert_no_duplicates
+from support.compactor_kafka import (
+    PARTITIONS,
+    caught_up,
+    deltas_of,
+    produce,
+    wait_committed,
+)
 from support.reference_consumer import replay
 from walduck.config import WalduckSettings
 
@@ -82,6 +83,15 @@ def settled(runner: CompactorRunner) -> bool:
     )
 
 
+def restored_and_settled(runner: CompactorRunner):
+    """For :func:`run_until`: every partition restored, held and at rest."""
+
+    async def check() -> bool:
+        return len(runner.restore_stats) == PARTITIONS and settled(runner)
+
+    return check
+
+
 async def test_restart_restores_from_snapshot_and_tail_like_a_full_replay(
     pipeline_topics: WalduckSettings,
 ) -> None:
@@ -108,14 +118,7 @@ async def test_restart_restores_from_snapshot_and_tail_like_a_full_replay(
     # the first one stops without a final snapshot (as after a kill -9): its successor has a tail to replay
     first = CompactorRunner(settings, knobs.model_copy(update={"snapshot_on_stop": False}))
 
-    async def caught_up() -> bool:
-        try:
-            await wait_committed(settings, group, limit_s=0.5)
-            return True
-        except AssertionError:
-            return False
-
-    task = await run_until(first, caught_up, limit_s=180)
+    task = await run_until(first, lambda: caught_up(settings, group), limit_s=180)
     assert first.snapshots_on, "the state topic was created with the others"
     await stop(first, task)
     history = await deltas_of(settings)
@@ -124,10 +127,7 @@ async def test_restart_restores_from_snapshot_and_tail_like_a_full_replay(
     # restart: restore from the newest snapshot of each partition + the deltas after it
     second = CompactorRunner(settings, knobs)
 
-    async def restored() -> bool:
-        return len(second.restore_stats) == PARTITIONS and settled(second)
-
-    task = await run_until(second, restored)
+    task = await run_until(second, restored_and_settled(second))
     try:
         read = sum(s["snapshot_records"] + s["deltas"] for s in second.restore_stats.values())
         busy = 0
@@ -160,10 +160,7 @@ async def test_restart_restores_from_snapshot_and_tail_like_a_full_replay(
     # a clean stop snapshots every partition: the next restore replays no delta at all
     third = CompactorRunner(settings, knobs)
 
-    async def restored_again() -> bool:
-        return len(third.restore_stats) == PARTITIONS and settled(third)
-
-    task = await run_until(third, restored_again)
+    task = await run_until(third, restored_and_settled(third))
     try:
         assert all(s["deltas"] == 0 for s in third.restore_stats.values()), third.restore_stats
         for p in range(PARTITIONS):
@@ -187,15 +184,7 @@ async def test_first_upgrade_replays_then_snapshots(pipeline_topics: WalduckSett
     old = CompactorRunner(
         settings, CompactorSettings(group_id=group, metrics_port=0, snapshots=False, **small)
     )
-
-    async def caught_up() -> bool:
-        try:
-            await wait_committed(settings, group, limit_s=0.5)
-            return True
-        except AssertionError:
-            return False
-
-    await stop(old, await run_until(old, caught_up, limit_s=120))
+    await stop(old, await run_until(old, lambda: caught_up(settings, group), limit_s=120))
     knobs = CompactorSettings(group_id=group, metrics_port=0, snapshot_min_records=50, **small)
     upgraded = CompactorRunner(settings, knobs)
 
@@ -214,10 +203,7 @@ async def test_first_upgrade_replays_then_snapshots(pipeline_topics: WalduckSett
         await stop(upgraded, task)
     third = CompactorRunner(settings, knobs)
 
-    async def restored() -> bool:
-        return len(third.restore_stats) == PARTITIONS and settled(third)
-
-    task = await run_until(third, restored)
+    task = await run_until(third, restored_and_settled(third))
     try:
         # every partition whose replay was worth a snapshot (50 records) got one with its next window
         busy = [p for p, s in replayed.items() if s["deltas"] >= 50]

@@ -5,28 +5,27 @@ peer keeps its partitions (and state) untouched; the deltas stay exact."""
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import signal
 import subprocess
-import sys
 import time
-import uuid
 from pathlib import Path
 
 import httpx
 import pytest
-from integration.pipeline.test_runner_kafka import (
-    assert_no_duplicates,
-    build_model,
-    deltas_of,
-    produce,
-    stop,
-    wait_committed,
-)
 from prometheus_client.parser import text_string_to_metric_families
 
 from stack.local import free_port
+from support.compaction_runs import assert_no_duplicates
+from support.compactor_kafka import (
+    build_model,
+    deltas_of,
+    new_group,
+    produce,
+    start_runner,
+    stop,
+    wait_committed,
+)
 from support.reference_consumer import replay
 from walduck.config import WalduckSettings
 
@@ -37,22 +36,8 @@ PARTITIONS = 4
 def start_member(
     settings: WalduckSettings, group: str, instance: str, log: Path, port: int
 ) -> subprocess.Popen:
-    env = {
-        **os.environ,
-        "WALDUCK_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-        "WALDUCK_CHANGES_TOPIC": settings.changes_topic,
-        "WALDUCK_DELTAS_TOPIC": settings.deltas_topic,
-        "WALDUCK_DLQ_TOPIC": settings.dlq_topic,
-        "WALDUCK_COMPACTOR_GROUP_ID": group,
-        "WALDUCK_COMPACTOR_GROUP_INSTANCE_ID": instance,
-        "WALDUCK_COMPACTOR_METRICS_PORT": str(port),
-    }
-    return subprocess.Popen(
-        [sys.executable, "-c", "from pipeline.cli import app; app()", "run"],
-        env=env,
-        stdout=log.open("ab"),
-        stderr=subprocess.STDOUT,
-    )
+    """A static member (``instance``) serving /metrics on ``port``, with the compactor's session timeout."""
+    return start_runner(settings, group, log, instance=instance, metrics_port=port, session_timeout_ms=None)
 
 
 def scrape(port: int) -> dict[str, float]:
@@ -98,7 +83,7 @@ async def test_static_member_restart_reclaims_its_partitions_and_the_peer_keeps_
         if model.records[i].commit_lsn != model.records[i - 1].commit_lsn
     )
     await produce(settings, model.records[:half])
-    group = f"g-{uuid.uuid4().hex[:6]}"
+    group = new_group()
     logs = {name: tmp_path / f"{name}.log" for name in ("a", "b")}
     ports = {name: free_port() for name in ("a", "b")}
     procs = {"a": start_member(settings, group, "compactor-a", logs["a"], ports["a"])}

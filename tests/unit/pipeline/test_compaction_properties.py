@@ -8,21 +8,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.compaction import Compactor, restore_from_deltas
-from support.catalog_model import APPEND_HEAVY, OPERATIONS, CatalogModel
+from support.catalog_model import APPEND_HEAVY, CatalogModel
+from support.compaction_runs import OPS, assert_no_duplicates, draw_flush_points, feed_windows, random_history
 from support.reference_consumer import replay
 from walduck.deltas import PARTITION_FIELDS, Delta, DeltaKind
-
-ops_strategy = st.lists(st.sampled_from(OPERATIONS), min_size=1, max_size=60)
 
 
 def run_windows(records, flush_points: set[int], src_partition: int = 0) -> list[Delta]:
     compactor = Compactor(src_partition)
-    out: list[Delta] = []
-    for offset, rec in enumerate(records):
-        compactor.feed(rec, offset)
-        if offset in flush_points:
-            out += compactor.flush()
-    out += compactor.flush()
+    out = feed_windows(compactor, records, flush_points)
     assert compactor.clean
     assert not compactor.drain_rejected()
     return out
@@ -33,12 +27,10 @@ def roundtrip(deltas: list[Delta]) -> list[Delta]:
 
 
 @settings(max_examples=150, deadline=None)
-@given(seed=st.integers(0, 2**32), ops=ops_strategy, data=st.data())
+@given(seed=st.integers(0, 2**32), ops=OPS, data=st.data())
 def test_replayed_deltas_equal_visible_set(seed: int, ops: list[str], data: st.DataObject) -> None:
-    model = CatalogModel(seed=seed)
-    model.run(["create_dataset"] * (seed % 4) + ops)
-    n = len(model.records)
-    flush_points = set(data.draw(st.lists(st.integers(0, max(n - 1, 0)), max_size=n)))
+    model = random_history(seed, ops)
+    flush_points = draw_flush_points(data, len(model.records))
     deltas = roundtrip(run_windows(model.records, flush_points))
     assert replay(deltas) == model.visible()
     for delta in deltas:
@@ -51,10 +43,9 @@ def test_replayed_deltas_equal_visible_set(seed: int, ops: list[str], data: st.D
 
 
 @settings(max_examples=100, deadline=None)
-@given(seed=st.integers(0, 2**32), ops=ops_strategy, data=st.data())
+@given(seed=st.integers(0, 2**32), ops=OPS, data=st.data())
 def test_applying_any_delta_twice_changes_nothing(seed: int, ops: list[str], data: st.DataObject) -> None:
-    model = CatalogModel(seed=seed)
-    model.run(["create_dataset"] * (seed % 4) + ops)
+    model = random_history(seed, ops)
     deltas = run_windows(model.records, set())
     if not deltas:
         return
@@ -65,34 +56,21 @@ def test_applying_any_delta_twice_changes_nothing(seed: int, ops: list[str], dat
 
 
 @settings(max_examples=100, deadline=None)
-@given(seed=st.integers(0, 2**32), ops=ops_strategy, data=st.data())
+@given(seed=st.integers(0, 2**32), ops=OPS, data=st.data())
 def test_crash_mid_produce_restore_resumes_without_gap_or_duplicate(
     seed: int, ops: list[str], data: st.DataObject
 ) -> None:
     """Deltas topic cut at any point (even inside a window's group) -> restore -> same final result."""
-    model = CatalogModel(seed=seed)
-    model.run(["create_dataset"] * (seed % 4) + ops)
+    model = random_history(seed, ops)
     records = model.records
-    n = len(records)
-    flush_points = set(data.draw(st.lists(st.integers(0, max(n - 1, 0)), max_size=n)))
+    flush_points = draw_flush_points(data, len(records))
     full = run_windows(records, flush_points)
     cut = data.draw(st.integers(0, len(full)))
     topic = roundtrip(full[:cut])
     restored = restore_from_deltas(0, topic)
-    compactor = restored.compactor
-    start = 0 if restored.resume_offset is None else restored.resume_offset
-    for offset in range(start, n):
-        compactor.feed(records[offset], offset)
-        if offset in flush_points:
-            topic += compactor.flush()
-    topic += compactor.flush()
+    topic += feed_windows(restored.compactor, records, flush_points, restored.resume_offset)
     assert replay(topic) == model.visible()
-    # no duplicate: per (src partition, dataset, kind) the covered offsets strictly increase
-    last: dict[tuple, int] = {}
-    for d in topic:
-        mark = (d.src_partition, d.dataset_id, d.kind)
-        assert d.src_offset_to > last.get(mark, -1), "duplicate or regressing delta"
-        last[mark] = d.src_offset_to
+    assert_no_duplicates(topic)
 
 
 def test_supersede_is_one_delta_with_deletes_and_upserts() -> None:
@@ -101,15 +79,11 @@ def test_supersede_is_one_delta_with_deletes_and_upserts() -> None:
     model.append(ds, day=0)
     model.append(ds, day=0)
     compactor = Compactor(0)
-    for offset, rec in enumerate(model.records):
-        compactor.feed(rec, offset)
-    first = compactor.flush()
+    first = feed_windows(compactor, model.records)
     old_ids = {p for p in model.partitions}
     base = len(model.records)
     model.new_version(ds)
-    for offset, rec in enumerate(model.records[base:], start=base):
-        compactor.feed(rec, offset)
-    deltas = compactor.flush()
+    deltas = feed_windows(compactor, model.records, start=base)
     assert len(deltas) == 1
     (change,) = deltas[0].shards.values()
     assert set(change.deletes) == old_ids
@@ -123,15 +97,11 @@ def test_touch_only_and_invisible_inserts_produce_no_delta() -> None:
     model.append(ds, day=0)
     model.new_version(ds)
     compactor = Compactor(0)
-    for offset, rec in enumerate(model.records):
-        compactor.feed(rec, offset)
-    compactor.flush()
+    feed_windows(compactor, model.records)
     base = len(model.records)
     model.touch(ds)
     model.insert_into_superseded(ds)
-    for offset, rec in enumerate(model.records[base:], start=base):
-        compactor.feed(rec, offset)
-    assert compactor.flush() == []
+    assert feed_windows(compactor, model.records, start=base) == []
 
 
 def test_dataset_changes_travel_and_heartbeat_closes_its_window() -> None:
@@ -141,10 +111,7 @@ def test_dataset_changes_travel_and_heartbeat_closes_its_window() -> None:
     model.metadata(ds)
     model.heartbeat()
     model.storage_target()
-    compactor = Compactor(0)
-    for offset, rec in enumerate(model.records):
-        compactor.feed(rec, offset)
-    deltas = compactor.flush()
+    deltas = feed_windows(Compactor(0), model.records)
     kinds = [(d.kind, d.dataset_id) for d in deltas]
     assert kinds == [(DeltaKind.DELTA, ds), (DeltaKind.HEARTBEAT, None), (DeltaKind.DELTA, None)]
     assert deltas[0].dataset["status"] == "inactive"
@@ -178,10 +145,7 @@ def test_watermarks_cost_one_heartbeat_delta_per_window() -> None:
         records.append(rec)
         if rec.kind.value == "change" and rec.tx_index == rec.tx_size - 1:  # end of a transaction share
             records.append(replace(template, lsn=rec.commit_lsn + 1, commit_lsn=rec.commit_lsn + 1))
-    compactor = Compactor(0)
-    for offset, rec in enumerate(records):
-        compactor.feed(rec, offset)
-    deltas = compactor.flush()
+    deltas = feed_windows(Compactor(0), records)
     heartbeats = [d for d in deltas if d.kind is DeltaKind.HEARTBEAT]
     assert len(heartbeats) == 1 and deltas[-1] is heartbeats[0]
     assert heartbeats[0].lsn_to == records[-1].commit_lsn
@@ -194,14 +158,10 @@ def test_split_transaction_is_not_flushed_half() -> None:
     model.append(ds, day=0)
     compactor = Compactor(0)
     records = model.records
-    for offset, rec in enumerate(records[:-2]):
-        compactor.feed(rec, offset)
-    mid = compactor.flush()
+    mid = feed_windows(compactor, records[:-2])
     assert all(not d.shards for d in mid), "a partition of a half-received transaction leaked"
     assert not compactor.clean
-    for offset in range(len(records) - 2, len(records)):
-        compactor.feed(records[offset], offset)
-    assert replay(mid + compactor.flush()) == model.visible()
+    assert replay(mid + feed_windows(compactor, records, start=len(records) - 2)) == model.visible()
 
 
 def test_compaction_ratio_append_heavy() -> None:
@@ -226,14 +186,10 @@ def test_connector_resend_produces_nothing_new() -> None:
     model.append(ds, day=0)
     model.retention(ds)
     compactor = Compactor(0)
-    for offset, rec in enumerate(model.records):
-        compactor.feed(rec, offset)
-    compactor.flush()
+    feed_windows(compactor, model.records)
     base = len(model.records)
     model.resend()
-    for offset, rec in enumerate(model.records[base:], start=base):
-        compactor.feed(rec, offset)
-    assert compactor.flush() == []
+    assert feed_windows(compactor, model.records, start=base) == []
 
 
 def test_restore_after_a_window_cut_between_its_deltas() -> None:
@@ -244,21 +200,13 @@ def test_restore_after_a_window_cut_between_its_deltas() -> None:
         for ds in datasets:
             model.append(ds)
     compactor = Compactor(0)
-    topic: list[Delta] = []
-    for offset, rec in enumerate(model.records[:base]):
-        compactor.feed(rec, offset)
-    topic += compactor.flush()
-    for offset, rec in enumerate(model.records[base:], start=base):
-        compactor.feed(rec, offset)
-    window = compactor.flush()
+    topic = feed_windows(compactor, model.records[:base])
+    window = feed_windows(compactor, model.records, start=base)
     assert [d.dataset_id for d in window] == sorted(datasets)
     topic += window[:1]  # crash after the first of three deltas was acknowledged
     restored = restore_from_deltas(0, topic)
     assert restored.resume_offset == window[0].src_offset_from
-    again = restored.compactor
-    for offset in range(restored.resume_offset, len(model.records)):
-        again.feed(model.records[offset], offset)
-    rest = again.flush()
+    rest = feed_windows(restored.compactor, model.records, start=restored.resume_offset)
     assert [d.dataset_id for d in rest] == sorted(datasets)[1:]
     assert [d.to_bytes() for d in rest] == [d.to_bytes() for d in window[1:]]
     assert replay(topic + rest) == model.visible()
@@ -333,7 +281,7 @@ def _broken_history(seed: int, ops: list[str], data: st.DataObject):
 
 
 @settings(max_examples=150, deadline=None)
-@given(seed=st.integers(0, 2**32), ops=ops_strategy, data=st.data())
+@given(seed=st.integers(0, 2**32), ops=OPS, data=st.data())
 def test_an_expired_share_amounts_to_a_share_never_sent(
     seed: int, ops: list[str], data: st.DataObject
 ) -> None:
@@ -365,7 +313,7 @@ def test_an_expired_share_amounts_to_a_share_never_sent(
 
 
 @settings(max_examples=100, deadline=None)
-@given(seed=st.integers(0, 2**32), ops=ops_strategy, data=st.data())
+@given(seed=st.integers(0, 2**32), ops=OPS, data=st.data())
 def test_restore_reprocessing_a_window_sealed_past_an_expired_share(
     seed: int, ops: list[str], data: st.DataObject
 ) -> None:
@@ -393,11 +341,7 @@ def test_restore_reprocessing_a_window_sealed_past_an_expired_share(
     topic += compactor.flush()
     assert compactor.clean
     assert replay(topic) == replay(truth)
-    last: dict[tuple, int] = {}
-    for d in topic:
-        mark = (d.src_partition, d.dataset_id, d.kind)
-        assert d.src_offset_to > last.get(mark, -1), "duplicate or regressing delta"
-        last[mark] = d.src_offset_to
+    assert_no_duplicates(topic)
 
 
 def test_one_record_of_a_two_record_share_expires_by_time_and_by_records() -> None:
@@ -412,9 +356,7 @@ def test_one_record_of_a_two_record_share_expires_by_time_and_by_records() -> No
     model.append(a)
     stuck = next(r for r in model.records[base:] if r.tx_size >= 2 and r.tx_index == 0)
     compactor = Compactor(0, share_max_records=100, share_max_age_s=5.0)
-    for offset, rec in enumerate(model.records[:base]):
-        compactor.feed(rec, offset)
-    compactor.flush()
+    feed_windows(compactor, model.records[:base])
     offset = base
     compactor.feed(stuck, offset)
     assert not compactor.clean and compactor.expire(1000.0) == 0  # nothing later yet: may still come

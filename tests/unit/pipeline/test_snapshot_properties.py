@@ -12,11 +12,10 @@ from hypothesis import strategies as st
 
 from pipeline.compaction import Compactor, restore_from_deltas
 from pipeline.snapshot import BadSnapshot, SnapshotHead, decode_snapshot, encode_chunks, snapshot_due
-from support.catalog_model import OPERATIONS, CatalogModel
+from support.catalog_model import CatalogModel
+from support.compaction_runs import OPS, draw_flush_points, feed_windows, random_history
 from support.reference_consumer import replay
 from walduck.deltas import Delta
-
-ops_strategy = st.lists(st.sampled_from(OPERATIONS), min_size=1, max_size=60)
 
 
 def _head(compactor: Compactor, chunks: int, deltas_offset: int, sequence: int = 1) -> SnapshotHead:
@@ -42,15 +41,6 @@ def _snapshot(compactor: Compactor, deltas_offset: int, chunk_bytes: int) -> Com
     return decode_snapshot(head, dict(enumerate(chunks)))
 
 
-def _continue(compactor: Compactor, start: int | None, records, flush_points: set[int]) -> list[Delta]:
-    out: list[Delta] = []
-    for offset in range(0 if start is None else start, len(records)):
-        compactor.feed(records[offset], offset)
-        if offset in flush_points:
-            out += compactor.flush()
-    return out + compactor.flush()
-
-
 def _at_least(snapshot: Compactor, replayed: Compactor) -> None:
     """The snapshot knows every commit LSN the replay knows, and more (commits that made no delta)."""
     for key, lsn in replayed.last_applied.items():
@@ -62,15 +52,13 @@ def _bytes(deltas: list[Delta]) -> list[bytes]:
 
 
 @settings(max_examples=150, deadline=None)
-@given(seed=st.integers(0, 2**32), ops=ops_strategy, data=st.data())
+@given(seed=st.integers(0, 2**32), ops=OPS, data=st.data())
 def test_snapshot_plus_tail_restores_what_a_full_replay_restores(
     seed: int, ops: list[str], data: st.DataObject
 ) -> None:
-    model = CatalogModel(seed=seed)
-    model.run(["create_dataset"] * (seed % 4) + ops)
+    model = random_history(seed, ops)
     records = model.records
-    n = len(records)
-    flush_points = set(data.draw(st.lists(st.integers(0, max(n - 1, 0)), max_size=n)))
+    flush_points = draw_flush_points(data, len(records))
     # the live run, remembering at every point where it is at rest the deltas produced so far
     live = Compactor(0)
     topic: list[Delta] = []
@@ -108,8 +96,8 @@ def test_snapshot_plus_tail_restores_what_a_full_replay_restores(
     else:  # the full replay re-processes the snapshot's own window; the snapshot already holds it
         assert tail.resume_offset == at + 1
     # what they produce from there on is identical, and the result is the catalog's truth
-    after_full = _continue(full.compactor, full.resume_offset, records, flush_points)
-    after_tail = _continue(tail.compactor, tail.resume_offset, records, flush_points)
+    after_full = feed_windows(full.compactor, records, flush_points, full.resume_offset)
+    after_tail = feed_windows(tail.compactor, records, flush_points, tail.resume_offset)
     assert _bytes(after_tail) == _bytes(after_full)
     assert tail.compactor.state_view(full=False) == full.compactor.state_view(full=False)
     _at_least(tail.compactor, full.compactor)
@@ -127,9 +115,7 @@ def test_a_missing_or_foreign_chunk_is_refused() -> None:
     model = CatalogModel(seed=7)
     model.run(["create_dataset", "append", "append", "append", "new_version"])
     compactor = Compactor(0)
-    for offset, rec in enumerate(model.records):
-        compactor.feed(rec, offset)
-    compactor.flush()
+    feed_windows(compactor, model.records)
     chunks = encode_chunks(compactor, 5, 64)
     assert len(chunks) > 2
     head = _head(compactor, len(chunks), 10, sequence=5)
