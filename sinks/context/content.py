@@ -29,6 +29,23 @@ def _owner(row: dict[str, Any] | None, ds_id: str | None) -> str | None:
     return None if owner is None else str(owner)
 
 
+def doomed_partitions(delta: Delta) -> dict[str | None, list[str]]:
+    """The partition ids :meth:`ContentWriter.apply_delta` deletes (every delete, and every upsert before its
+    insert), grouped by the dataset holding them (``None``: unknown)."""
+    ds_id = delta.dataset_id
+    deletes = [str(pid) for change in delta.shards.values() for pid in change.deletes]
+    doomed: dict[str | None, list[str]] = {_owner(None, ds_id): deletes} if deletes else {}
+    for change in delta.shards.values():
+        for u in change.upserts:
+            doomed.setdefault(_owner(u, ds_id), []).append(str(u["id"]))
+    return doomed
+
+
+def restricted_by_dataset(by_dataset: dict[str | None, list[str]]) -> bool:
+    """Whether those deletes are restricted to their datasets (else by id in any dataset)."""
+    return None not in by_dataset and len(by_dataset) <= _MAX_DATASET_DELETES
+
+
 class ContentWriter:
     """Writes deltas' and snapshots' rows; keeps the storage targets (a partition's location needs its own)."""
 
@@ -65,10 +82,7 @@ class ContentWriter:
             upserts.extend(change.upserts)
             deletes.extend(change.deletes)
         if upserts or deletes:
-            doomed: dict[str | None, list[str]] = {_owner(None, ds_id): list(deletes)} if deletes else {}
-            for u in upserts:
-                doomed.setdefault(_owner(u, ds_id), []).append(str(u["id"]))
-            self._delete_partitions(cur, doomed)
+            self._delete_partitions(cur, doomed_partitions(delta))
             self.insert_partitions(cur, upserts, shard, ds_id)
             touched |= {str(u.get("dataset_id") or ds_id) for u in upserts}
             if ds_id:
@@ -135,7 +149,7 @@ class ContentWriter:
         by_dataset = {d: ids for d, ids in by_dataset.items() if ids}
         if not by_dataset:
             return
-        if None in by_dataset or len(by_dataset) > _MAX_DATASET_DELETES:
+        if not restricted_by_dataset(by_dataset):
             every = [pid for ids in by_dataset.values() for pid in ids]
             cur.execute(f"DELETE FROM {WD}.partitions WHERE list_contains(?, id)", [every])
             return
