@@ -62,7 +62,7 @@ import pyarrow.compute as pc
 
 from sinks.context import pgsource
 from sinks.context.bulkload import insert_partitions
-from sinks.context.content import doomed_partitions, restricted_by_dataset
+from sinks.context.content import without_replayed
 from sinks.context.datasets import dataset_row
 from sinks.context.ddl import INDEX_SCHEMA as WD
 from sinks.context.naming import schema_columns
@@ -428,50 +428,11 @@ class ContextBuilder:
 
     # ------------------------------------------------------------------ journal
     def _without_journaled(self, snap: CatalogSnapshot, journal: list[tuple[Delta, int]]) -> CatalogSnapshot:
-        """Step 4, before the insert (writer lock held, so the journal is complete): the snapshot without the
-        partitions a journaled delta names. Replaying the journal deletes every named id and re-inserts the
-        upserts, so such a row ends at the state of the last journaled delta naming it whatever the snapshot
-        held; leaving it out makes the build a pure append: the replay's DELETEs then hit none of the rows the
-        transaction just inserted (in-process at 1M rows, 128 such deletes made the commit 0.64 s instead of 0.03 s;
-        the all-datasets rebuild under ingestion spent 9.1 s in its commit, docs/performance.md). The rows are
-        matched as the replay's DELETEs match them (``content.doomed_partitions``: by dataset and id, or by id
-        alone), so a row the replay would keep stays. Full-scan mode replaces whole datasets instead."""
+        """Step 4, before the insert (writer lock held: the journal is complete): the snapshot without the rows
+        the journal replay deletes anyway (``content.without_replayed``); full-scan mode replaces whole datasets."""
         if not journal or self.store.full_scan:
             return snap
-        anywhere: set[str] = set()  # ids the replay deletes in any dataset
-        owned: set[str] = set()  # "<dataset>\x00<id>" the replay deletes in that dataset only
-        for delta, _ in journal:
-            doomed = {d: ids for d, ids in doomed_partitions(delta).items() if ids}
-            restricted = restricted_by_dataset(doomed)
-            for did, ids in doomed.items():
-                if restricted:
-                    owned.update(f"{did}\x00{pid}" for pid in ids)
-                else:
-                    anywhere.update(ids)
-        if not (anywhere or owned):
-            return snap
-
-        def named(pid: str, did: str) -> bool:
-            return pid in anywhere or f"{did}\x00{pid}" in owned
-
-        table = snap.partitions_table
-        if table is not None and table.num_rows:
-            keys = pc.binary_join_element_wise(
-                pc.fill_null(table["dataset_id"], ""), pc.fill_null(table["id"], ""), "\x00"
-            )
-            drop = pc.or_(
-                pc.is_in(table["id"], value_set=pa.array(sorted(anywhere), pa.string())),
-                pc.is_in(keys, value_set=pa.array(sorted(owned), pa.string())),
-            )
-            table = table.filter(pc.invert(pc.fill_null(drop, False)))
-        return CatalogSnapshot(
-            snap.lsn,
-            snap.datasets,
-            snap.schema_versions,
-            snap.storage_targets,
-            [p for p in snap.partitions if not named(str(p["id"]), str(p.get("dataset_id")))],
-            table,
-        )
+        return without_replayed(snap, [delta for delta, _ in journal])
 
     def _replay_journal(self, cur: duckdb.DuckDBPyConnection, journal: list[tuple[Delta, int]]) -> set[str]:
         """Step 4: re-apply the content of the deltas applied while the build read PostgreSQL."""
