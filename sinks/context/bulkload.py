@@ -75,9 +75,10 @@ def copy_partitions(
     conn = cur.connection
     snapshot = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]  # type: ignore[index]
     blocks = conn.execute(
-        sql.SQL("SELECT pg_relation_size({}) / current_setting('block_size')::int").format(
-            sql.Literal(f"{schema}.dataset_partitions")
-        )
+        sql.SQL(
+            "SELECT pg_relation_size(format('%I.%I', {}::text, 'dataset_partitions')::regclass)"
+            " / current_setting('block_size')::int"
+        ).format(sql.Literal(schema))
     ).fetchone()[0]  # type: ignore[index]
     ranges = block_ranges(int(blocks), connections)
     with ThreadPoolExecutor(len(ranges) - 1, thread_name_prefix="catalog-copy") as pool:

@@ -41,7 +41,9 @@ def _seed(dsn: str) -> None:
         )
 
 
-def _read(dsn: str, connections: int, before_helper: Any = None) -> list[tuple[Any, ...]]:
+def _read(
+    dsn: str, connections: int, before_helper: Any = None, schema: str = "timestore"
+) -> list[tuple[Any, ...]]:
     def connect() -> psycopg.Connection[Any]:
         if before_helper is not None:
             before_helper()
@@ -51,7 +53,7 @@ def _read(dsn: str, connections: int, before_helper: Any = None) -> list[tuple[A
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         conn.execute("SET LOCAL DateStyle = ISO")
         with conn.cursor() as cur:
-            table = copy_partitions(cur, "timestore", None, connect, connections)
+            table = copy_partitions(cur, schema, None, connect, connections)
     rows = [tuple(r.values()) for r in table.to_pylist()]
     return sorted(rows, key=lambda r: r[0])
 
@@ -89,3 +91,14 @@ def test_helpers_see_the_exported_snapshot_not_later_commits(fresh_db):
     assert got == before
     after = {r[0] for r in _read(dsn, 1)}
     assert "zz-late-1" in after and "p000001" not in after  # the commits did land
+
+
+def test_a_schema_name_that_needs_quoting_is_read_in_ranges(fresh_db):
+    """The relation size behind the block ranges is looked up by a quoted name (an unquoted one folds case and
+    fails on ``Cat Alog``)."""
+    dsn = fresh_db()
+    _seed(dsn)
+    one = _read(dsn, 1)
+    with psycopg.connect(dsn) as conn:
+        conn.execute('ALTER SCHEMA timestore RENAME TO "Cat Alog"')
+    assert _read(dsn, 3, schema="Cat Alog") == one
