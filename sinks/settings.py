@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from walduck.config import WalduckSettings
@@ -62,11 +62,24 @@ class SinkSettings(BaseSettings):
     # one (non-forced) refresh stops starting new views after this many seconds; the rest stay dirty for the next
     # refresh, so a build that dirtied every dataset never holds the writer for minutes (0 = no bound)
     view_refresh_budget_s: float = 0.2
+    # context snapshots (sinks/context/context_snapshot.py, docs/contexts.md): a directory shared by the query
+    # replicas, OUTSIDE the storage root and allowed_directories (refused otherwise: SQL could read it). A replica
+    # publishes its context there (content-hashed Parquet + a manifest) once bootstrapped and then every
+    # context_snapshot_interval_s while it changes; a replica starting with an empty context loads the newest
+    # one and follows the deltas from its offsets instead of building from PostgreSQL. None = off
+    context_snapshot_dir: Path | None = None
+    context_snapshot_interval_s: float = Field(default=300.0, ge=0)  # 0 = never publish (boot from it only)
+    context_snapshot_keep: int = Field(default=3, ge=1)  # manifests kept (and the objects they name)
     # the deltas consumer
     consumer_max_records: int = 500
     consumer_poll_ms: int = 100
     # HTTP port of a query service (used by `walduck query verify --url`)
     service_url: str = ""
+
+    @field_validator("context_snapshot_dir", mode="before")
+    @classmethod
+    def _empty_is_off(cls, value: object) -> object:
+        return None if value == "" else value
 
     def resolved_context_path(self, walduck: WalduckSettings) -> Path:
         if self.context_path is not None:

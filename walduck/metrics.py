@@ -213,6 +213,26 @@ REBUILD_DURATION = _histogram(
     ["scope"],
     buckets=LATENCY_BUCKETS,
 )
+CONTEXT_SNAPSHOT_PUBLISHES = _counter(
+    "walduck_context_snapshot_publishes_total",
+    "Context snapshots published into WALDUCK_CONTEXT_SNAPSHOT_DIR, by result (ok, error).",
+    ["result"],
+)
+CONTEXT_SNAPSHOT_PUBLISH_DURATION = _histogram(
+    "walduck_context_snapshot_publish_seconds",
+    "Time to publish one context snapshot (read transaction, Parquet objects, manifest).",
+    buckets=LATENCY_BUCKETS,
+)
+CONTEXT_SNAPSHOT_PUBLISHED_AT = _gauge(
+    "walduck_context_snapshot_published_timestamp_seconds",
+    "Unix time of this replica's last published context snapshot.",
+)
+CONTEXT_SNAPSHOT_RESTORES = _counter(
+    "walduck_context_snapshot_restores_total",
+    "Empty contexts seeded at start from a published snapshot, by result (ok; none = nothing published;"
+    " incompatible, corrupt, error = built from PostgreSQL instead).",
+    ["result"],
+)
 REBUILDS = _counter(
     "walduck_rebuilds_total",
     "Context rebuilds from PostgreSQL, by scope (dataset, shard, full) and result (ok, error).",
@@ -343,6 +363,10 @@ COMPONENT_METRICS: dict[str, tuple[Any, ...]] = {
         DELTAS_APPLIED,
         REBUILD_DURATION,
         REBUILDS,
+        CONTEXT_SNAPSHOT_PUBLISHES,
+        CONTEXT_SNAPSHOT_PUBLISH_DURATION,
+        CONTEXT_SNAPSHOT_PUBLISHED_AT,
+        CONTEXT_SNAPSHOT_RESTORES,
         CACHE_EVENTS,
         SKIPPED_PARTITIONS,
         INCOMPATIBLE_PARTITION_COLUMNS,

@@ -5,7 +5,8 @@
    start offset (history deleted by retention), is built from PostgreSQL first: the partition's end offset E is
    recorded, THEN the snapshot is read and bulk-loaded, E-1 is stored as the shard's deltas offset
    (``sinks/context/build.py``: why nothing after the snapshot is missed). A fetch answered OffsetOutOfRange
-   while running does the same for that partition (``walduck_rebuilds_total{scope="shard"}``).
+   while running does the same for that partition (``walduck_rebuilds_total{scope="shard"}``), and so does a
+   stored offset past the partition's end (a recreated topic, or a context snapshot published for another).
    ``WALDUCK_SINK_BOOTSTRAP=replay`` replays a new shard's partition from offset 0 instead (the old path).
    Then each partition is sought to the stored deltas offset + 1.
 3. Each record is decoded (:meth:`Delta.from_bytes`); malformed ones go to the DLQ with the reason,
@@ -163,7 +164,19 @@ class DeltaConsumer:
             stored = prog.deltas_offset if prog else -1
             booted = bool(prog and prog.bootstrapped)
             truncated = stored + 1 < begins[tp]
-            if truncated and booted:
+            # past the end: the offsets name another topic of this name (recreated; a context snapshot
+            # published for it): its history is not this partition's
+            ahead = stored + 1 > ends[tp]
+            if ahead and booted:
+                log.warning(
+                    "deltas %s: stored offset %d is past the end offset %d (the topic was recreated?);"
+                    " rebuilding the shard from PostgreSQL",
+                    tp.partition,
+                    stored,
+                    ends[tp],
+                )
+                truncated = True
+            elif truncated and booted:
                 log.warning(
                     "deltas %s: stored offset %d is below the log start offset %d (history deleted by"
                     " retention); rebuilding the shard from PostgreSQL",

@@ -26,6 +26,15 @@ class StoreNotOpen(ContextError):
     """The store was used before :meth:`ContextStore.open` or after :meth:`ContextStore.close`."""
 
 
+class SnapshotUnusable(ContextError):
+    """The published context snapshot cannot seed this context (``context_snapshot.restore``); ``reason`` is
+    short and bounded (a metric label): incompatible, corrupt."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"context snapshot unusable ({reason}): {detail}")
+        self.reason = reason
+
+
 class PlanError(WalduckError, ValueError):
     """Base of the planner's named errors."""
 

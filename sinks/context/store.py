@@ -20,6 +20,7 @@ instance, the writer cursor and its lock) and wires them:
 ``relation``           a dataset's relation SQL, missing and outside files
 ``views``              plain ``timestore.<view>`` views
 ``build``/``rebuilds`` bootstrap, rebuild and full-scan reads from PostgreSQL; scheduling, history
+``context_snapshot``   publish the context for new replicas; seed an empty context from it
 =====================  =======================================================================
 
 The admin snapshot (JSON for ``/admin/sql/runtime-cache``) is the query service's:
@@ -29,6 +30,7 @@ The admin snapshot (JSON for ``/admin/sql/runtime-cache``) is the query service'
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -39,13 +41,19 @@ from typing import Any
 import duckdb
 import orjson
 
-from sinks.context import lifecycle
+from sinks.context import context_snapshot, lifecycle
 from sinks.context.apply import Applier
 from sinks.context.build import ContextBuilder
 from sinks.context.content import ContentWriter
 from sinks.context.datasets import DatasetCache, DatasetView, collision_warnings, partition_index
 from sinks.context.ddl import INDEX_SCHEMA as WD
-from sinks.context.exceptions import ContextError, ReaderPoolExhausted, StoreNotOpen, UnknownDataset
+from sinks.context.exceptions import (
+    ContextError,
+    ReaderPoolExhausted,
+    SnapshotUnusable,
+    StoreNotOpen,
+    UnknownDataset,
+)
 from sinks.context.lsnwait import LsnWaits
 from sinks.context.progress import ProgressBook, ShardProgress
 from sinks.context.readers import Readers
@@ -53,9 +61,12 @@ from sinks.context.rebuilds import RebuildJob, Rebuilds
 from sinks.context.relation import FileBinder, RelationReader
 from sinks.context.views import ViewRefresher
 from sinks.settings import SinkSettings
+from walduck import metrics
 from walduck.config import ContextMode, WalduckSettings
 from walduck.deltas import Delta
 from walduck.timeutil import utcnow
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "ContextError",
@@ -103,6 +114,7 @@ class ContextStore:
         db = lifecycle.connect(self.path, self.settings, self.storage_root)
         self._db = db
         self._writer = db.cursor()
+        self._seed_from_snapshot()
         self._progress.load(self._writer, self.walduck.topic_partitions)
         self.content.load_targets(self._writer)
         self.rebuilds.load(self._writer)
@@ -114,6 +126,72 @@ class ContextStore:
             }
             # bounded: a big context's views are finished by the consumer's refreshes (build.py)
             self._views.refresh_now(time.monotonic(), self.settings.view_refresh_budget_s)
+
+    # ------------------------------------------------------------------ context snapshots (context_snapshot.py)
+    def snapshot_fit(self) -> context_snapshot.Fit:
+        return context_snapshot.Fit(
+            self.walduck.deltas_topic,
+            self.walduck.topic_partitions,
+            self.storage_root,
+            self.walduck.catalog_schema,
+        )
+
+    def _seed_from_snapshot(self) -> None:
+        """An empty context (no shard bootstrapped) is filled from the newest published snapshot, if any fits."""
+        directory = self.settings.context_snapshot_dir
+        if directory is None or self.full_scan:
+            return
+        context_snapshot.require_outside(directory, [self.storage_root, *self.settings.allowed_directories])
+        assert self._writer is not None
+        if self._writer.execute(f"SELECT count(*) FROM {WD}.shard_progress WHERE bootstrapped").fetchone()[0]:  # type: ignore[index]
+            return
+        started = time.perf_counter()
+        try:
+            doc = context_snapshot.restore(self._writer, directory, self.snapshot_fit())
+        except SnapshotUnusable as exc:
+            metrics.CONTEXT_SNAPSHOT_RESTORES.labels(result=exc.reason).inc()
+            log.warning("context snapshot not used, building from PostgreSQL: %s", exc)
+            return
+        except (OSError, duckdb.Error, ValueError, KeyError) as exc:
+            metrics.CONTEXT_SNAPSHOT_RESTORES.labels(result="error").inc()
+            log.warning(
+                "context snapshot not used, building from PostgreSQL: %s: %s", type(exc).__name__, exc
+            )
+            return
+        if doc is None:
+            metrics.CONTEXT_SNAPSHOT_RESTORES.labels(result="none").inc()
+            log.info("context snapshot: none published in %s yet; building from PostgreSQL", directory)
+            return
+        metrics.CONTEXT_SNAPSHOT_RESTORES.labels(result="ok").inc()
+        log.info(
+            "context seeded from snapshot %s (published %s) in %.1f ms; following the deltas from %s",
+            doc["name"],
+            doc["created_at"],
+            (time.perf_counter() - started) * 1000,
+            {int(k): v["deltas_offset"] + 1 for k, v in doc["shards"].items()},
+        )
+
+    def snapshot_publisher(self) -> context_snapshot.Publisher | None:
+        """The thread that publishes this context (None: no snapshot directory, or publishing off)."""
+        directory = self.settings.context_snapshot_dir
+        if directory is None or self.full_scan or self.settings.context_snapshot_interval_s <= 0:
+            return None
+        context_snapshot.require_outside(directory, [self.storage_root, *self.settings.allowed_directories])
+
+        def state() -> object | None:
+            progress = self._progress.view()
+            if not progress or not all(p.bootstrapped for p in progress.values()):
+                return None
+            return (self._version, tuple(sorted((s, p.deltas_offset) for s, p in progress.items())))
+
+        return context_snapshot.Publisher(
+            self._require,
+            state,
+            directory,
+            self.snapshot_fit(),
+            self.settings.context_snapshot_interval_s,
+            self.settings.context_snapshot_keep,
+        )
 
     def wal_bytes(self) -> int:
         """Size of DuckDB's write-ahead log: committed changes not yet folded into the database file."""

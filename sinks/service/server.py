@@ -55,6 +55,10 @@ async def serve_async(
         uvicorn.Config(app, host=query.host, port=query.port, log_config=None, lifespan="on")
     )
     consumer_task = asyncio.create_task(consumer.run(), name="delta-consumer") if consumer else None
+    # publishes the context for new replicas (WALDUCK_CONTEXT_SNAPSHOT_DIR; sinks/context/context_snapshot.py)
+    publisher = store.snapshot_publisher() if consumer else None
+    if publisher is not None:
+        publisher.start()
     if consumer_task is not None:
         # a consumer that cannot log in (KafkaSecurityError) would leave the contexts stale for good: stop
         consumer_task.add_done_callback(lambda _task: setattr(server, "should_exit", True))
@@ -65,6 +69,8 @@ async def serve_async(
             if failure is not None:
                 raise failure
     finally:
+        if publisher is not None:
+            publisher.stop()
         if consumer is not None and consumer_task is not None:
             await consumer.stop()
             with contextlib.suppress(asyncio.CancelledError, Exception):

@@ -3,7 +3,8 @@
 * :func:`build_steps`: the snapshot bootstrap of an empty context in-process, per step (COPY + Arrow, delete,
   inserts, columns, commit), then the first dataset listing (``DatasetCache._load``) and a budgeted view refresh;
 * :func:`join_replica`: a second query-service process joining the running pipeline (an operator adding a
-  replica), timed from process start to every partition visible through its ``/sql/read``;
+  replica), timed from process start to every partition visible through its ``/sql/read``; built from
+  PostgreSQL, or seeded from the first replica's context snapshot (:func:`join_rounds` alternates the two);
 * :func:`replay_replica`: the baseline, a new replica replaying the deltas topic from offset 0
   (``WALDUCK_SINK_BOOTSTRAP=replay``) until its index holds every partition;
 * :func:`rebuild_under_ingestion`: admin rebuilds of one dataset and of all datasets on the running query
@@ -15,14 +16,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import statistics
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
 
+from sinks.context import context_snapshot
 from sinks.context.consumer import DeltaConsumer
 from sinks.context.ddl import INDEX_SCHEMA as WD
+from sinks.context.exceptions import ContextError
 from sinks.settings import SinkSettings
 from sinks.verify import verify
 from stack.bench.contexts import open_store, timed
@@ -52,16 +57,22 @@ def build_steps(env: ScenarioEnv, res: Result) -> float:
         store.close()
 
 
-def join_replica(env: ScenarioEnv, partitions: int, timeout: float, **extra_env: str) -> float | str:
-    """Seconds from starting a new query-service process (own, empty context directory and port) next to the
-    running pipeline until its ``/sql/read`` counts ``partitions`` partitions."""
+def join_replica(
+    env: ScenarioEnv,
+    partitions: int,
+    timeout: float,
+    name: str = "replica-2",
+    notes: list[str] | None = None,
+    **extra_env: str,
+) -> float | str:
+    """Seconds from starting a new query-service process (own, empty context directory ``name`` and port) next
+    to the running pipeline until its ``/sql/read`` counts ``partitions`` partitions; its log line saying how
+    the context was made (seeded from a snapshot or built from PostgreSQL) is appended to ``notes``."""
     from stack.bench.pipeline import count_visible, make_stack
 
-    own = dataclasses.replace(
-        env, settings=env.settings.model_copy(update={"data_dir": env.work_dir / "replica-2"})
-    )
+    own = dataclasses.replace(env, settings=env.settings.model_copy(update={"data_dir": env.work_dir / name}))
     replica = make_stack(own, **extra_env)
-    replica.work_dir = env.work_dir / "replica-2-stack"
+    replica.work_dir = env.work_dir / f"{name}-stack"
     try:
         started = time.monotonic()
         replica.start(("query",))
@@ -75,7 +86,83 @@ def join_replica(env: ScenarioEnv, partitions: int, timeout: float, **extra_env:
             time.sleep(0.1)
         return f"not done after {timeout:.0f} s ({visible:,} visible)"
     finally:
+        if notes is not None:
+            with contextlib.suppress(Exception):
+                lines = replica.components["query"].tail(10**8).splitlines()
+                how = [ln for ln in lines if "context seeded from" in ln or "bootstrapped shard(s)" in ln]
+                notes.append(
+                    f"{name}: " + (how[-1].split(" INFO ", 1)[-1] if how else "no build line logged")
+                )
         replica.stop()
+
+
+def join_rounds(
+    env: ScenarioEnv, res: Result, partitions: int, timeout: float, snapdir: Path, rounds: int = 2
+) -> None:
+    """New replicas joining the running pipeline, alternately built from PostgreSQL and seeded from the context
+    snapshot the first replica published into ``snapdir`` (waited for first), ``rounds`` of each."""
+    published = wait_for_snapshot(snapdir, timeout)
+    res.notes.append(f"context snapshot published by the first replica: {published}")
+    from_pg: list[float | str] = []
+    from_snap: list[float | str] = []
+    for i in range(rounds):
+        from_pg.append(
+            join_replica(
+                env, partitions, timeout, f"replica-pg-{i}", res.notes, WALDUCK_CONTEXT_SNAPSHOT_DIR=""
+            )
+        )
+        from_snap.append(
+            join_replica(
+                env,
+                partitions,
+                timeout,
+                f"replica-snap-{i}",
+                res.notes,
+                WALDUCK_CONTEXT_SNAPSHOT_DIR=str(snapdir),
+                WALDUCK_CONTEXT_SNAPSHOT_INTERVAL_S="0",
+            )
+        )
+    pg_ok = [v for v in from_pg if isinstance(v, float)]
+    snap_ok = [v for v in from_snap if isinstance(v, float)]
+    pg_median = statistics.median(pg_ok) if pg_ok else None
+    for i, (pg, snap) in enumerate(zip(from_pg, from_snap, strict=True)):
+        res.add(
+            f"new replica joining the running pipeline, built from PostgreSQL (round {i + 1})",
+            pg,
+            "s",
+            goal="< 10 s",
+            ok=isinstance(pg, float) and pg < 10,
+        )
+        res.add(
+            f"new replica joining the running pipeline, seeded from the context snapshot (round {i + 1})",
+            snap,
+            "s",
+            pg if isinstance(pg, float) else None,
+            goal="< 10 s",
+            ok=isinstance(snap, float) and snap < 10,
+        )
+    if snap_ok and pg_median is not None:
+        res.notes.append(
+            f"joining replica medians: from PostgreSQL {pg_median:.1f} s, from the context snapshot"
+            f" {statistics.median(snap_ok):.1f} s (rounds alternated, same run)"
+        )
+
+
+def wait_for_snapshot(snapdir: Path, timeout: float) -> str:
+    """The manifest the first replica published (waits for it): name, bytes of its objects."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(ContextError, FileNotFoundError):
+            doc = context_snapshot.latest_manifest(snapdir)
+            if doc is not None:
+                size = sum(
+                    (snapdir / "objects" / f"{t['object']}.parquet").stat().st_size
+                    for t in doc["tables"].values()
+                )
+                rows = doc["tables"]["partitions"]["rows"]
+                return f"{doc['name']}, {rows:,} partitions, {size / 1e6:.1f} MB of Parquet"
+        time.sleep(0.2)
+    return f"none after {timeout:.0f} s"
 
 
 def replay_replica(env: ScenarioEnv, partitions: int, timeout: float) -> float | str:

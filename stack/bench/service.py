@@ -22,7 +22,7 @@ import httpx
 from stack.bench.contexts import open_store, timed
 from stack.bench.env import BenchServices, scenario_env
 from stack.bench.pipeline import SCOPES, component_pid, count_visible, make_stack, rss_bytes, scrape
-from stack.bench.rebuild import build_steps, join_replica, rebuild_under_ingestion, replay_replica
+from stack.bench.rebuild import build_steps, join_rounds, rebuild_under_ingestion, replay_replica
 from stack.bench.report import Result, percentile
 from stack.workload.bulk import bulk_load
 from stack.workload.generator import Workload
@@ -94,7 +94,12 @@ def run_service(
         # the new build, in-process, step by step (sinks/context/build.py)
         inproc_s = build_steps(env, boot)
 
-        stack = make_stack(env)  # WALDUCK_SINK_BOOTSTRAP=snapshot (the default)
+        # WALDUCK_SINK_BOOTSTRAP=snapshot (the default); the first replica publishes its context snapshot once
+        # bootstrapped (then not again during the run: the interval is longer than the bench)
+        snapdir = env.work_dir / "context-snapshots"
+        stack = make_stack(
+            env, WALDUCK_CONTEXT_SNAPSHOT_DIR=str(snapdir), WALDUCK_CONTEXT_SNAPSHOT_INTERVAL_S="36000"
+        )
         try:
             started = time.monotonic()
             stack.start()
@@ -109,8 +114,6 @@ def run_service(
             # the baseline replay path: a new replica replaying the deltas topic from offset 0, started now
             # (the pipeline carries the connector's snapshot through the compactor meanwhile, as before)
             replay = replay_replica(env, load.partitions, timeout) if done else "not run"
-            # the operator's case: a new replica process joining the running pipeline (connector snapshot done)
-            joined = join_replica(env, load.partitions, timeout) if done else "not run"
             boot.add(
                 "empty -> all partitions queryable through /sql/read (query service, snapshot bootstrap)",
                 boot_s if done else f"not done after {timeout:.0f} s ({visible:,} visible)",
@@ -120,18 +123,14 @@ def run_service(
                 ok=done and boot_s < 10,
             )
             boot.add(
-                "new query-service replica joining the running pipeline -> all partitions through its /sql/read",
-                joined,
-                "s",
-                replay if isinstance(replay, float) else None,
-                goal="< 10 s",
-                ok=isinstance(joined, float) and joined < 10,
-            )
-            boot.add(
                 "baseline: new replica replaying the deltas topic from 0 (WALDUCK_SINK_BOOTSTRAP=replay)",
                 replay,
                 "s",
             )
+            # the operator's case: new replica processes joining the running pipeline (connector snapshot done),
+            # built from PostgreSQL and seeded from the first replica's context snapshot, alternated
+            if done:
+                join_rounds(env, boot, load.partitions, timeout, snapdir)
             boot.add(
                 "snapshot bootstrap of an empty context, in-process (sinks/context/build.py)", inproc_s, "s"
             )
@@ -154,7 +153,7 @@ def run_service(
                 return {"bootstrap": boot, "memory": mem, "hit-ratio": hit}
             rebuild_under_ingestion(env, stack.base_url, boot, ingest_rate, timeout)
             # the service's own account of where the time went (its build log lines), next to the figures
-            for marker in ("bootstrapped shard(s)", "rebuilt all datasets"):
+            for marker in ("bootstrapped shard(s)", "rebuilt all datasets", " published in "):
                 log_text = stack.components["query"].tail(10**9)
                 lines = [line for line in log_text.splitlines() if marker in line]
                 if lines:
