@@ -11,7 +11,7 @@ and whether the log cleaner has run (``pipeline/snapshot.py``, ``docs/compactor.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -62,6 +62,26 @@ async def _read_ranges(
     return got
 
 
+@contextlib.asynccontextmanager
+async def _assigned_reader(
+    settings: WalduckSettings, topic: str, partitions: Iterable[int]
+) -> AsyncIterator[
+    tuple[AIOKafkaConsumer, dict[int, TopicPartition], dict[TopicPartition, int], dict[TopicPartition, int]]
+]:
+    """A started committed reader assigned to ``partitions`` of ``topic``, with each partition's ``TopicPartition``
+    and its log start and end offsets (``begins``, ``ends``, keyed by ``TopicPartition``); stopped on leaving."""
+    consumer = committed_reader(settings)
+    await start_client(consumer, settings)
+    try:
+        tps = {p: TopicPartition(topic, p) for p in partitions}
+        consumer.assign(list(tps.values()))
+        begins = await consumer.beginning_offsets(list(tps.values()))
+        ends = await consumer.end_offsets(list(tps.values()))
+        yield consumer, tps, begins, ends
+    finally:
+        await consumer.stop()
+
+
 async def read_snapshots(
     settings: WalduckSettings, topic: str, partitions: list[int], accept: Callable[[int, SnapshotHead], bool]
 ) -> dict[int, StoredSnapshot | None]:
@@ -70,13 +90,7 @@ async def read_snapshots(
     out: dict[int, StoredSnapshot | None] = {p: None for p in partitions}
     if not partitions:
         return out
-    consumer = committed_reader(settings)
-    await start_client(consumer, settings)
-    try:
-        tps = {p: TopicPartition(topic, p) for p in partitions}
-        consumer.assign(list(tps.values()))
-        begins = await consumer.beginning_offsets(list(tps.values()))
-        ends = await consumer.end_offsets(list(tps.values()))
+    async with _assigned_reader(settings, topic, partitions) as (consumer, tps, begins, ends):
         look_back = {p: _FIRST_LOOK_BACK for p in partitions}
         searching = {p for p in partitions if ends[tps[p]] > begins[tps[p]]}
         while searching:
@@ -109,8 +123,6 @@ async def read_snapshots(
                         with contextlib.suppress(ValueError):
                             snapshot.chunks[int(msg.key[len(CHUNK_PREFIX) :])] = msg.value
         return out
-    finally:
-        await consumer.stop()
 
 
 async def read_deltas_from(settings: WalduckSettings, starts: dict[int, int]) -> dict[int, DeltasRead]:
@@ -121,13 +133,7 @@ async def read_deltas_from(settings: WalduckSettings, starts: dict[int, int]) ->
     out: dict[int, DeltasRead] = {}
     if not starts:
         return out
-    consumer = committed_reader(settings)
-    await start_client(consumer, settings)
-    try:
-        tps = {p: TopicPartition(topic, p) for p in starts}
-        consumer.assign(list(tps.values()))
-        begins = await consumer.beginning_offsets(list(tps.values()))
-        ends = await consumer.end_offsets(list(tps.values()))
+    async with _assigned_reader(settings, topic, starts) as (consumer, tps, begins, ends):
         ranges = {tp: (max(starts[p], begins[tp]), ends[tp]) for p, tp in tps.items()}
         got = await _read_ranges(consumer, ranges)
         for p, tp in tps.items():
@@ -139,5 +145,3 @@ async def read_deltas_from(settings: WalduckSettings, starts: dict[int, int]) ->
                     last = msg.offset
             out[p] = DeltasRead(deltas, starts[p], begins[tp], ends[tp], last)
         return out
-    finally:
-        await consumer.stop()
