@@ -68,6 +68,7 @@ from sinks.context.ddl import INDEX_SCHEMA as WD
 from sinks.context.naming import schema_columns
 from sinks.context.pgsource import CatalogSnapshot, as_json_text
 from sinks.context.progress import ProgressRow
+from sinks.context.rebuilds import finished_rebuild
 from sinks.context.values import FAR_FUTURE, FAR_PAST, as_dict
 from walduck import metrics
 from walduck.deltas import Delta
@@ -286,18 +287,9 @@ class ContextBuilder:
                 st._rebuild_journals.remove(journal)
         elapsed = time.perf_counter() - started
         self.last = timings
-        metrics.REBUILDS.labels(scope=scope, result="ok").inc()
-        metrics.REBUILD_DURATION.labels(scope=scope).observe(elapsed)
-        info = {
-            "scope": scope,
-            "reason": reason,
-            "result": "ok",
-            "error": None,
-            "at": iso(utcnow()),
-            "durationMs": round(elapsed * 1000, 2),
-            "lsn": format_lsn(snap.lsn),
-            "replayedDeltas": replayed,
-        }
+        info = finished_rebuild(
+            scope, reason, elapsed, error=None, lsn=format_lsn(snap.lsn), replayed=replayed
+        )
         st.rebuilds.record(touched | ({"*"} if dataset_id is None else set()), info)
         log.info(
             "rebuilt %s (%s) in %.1f ms at snapshot LSN %s, %d delta(s) applied meanwhile replayed; %s",
