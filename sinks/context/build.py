@@ -152,20 +152,14 @@ class ContextBuilder:
         started = time.perf_counter()
         shards = sorted(ends)
         every = set(shards) >= set(range(st.walduck.topic_partitions))
-        journal: list[tuple[Delta, int]] = []
-        with st._write_lock:  # step 1
-            st._rebuild_journals.append(journal)
-        try:
+        with self._journal() as journal:  # step 1
             with timings.step("read (COPY + Arrow)"):  # step 3
                 snap = self.read(None)
             if not every:
                 snap = self._only_shards(snap, set(shards))
             at = utcnow()
             with st._write_lock:  # step 4
-                cur = st._writer
-                assert cur is not None
-                cur.begin()
-                try:
+                with self._committed(journal, timings) as cur:
                     with timings.step("delete"):
                         existing = [
                             r[0]
@@ -200,13 +194,6 @@ class ContextBuilder:
                             for shard in shards
                         ],
                     )
-                    with timings.step("commit"):
-                        cur.commit()
-                except Exception:
-                    with contextlib.suppress(Exception):
-                        cur.rollback()
-                    raise
-                st._rebuild_journals.remove(journal)
                 for shard in shards:
                     prog = st._progress.of(shard)
                     prog.deltas_offset = ends[shard] - 1
@@ -217,9 +204,6 @@ class ContextBuilder:
                     prog.last_error = None
                     metrics.SHARD_APPLIED_LSN.labels(shard=str(shard)).set(prog.applied_lsn)
                 self._after_build(touched, timings)
-        finally:
-            with st._write_lock, contextlib.suppress(ValueError):
-                st._rebuild_journals.remove(journal)
         st._lsn.wake()
         elapsed = time.perf_counter() - started
         metrics.REBUILDS.labels(scope="shard", result="ok").inc(len(shards))
@@ -258,33 +242,17 @@ class ContextBuilder:
     def rebuild(self, dataset_id: str | None, scope: str, started: float, reason: str) -> None:
         st = self.store
         timings = BuildTimings()
-        journal: list[tuple[Delta, int]] = []
-        with st._write_lock:  # step 1
-            st._rebuild_journals.append(journal)
-        try:
+        with self._journal() as journal:  # step 1
             with timings.step("read (COPY + Arrow)"):  # step 3
                 snap = self.read([dataset_id] if dataset_id else None)
             with st._write_lock:  # step 4
-                cur = st._writer
-                assert cur is not None
-                cur.begin()
-                try:
+                with self._committed(journal, timings) as cur:
                     snap = self._without_journaled(snap, journal)
                     touched = self.replace_from_snapshot(cur, snap, None, dataset_id, timings)
                     with timings.step("journal replay"):
                         touched |= self._replay_journal(cur, journal)
-                    with timings.step("commit"):
-                        cur.commit()
-                except Exception:
-                    with contextlib.suppress(Exception):
-                        cur.rollback()
-                    raise
                 replayed = len(journal)
-                st._rebuild_journals.remove(journal)
                 self._after_build(touched, timings)
-        finally:
-            with st._write_lock, contextlib.suppress(ValueError):
-                st._rebuild_journals.remove(journal)
         elapsed = time.perf_counter() - started
         self.last = timings
         info = finished_rebuild(
@@ -300,6 +268,39 @@ class ContextBuilder:
             replayed,
             timings.text(),
         )
+
+    @contextlib.contextmanager
+    def _journal(self) -> Iterator[list[tuple[Delta, int]]]:
+        """Step 1: a journal every delta applied from now on is appended to (``apply.Applier``), dropped when
+        the build ends, whatever the way."""
+        st = self.store
+        journal: list[tuple[Delta, int]] = []
+        with st._write_lock:
+            st._rebuild_journals.append(journal)
+        try:
+            yield journal
+        finally:
+            with st._write_lock, contextlib.suppress(ValueError):
+                st._rebuild_journals.remove(journal)
+
+    @contextlib.contextmanager
+    def _committed(
+        self, journal: list[tuple[Delta, int]], timings: BuildTimings
+    ) -> Iterator[duckdb.DuckDBPyConnection]:
+        """Step 4, under the writer lock: the body writes through the writer cursor in ONE DuckDB transaction,
+        committed when it returns (rolled back when it raises); then the journal is closed."""
+        cur = self.store._writer
+        assert cur is not None
+        cur.begin()
+        try:
+            yield cur
+            with timings.step("commit"):
+                cur.commit()
+        except Exception:
+            with contextlib.suppress(Exception):
+                cur.rollback()
+            raise
+        self.store._rebuild_journals.remove(journal)
 
     def _after_build(self, touched: set[str], timings: BuildTimings) -> None:
         """Under the writer lock, after the commit: caches dirty; plain views refreshed later, in chunks."""
