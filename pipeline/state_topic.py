@@ -63,21 +63,18 @@ async def _read_ranges(
 
 
 @contextlib.asynccontextmanager
-async def _assigned_reader(
-    settings: WalduckSettings, topic: str, partitions: Iterable[int]
-) -> AsyncIterator[
-    tuple[AIOKafkaConsumer, dict[int, TopicPartition], dict[TopicPartition, int], dict[TopicPartition, int]]
-]:
-    """A started committed reader assigned to ``partitions`` of ``topic``, with each partition's ``TopicPartition``
-    and its log start and end offsets (``begins``, ``ends``, keyed by ``TopicPartition``); stopped on leaving."""
-    consumer = committed_reader(settings)
+async def _assigned(
+    consumer: AIOKafkaConsumer, settings: WalduckSettings, topic: str, partitions: Iterable[int]
+) -> AsyncIterator[tuple[dict[int, TopicPartition], dict[TopicPartition, int], dict[TopicPartition, int]]]:
+    """``consumer`` started and assigned to ``partitions`` of ``topic``: each partition's ``TopicPartition`` and
+    its log start and end offsets (``begins``, ``ends``, keyed by ``TopicPartition``); stopped on leaving."""
     await start_client(consumer, settings)
     try:
         tps = {p: TopicPartition(topic, p) for p in partitions}
         consumer.assign(list(tps.values()))
         begins = await consumer.beginning_offsets(list(tps.values()))
         ends = await consumer.end_offsets(list(tps.values()))
-        yield consumer, tps, begins, ends
+        yield tps, begins, ends
     finally:
         await consumer.stop()
 
@@ -90,7 +87,8 @@ async def read_snapshots(
     out: dict[int, StoredSnapshot | None] = {p: None for p in partitions}
     if not partitions:
         return out
-    async with _assigned_reader(settings, topic, partitions) as (consumer, tps, begins, ends):
+    consumer = committed_reader(settings)
+    async with _assigned(consumer, settings, topic, partitions) as (tps, begins, ends):
         look_back = {p: _FIRST_LOOK_BACK for p in partitions}
         searching = {p for p in partitions if ends[tps[p]] > begins[tps[p]]}
         while searching:
@@ -133,7 +131,8 @@ async def read_deltas_from(settings: WalduckSettings, starts: dict[int, int]) ->
     out: dict[int, DeltasRead] = {}
     if not starts:
         return out
-    async with _assigned_reader(settings, topic, starts) as (consumer, tps, begins, ends):
+    consumer = committed_reader(settings)
+    async with _assigned(consumer, settings, topic, starts) as (tps, begins, ends):
         ranges = {tp: (max(starts[p], begins[tp]), ends[tp]) for p, tp in tps.items()}
         got = await _read_ranges(consumer, ranges)
         for p, tp in tps.items():
