@@ -11,7 +11,7 @@ and whether the log cleaner has run (``pipeline/snapshot.py``, ``docs/compactor.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -62,6 +62,23 @@ async def _read_ranges(
     return got
 
 
+@contextlib.asynccontextmanager
+async def _assigned(
+    consumer: AIOKafkaConsumer, settings: WalduckSettings, topic: str, partitions: Iterable[int]
+) -> AsyncIterator[tuple[dict[int, TopicPartition], dict[TopicPartition, int], dict[TopicPartition, int]]]:
+    """``consumer`` started and assigned to ``partitions`` of ``topic``: each partition's ``TopicPartition`` and
+    its log start and end offsets (``begins``, ``ends``, keyed by ``TopicPartition``); stopped on leaving."""
+    await start_client(consumer, settings)
+    try:
+        tps = {p: TopicPartition(topic, p) for p in partitions}
+        consumer.assign(list(tps.values()))
+        begins = await consumer.beginning_offsets(list(tps.values()))
+        ends = await consumer.end_offsets(list(tps.values()))
+        yield tps, begins, ends
+    finally:
+        await consumer.stop()
+
+
 async def read_snapshots(
     settings: WalduckSettings, topic: str, partitions: list[int], accept: Callable[[int, SnapshotHead], bool]
 ) -> dict[int, StoredSnapshot | None]:
@@ -71,12 +88,7 @@ async def read_snapshots(
     if not partitions:
         return out
     consumer = committed_reader(settings)
-    await start_client(consumer, settings)
-    try:
-        tps = {p: TopicPartition(topic, p) for p in partitions}
-        consumer.assign(list(tps.values()))
-        begins = await consumer.beginning_offsets(list(tps.values()))
-        ends = await consumer.end_offsets(list(tps.values()))
+    async with _assigned(consumer, settings, topic, partitions) as (tps, begins, ends):
         look_back = {p: _FIRST_LOOK_BACK for p in partitions}
         searching = {p for p in partitions if ends[tps[p]] > begins[tps[p]]}
         while searching:
@@ -109,8 +121,6 @@ async def read_snapshots(
                         with contextlib.suppress(ValueError):
                             snapshot.chunks[int(msg.key[len(CHUNK_PREFIX) :])] = msg.value
         return out
-    finally:
-        await consumer.stop()
 
 
 async def read_deltas_from(settings: WalduckSettings, starts: dict[int, int]) -> dict[int, DeltasRead]:
@@ -122,12 +132,7 @@ async def read_deltas_from(settings: WalduckSettings, starts: dict[int, int]) ->
     if not starts:
         return out
     consumer = committed_reader(settings)
-    await start_client(consumer, settings)
-    try:
-        tps = {p: TopicPartition(topic, p) for p in starts}
-        consumer.assign(list(tps.values()))
-        begins = await consumer.beginning_offsets(list(tps.values()))
-        ends = await consumer.end_offsets(list(tps.values()))
+    async with _assigned(consumer, settings, topic, starts) as (tps, begins, ends):
         ranges = {tp: (max(starts[p], begins[tp]), ends[tp]) for p, tp in tps.items()}
         got = await _read_ranges(consumer, ranges)
         for p, tp in tps.items():
@@ -139,5 +144,3 @@ async def read_deltas_from(settings: WalduckSettings, starts: dict[int, int]) ->
                     last = msg.offset
             out[p] = DeltasRead(deltas, starts[p], begins[tp], ends[tp], last)
         return out
-    finally:
-        await consumer.stop()

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from walduck.deltas import PARTITION_FIELDS
+
 STORAGE_TARGETS = "storage_targets"
 DATASETS = "datasets"
 SCHEMA_VERSIONS = "dataset_schema_versions"
@@ -33,6 +35,11 @@ def dataset_of(table: str, row: dict[str, Any]) -> str | None:
     return None if value is None else str(value)
 
 
+PARTITION_FIELDS_FROM_METADATA = frozenset({"schema_version_id", "table_name"})
+"""The fields of a delta's partition entry (:data:`walduck.deltas.PARTITION_FIELDS`) that are no column of
+``dataset_partitions``: the compactor lifts them out of the row's ``metadata`` (``schemaVersionId``,
+``tableName``: :data:`CONSUMED_JSON_KEYS`). Every other field is the column of that name."""
+
 CONSUMED_COLUMNS: dict[str, frozenset[str]] = {
     STORAGE_TARGETS: frozenset({"id", "name", "kind", "config"}),
     DATASETS: frozenset(
@@ -51,26 +58,12 @@ CONSUMED_COLUMNS: dict[str, frozenset[str]] = {
     ),
     SCHEMA_VERSIONS: frozenset({"id", "dataset_id", "version", "schema"}),
     MANIFESTS: frozenset({"id", "dataset_id", "manifest_shard", "status", "schema_version_id"}),
-    PARTITIONS: frozenset(
-        {
-            "id",
-            "dataset_id",
-            "manifest_id",
-            "manifest_shard",
-            "storage_target_id",
-            "file_path",
-            "file_format",
-            "start_time",
-            "end_time",
-            "row_count",
-            "file_size_bytes",
-            "partition_key",
-            "metadata",
-        }
-    ),
+    PARTITIONS: (frozenset(PARTITION_FIELDS) - PARTITION_FIELDS_FROM_METADATA) | {"metadata"},
 }
 """The columns of each table some consumer (compactor, context) reads: the others may be left out of a record
-that would not fit the size limit otherwise (:mod:`walduck.sizepolicy`)."""
+that would not fit the size limit otherwise (:mod:`walduck.sizepolicy`). Those of ``dataset_partitions`` are the
+ones the compactor builds a delta's partition entry from: :data:`walduck.deltas.PARTITION_FIELDS` less
+:data:`PARTITION_FIELDS_FROM_METADATA`, plus ``metadata`` (which holds those)."""
 
 CONSUMED_JSON_KEYS: dict[str, dict[str, frozenset[str]]] = {
     PARTITIONS: {"metadata": frozenset({"schemaVersionId", "tableName"})},

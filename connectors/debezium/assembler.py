@@ -33,6 +33,7 @@ record, which appends walduck's ``snapshot_done`` marker.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from connectors.debezium.events import SNAPSHOT_LAST, DebeziumEvent, TransactionEnd
 from walduck.records import GLOBAL_KEY, ChangeRecord, Kind, Source
@@ -64,6 +65,23 @@ class Assembled:
     heartbeat: bool = False
     refused: int = 0
     snapshot: bool = False
+
+
+def _change(event: DebeziumEvent, source: Source, commit_lsn: int, **extra: Any) -> ChangeRecord:
+    """The row change ``event`` carries as walduck's record (``extra``: the transaction's fields, ``old``)."""
+    return ChangeRecord(
+        kind=Kind.CHANGE,
+        source=source,
+        lsn=event.lsn,
+        commit_lsn=commit_lsn,
+        commit_ts=event.commit_ts,
+        table=event.table,
+        op=event.op,
+        key=event.key,
+        new=event.new,
+        dataset_id=event.dataset_id,
+        **extra,
+    )
 
 
 class Assembler:
@@ -112,20 +130,7 @@ class Assembler:
         """A snapshot read, produced at once (streamed transactions wait for :meth:`finish_snapshot`)."""
         self._seen(tp, offset)
         self._snapshot_lsn = max(self._snapshot_lsn, event.lsn)
-        self._snapshot_out.append(
-            ChangeRecord(
-                kind=Kind.CHANGE,
-                source=Source.SNAPSHOT,
-                lsn=event.lsn,
-                commit_lsn=event.lsn,
-                commit_ts=event.commit_ts,
-                table=event.table,
-                op=event.op,
-                key=event.key,
-                new=event.new,
-                dataset_id=event.dataset_id,
-            )
-        )
+        self._snapshot_out.append(_change(event, Source.SNAPSHOT, event.lsn))
         if event.snapshot == SNAPSHOT_LAST:
             self.snapshot_last_seen = True
 
@@ -193,18 +198,11 @@ class Assembler:
         records = []
         for e, k in zip(kept, keys, strict=True):
             records.append(
-                ChangeRecord(
-                    kind=Kind.CHANGE,
-                    source=Source.STREAM,
-                    lsn=e.lsn,
-                    commit_lsn=end.commit_lsn,
-                    commit_ts=e.commit_ts,
-                    table=e.table,
-                    op=e.op,
-                    key=e.key,
-                    new=e.new,
+                _change(
+                    e,
+                    Source.STREAM,
+                    end.commit_lsn,
                     old=e.old,
-                    dataset_id=e.dataset_id,
                     xid=end.xid,
                     tx_index=seen.get(k, 0),
                     tx_size=sizes[k],

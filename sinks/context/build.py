@@ -68,6 +68,7 @@ from sinks.context.ddl import INDEX_SCHEMA as WD
 from sinks.context.naming import schema_columns
 from sinks.context.pgsource import CatalogSnapshot, as_json_text
 from sinks.context.progress import ProgressRow
+from sinks.context.rebuilds import finished_rebuild
 from sinks.context.values import FAR_FUTURE, FAR_PAST, as_dict
 from walduck import metrics
 from walduck.deltas import Delta
@@ -151,20 +152,14 @@ class ContextBuilder:
         started = time.perf_counter()
         shards = sorted(ends)
         every = set(shards) >= set(range(st.walduck.topic_partitions))
-        journal: list[tuple[Delta, int]] = []
-        with st._write_lock:  # step 1
-            st._rebuild_journals.append(journal)
-        try:
+        with self._journal() as journal:  # step 1
             with timings.step("read (COPY + Arrow)"):  # step 3
                 snap = self.read(None)
             if not every:
                 snap = self._only_shards(snap, set(shards))
             at = utcnow()
             with st._write_lock:  # step 4
-                cur = st._writer
-                assert cur is not None
-                cur.begin()
-                try:
+                with self._committed(journal, timings) as cur:
                     with timings.step("delete"):
                         existing = [
                             r[0]
@@ -199,13 +194,6 @@ class ContextBuilder:
                             for shard in shards
                         ],
                     )
-                    with timings.step("commit"):
-                        cur.commit()
-                except Exception:
-                    with contextlib.suppress(Exception):
-                        cur.rollback()
-                    raise
-                st._rebuild_journals.remove(journal)
                 for shard in shards:
                     prog = st._progress.of(shard)
                     prog.deltas_offset = ends[shard] - 1
@@ -216,9 +204,6 @@ class ContextBuilder:
                     prog.last_error = None
                     metrics.SHARD_APPLIED_LSN.labels(shard=str(shard)).set(prog.applied_lsn)
                 self._after_build(touched, timings)
-        finally:
-            with st._write_lock, contextlib.suppress(ValueError):
-                st._rebuild_journals.remove(journal)
         st._lsn.wake()
         elapsed = time.perf_counter() - started
         metrics.REBUILDS.labels(scope="shard", result="ok").inc(len(shards))
@@ -257,47 +242,22 @@ class ContextBuilder:
     def rebuild(self, dataset_id: str | None, scope: str, started: float, reason: str) -> None:
         st = self.store
         timings = BuildTimings()
-        journal: list[tuple[Delta, int]] = []
-        with st._write_lock:  # step 1
-            st._rebuild_journals.append(journal)
-        try:
+        with self._journal() as journal:  # step 1
             with timings.step("read (COPY + Arrow)"):  # step 3
                 snap = self.read([dataset_id] if dataset_id else None)
             with st._write_lock:  # step 4
-                cur = st._writer
-                assert cur is not None
-                cur.begin()
-                try:
+                with self._committed(journal, timings) as cur:
                     snap = self._without_journaled(snap, journal)
                     touched = self.replace_from_snapshot(cur, snap, None, dataset_id, timings)
                     with timings.step("journal replay"):
                         touched |= self._replay_journal(cur, journal)
-                    with timings.step("commit"):
-                        cur.commit()
-                except Exception:
-                    with contextlib.suppress(Exception):
-                        cur.rollback()
-                    raise
                 replayed = len(journal)
-                st._rebuild_journals.remove(journal)
                 self._after_build(touched, timings)
-        finally:
-            with st._write_lock, contextlib.suppress(ValueError):
-                st._rebuild_journals.remove(journal)
         elapsed = time.perf_counter() - started
         self.last = timings
-        metrics.REBUILDS.labels(scope=scope, result="ok").inc()
-        metrics.REBUILD_DURATION.labels(scope=scope).observe(elapsed)
-        info = {
-            "scope": scope,
-            "reason": reason,
-            "result": "ok",
-            "error": None,
-            "at": iso(utcnow()),
-            "durationMs": round(elapsed * 1000, 2),
-            "lsn": format_lsn(snap.lsn),
-            "replayedDeltas": replayed,
-        }
+        info = finished_rebuild(
+            scope, reason, elapsed, error=None, lsn=format_lsn(snap.lsn), replayed=replayed
+        )
         st.rebuilds.record(touched | ({"*"} if dataset_id is None else set()), info)
         log.info(
             "rebuilt %s (%s) in %.1f ms at snapshot LSN %s, %d delta(s) applied meanwhile replayed; %s",
@@ -308,6 +268,39 @@ class ContextBuilder:
             replayed,
             timings.text(),
         )
+
+    @contextlib.contextmanager
+    def _journal(self) -> Iterator[list[tuple[Delta, int]]]:
+        """Step 1: a journal every delta applied from now on is appended to (``apply.Applier``), dropped when
+        the build ends, whatever the way."""
+        st = self.store
+        journal: list[tuple[Delta, int]] = []
+        with st._write_lock:
+            st._rebuild_journals.append(journal)
+        try:
+            yield journal
+        finally:
+            with st._write_lock, contextlib.suppress(ValueError):
+                st._rebuild_journals.remove(journal)
+
+    @contextlib.contextmanager
+    def _committed(
+        self, journal: list[tuple[Delta, int]], timings: BuildTimings
+    ) -> Iterator[duckdb.DuckDBPyConnection]:
+        """Step 4, under the writer lock: the body writes through the writer cursor in ONE DuckDB transaction,
+        committed when it returns (rolled back when it raises); then the journal is closed."""
+        cur = self.store._writer
+        assert cur is not None
+        cur.begin()
+        try:
+            yield cur
+            with timings.step("commit"):
+                cur.commit()
+        except Exception:
+            with contextlib.suppress(Exception):
+                cur.rollback()
+            raise
+        self.store._rebuild_journals.remove(journal)
 
     def _after_build(self, touched: set[str], timings: BuildTimings) -> None:
         """Under the writer lock, after the commit: caches dirty; plain views refreshed later, in chunks."""

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from walduck.deltas import PARTITION_FIELDS
+
 INDEX_SCHEMA = "wd"
 
 TABLES = f"""
@@ -66,21 +68,15 @@ SELECT d.slug AS dataset_slug, c.column_name, c.data_type, c.nullable, c.descrip
 FROM {INDEX_SCHEMA}.columns c JOIN {INDEX_SCHEMA}.datasets d ON d.id = c.dataset_id;
 """
 
-PARTITION_COLUMNS = (
-    "id",
-    "dataset_id",
-    "shard",
-    "manifest_id",
-    "manifest_shard",
-    "storage_target_id",
-    "file_path",
-    "location",
-    "file_format",
-    "start_time",
-    "end_time",
-    "row_count",
-    "file_size_bytes",
-    "schema_version_id",
-    "table_name",
-    "partition_key",
+_CONTEXT_ONLY_PARTITION_COLUMNS = {"dataset_id": "shard", "file_path": "location"}
+"""The columns ``wd.partitions`` adds to a delta's partition entry, each after the field it follows: the context
+shard holding the row, and the file's resolved location."""
+
+PARTITION_COLUMNS = tuple(
+    column
+    for name in PARTITION_FIELDS
+    for column in (name, _CONTEXT_ONLY_PARTITION_COLUMNS.get(name))
+    if column is not None
 )
+"""The columns of ``wd.partitions``, in table order: :data:`walduck.deltas.PARTITION_FIELDS` (what a delta's
+partition entry carries) with :data:`_CONTEXT_ONLY_PARTITION_COLUMNS` inserted."""

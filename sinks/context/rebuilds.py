@@ -34,6 +34,26 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+def finished_rebuild(
+    scope: str, reason: str, elapsed: float, *, error: str | None, lsn: str | None, replayed: int | None
+) -> dict[str, Any]:
+    """A rebuild that ended (``error`` None: it succeeded), counted in the rebuild metrics; its entry in the
+    rebuild history (:meth:`Rebuilds.record`)."""
+    result = "ok" if error is None else "error"
+    metrics.REBUILDS.labels(scope=scope, result=result).inc()
+    metrics.REBUILD_DURATION.labels(scope=scope).observe(elapsed)
+    return {
+        "scope": scope,
+        "reason": reason,
+        "result": result,
+        "error": error,
+        "at": iso(utcnow()),
+        "durationMs": round(elapsed * 1000, 2),
+        "lsn": lsn,
+        "replayedDeltas": replayed,
+    }
+
+
 @dataclass
 class RebuildJob:
     dataset_id: str | None
@@ -166,20 +186,9 @@ class Rebuilds:
             self.store.builder.rebuild(dataset_id, scope, started, reason)
         except Exception as exc:
             elapsed = time.perf_counter() - started
-            metrics.REBUILDS.labels(scope=scope, result="error").inc()
-            metrics.REBUILD_DURATION.labels(scope=scope).observe(elapsed)
             error = f"{type(exc).__name__}: {exc}"[:500]
+            info = finished_rebuild(scope, reason, elapsed, error=error, lsn=None, replayed=None)
             log.error("rebuild of %s (%s) failed: %s", dataset_id or "all datasets", reason, error)
-            info = {
-                "scope": scope,
-                "reason": reason,
-                "result": "error",
-                "error": error,
-                "at": iso(utcnow()),
-                "durationMs": round(elapsed * 1000, 2),
-                "lsn": None,
-                "replayedDeltas": None,
-            }
             with contextlib.suppress(Exception):  # a closed store cannot keep it: it is logged
                 self.record({dataset_id or "*"}, info)
             raise

@@ -58,7 +58,7 @@ from sinks.context.lsnwait import LsnWaits
 from sinks.context.progress import ProgressBook, ShardProgress
 from sinks.context.readers import Readers
 from sinks.context.rebuilds import RebuildJob, Rebuilds
-from sinks.context.relation import FileBinder, RelationReader
+from sinks.context.relation import RelationReader
 from sinks.context.views import ViewRefresher
 from sinks.settings import SinkSettings
 from walduck import metrics
@@ -100,6 +100,8 @@ class ContextStore:
         self._relations = RelationReader(
             self._readers.cursor, self._datasets, [self.storage_root, *settings.allowed_directories]
         )
+        # SQL of a subquery over a dataset's visible partitions overlapping [start, end], and warnings
+        self.relation_sql = self._relations.relation_sql
         self._views = ViewRefresher(self)
         self.content = ContentWriter(self.storage_root)
         self._applier = Applier(self)
@@ -361,18 +363,7 @@ class ContextStore:
         return partition_index(self._readers.cursor, dataset_id)
 
     # ------------------------------------------------------------------ relation SQL (relation.py)
-    def relation_sql(
-        self,
-        dataset_id: str,
-        start: datetime | None = None,
-        end: datetime | None = None,
-        *,
-        count_skips: bool = True,
-        bind: FileBinder | None = None,
-    ) -> tuple[str, list[str]]:
-        """SQL of a subquery over the dataset's visible partitions overlapping [start, end], and warnings."""
-        return self._relations.relation_sql(dataset_id, start, end, count_skips=count_skips, bind=bind)
-
+    # (relation_sql is the RelationReader's own method, bound in __init__)
     def files_outside(self, dataset_id: str, locations: list[str]) -> list[str]:
         """Those of ``locations`` the partition index does not list for ``dataset_id`` now."""
         return self._relations.files_outside(dataset_id, locations)

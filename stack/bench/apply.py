@@ -11,7 +11,6 @@ import random
 from stack.bench.contexts import DeltaMaker, open_store, timed
 from stack.bench.env import BenchServices, scenario_env
 from stack.bench.report import Result, percentile
-from stack.workload.bulk import bulk_load
 from walduck.gctuning import tune_for_streaming
 
 SIZES = (1, 100, 1000)
@@ -24,14 +23,7 @@ def run_apply(services: BenchServices, partitions: int, datasets: int, repeats: 
         {"partitions": partitions, "datasets": datasets, "repeats_per_size": repeats, "rebuilds": rebuilds},
     )
     with scenario_env(services, "apply") as env:
-        load = bulk_load(
-            env.dsn,
-            env.settings.catalog_schema,
-            env.settings.storage_root,
-            datasets=datasets,
-            partitions=partitions,
-            files="synthetic",
-        )
+        load = env.bulk_load(datasets=datasets, partitions=partitions, files="synthetic")
         result.notes.append(
             f"catalog: {load.partitions:,} partitions over {load.datasets} datasets bulk-loaded in "
             f"{load.elapsed_s:.1f} s (files='synthetic': paths only, catalog-only benchmark)"

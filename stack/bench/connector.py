@@ -27,7 +27,6 @@ import time
 
 import orjson
 import psycopg
-from psycopg.conninfo import conninfo_to_dict
 
 from stack.bench.env import BenchServices, ScenarioEnv, scenario_env
 from stack.bench.pipeline import (
@@ -45,7 +44,6 @@ from stack.bench.report import Result
 from stack.local import Stack
 from stack.services.debezium import DEBEZIUM_VERSION, THROUGHPUT, DebeziumSource, LocalDebezium
 from stack.services.kafka import KAFKA_VERSION
-from stack.workload.bulk import bulk_load
 from walduck.catalog_tables import PUBLISHED_TABLES
 from walduck.lsn import format_lsn, parse_lsn
 from walduck.timeutil import instant_micros
@@ -78,14 +76,7 @@ def run_connector(
                 conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", [base_slot])
                 if debezium:
                     conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", [dbz_slot])
-            load = bulk_load(
-                env.dsn,
-                env.settings.catalog_schema,
-                env.settings.storage_root,
-                datasets=datasets,
-                partitions=partitions,
-                files="synthetic",
-            )
+            load = env.bulk_load(datasets=datasets, partitions=partitions, files="synthetic")
             with psycopg.connect(env.dsn, autocommit=True) as conn:
                 end_lsn = parse_lsn(conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0])  # type: ignore[index]
             result.notes.append(
@@ -262,13 +253,8 @@ def run_connector(
 
 def _debezium(env: ScenarioEnv, slot: str) -> LocalDebezium:
     """The bench's Debezium on ``slot`` (the same run dir, prefix and offsets each time it is made)."""
-    info = conninfo_to_dict(env.dsn)
-    source = DebeziumSource(
-        host=str(info.get("host") or "127.0.0.1"),
-        port=int(info.get("port") or 5432),
-        user=str(info.get("user") or "postgres"),
-        password=str(info.get("password") or ""),
-        dbname=str(info["dbname"]),
+    source = DebeziumSource.from_dsn(
+        env.dsn,
         slot=slot,
         publication=env.settings.publication_name,
         schema=env.settings.catalog_schema,

@@ -13,7 +13,7 @@ from sinks.context.store import ContextStore, DatasetView
 from sinks.service.sandbox import check_read_sql
 from stack.bench.contexts import open_store, timed
 from stack.bench.env import ScenarioEnv
-from stack.workload.bulk import SHARED_FILES_PER_DAY, bulk_load
+from stack.workload.bulk import SHARED_FILES_PER_DAY
 
 BASE_DAY = date(2024, 1, 1)
 # 25 days x 4 shared files per day = 100 (day, file) slots: one slot holds exactly 1% of the partitions
@@ -70,16 +70,7 @@ class BigDataset:
 
 @contextlib.contextmanager
 def big_dataset(env: ScenarioEnv, partitions: int, **store_overrides: object) -> Iterator[BigDataset]:
-    load = bulk_load(
-        env.dsn,
-        env.settings.catalog_schema,
-        env.settings.storage_root,
-        datasets=1,
-        partitions=partitions,
-        days=DAYS,
-        files="shared",
-        base_day=BASE_DAY,
-    )
+    load = env.bulk_load(datasets=1, partitions=partitions, days=DAYS, files="shared", base_day=BASE_DAY)
     store = open_store(env, **store_overrides)
     try:
         rebuild_s, _ = timed(store.rebuild, None, "bench")

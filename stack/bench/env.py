@@ -16,9 +16,11 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from stack.services.manager import ServiceEndpoints, ServiceManager
 from stack.services.postgres import create_database, drop_database
+from stack.workload.bulk import BulkSummary, bulk_load
 from walduck.config import WalduckSettings, load_settings
 
 
@@ -59,6 +61,10 @@ class ScenarioEnv:
     @property
     def dsn(self) -> str:
         return self.settings.pg_dsn
+
+    def bulk_load(self, **options: Any) -> BulkSummary:
+        """:func:`stack.workload.bulk.bulk_load` into this scenario's catalog and storage root."""
+        return bulk_load(self.dsn, self.settings.catalog_schema, self.settings.storage_root, **options)
 
 
 @contextlib.contextmanager

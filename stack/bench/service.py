@@ -24,7 +24,6 @@ from stack.bench.env import BenchServices, scenario_env
 from stack.bench.pipeline import SCOPES, component_pid, count_visible, make_stack, rss_bytes, scrape
 from stack.bench.rebuild import build_steps, join_rounds, rebuild_under_ingestion, replay_replica
 from stack.bench.report import Result, percentile
-from stack.workload.bulk import bulk_load
 from stack.workload.generator import Workload
 
 GiB = 1 << 30
@@ -75,10 +74,7 @@ def run_service(
     mem = Result("memory", dict(params))
     hit = Result("hit-ratio", {**params, "ingest_rate": ingest_rate})
     with scenario_env(services, "service", topics=True) as env:
-        load = bulk_load(
-            env.dsn, env.settings.catalog_schema, env.settings.storage_root,
-            datasets=datasets, partitions=partitions, files="synthetic",
-        )  # fmt: skip
+        load = env.bulk_load(datasets=datasets, partitions=partitions, files="synthetic")
         boot.notes.append(
             f"catalog: {load.partitions:,} partitions / {load.datasets} datasets, loaded in {load.elapsed_s:.1f} s"
         )

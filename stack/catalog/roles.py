@@ -19,6 +19,7 @@ one the default name is used, without a password (trust/peer/cert authentication
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import LiteralString
 
 import psycopg
 from psycopg import sql
@@ -137,59 +138,39 @@ def ensure_roles(
             _ensure_role(conn, logins[CONNECTOR_ROLE], replication=True)
             _ensure_role(conn, logins[READER_ROLE], replication=False)
             _ensure_role(conn, logins[EXEC_ROLE], replication=False)
+
+            def grant(statement: LiteralString, *names: sql.Composable) -> None:
+                conn.execute(sql.SQL(statement).format(*names))
+
             for login in logins.values():
                 _revoke_server_access(conn, login.name)
-                conn.execute(
-                    sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(schema, sql.Identifier(login.name))
-                )
+                grant("GRANT USAGE ON SCHEMA {} TO {}", schema, sql.Identifier(login.name))
             with conn.transaction():
                 # connector: read the published tables (snapshot), its state table, nothing else
                 for table in PUBLISHED_TABLES:
-                    conn.execute(
-                        sql.SQL("GRANT SELECT ON {}.{} TO {}").format(
-                            schema, sql.Identifier(table), connector
-                        )
-                    )
-                conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(state, connector))
-                conn.execute(
-                    sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON {}.connector_state TO {}").format(
-                        state, connector
-                    )
-                )
+                    grant("GRANT SELECT ON {}.{} TO {}", schema, sql.Identifier(table), connector)
+                grant("GRANT USAGE ON SCHEMA {} TO {}", state, connector)
+                grant("GRANT SELECT, INSERT, UPDATE, DELETE ON {}.connector_state TO {}", state, connector)
                 # reader: the query service's catalog reads and its own two writes
-                conn.execute(sql.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA {} TO {}").format(schema, reader))
-                conn.execute(sql.SQL("GRANT INSERT ON {}.dataset_access_audit TO {}").format(schema, reader))
-                conn.execute(
-                    sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON {}.sql_saved_queries TO {}").format(
-                        schema, reader
-                    )
-                )
+                grant("GRANT SELECT ON ALL TABLES IN SCHEMA {} TO {}", schema, reader)
+                grant("GRANT INSERT ON {}.dataset_access_audit TO {}", schema, reader)
+                grant("GRANT SELECT, INSERT, UPDATE, DELETE ON {}.sql_saved_queries TO {}", schema, reader)
                 # exec: Timestore's /sql/exec parity on the catalog schema, DML only
-                conn.execute(
-                    sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {} TO {}").format(
-                        schema, executor
-                    )
+                grant(
+                    "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {} TO {}", schema, executor
                 )
-                conn.execute(
-                    sql.SQL("GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA {} TO {}").format(
-                        schema, executor
-                    )
-                )
+                grant("GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA {} TO {}", schema, executor)
                 # tables the admin creates later (new migrations, Timestore's own) get the same grants
-                conn.execute(
-                    sql.SQL("ALTER DEFAULT PRIVILEGES IN SCHEMA {} GRANT SELECT ON TABLES TO {}").format(
-                        schema, reader
-                    )
+                grant("ALTER DEFAULT PRIVILEGES IN SCHEMA {} GRANT SELECT ON TABLES TO {}", schema, reader)
+                grant(
+                    "ALTER DEFAULT PRIVILEGES IN SCHEMA {} GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO {}",
+                    schema,
+                    executor,
                 )
-                conn.execute(
-                    sql.SQL(
-                        "ALTER DEFAULT PRIVILEGES IN SCHEMA {} GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO {}"
-                    ).format(schema, executor)
-                )
-                conn.execute(
-                    sql.SQL(
-                        "ALTER DEFAULT PRIVILEGES IN SCHEMA {} GRANT USAGE, SELECT ON SEQUENCES TO {}"
-                    ).format(schema, executor)
+                grant(
+                    "ALTER DEFAULT PRIVILEGES IN SCHEMA {} GRANT USAGE, SELECT ON SEQUENCES TO {}",
+                    schema,
+                    executor,
                 )
             problems = privileged_roles(conn, [login.name for login in logins.values()])
     except psycopg.errors.InsufficientPrivilege as exc:

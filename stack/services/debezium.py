@@ -20,6 +20,8 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from psycopg.conninfo import conninfo_to_dict
+
 from stack.services.errors import ServiceError
 from stack.services.kafka import KAFKA_VERSION, LOG4J_VERSION, cache_root, check_java
 from stack.services.maven import resolve_jars
@@ -101,6 +103,25 @@ class DebeziumSource:
     schema: str
     tables: list[str]
     password: str = ""
+
+    @classmethod
+    def from_dsn(
+        cls, dsn: str, *, slot: str, publication: str, schema: str, tables: list[str]
+    ) -> DebeziumSource:
+        """The source of the database ``dsn`` names (libpq's defaults where it names no host, port, user or
+        password)."""
+        info = conninfo_to_dict(dsn)
+        return cls(
+            host=str(info.get("host") or "127.0.0.1"),
+            port=int(info.get("port") or 5432),
+            user=str(info.get("user") or "postgres"),
+            password=str(info.get("password") or ""),
+            dbname=str(info["dbname"]),
+            slot=slot,
+            publication=publication,
+            schema=schema,
+            tables=tables,
+        )
 
 
 @dataclass

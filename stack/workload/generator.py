@@ -311,9 +311,35 @@ class Workload:
             )
             self.files_written += 1
             row_hash = written.row_hash
+        signature = ingestion_signature(
+            dataset["id"], dataset["slug"], schema_row["checksum"], key, iso(start), iso(end), row_hash
+        )
+        return self._partition_spec(
+            partition_id, dataset["id"], key, file_path, written, start, end, schema_row, ingestion=signature
+        )
+
+    def _partition_spec(
+        self,
+        partition_id: str,
+        dataset_id: str,
+        key: dict[str, str],
+        file_path: str,
+        written: WrittenFile,
+        start: datetime,
+        end: datetime,
+        schema_row: Mapping[str, Any],
+        *,
+        lifecycle: dict[str, Any] | None = None,
+        ingestion: str | None = None,
+    ) -> tx.PartitionSpec:
+        """The catalog row of a partition whose file was just ``written`` (under the default storage target,
+        table ``records`` of schema version ``schema_row``); ``lifecycle`` joins its metadata when given."""
+        metadata: dict[str, Any] = {"tableName": "records", "schemaVersionId": schema_row["id"]}
+        if lifecycle is not None:
+            metadata["lifecycle"] = lifecycle
         return tx.PartitionSpec(
             id=partition_id,
-            dataset_id=dataset["id"],
+            dataset_id=dataset_id,
             partition_key=key,
             storage_target_id=self.ensure_storage_target(),
             file_path=file_path,
@@ -322,17 +348,9 @@ class Workload:
             start_time=start,
             end_time=end,
             checksum=written.checksum,
-            metadata={"tableName": "records", "schemaVersionId": schema_row["id"]},
+            metadata=metadata,
             column_statistics=written.column_statistics,
-            ingestion_signature=ingestion_signature(
-                dataset["id"],
-                dataset["slug"],
-                schema_row["checksum"],
-                key,
-                iso(start),
-                iso(end),
-                row_hash,
-            ),
+            ingestion_signature=ingestion,
         )
 
     def _template_dir(self) -> Path:
@@ -622,29 +640,17 @@ class Workload:
             [self.storage_root / p["file_path"] for p in group], fields, self.storage_root / file_path
         )
         chunk_id = f"chunk-{self.ids.uuid()}"
-        part = tx.PartitionSpec(
-            id=partition_id,
-            dataset_id=dataset_id,
-            partition_key=key,
-            storage_target_id=self.ensure_storage_target(),
-            file_path=file_path,
-            file_size_bytes=written.file_size_bytes,
-            row_count=written.row_count,
-            start_time=start,
-            end_time=end,
-            checksum=written.checksum,
-            metadata={
-                "tableName": "records",
-                "schemaVersionId": schema_row["id"],
-                "lifecycle": {
-                    "compaction": {
-                        "chunkId": chunk_id,
-                        "attempt": 1,
-                        "sourcePartitionIds": [p["id"] for p in group],
-                    }
-                },
-            },
-            column_statistics=written.column_statistics,
+        compacted = {"chunkId": chunk_id, "attempt": 1, "sourcePartitionIds": [p["id"] for p in group]}
+        part = self._partition_spec(
+            partition_id,
+            dataset_id,
+            key,
+            file_path,
+            written,
+            start,
+            end,
+            schema_row,
+            lifecycle={"compaction": compacted},
         )
         now = iso(utcnow())
         removed = [p["id"] for p in group]

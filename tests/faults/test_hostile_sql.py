@@ -13,8 +13,8 @@ import pytest
 
 from sinks.context.naming import sanitize_view_name
 from stack.local import Stack
-from stack.workload.generator import Workload
 from support.hostile_sql import BINDS_TO_A_CTE, CATALOG_RELATIONS, bypass_shapes
+from support.stacks import run_workload
 
 ADMIN = "timestore:admin"
 SQL_ONLY = "timestore:sql:read"  # SQL read, but not the datasets' read scope (timestore:read)
@@ -57,11 +57,9 @@ ATTACKS: dict[str, str] = {
 @pytest.fixture
 async def hostile_stack(make_stack) -> Stack:
     stack: Stack = await make_stack()
-    s = stack.settings
-    with Workload(s.pg_dsn, s.catalog_schema, s.storage_root, seed=5) as wl:
-        wl.run(
-            datasets=2, days=2, partitions_per_shard=4, rate=0, duration=30, max_commits=8, mix={"ingest": 1}
-        )
+    run_workload(
+        stack, 5, datasets=2, days=2, partitions_per_shard=4, duration=30, max_commits=8, mix={"ingest": 1}
+    )
     stack.start()
     await asyncio.to_thread(stack.wait_ready, 180)
     await asyncio.to_thread(stack.wait_caught_up, None, 120)

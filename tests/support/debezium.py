@@ -11,7 +11,6 @@ from pathlib import Path
 
 import psycopg
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from psycopg.conninfo import conninfo_to_dict
 
 from stack.local import Stack
 from stack.services.debezium import DebeziumSource, LocalDebezium
@@ -49,13 +48,8 @@ def start_debezium(stack: Stack, work_dir: Path, snapshot_mode: str = "no_data")
     slot = f"{prefix}_slot"
     prepare_catalog(stack, slot)
     asyncio.run(create_transaction_topic(s.kafka_bootstrap, prefix))
-    info = conninfo_to_dict(s.admin_dsn())
-    source = DebeziumSource(
-        host=str(info.get("host") or "127.0.0.1"),
-        port=int(info.get("port") or 5432),
-        user=str(info.get("user") or "postgres"),
-        password=str(info.get("password") or ""),
-        dbname=str(info["dbname"]),
+    source = DebeziumSource.from_dsn(
+        s.admin_dsn(),
         slot=slot,
         publication=s.publication_name,
         schema=s.catalog_schema,

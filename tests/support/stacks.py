@@ -12,11 +12,13 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from stack.local import Stack
 from stack.up import TIMESTORE_SCOPES_ENV
+from stack.workload.generator import RunSummary, Workload
 from walduck.config import WalduckSettings
 
 # Two explicit IAM modes (the service refuses to start with open routes unless told so):
@@ -62,3 +64,11 @@ async def make_stack(
     yield factory
     for stack in stacks:
         stack.stop()
+
+
+def run_workload(stack: Stack, seed: int, *, rate: float = 0, duration: float = 60, **run: Any) -> RunSummary:
+    """Timestore's writes into ``stack``'s catalog: :meth:`Workload.run` seeded ``seed``, by default a burst
+    (``rate=0``: commits as fast as they go, for at most ``duration`` = 60 s; ``run`` bounds it further)."""
+    s = stack.settings
+    with Workload(s.pg_dsn, s.catalog_schema, s.storage_root, seed=seed) as wl:
+        return wl.run(rate=rate, duration=duration, **run)

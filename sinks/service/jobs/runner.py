@@ -82,6 +82,16 @@ def _lower_priority(nice: int, idle: bool = False) -> None:
         os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
 
 
+def _interrupt(job: Job) -> None:
+    """Ask ``job`` to stop; interrupt DuckDB now when the job executes."""
+    job.cancel_requested.set()
+    with job.lock:
+        conn = job.connection
+    if conn is not None:
+        with contextlib.suppress(Exception):
+            conn.interrupt()
+
+
 class JobRunner:
     def __init__(
         self,
@@ -187,12 +197,7 @@ class JobRunner:
 
     def cancel(self, job: Job) -> None:
         """Interrupt DuckDB now when the job executes; drop it from the queue when it waits."""
-        job.cancel_requested.set()
-        with job.lock:
-            conn = job.connection
-        if conn is not None:
-            with contextlib.suppress(Exception):
-                conn.interrupt()
+        _interrupt(job)
         task = self._tasks.get(job.id)
         if task is not None and job.id in self._waiting_ids:
             task.cancel()  # still waiting for a slot: it never runs
@@ -290,12 +295,7 @@ class JobRunner:
 
         def on_timeout() -> None:
             timed_out.set()
-            job.cancel_requested.set()
-            with job.lock:
-                conn = job.connection
-            if conn is not None:
-                with contextlib.suppress(Exception):
-                    conn.interrupt()
+            _interrupt(job)
 
         timer = threading.Timer(budget_s, on_timeout)
         timer.daemon = True

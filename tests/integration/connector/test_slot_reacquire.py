@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psycopg
@@ -114,9 +115,9 @@ async def test_kill9_and_restart_streams_again_within_seconds(
     assert max(resumed) < 5.0, resumed
 
 
-async def test_a_held_slot_is_retried_quickly_and_the_wait_is_visible(
-    catalog_dsn: str, fresh_topics, tmp_path: Path
-) -> None:
+async def _slot_held_after_kill9(catalog_dsn: str, fresh_topics: Any, tmp_path: Path) -> tuple:
+    """A connector took its snapshot and was killed (-9); another session now holds its slot. Returns the
+    settings, slot, log, a free metrics port and the holder (connection, backend pid)."""
     settings = await fresh_topics(partitions=4, pg_dsn=catalog_dsn)
     slot, log, port = settings.slot_name, tmp_path / "connector.log", free_port()
     proc = start_subprocess(settings, log)
@@ -124,6 +125,15 @@ async def test_a_held_slot_is_retried_quickly_and_the_wait_is_visible(
     kill9(proc)
     await until("slot released", lambda: active_pid(catalog_dsn, slot) is None, 10)
     holder, holder_pid = await hold_slot(catalog_dsn, slot, settings.publication_name)
+    return settings, slot, log, port, holder, holder_pid
+
+
+async def test_a_held_slot_is_retried_quickly_and_the_wait_is_visible(
+    catalog_dsn: str, fresh_topics, tmp_path: Path
+) -> None:
+    settings, slot, log, port, holder, holder_pid = await _slot_held_after_kill9(
+        catalog_dsn, fresh_topics, tmp_path
+    )
     proc = start_subprocess(settings, log, WALDUCK_METRICS_PORT=str(port))
     try:
         await until(
@@ -149,13 +159,9 @@ async def test_a_held_slot_is_retried_quickly_and_the_wait_is_visible(
 
 
 async def test_takeover_terminates_a_stale_walsender(catalog_dsn: str, fresh_topics, tmp_path: Path) -> None:
-    settings = await fresh_topics(partitions=4, pg_dsn=catalog_dsn)
-    slot, log, port = settings.slot_name, tmp_path / "connector.log", free_port()
-    proc = start_subprocess(settings, log)
-    await wait_snapshot_done(catalog_dsn, slot)
-    kill9(proc)
-    await until("slot released", lambda: active_pid(catalog_dsn, slot) is None, 10)
-    holder, holder_pid = await hold_slot(catalog_dsn, slot, settings.publication_name)
+    settings, slot, log, port, holder, holder_pid = await _slot_held_after_kill9(
+        catalog_dsn, fresh_topics, tmp_path
+    )
     started = time.monotonic()
     proc = start_subprocess(settings, log, WALDUCK_METRICS_PORT=str(port), WALDUCK_SLOT_TAKEOVER_AFTER="1.0")
     try:

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from stack.workload.bulk import bulk_load
-from stack.workload.generator import Workload
+from support.stacks import run_workload
 from support.truth import assert_sql_matches_truth, run_verify, truth_from_postgres
 
 
@@ -32,10 +32,9 @@ async def _bootstrap_then_stream(make_stack, partitions: int) -> dict[str, float
     assert resp.status_code == 200, resp.text
     assert resp.json()["rows"][0]["p"] == partitions
     # then it follows the stream
-    with Workload(s.pg_dsn, s.catalog_schema, s.storage_root, seed=3) as wl:
-        await asyncio.to_thread(
-            wl.run, datasets=2, days=3, partitions_per_shard=4, rate=0, duration=60, max_commits=40
-        )
+    await asyncio.to_thread(
+        run_workload, stack, 3, datasets=2, days=3, partitions_per_shard=4, max_commits=40
+    )
     await asyncio.to_thread(stack.wait_caught_up, None, 300)
     verify = await asyncio.to_thread(run_verify, stack)
     assert verify.returncode == 0, verify.stdout[-3000:] + verify.stderr[-2000:]

@@ -13,8 +13,9 @@ import pytest
 
 from faults.faultkit import BackgroundWorkload, assert_zero_drift
 from stack.local import Stack
-from stack.workload.generator import ALL_SHAPES_MIX, Workload
+from stack.workload.generator import ALL_SHAPES_MIX
 from support.debezium import start_debezium
+from support.stacks import run_workload
 
 
 @pytest.mark.parametrize("snapshot_mode", ["no_data", "initial"])
@@ -22,17 +23,9 @@ async def test_debezium_topics_feed_the_contexts_with_zero_drift(make_stack, tmp
     """``initial``: the catalog already holds data when Debezium starts; its snapshot reads come first."""
     stack: Stack = await make_stack()
     if snapshot_mode == "initial":
-        s = stack.settings
-        with Workload(s.pg_dsn, s.catalog_schema, s.storage_root, seed=17) as wl:
-            wl.run(
-                datasets=3,
-                days=2,
-                partitions_per_shard=4,
-                rate=0,
-                duration=60,
-                max_commits=30,
-                mix=ALL_SHAPES_MIX,
-            )
+        run_workload(
+            stack, 17, datasets=3, days=2, partitions_per_shard=4, max_commits=30, mix=ALL_SHAPES_MIX
+        )
     dbz, prefix = await asyncio.to_thread(start_debezium, stack, tmp_path / "debezium", snapshot_mode)
     try:
         stack.extra_env.update(

@@ -8,7 +8,7 @@ import asyncio
 import psycopg
 import pytest
 
-from stack.workload.generator import Workload
+from support.stacks import run_workload
 from support.truth import deltas_replayed, run_verify
 
 pytestmark = pytest.mark.integration
@@ -22,8 +22,7 @@ EXACT_STATS = (
 async def test_each_finding_through_the_pipeline_zero_drift(make_stack) -> None:
     stack = await make_stack()
     s = stack.settings
-    with Workload(s.pg_dsn, s.catalog_schema, s.storage_root, seed=16) as wl:
-        wl.run(datasets=2, days=1, partitions_per_shard=2, rate=0, duration=30, max_commits=6)
+    run_workload(stack, 16, datasets=2, days=1, partitions_per_shard=2, duration=30, max_commits=6)
     stack.start()
     await asyncio.to_thread(stack.wait_ready, 180)
     schema = s.catalog_schema

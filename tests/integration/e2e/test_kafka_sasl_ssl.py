@@ -27,8 +27,7 @@ from aiokafka.errors import KafkaConnectionError
 from stack.local import free_port
 from stack.procs import component_env
 from stack.services.kafka import LocalKafka, quiet_client_logs
-from stack.workload.generator import Workload
-from support.stacks import IAM_ENV, new_stack
+from support.stacks import IAM_ENV, new_stack, run_workload
 from support.truth import (
     assert_sql_matches_truth,
     deltas_replayed,
@@ -83,23 +82,13 @@ async def test_pipeline_over_sasl_ssl(
 
     stack = new_stack(settings, tmp_path, IAM_ENV)
     await asyncio.to_thread(stack.prepare)  # catalog + topics (admin client over SASL_SSL)
-    s = stack.settings
     try:
-        with Workload(s.pg_dsn, s.catalog_schema, s.storage_root, seed=31) as wl:
-            wl.run(datasets=2, days=2, partitions_per_shard=3, rate=0, duration=60, max_commits=15, mix=MIX)
+        run_workload(stack, 31, datasets=2, days=2, partitions_per_shard=3, max_commits=15, mix=MIX)
         stack.start()
         await asyncio.to_thread(stack.wait_ready, 180)
-        with Workload(s.pg_dsn, s.catalog_schema, s.storage_root, seed=32) as wl:
-            summary = await asyncio.to_thread(
-                wl.run,
-                datasets=3,
-                days=2,
-                partitions_per_shard=3,
-                rate=0,
-                duration=60,
-                max_commits=30,
-                mix=MIX,
-            )
+        summary = await asyncio.to_thread(
+            run_workload, stack, 32, datasets=3, days=2, partitions_per_shard=3, max_commits=30, mix=MIX
+        )
         assert summary.commits >= 30
         await asyncio.to_thread(stack.wait_caught_up, None, 120)
         truth = await asyncio.to_thread(truth_from_postgres, stack)

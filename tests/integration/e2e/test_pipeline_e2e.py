@@ -7,6 +7,7 @@ import asyncio
 import pytest
 
 from stack.workload.generator import ALL_SHAPES_MIX, Workload
+from support.stacks import run_workload
 from support.truth import (
     assert_sql_matches_truth,
     deltas_replayed,
@@ -22,26 +23,14 @@ ALL_SHAPES = ALL_SHAPES_MIX
 async def test_snapshot_then_stream_every_shape_zero_drift(make_stack, mode: str) -> None:
     """Full-scan mode (the emergency rollback) must pass the same correctness checks as incremental mode."""
     stack = await make_stack(WALDUCK_CONTEXT_MODE=mode)
-    s = stack.settings
     # a catalog that already holds data before walduck starts (initial snapshot)
-    with Workload(s.pg_dsn, s.catalog_schema, s.storage_root, seed=7) as wl:
-        wl.run(
-            datasets=3, days=3, partitions_per_shard=4, rate=0, duration=60, max_commits=30, mix=ALL_SHAPES
-        )
+    run_workload(stack, 7, datasets=3, days=3, partitions_per_shard=4, max_commits=30, mix=ALL_SHAPES)
     stack.start()
     await asyncio.to_thread(stack.wait_ready, 180)
     # and keeps changing while it runs
-    with Workload(s.pg_dsn, s.catalog_schema, s.storage_root, seed=8) as wl:
-        summary = await asyncio.to_thread(
-            wl.run,
-            datasets=4,
-            days=3,
-            partitions_per_shard=4,
-            rate=0,
-            duration=60,
-            max_commits=80,
-            mix=ALL_SHAPES,
-        )
+    summary = await asyncio.to_thread(
+        run_workload, stack, 8, datasets=4, days=3, partitions_per_shard=4, max_commits=80, mix=ALL_SHAPES
+    )
     assert summary.commits >= 80
     await asyncio.to_thread(stack.wait_caught_up, None, 120)
     truth = await asyncio.to_thread(truth_from_postgres, stack)

@@ -14,15 +14,7 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-from integration.service.test_service_contract import seed_catalog
-
-from sinks.context.store import ContextStore
-from sinks.service.app import create_app
-from sinks.service.audit import AuditWriter
-from sinks.service.settings import QuerySettings
-from sinks.settings import SinkSettings
-from stack.catalog.roles import EXEC_ROLE, ensure_roles
-from walduck.config import WalduckSettings
+from integration.service.test_service_contract import serve_env
 
 pytestmark = pytest.mark.integration
 
@@ -33,37 +25,8 @@ ADMIN = {"x-iam-scopes": "admin", "x-iam-user": "root-ops"}
 
 @pytest.fixture
 async def audited(fresh_db: Any, tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
-    dsn = fresh_db()
-    storage = tmp_path / "storage"
-    storage.mkdir()
-    seed_catalog(dsn, storage)
-    walduck = WalduckSettings(
-        data_dir=tmp_path / "data", storage_root=storage, pg_dsn=dsn, topic_partitions=1
-    )
-    store = ContextStore(
-        SinkSettings(context_path=tmp_path / "ctx" / "c.duckdb", view_refresh_interval_s=0.0), walduck
-    )
-    store.open()
-    store.rebuild(None, "test-bootstrap")
-    settings = QuerySettings(
-        sql_read_scope="sql:read",
-        sql_exec_scope="sql:exec",
-        admin_scope="admin",
-        request_timeout_s=3.0,
-    )
-    audit = AuditWriter(dsn, "timestore", flush_interval_s=0.05)
-    # /sql/exec as the least-privilege exec role (`walduck catalog roles`), as deployed
-    exec_dsn = ensure_roles(dsn, walduck)[EXEC_ROLE]
-    app = create_app(store, settings, pg_dsn=dsn, exec_dsn=exec_dsn, audit=audit)
-    audit.start()
-    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t", timeout=30)
-    try:
-        yield {"client": client, "store": store, "dsn": dsn, "audit": audit}
-    finally:
-        await client.aclose()
-        await audit.stop()
-        app.state.svc.runner.close()
-        store.close()
+    async with serve_env(fresh_db, tmp_path) as e:
+        yield e
 
 
 async def audit_rows(env: dict[str, Any], action: str, expected: int) -> list[dict[str, Any]]:

@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-from integration.service.test_service_contract import seed_catalog
+from integration.service.test_service_contract import seeded_catalog
 
 from sinks.context.store import ContextStore
 from sinks.service.app import create_app
@@ -35,7 +35,6 @@ from stack.catalog.roles import (
     ensure_roles,
     with_user,
 )
-from walduck.config import WalduckSettings
 
 pytestmark = pytest.mark.integration
 
@@ -45,13 +44,7 @@ ROLES = (CONNECTOR_ROLE, READER_ROLE, EXEC_ROLE)
 
 @pytest.fixture
 def catalog(fresh_db: Callable[[], str], tmp_path: Path) -> dict[str, Any]:
-    dsn = fresh_db()
-    storage = tmp_path / "storage"
-    storage.mkdir()
-    seed_catalog(dsn, storage)
-    settings = WalduckSettings(
-        data_dir=tmp_path / "data", storage_root=storage, pg_dsn=dsn, topic_partitions=1
-    )
+    dsn, _storage, settings = seeded_catalog(fresh_db, tmp_path)
     dsns = ensure_roles(dsn, settings)
     return {"admin": dsn, "dsns": dsns, "settings": settings, "tmp": tmp_path}
 

@@ -119,8 +119,9 @@ async def env(fresh_db: Any, tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
         yield e
 
 
-@contextlib.asynccontextmanager
-async def serve_env(fresh_db: Any, tmp_path: Path, **sink: Any) -> AsyncIterator[dict[str, Any]]:
+def seeded_catalog(fresh_db: Any, tmp_path: Path) -> tuple[str, Path, WalduckSettings]:
+    """A fresh database holding :func:`seed_catalog`'s catalog (files under ``tmp_path/storage``): its DSN, the
+    storage root and one-partition settings over them."""
     dsn = fresh_db()
     storage = tmp_path / "storage"
     storage.mkdir()
@@ -128,6 +129,12 @@ async def serve_env(fresh_db: Any, tmp_path: Path, **sink: Any) -> AsyncIterator
     walduck = WalduckSettings(
         data_dir=tmp_path / "data", storage_root=storage, pg_dsn=dsn, topic_partitions=1
     )
+    return dsn, storage, walduck
+
+
+@contextlib.asynccontextmanager
+async def serve_env(fresh_db: Any, tmp_path: Path, **sink: Any) -> AsyncIterator[dict[str, Any]]:
+    dsn, storage, walduck = seeded_catalog(fresh_db, tmp_path)
     store = ContextStore(
         SinkSettings(context_path=tmp_path / "ctx" / "c.duckdb", view_refresh_interval_s=0.0, **sink), walduck
     )

@@ -8,7 +8,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 
 import sinks.context.build as build_module
@@ -16,21 +16,22 @@ from sinks.context.consumer import DeltaConsumer
 from sinks.context.store import ContextStore
 from sinks.settings import SinkSettings
 from sinks.verify import verify
+from support.deltas_topic import produce_deltas
 from support.obs_catalog import insert_obs_partition, seed_obs_catalog
 from walduck import metrics
-from walduck.deltas import Delta
 
 pytestmark = pytest.mark.integration
 
 
-async def _produce(wd: Any, deltas: list[Delta]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=wd.kafka_bootstrap)
-    await producer.start()
-    try:
-        for d in deltas:
-            await producer.send_and_wait(wd.deltas_topic, d.to_bytes(), key=d.kafka_key(), partition=0)
-    finally:
-        await producer.stop()
+async def _obs_catalog_with_one_file(fresh_db: Any, fresh_topics: Any, factory: Any) -> tuple[str, Any, dict]:
+    """A fresh ``obs`` catalog holding one partition (p1, 3 rows) and a one-partition topic set over it."""
+    dsn = fresh_db()
+    seed_obs_catalog(dsn)
+    wd = await fresh_topics(partitions=1, pg_dsn=dsn)
+    wd = wd.model_copy(update={"storage_root": factory.root})
+    p1 = factory.write_file("obs", 0, 3)
+    insert_obs_partition(dsn, p1)
+    return dsn, wd, p1
 
 
 async def _until(cond: Any, task: asyncio.Task[None], limit_s: float = 30.0) -> None:
@@ -52,16 +53,11 @@ def _rebuilt_shards() -> float:
 async def test_new_replica_boots_from_postgresql_and_loses_no_delta_around_the_snapshot(
     fresh_db, fresh_topics, factory, tmp_path, monkeypatch
 ):
-    dsn = fresh_db()
-    seed_obs_catalog(dsn)
-    wd = await fresh_topics(partitions=1, pg_dsn=dsn)
-    wd = wd.model_copy(update={"storage_root": factory.root})
-    p1 = factory.write_file("obs", 0, 3)
-    insert_obs_partition(dsn, p1)
+    dsn, wd, p1 = await _obs_catalog_with_one_file(fresh_db, fresh_topics, factory)
     # the history: what a replay from offset 0 would apply (3 deltas)
     history = [factory.create_dataset(0, "obs"), factory.delta(0, "ds-obs", upserts=[p1])]
     history.append(factory.delta(0, "ds-obs", upserts=[p1]))
-    await _produce(wd, history)
+    await produce_deltas(wd, history)
 
     p2, p3 = factory.write_file("obs", 1, 4), factory.write_file("obs", 2, 5)
     real_read = build_module.read_catalog
@@ -71,11 +67,11 @@ async def test_new_replica_boots_from_postgresql_and_loses_no_delta_around_the_s
         # E was recorded before this call. p2 commits and its delta is produced now, BEFORE the snapshot
         # (the snapshot holds p2 and its delta lies at an offset >= E: applied again, harmlessly) ...
         insert_obs_partition(dsn, p2)
-        asyncio.run(_produce(wd, [factory.delta(0, "ds-obs", upserts=[p2])]))
+        asyncio.run(produce_deltas(wd, [factory.delta(0, "ds-obs", upserts=[p2])]))
         snap = real_read(*args, **kwargs)
         # ... and p3 commits AFTER the snapshot: only its delta (offset >= E) brings it
         insert_obs_partition(dsn, p3)
-        asyncio.run(_produce(wd, [factory.delta(0, "ds-obs", upserts=[p3])]))
+        asyncio.run(produce_deltas(wd, [factory.delta(0, "ds-obs", upserts=[p3])]))
         reads.append("read")
         return snap
 
@@ -109,13 +105,8 @@ async def test_new_replica_boots_from_postgresql_and_loses_no_delta_around_the_s
 async def test_shard_whose_history_was_deleted_is_rebuilt_from_postgresql(
     fresh_db, fresh_topics, factory, tmp_path, caplog
 ):
-    dsn = fresh_db()
-    seed_obs_catalog(dsn)
-    wd = await fresh_topics(partitions=1, pg_dsn=dsn)
-    wd = wd.model_copy(update={"storage_root": factory.root})
-    p1 = factory.write_file("obs", 0, 3)
-    insert_obs_partition(dsn, p1)
-    await _produce(wd, [factory.create_dataset(0, "obs"), factory.delta(0, "ds-obs", upserts=[p1])])
+    dsn, wd, p1 = await _obs_catalog_with_one_file(fresh_db, fresh_topics, factory)
+    await produce_deltas(wd, [factory.create_dataset(0, "obs"), factory.delta(0, "ds-obs", upserts=[p1])])
     sink = SinkSettings(context_path=tmp_path / "ctx" / "context.duckdb", view_refresh_interval_s=0.0)
 
     store = ContextStore(sink, wd)
@@ -137,7 +128,7 @@ async def test_shard_whose_history_was_deleted_is_rebuilt_from_postgresql(
     insert_obs_partition(dsn, p2)
     with psycopg.connect(dsn) as conn:
         conn.execute("DELETE FROM timestore.dataset_partitions WHERE id = %s", [p1["id"]])
-    await _produce(
+    await produce_deltas(
         wd,
         [factory.delta(0, "ds-obs", upserts=[p2]), factory.delta(0, "ds-obs", deletes=[p1["id"]])],
     )

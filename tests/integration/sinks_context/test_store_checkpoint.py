@@ -10,10 +10,10 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from aiokafka import AIOKafkaProducer
 
 from sinks.context.consumer import DeltaConsumer
 from sinks.context.store import ContextStore
+from support.deltas_topic import produce_deltas
 from walduck import metrics
 
 
@@ -97,13 +97,7 @@ async def test_consumer_checkpoints_when_idle(fresh_topics, factory, ctx_setting
     )
     deltas = [factory.create_dataset(0, "obs")]
     deltas += [factory.delta(0, "ds-obs", upserts=[factory.write_file("obs", h, 2)]) for h in range(4)]
-    producer = AIOKafkaProducer(bootstrap_servers=wd.kafka_bootstrap)
-    await producer.start()
-    try:
-        for d in deltas:
-            await producer.send_and_wait(wd.deltas_topic, d.to_bytes(), key=d.kafka_key(), partition=0)
-    finally:
-        await producer.stop()
+    await produce_deltas(wd, deltas)
     store = ContextStore(sink, wd)
     store.open()
     done_before = metrics.CONTEXT_CHECKPOINTS.labels(result="done")._value.get()
