@@ -6,7 +6,7 @@
    recorded, THEN the snapshot is read and bulk-loaded, E-1 is stored as the shard's deltas offset
    (``sinks/context/build.py``: why nothing after the snapshot is missed). A fetch answered OffsetOutOfRange
    while running does the same for that partition (``walduck_rebuilds_total{scope="shard"}``).
-   ``WALDUCK_SINK_BOOTSTRAP=replay`` replays a new shard's partition from offset 0 instead (the old path).
+   ``WALDUCK_CONTEXT_BOOTSTRAP=replay`` replays a new shard's partition from offset 0 instead (the old path).
    Then each partition is sought to the stored deltas offset + 1.
 3. Each record is decoded (:meth:`Delta.from_bytes`); malformed ones go to the DLQ with the reason,
    counted in ``walduck_dlq_records_total{component="context"}``; the stream continues.

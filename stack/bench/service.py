@@ -84,7 +84,7 @@ def run_service(
         )
 
         # baseline: the OLD full rebuild (ContextStore.rebuild() of an empty context, every plain view refreshed
-        # under the writer lock at its end: WALDUCK_BUILD_REFRESH_VIEWS=true), in-process, same catalog
+        # under the writer lock at its end: WALDUCK_CONTEXT_BUILD_REFRESH_VIEWS=true), in-process, same catalog
         store = open_store(env, "fullscan-old", build_refresh_views=True)
         try:
             old_s, _ = timed(store.rebuild, None, "bench")
@@ -94,7 +94,7 @@ def run_service(
         # the new build, in-process, step by step (sinks/context/build.py)
         inproc_s = build_steps(env, boot)
 
-        stack = make_stack(env)  # WALDUCK_SINK_BOOTSTRAP=snapshot (the default)
+        stack = make_stack(env)  # WALDUCK_CONTEXT_BOOTSTRAP=snapshot (the default)
         try:
             started = time.monotonic()
             stack.start()
@@ -128,7 +128,7 @@ def run_service(
                 ok=isinstance(joined, float) and joined < 10,
             )
             boot.add(
-                "baseline: new replica replaying the deltas topic from 0 (WALDUCK_SINK_BOOTSTRAP=replay)",
+                "baseline: new replica replaying the deltas topic from 0 (WALDUCK_CONTEXT_BOOTSTRAP=replay)",
                 replay,
                 "s",
             )
@@ -136,7 +136,7 @@ def run_service(
                 "snapshot bootstrap of an empty context, in-process (sinks/context/build.py)", inproc_s, "s"
             )
             boot.add(
-                "baseline: old full rebuild, plain views refreshed under the writer (WALDUCK_BUILD_REFRESH_VIEWS=true)",
+                "baseline: old full rebuild, plain views refreshed under the writer (WALDUCK_CONTEXT_BUILD_REFRESH_VIEWS=true)",
                 old_s,
                 "s",
                 inproc_s,
