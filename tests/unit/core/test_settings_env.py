@@ -323,3 +323,27 @@ def test_an_override_replaces_a_setting_under_either_name(monkeypatch: pytest.Mo
     monkeypatch.setenv("WALDUCK_CONTEXT_BOOTSTRAP", "snapshot")  # inherited; the extra (old name) must win
     env = component_env(WalduckSettings(), WALDUCK_SINK_BOOTSTRAP="replay")
     assert "WALDUCK_CONTEXT_BOOTSTRAP" not in env and env["WALDUCK_SINK_BOOTSTRAP"] == "replay"
+
+
+def test_a_field_with_its_own_alias_keeps_it() -> None:
+    from pydantic import AliasChoices, Field
+    from pydantic_settings import BaseSettings
+
+    from walduck.config import component_config
+
+    class Example(BaseSettings):
+        model_config = component_config(
+            "WALDUCK_EXAMPLE_", names={"b": "WALDUCK_EXAMPLE_BEE"}, legacy={"c": None}
+        )
+
+        a: int = 0
+        b: int = 0
+        c: int = 0
+        d: int = Field(0, validation_alias=AliasChoices("OWN_D", "WALDUCK_D"))
+
+    assert env_names(Example) == {
+        "a": ["WALDUCK_EXAMPLE_A", "WALDUCK_A"],
+        "b": ["WALDUCK_EXAMPLE_BEE", "WALDUCK_B"],
+        "c": ["WALDUCK_EXAMPLE_C"],
+        "d": ["OWN_D", "WALDUCK_D"],
+    }
