@@ -1,7 +1,7 @@
 """Build hook for the optional compiled row encoder (``connectors/_rowjson.pyx``, see connectors/rowjson.py).
 
 Everything else is declared in pyproject.toml. Without a C compiler the build warns and goes on: the
-connector then runs the pure-Python encoder (``WALDUCK_ROW_ENCODER=native`` refuses to start instead).
+connector then runs the pure-Python encoder (``WALDUCK_CONNECTOR_ROW_ENCODER=native`` refuses to start instead).
 """
 
 from __future__ import annotations

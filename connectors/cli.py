@@ -52,10 +52,10 @@ def run(
     catalog_schema: str = typer.Option(None, help="[WALDUCK_CATALOG_SCHEMA]"),
     changes_topic: str = typer.Option(None, help="[WALDUCK_CHANGES_TOPIC]"),
     dlq_topic: str = typer.Option(None, help="[WALDUCK_DLQ_TOPIC]"),
-    heartbeat_interval: float = typer.Option(None, help="Seconds [WALDUCK_HEARTBEAT_INTERVAL]."),
-    status_interval: float = typer.Option(None, help="Seconds [WALDUCK_STATUS_INTERVAL]."),
+    heartbeat_interval: float = typer.Option(None, help="Seconds [WALDUCK_CONNECTOR_HEARTBEAT_INTERVAL]."),
+    status_interval: float = typer.Option(None, help="Seconds [WALDUCK_CONNECTOR_STATUS_INTERVAL]."),
     metrics_port: int = typer.Option(None, help="0 = off [WALDUCK_CONNECTOR_METRICS_PORT]."),
-    snapshot_mode: SnapshotMode = typer.Option(None, help="[WALDUCK_SNAPSHOT_MODE]"),
+    snapshot_mode: SnapshotMode = typer.Option(None, help="[WALDUCK_CONNECTOR_SNAPSHOT_MODE]"),
     log_level: LogLevel = level_option(),
     log_format: LogFormat = format_option(),
 ) -> None:

@@ -108,7 +108,9 @@ class Connector:
     def __init__(self, settings: WalduckSettings, csettings: ConnectorSettings | None = None) -> None:
         self.settings = settings
         self.csettings = csettings or ConnectorSettings()
-        rowjson.active(self.csettings.row_encoder)  # WALDUCK_ROW_ENCODER=native without the build: fail now
+        rowjson.active(
+            self.csettings.row_encoder
+        )  # WALDUCK_CONNECTOR_ROW_ENCODER=native without the build: fail now
         self.stop_event = asyncio.Event()
         self.tracker = FlushTracker()
         self.sessions = 0
@@ -252,7 +254,7 @@ class Connector:
             return False
         m.CONNECTOR_SLOT_TAKEOVERS.inc()
         log.warning(
-            "terminated walsender %s holding slot %s for %.1f s (WALDUCK_SLOT_TAKEOVER_AFTER)",
+            "terminated walsender %s holding slot %s for %.1f s (WALDUCK_CONNECTOR_SLOT_TAKEOVER_AFTER)",
             row[0],
             self.settings.slot_name,
             self.csettings.slot_takeover_after,

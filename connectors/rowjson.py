@@ -13,7 +13,7 @@ Two interchangeable encoders:
 
 Both return ``None`` for a row the careful decoder must handle (it names the problem for the DLQ).
 ``tests/unit/connectors/test_rowjson.py`` checks that both return the same bytes for generated rows.
-``WALDUCK_ROW_ENCODER`` picks one: ``auto`` (native when built, else Python with a warning), ``native``
+``WALDUCK_CONNECTOR_ROW_ENCODER`` picks one: ``auto`` (native when built, else Python with a warning), ``native``
 (refuse to start without it), ``python``.
 """
 
@@ -42,7 +42,7 @@ class RowEncoder(Protocol):
 
 
 class EncoderUnavailable(WalduckError, RuntimeError):
-    """``WALDUCK_ROW_ENCODER=native`` but the compiled encoder was not built with this installation."""
+    """``WALDUCK_CONNECTOR_ROW_ENCODER=native`` but the compiled encoder was not built with this installation."""
 
 
 class PyRowEncoder:
@@ -99,5 +99,5 @@ def active(which: str = "auto") -> str:
     if which == "python":
         return "python"
     if which == "native" and NativeRowEncoder is None:
-        raise EncoderUnavailable("WALDUCK_ROW_ENCODER=native but connectors._rowjson is not built")
+        raise EncoderUnavailable("WALDUCK_CONNECTOR_ROW_ENCODER=native but connectors._rowjson is not built")
     return "native" if NativeRowEncoder is not None else "python"

@@ -1,12 +1,14 @@
-"""Connector knobs (``WALDUCK_`` environment variables, same prefix as :mod:`walduck.config`)."""
+"""Connector knobs (``WALDUCK_CONNECTOR_*`` environment variables; the older ``WALDUCK_<FIELD>`` names still work:
+:func:`walduck.config.component_config`)."""
 
 from __future__ import annotations
 
 from enum import StrEnum
 from typing import Literal
 
-from pydantic import AliasChoices, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings
+
+from walduck.config import component_config
 
 
 class SnapshotMode(StrEnum):
@@ -26,7 +28,7 @@ class SnapshotMode(StrEnum):
 
 
 class ConnectorSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="WALDUCK_", extra="ignore", populate_by_name=True)
+    model_config = component_config("WALDUCK_CONNECTOR_")
 
     # seconds between pg_logical_emit_message heartbeats (0 = off)
     heartbeat_interval: float = 1.0
@@ -37,9 +39,7 @@ class ConnectorSettings(BaseSettings):
     # seconds between unsolicited standby status updates
     status_interval: float = 1.0
     # Prometheus /metrics port (0 = not served); WALDUCK_METRICS_PORT, the old name, still works
-    metrics_port: int = Field(
-        0, validation_alias=AliasChoices("WALDUCK_CONNECTOR_METRICS_PORT", "WALDUCK_METRICS_PORT")
-    )
+    metrics_port: int = 0
     snapshot_mode: SnapshotMode = SnapshotMode.INITIAL
     # schema of the connector's own state table (snapshot-done marker); not published
     state_schema: str = "walduck"

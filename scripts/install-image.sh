@@ -9,7 +9,7 @@ case "$step" in
   build)
     src=$2 wheels=$3
     python3 -m pip wheel --no-deps --wheel-dir "$wheels" "$src"
-    # the connector refuses to start without its compiled row encoder (WALDUCK_ROW_ENCODER=native in k8s/):
+    # the connector refuses to start without its compiled row encoder (WALDUCK_CONNECTOR_ROW_ENCODER=native in k8s/):
     # a wheel built without a C compiler must fail the build here, not the pod at start
     python3 - "$wheels" <<'PY'
 import sys, zipfile, pathlib

@@ -1,4 +1,5 @@
-"""Knobs of the context shards and the query service (``WALDUCK_`` environment variables)."""
+"""Knobs of the context shards (``WALDUCK_CONTEXT_*`` environment variables; the older ``WALDUCK_<FIELD>`` names still
+work: :func:`walduck.config.component_config`)."""
 
 from __future__ import annotations
 
@@ -6,13 +7,23 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings
 
-from walduck.config import WalduckSettings
+from walduck.config import WalduckSettings, component_config
 
 
 class SinkSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="WALDUCK_", extra="ignore")
+    # context_path and sink_bootstrap are WALDUCK_CONTEXT_PATH / _BOOTSTRAP (not WALDUCK_CONTEXT_CONTEXT_PATH)
+    model_config = component_config(
+        "WALDUCK_CONTEXT_",
+        names={
+            "context_path": "WALDUCK_CONTEXT_PATH",
+            "sink_bootstrap": "WALDUCK_CONTEXT_BOOTSTRAP",
+            "context_snapshot_dir": "WALDUCK_CONTEXT_SNAPSHOT_DIR",
+            "context_snapshot_interval_s": "WALDUCK_CONTEXT_SNAPSHOT_INTERVAL_S",
+            "context_snapshot_keep": "WALDUCK_CONTEXT_SNAPSHOT_KEEP",
+        },
+    )
 
     # the DuckDB file holding every context shard (default: <data_dir>/context/context.duckdb)
     context_path: Path | None = None

@@ -15,6 +15,7 @@ from sinks.cli import verify as verify_command
 from sinks.service.cli import serve as serve_command
 from stack.bench.cli import app as bench_app
 from stack.catalog.cli import app as catalog_app
+from stack.envnames import DIRECT_VARIABLES, settings_classes
 from stack.kafka_cli import app as kafka_app
 from stack.services.cli import app as services_app
 from stack.workload.cli import app as workload_app
@@ -44,36 +45,6 @@ app = _WalduckApp(
     help="Keep DuckDB query contexts in step with a PostgreSQL catalog, live.",
     pretty_exceptions_show_locals=False,
 )
-# WALDUCK_* variables read outside the settings classes (typer envvars, local services, the test suite)
-DIRECT_VARIABLES = (
-    "WALDUCK_VERIFY_SCOPES",
-    "WALDUCK_BENCH_KEEP",
-    "WALDUCK_CACHE_DIR",
-    "WALDUCK_KAFKA_CDS",
-    "WALDUCK_PG_BIN",
-    "WALDUCK_TEST_",  # a trailing "_": a prefix (tests/conftest.py, the faust evaluation)
-    "WALDUCK_FAUST_",
-)
-
-
-def settings_classes() -> list[type]:
-    """Every settings class of every component: one environment (a k8s ConfigMap, ``walduck up``) carries all."""
-    from connectors.settings import ConnectorSettings
-    from pipeline.settings import CompactorSettings
-    from sinks.service.jobs.settings import JobSettings
-    from sinks.service.settings import QuerySettings
-    from sinks.settings import SinkSettings
-    from walduck.config import LogSettings, WalduckSettings
-
-    return [
-        WalduckSettings,
-        LogSettings,
-        ConnectorSettings,
-        CompactorSettings,
-        SinkSettings,
-        QuerySettings,
-        JobSettings,
-    ]
 
 
 def _print_version(value: bool) -> None:
@@ -92,7 +63,8 @@ def _report_unknown_variables(
     log_level: LogLevel = level_option(", for any command"),
     log_format: LogFormat = format_option(", for any command"),
 ) -> None:
-    """A misspelt ``WALDUCK_*`` variable would be ignored silently: name it (and the closest known one).
+    """A misspelt ``WALDUCK_*`` variable would be ignored silently: name it (and the closest known one), and an
+    older name set beside the component's new one with another value (the new one wins).
     ``--log-level`` / ``--log-format`` here apply to whichever command follows (walduck/logs.py)."""
     import os
 
@@ -101,12 +73,16 @@ def _report_unknown_variables(
 
         setup_logging(level=log_level, fmt=log_format)
 
-    from walduck.config import unknown_variables
+    from walduck.config import shadowed_variables, unknown_variables
 
     for variable, close in unknown_variables(os.environ, settings_classes(), DIRECT_VARIABLES):
         hint = f" (did you mean {close}?)" if close else ""
         typer.echo(
             f"walduck: warning: unknown environment variable {variable}{hint}; it has no effect", err=True
+        )
+    for ignored, used in shadowed_variables(os.environ, settings_classes()):
+        typer.echo(
+            f"walduck: warning: {ignored} is ignored: {used} is set too (with another value)", err=True
         )
 
 

@@ -42,7 +42,7 @@ class Stack:
     # True: components run as the least-privilege roles of `walduck catalog roles` (as `walduck up` and k8s/);
     # settings.pg_dsn is then the connector's and settings.pg_admin_dsn the setup/workload DSN
     least_privilege: bool = False
-    # x-iam-scopes of the stack's own probes (wait_caught_up); None = unscoped (a service in WALDUCK_IAM_OPEN mode)
+    # x-iam-scopes of the stack's own probes (wait_caught_up); None = unscoped (a service in WALDUCK_QUERY_IAM_OPEN mode)
     probe_scopes: str | None = None
 
     @property

@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from stack.envnames import override_env
 from walduck.config import WalduckSettings, settings_env
 
 
@@ -23,8 +24,8 @@ def component_env(settings: WalduckSettings, **extra: str) -> dict[str, str]:
     # the admin DSN (catalog owner) is never handed to a component; empty role DSNs fall back to WALDUCK_PG_DSN
     env["WALDUCK_PG_ADMIN_DSN"] = ""
     env["PYTHONUNBUFFERED"] = "1"
-    env.update(extra)
-    return env
+    # an extra given under a setting's old name replaces an inherited new one (and the other way round)
+    return override_env(env, extra)
 
 
 @dataclass

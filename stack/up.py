@@ -28,11 +28,11 @@ console = Console()
 
 # Timestore's scope names (Timestore's header IAM), configured on the query service `walduck up` runs: nothing is open
 TIMESTORE_SCOPES_ENV = {
-    "WALDUCK_REQUIRE_SCOPE": "timestore:read",
-    "WALDUCK_ADMIN_SCOPE": "timestore:admin",
-    "WALDUCK_SQL_READ_SCOPE": "timestore:sql:read",
-    "WALDUCK_SQL_EXEC_SCOPE": "timestore:sql:exec",
-    "WALDUCK_METRICS_SCOPE": "timestore:metrics",
+    "WALDUCK_QUERY_REQUIRE_SCOPE": "timestore:read",
+    "WALDUCK_QUERY_ADMIN_SCOPE": "timestore:admin",
+    "WALDUCK_QUERY_SQL_READ_SCOPE": "timestore:sql:read",
+    "WALDUCK_QUERY_SQL_EXEC_SCOPE": "timestore:sql:exec",
+    "WALDUCK_QUERY_METRICS_SCOPE": "timestore:metrics",
 }
 # the demo workload creates datasets readable with timestore:read and later moves them to team scopes
 # (stack.workload.generator: Workload.change_metadata, teams 1-5): a caller sees a dataset only with its scope

@@ -1,13 +1,16 @@
 """Shared configuration (pydantic-settings, ``WALDUCK_`` environment variables).
 
-Component-specific knobs live next to their component (``connectors/settings.py``,
-``pipeline/settings.py``, ``sinks/settings.py``) and use the same prefix; this module
-holds what several components must agree on: where the services are, the catalog schema,
-topic names and the data directory.
+Component-specific knobs live next to their component, each under its own prefix (``connectors/settings.py``
+``WALDUCK_CONNECTOR_``, ``pipeline/settings.py`` ``WALDUCK_COMPACTOR_``, ``sinks/settings.py``
+``WALDUCK_CONTEXT_``, ``sinks/service/settings.py`` ``WALDUCK_QUERY_``, ``sinks/service/jobs/settings.py``
+``WALDUCK_JOBS_``; :func:`component_config`, which keeps the older ``WALDUCK_<FIELD>`` names as aliases); this
+module holds what several components must agree on: where the services are, the catalog schema, topic names and
+the data directory.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import json
 from collections.abc import Iterable, Mapping
@@ -15,10 +18,65 @@ from enum import Enum, StrEnum
 from pathlib import Path
 from typing import Any
 
-from pydantic import AliasChoices, SecretStr, field_validator, model_validator
+from pydantic import AliasChoices, AliasGenerator, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+
+LEGACY_PREFIX = "WALDUCK_"
+
+
+@dataclasses.dataclass(frozen=True)
+class ComponentAliases:
+    """The variables that set a component's field (a pydantic ``alias_generator``): ``<prefix><FIELD>`` (or
+    ``names[field]``) first, then the name it had when every component shared ``WALDUCK_``
+    (``<legacy_prefix><FIELD>``, or ``legacy[field]``; ``None``: it never had another), then ``also[field]``
+    (e.g. Timestore's own names). The first one set wins, so a new name beats an old one. A field declaring its
+    own ``validation_alias`` keeps it (pydantic's alias priority)."""
+
+    prefix: str
+    legacy_prefix: str = LEGACY_PREFIX
+    names: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    legacy: Mapping[str, str | None] = dataclasses.field(default_factory=dict)
+    also: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+
+    def __call__(self, name: str) -> AliasChoices:
+        primary = self.names.get(name, f"{self.prefix}{name}".upper())
+        old = self.legacy.get(name, f"{self.legacy_prefix}{name}".upper())
+        choices = [primary, *([old] if old else []), *self.also.get(name, ())]
+        return AliasChoices(*dict.fromkeys(choices))  # in order, without repeats
+
+    def fields(self) -> set[str]:
+        """The field names the overrides mention (a test checks each is a field: a typo would be ignored)."""
+        return set(self.names) | set(self.legacy) | set(self.also)
+
+
+def component_config(
+    prefix: str,
+    *,
+    names: Mapping[str, str] | None = None,
+    legacy: Mapping[str, str | None] | None = None,
+    also: Mapping[str, tuple[str, ...]] | None = None,
+    legacy_prefix: str = LEGACY_PREFIX,
+) -> SettingsConfigDict:
+    """The ``model_config`` of a component's settings class: its own prefix, every older name still accepted
+    (:class:`ComponentAliases`), other components' variables ignored (``extra="ignore"``: one environment
+    carries them all; :func:`unknown_variables` names the misspelt ones), fields settable by name in code."""
+    aliases = ComponentAliases(prefix, legacy_prefix, dict(names or {}), dict(legacy or {}), dict(also or {}))
+    return SettingsConfigDict(
+        env_prefix=prefix,
+        extra="ignore",
+        populate_by_name=True,
+        alias_generator=AliasGenerator(validation_alias=aliases),
+    )
+
+
+def component_aliases(settings_class: type[BaseSettings]) -> ComponentAliases | None:
+    """The :class:`ComponentAliases` of a class configured by :func:`component_config` (else ``None``)."""
+    generator = settings_class.model_config.get("alias_generator")
+    found = getattr(generator, "validation_alias", None)
+    return found if isinstance(found, ComponentAliases) else None
 
 
 class ContextMode(StrEnum):
@@ -292,3 +350,43 @@ def unknown_variables(
             close = difflib.get_close_matches(upper, sorted(known), n=1, cutoff=0.8)
             unknown.append((variable, close[0] if close else None))
     return unknown
+
+
+def _aliases_by_name(settings_classes: Iterable[type[BaseSettings]]) -> dict[str, list[str]]:
+    """Upper-case variable -> every variable of the same field (itself included, the primary first)."""
+    found: dict[str, list[str]] = {}
+    for cls in settings_classes:
+        for names in env_names(cls).values():
+            for name in names:
+                found[name] = names
+    return found
+
+
+def merge_env(
+    base: Mapping[str, str], overrides: Mapping[str, str], settings_classes: Iterable[type[BaseSettings]]
+) -> dict[str, str]:
+    """``base`` updated with ``overrides``, a field's other names dropped from ``base`` when an override sets one
+    of them: ``WALDUCK_CONNECTOR_HEARTBEAT_INTERVAL`` given over an inherited ``WALDUCK_CONNECTOR_HEARTBEAT_INTERVAL`` (which
+    would win, :class:`ComponentAliases`) still takes effect, and the other way round."""
+    aliases = _aliases_by_name(settings_classes)
+    env = dict(base)
+    for variable in overrides:
+        others = {n for n in aliases.get(variable.upper(), ()) if n != variable.upper()}
+        for key in [k for k in env if k.upper() in others]:
+            del env[key]
+    env.update(overrides)
+    return env
+
+
+def shadowed_variables(
+    environ: Mapping[str, str], settings_classes: Iterable[type[BaseSettings]]
+) -> list[tuple[str, str]]:
+    """``(ignored, used)`` for every variable set beside a name of the same field that comes first (a new
+    ``WALDUCK_CONNECTOR_*`` name beside its older ``WALDUCK_*`` one) with another value: the first one wins."""
+    upper = {k.upper(): v for k, v in environ.items()}
+    shadowed = []
+    for cls in settings_classes:
+        for names in env_names(cls).values():
+            present = [n for n in names if n in upper]
+            shadowed += [(n, present[0]) for n in present[1:] if upper[n] != upper[present[0]]]
+    return sorted(shadowed)

@@ -106,7 +106,7 @@ CONNECTOR_SLOT_BUSY = _counter(
 )
 CONNECTOR_SLOT_TAKEOVERS = _counter(
     "walduck_connector_slot_takeovers_total",
-    "Walsenders holding the slot terminated by the connector (WALDUCK_SLOT_TAKEOVER_AFTER).",
+    "Walsenders holding the slot terminated by the connector (WALDUCK_CONNECTOR_SLOT_TAKEOVER_AFTER).",
 )
 CONNECTOR_SLOT_ACQUIRE = _histogram(
     "walduck_connector_slot_acquire_seconds",

@@ -1,5 +1,5 @@
 """The Debezium source's Kafka loop (layer 3 of :mod:`connectors.debezium`): Debezium's topics in, walduck's
-changes topic out. Used by ``walduck connector run`` when ``WALDUCK_SOURCE=debezium``.
+changes topic out. Used by ``walduck connector run`` when ``WALDUCK_CONNECTOR_SOURCE=debezium``.
 
 1. Refuse what cannot be exact: ``<prefix>.transaction`` missing or with more than one partition (END events
    must be in commit order); the per-table topics are assigned as they appear (a table Debezium has not seen a
@@ -51,7 +51,7 @@ class DebeziumSource:
     def __init__(self, settings: WalduckSettings, knobs: ConnectorSettings) -> None:
         if not knobs.debezium_topic_prefix:
             raise DebeziumError(
-                "WALDUCK_SOURCE=debezium needs WALDUCK_DEBEZIUM_TOPIC_PREFIX (Debezium's topic.prefix)"
+                "WALDUCK_CONNECTOR_SOURCE=debezium needs WALDUCK_CONNECTOR_DEBEZIUM_TOPIC_PREFIX (Debezium's topic.prefix)"
             )
         self.settings = settings
         self.knobs = knobs
@@ -227,7 +227,7 @@ class DebeziumSource:
             if event.snapshot is not None:
                 if self.assembler.snapshot_done:
                     raise UnusableEvent(
-                        "snapshot read after the snapshot was complete (WALDUCK_DEBEZIUM_SNAPSHOT_MODE=no_data, "
+                        "snapshot read after the snapshot was complete (WALDUCK_CONNECTOR_DEBEZIUM_SNAPSHOT_MODE=no_data, "
                         "or Debezium snapshotted again: start walduck from a fresh Debezium topic prefix)"
                     )
                 self.assembler.snapshot_read(key, msg.offset, event)

@@ -25,7 +25,7 @@ PostgreSQL flushes a commit record a moment before it makes the transaction visi
 recorded in ``E`` inside that microsecond window would be missed. The full pipeline — logical decoding,
 connector, changes topic, compactor window, deltas topic — takes milliseconds, so this is not reachable in
 practice; with synchronous replication (``synchronous_standby_names``), whose wait sits in that window, the
-journal does not help either, and ``WALDUCK_SINK_BOOTSTRAP=replay`` is the exact alternative.) Every delta at
+journal does not help either, and ``WALDUCK_CONTEXT_BOOTSTRAP=replay`` is the exact alternative.) Every delta at
 an offset ``>= E`` is applied after the build, in offset order.
 
 **Why replaying what the snapshot already holds converges.** A delta carries the net final state of every
@@ -43,7 +43,7 @@ Offsets and LSNs are not touched by a rebuild.
 
 Plain views (``timestore.<view>``) are NOT refreshed by a build: the datasets are marked dirty and the consumer
 refreshes them in bounded chunks afterwards (``views.ViewRefresher``); ``/sql/read`` never uses them (the
-planner rewrites every ``timestore.<view>``). ``WALDUCK_BUILD_REFRESH_VIEWS=true`` keeps the old behaviour
+planner rewrites every ``timestore.<view>``). ``WALDUCK_CONTEXT_BUILD_REFRESH_VIEWS=true`` keeps the old behaviour
 (refresh every view under the writer lock at the end of the build; the benchmark's baseline).
 """
 

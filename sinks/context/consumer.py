@@ -7,7 +7,7 @@
    (``sinks/context/build.py``: why nothing after the snapshot is missed). A fetch answered OffsetOutOfRange
    while running does the same for that partition (``walduck_rebuilds_total{scope="shard"}``), and so does a
    stored offset past the partition's end (a recreated topic, or a context snapshot published for another).
-   ``WALDUCK_SINK_BOOTSTRAP=replay`` replays a new shard's partition from offset 0 instead (the old path).
+   ``WALDUCK_CONTEXT_BOOTSTRAP=replay`` replays a new shard's partition from offset 0 instead (the old path).
    Then each partition is sought to the stored deltas offset + 1.
 3. Each record is decoded (:meth:`Delta.from_bytes`); malformed ones go to the DLQ with the reason,
    counted in ``walduck_dlq_records_total{component="context"}``; the stream continues.

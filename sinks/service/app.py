@@ -238,7 +238,7 @@ def _install_ops_routes(app: FastAPI, state: ServiceState) -> None:
 
 
 def _metrics_token_matches(settings: QuerySettings, authorization: str) -> bool:
-    """``Authorization: Bearer <token>`` equal to the content of WALDUCK_METRICS_TOKEN_FILE (what a PodMonitor's
+    """``Authorization: Bearer <token>`` equal to the content of WALDUCK_QUERY_METRICS_TOKEN_FILE (what a PodMonitor's
     ``authorization`` sends); False when no token file is configured, it is empty, or the header differs."""
     if settings.metrics_token_file is None or not authorization.lower().startswith("bearer "):
         return False

@@ -164,9 +164,9 @@ class IamPolicy:
     def open_route_groups(self) -> list[str]:
         """Route groups any caller reaches because no scope guards them (empty when IAM is fully configured)."""
         groups = {
-            "/sql/read, /sql/schema, /sql/saved (WALDUCK_SQL_READ_SCOPE or WALDUCK_REQUIRE_SCOPE)": self.sql_read,
-            "/sql/exec (WALDUCK_SQL_EXEC_SCOPE or WALDUCK_ADMIN_SCOPE)": self.sql_exec,
-            "/admin/* and every dataset (WALDUCK_ADMIN_SCOPE or WALDUCK_REQUIRE_SCOPE)": self.admin,
-            "/metrics (WALDUCK_METRICS_SCOPE or WALDUCK_ADMIN_SCOPE)": self.metrics,
+            "/sql/read, /sql/schema, /sql/saved (WALDUCK_QUERY_SQL_READ_SCOPE or WALDUCK_QUERY_REQUIRE_SCOPE)": self.sql_read,
+            "/sql/exec (WALDUCK_QUERY_SQL_EXEC_SCOPE or WALDUCK_QUERY_ADMIN_SCOPE)": self.sql_exec,
+            "/admin/* and every dataset (WALDUCK_QUERY_ADMIN_SCOPE or WALDUCK_QUERY_REQUIRE_SCOPE)": self.admin,
+            "/metrics (WALDUCK_QUERY_METRICS_SCOPE or WALDUCK_QUERY_ADMIN_SCOPE)": self.metrics,
         }
         return [name for name, scopes in groups.items() if not scopes]

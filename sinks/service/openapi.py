@@ -47,7 +47,7 @@ DESCRIPTIONS = {
     404: "Not found (saved query, dataset for an admin, manifest; a job that is not the caller's)",
     409: "A job in the wrong state for the request (append or run after it started, result before it completed)",
     406: "Unsupported format",
-    413: "Request body over WALDUCK_QUERY_MAX_BODY_BYTES, or SQL over WALDUCK_SQL_MAX_LENGTH characters",
+    413: "Request body over WALDUCK_QUERY_MAX_BODY_BYTES, or SQL over WALDUCK_QUERY_SQL_MAX_LENGTH characters",
     429: "Too many concurrent SQL reads, or the job queue is full; `Retry-After` says when to retry",
     500: "Unexpected error",
     503: "Not available now: the context has not reached `min_lsn`, DuckDB's memory or temp-space limit, no "
@@ -72,8 +72,8 @@ SECURITY_SCHEMES = {
         "in": "header",
         "name": "x-iam-scopes",
         "description": "Comma list of the caller's scopes, set by the gateway in front (no tokens; "
-        "docs/security.md 'Scopes'). Which scope each route needs: WALDUCK_SQL_READ_SCOPE, "
-        "WALDUCK_SQL_EXEC_SCOPE, WALDUCK_ADMIN_SCOPE, WALDUCK_METRICS_SCOPE.",
+        "docs/security.md 'Scopes'). Which scope each route needs: WALDUCK_QUERY_SQL_READ_SCOPE, "
+        "WALDUCK_QUERY_SQL_EXEC_SCOPE, WALDUCK_QUERY_ADMIN_SCOPE, WALDUCK_QUERY_METRICS_SCOPE.",
     },
     "iamUser": {
         "type": "apiKey",
@@ -84,7 +84,7 @@ SECURITY_SCHEMES = {
     "metricsToken": {
         "type": "http",
         "scheme": "bearer",
-        "description": "/metrics only: the content of WALDUCK_METRICS_TOKEN_FILE (what the k8s PodMonitor sends).",
+        "description": "/metrics only: the content of WALDUCK_QUERY_METRICS_TOKEN_FILE (what the k8s PodMonitor sends).",
     },
 }
 UNGUARDED = {"/health", "/live", "/ready"}

@@ -31,7 +31,7 @@ async def serve_async(
     reads = walduck.model_copy(update={"pg_dsn": walduck.read_dsn()})
     open_groups = require_iam_mode(query)  # raises IamNotConfigured before anything is opened
     if open_groups:
-        log.warning("IAM OPEN (WALDUCK_IAM_OPEN=true): any caller reaches %s", "; ".join(open_groups))
+        log.warning("IAM OPEN (WALDUCK_QUERY_IAM_OPEN=true): any caller reaches %s", "; ".join(open_groups))
     store = ContextStore(sink, reads)
     store.open()
     tune_for_streaming()  # the open context's caches stay out of every collection (apply outliers)

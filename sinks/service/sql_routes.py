@@ -389,7 +389,9 @@ def _out_of_memory(exc: BaseException) -> ApiError:
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     temp = "max_temp_directory_size" in str(exc)
     QUERY_LIMITS.labels(limit="temp_space" if temp else "memory").inc()
-    setting = "WALDUCK_DUCKDB_MAX_TEMP_DIRECTORY_SIZE" if temp else "WALDUCK_DUCKDB_MEMORY_LIMIT"
+    setting = (
+        "WALDUCK_CONTEXT_DUCKDB_MAX_TEMP_DIRECTORY_SIZE" if temp else "WALDUCK_CONTEXT_DUCKDB_MEMORY_LIMIT"
+    )
     return ApiError(
         503,
         f"The query needs more {'temporary disk space' if temp else 'memory'} than the SQL runtime allows "
@@ -682,7 +684,7 @@ async def _refuse_privileged(
         403,
         f"/sql/exec refuses to run on a privileged PostgreSQL connection (its role reaches {', '.join(reach)}):"
         " set WALDUCK_PG_EXEC_DSN to the walduck_exec role (`walduck catalog roles`), or"
-        " WALDUCK_EXEC_ALLOW_SUPERUSER=true to accept the risk",
+        " WALDUCK_QUERY_EXEC_ALLOW_SUPERUSER=true to accept the risk",
         code=EXEC_PRIVILEGED,
     )
 

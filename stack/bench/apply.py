@@ -89,7 +89,7 @@ def run_apply(services: BenchServices, partitions: int, datasets: int, repeats: 
                 "progress + plain-view refresh when due, default view_refresh_interval_s=1); "
                 "'DuckDB txn' = the transaction alone; baseline column = full rebuild in ms; DuckDB checkpoints "
                 f"at the commit that takes its WAL past {store.settings.duckdb_checkpoint_threshold} "
-                "(WALDUCK_DUCKDB_CHECKPOINT_THRESHOLD); the query service's deltas consumer checkpoints when idle, "
+                "(WALDUCK_CONTEXT_DUCKDB_CHECKPOINT_THRESHOLD); the query service's deltas consumer checkpoints when idle, "
                 "timed on the 'idle checkpoint' row"
             )
         finally:

@@ -267,7 +267,7 @@ def freshness_cmd(
     ),
     heartbeat_interval: float = typer.Option(
         None,
-        help="Connector heartbeat seconds for this run [the connector's default, WALDUCK_HEARTBEAT_INTERVAL].",
+        help="Connector heartbeat seconds for this run [the connector's default, WALDUCK_CONNECTOR_HEARTBEAT_INTERVAL].",
     ),
     quick: bool = Quick,
     data_dir: Path = DataDir,

@@ -68,7 +68,7 @@ def run_connector(
 ) -> Result:
     result = Result("connector", {"partitions": partitions, "datasets": datasets, "debezium": debezium})
     with scenario_env(services, "connector", topics=True) as env:
-        stack = make_stack(env, WALDUCK_SNAPSHOT_MODE="never")
+        stack = make_stack(env, WALDUCK_CONNECTOR_SNAPSHOT_MODE="never")
         base_slot = f"{env.settings.slot_name}_base"
         dbz_slot = f"{env.settings.slot_name}_dbz"
         try:

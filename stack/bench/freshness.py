@@ -115,7 +115,9 @@ def run_freshness(
     )
     with scenario_env(services, "freshness", topics=True) as env:
         extra = (
-            {} if heartbeat_interval is None else {"WALDUCK_HEARTBEAT_INTERVAL": f"{heartbeat_interval:g}"}
+            {}
+            if heartbeat_interval is None
+            else {"WALDUCK_CONNECTOR_HEARTBEAT_INTERVAL": f"{heartbeat_interval:g}"}
         )
         stack = make_stack(env, **extra)
         http = httpx.Client(

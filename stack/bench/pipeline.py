@@ -25,7 +25,11 @@ def make_stack(env: ScenarioEnv, **extra_env: str) -> Stack:
         env.settings,
         env.work_dir / "stack",
         # explicit open mode (benchmarks probe without scopes); the admin scope still guards /admin
-        extra_env={"WALDUCK_ADMIN_SCOPE": "timestore:admin", "WALDUCK_IAM_OPEN": "true", **extra_env},
+        extra_env={
+            "WALDUCK_QUERY_ADMIN_SCOPE": "timestore:admin",
+            "WALDUCK_QUERY_IAM_OPEN": "true",
+            **extra_env,
+        },
     )
     stack.prepare()
     return stack

@@ -6,7 +6,7 @@
   replica), timed from process start to every partition visible through its ``/sql/read``; built from
   PostgreSQL, or seeded from the first replica's context snapshot (:func:`join_rounds` alternates the two);
 * :func:`replay_replica`: the baseline, a new replica replaying the deltas topic from offset 0
-  (``WALDUCK_SINK_BOOTSTRAP=replay``) until its index holds every partition;
+  (``WALDUCK_CONTEXT_BOOTSTRAP=replay``) until its index holds every partition;
 * :func:`rebuild_under_ingestion`: admin rebuilds of one dataset and of all datasets on the running query
   service while a workload ingests (durations from the service's admin snapshot), then ``verify``.
 """

@@ -80,7 +80,7 @@ def run_service(
         )
 
         # baseline: the OLD full rebuild (ContextStore.rebuild() of an empty context, every plain view refreshed
-        # under the writer lock at its end: WALDUCK_BUILD_REFRESH_VIEWS=true), in-process, same catalog
+        # under the writer lock at its end: WALDUCK_CONTEXT_BUILD_REFRESH_VIEWS=true), in-process, same catalog
         store = open_store(env, "fullscan-old", build_refresh_views=True)
         try:
             old_s, _ = timed(store.rebuild, None, "bench")
@@ -90,7 +90,7 @@ def run_service(
         # the new build, in-process, step by step (sinks/context/build.py)
         inproc_s = build_steps(env, boot)
 
-        # WALDUCK_SINK_BOOTSTRAP=snapshot (the default); the first replica publishes its context snapshot once
+        # WALDUCK_CONTEXT_BOOTSTRAP=snapshot (the default); the first replica publishes its context snapshot once
         # bootstrapped (then not again during the run: the interval is longer than the bench)
         snapdir = env.work_dir / "context-snapshots"
         stack = make_stack(
@@ -119,7 +119,7 @@ def run_service(
                 ok=done and boot_s < 10,
             )
             boot.add(
-                "baseline: new replica replaying the deltas topic from 0 (WALDUCK_SINK_BOOTSTRAP=replay)",
+                "baseline: new replica replaying the deltas topic from 0 (WALDUCK_CONTEXT_BOOTSTRAP=replay)",
                 replay,
                 "s",
             )
@@ -131,7 +131,7 @@ def run_service(
                 "snapshot bootstrap of an empty context, in-process (sinks/context/build.py)", inproc_s, "s"
             )
             boot.add(
-                "baseline: old full rebuild, plain views refreshed under the writer (WALDUCK_BUILD_REFRESH_VIEWS=true)",
+                "baseline: old full rebuild, plain views refreshed under the writer (WALDUCK_CONTEXT_BUILD_REFRESH_VIEWS=true)",
                 old_s,
                 "s",
                 inproc_s,

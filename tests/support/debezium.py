@@ -42,7 +42,7 @@ async def create_transaction_topic(bootstrap: str, prefix: str) -> None:
 
 
 def start_debezium(stack: Stack, work_dir: Path, snapshot_mode: str = "no_data") -> tuple[LocalDebezium, str]:
-    """Debezium streaming the stack's catalog; returns it and its topic prefix (WALDUCK_DEBEZIUM_TOPIC_PREFIX)."""
+    """Debezium streaming the stack's catalog; returns it and its topic prefix (WALDUCK_CONNECTOR_DEBEZIUM_TOPIC_PREFIX)."""
     s = stack.settings
     prefix = f"dbz{uuid.uuid4().hex[:8]}"
     slot = f"{prefix}_slot"

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from stack.envnames import override_env
 from stack.local import Stack
 from stack.up import TIMESTORE_SCOPES_ENV
 from stack.workload.generator import RunSummary, Workload
@@ -23,9 +24,9 @@ from walduck.config import WalduckSettings
 
 # Two explicit IAM modes (the service refuses to start with open routes unless told so):
 # - open (default): the admin scope bypasses dataset read scopes (the workload's metadata changes rewrite them);
-#   SQL read stays open on purpose (WALDUCK_IAM_OPEN=true) so Stack.wait_caught_up's unscoped probe works
+#   SQL read stays open on purpose (WALDUCK_QUERY_IAM_OPEN=true) so Stack.wait_caught_up's unscoped probe works
 # - scoped: every route needs Timestore's scope names, exactly as `walduck up` and k8s/ configure them
-IAM_ENV = {"WALDUCK_ADMIN_SCOPE": "timestore:admin", "WALDUCK_IAM_OPEN": "true"}
+IAM_ENV = {"WALDUCK_QUERY_ADMIN_SCOPE": "timestore:admin", "WALDUCK_QUERY_IAM_OPEN": "true"}
 SCOPED_IAM_ENV = dict(TIMESTORE_SCOPES_ENV)
 SCOPED_PROBE = "timestore:sql:read"
 
@@ -55,7 +56,7 @@ async def make_stack(
         dsn = fresh_db()
         settings = await fresh_topics(partitions=partitions, pg_dsn=dsn)
         iam = SCOPED_IAM_ENV if scoped else IAM_ENV
-        stack = new_stack(settings, tmp_path, {**iam, **env}, least_privilege=least_privilege)
+        stack = new_stack(settings, tmp_path, override_env(iam, env), least_privilege=least_privilege)
         stack.probe_scopes = SCOPED_PROBE if scoped else None
         await asyncio.to_thread(stack.prepare)
         stacks.append(stack)

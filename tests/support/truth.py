@@ -69,7 +69,7 @@ def assert_sql_matches_truth(stack: Stack, truth: dict[str, Truth], min_lsn: int
 
 
 def run_verify(stack: Stack) -> subprocess.CompletedProcess[str]:
-    env = component_env(stack.settings, WALDUCK_SERVICE_URL=stack.base_url, **stack.extra_env)
+    env = component_env(stack.settings, WALDUCK_CONTEXT_SERVICE_URL=stack.base_url, **stack.extra_env)
     return subprocess.run(
         [sys.executable, "-m", "stack.cli", "verify", "--url", stack.base_url],
         env=env,

@@ -314,7 +314,7 @@ def test_every_long_running_pod_has_probes_its_component_answers() -> None:
 
 
 def test_query_pod_monitor_authenticates_the_way_the_route_accepts() -> None:
-    """The query service's /metrics needs the metrics scope or WALDUCK_METRICS_TOKEN_FILE's bearer token; a
+    """The query service's /metrics needs the metrics scope or WALDUCK_QUERY_METRICS_TOKEN_FILE's bearer token; a
     PodMonitor can only send the latter: its `authorization` Secret is the one the query pods mount there."""
     docs = _all_docs()
     (monitor,) = [d for d in docs if d["kind"] == "PodMonitor" and d["metadata"]["name"] == "walduck-query"]
@@ -326,11 +326,11 @@ def test_query_pod_monitor_authenticates_the_way_the_route_accepts() -> None:
     pod = _pod(query)["spec"]
     (container,) = pod["containers"]
     env = {e["name"]: e.get("value") for e in container.get("env", [])}
-    token_file = Path(env["WALDUCK_METRICS_TOKEN_FILE"])
+    token_file = Path(env["WALDUCK_QUERY_METRICS_TOKEN_FILE"])
     volumes = {v["name"]: v for v in pod["volumes"]}
     (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == str(token_file.parent)]
     source = volumes[mount["name"]]["secret"]
     assert source["secretName"] == secret and source.get("optional") is not True
     items = {i["key"]: i["path"] for i in source.get("items", [])} or {key: key}
     assert items.get(key) == token_file.name, (items, token_file)
-    assert _config().get("WALDUCK_METRICS_SCOPE"), "the scope stays the gateway's way in"
+    assert _config().get("WALDUCK_QUERY_METRICS_SCOPE"), "the scope stays the gateway's way in"

@@ -13,7 +13,7 @@ from stack.up import TIMESTORE_SCOPES_ENV
 
 
 def scoped(**extra: object) -> QuerySettings:
-    names = {k.removeprefix("WALDUCK_").lower(): v for k, v in TIMESTORE_SCOPES_ENV.items()}
+    names = {k.removeprefix("WALDUCK_QUERY_").lower(): v for k, v in TIMESTORE_SCOPES_ENV.items()}
     return QuerySettings(**{**names, **extra})
 
 
@@ -21,7 +21,7 @@ def test_unset_scopes_refuse_to_start() -> None:
     with pytest.raises(IamNotConfigured) as err:
         require_iam_mode(QuerySettings())
     message = str(err.value)
-    for group in ("/sql/read", "/sql/exec", "/admin/*", "/metrics", "WALDUCK_IAM_OPEN=true"):
+    for group in ("/sql/read", "/sql/exec", "/admin/*", "/metrics", "WALDUCK_QUERY_IAM_OPEN=true"):
         assert group in message
 
 
@@ -64,4 +64,4 @@ def test_walduck_query_serve_exits_with_the_reason() -> None:
         timeout=60,
     )
     assert done.returncode == 2, done.stdout + done.stderr
-    assert "refusing to start" in done.stderr and "WALDUCK_IAM_OPEN=true" in done.stderr
+    assert "refusing to start" in done.stderr and "WALDUCK_QUERY_IAM_OPEN=true" in done.stderr
