@@ -144,19 +144,20 @@ class WalduckSettings(BaseSettings):
     topic_partitions: int = 4
     # what `walduck kafka ensure-topics` (and the local stack) creates topics with: replication factor (3 on a
     # production cluster; 1 on a single local broker), min.insync.replicas (unset: the broker's default) and
-    # the DLQ's retention (changes and deltas are kept: they are the replayable history)
+    # the DLQ's retention
     topic_replication_factor: int = 1
     topic_min_insync_replicas: int | None = None
     dlq_retention_ms: int = 7 * 24 * 3600 * 1000
-    # retention of the changes and deltas topics (-1 = keep forever). Nothing needs history older than what a
-    # context can boot from: a new, wiped or truncated context shard is built from PostgreSQL (a snapshot) and
-    # follows the deltas from the end offsets recorded before it (sinks/context/build.py), so a bounded
-    # retention only has to cover the longest outage a running replica should ride out by replaying
-    # (docs/operations.md "Retention"). The compactor restores from its deltas partition: keep deltas at least
-    # as long as changes.
-    changes_retention_ms: int = -1
+    # retention of the changes and deltas topics (-1 = keep forever): 7 days by default, so history and the
+    # heartbeats in it stop piling up. Nothing needs history older than what a context can boot from: a new,
+    # wiped or truncated context shard is built from PostgreSQL (a snapshot) or seeded from a context snapshot and
+    # follows the deltas from the offsets recorded with it (sinks/context/build.py, context_snapshot.py), so the
+    # retention only has to cover the longest outage a running replica should ride out by replaying; the compactor
+    # needs its deltas after its newest state snapshot (at most 1 h old) and the changes it has not processed
+    # (docs/operations.md "Retention")
+    changes_retention_ms: int = 7 * 24 * 3600 * 1000
     changes_retention_bytes: int = -1
-    deltas_retention_ms: int = -1
+    deltas_retention_ms: int = 7 * 24 * 3600 * 1000
     deltas_retention_bytes: int = -1
     # largest record on the changes/deltas topics (topic max.message.bytes, producer max_request_size,
     # consumer max_partition_fetch_bytes): a delta of a few thousand partition entries is a few MB

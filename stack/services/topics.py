@@ -27,7 +27,7 @@ class TopicSpec:
 
 
 def topic_specs(settings: WalduckSettings) -> list[TopicSpec]:
-    """Changes and deltas kept for ``{changes,deltas}_retention_{ms,bytes}`` (default -1: forever); the DLQ
+    """Changes and deltas kept for ``{changes,deltas}_retention_{ms,bytes}`` (default 7 days; -1: forever); the DLQ
     for ``dlq_retention_ms``; the compactor's state topic compacted (``cleanup.policy=compact``: one snapshot
     per partition survives the cleaner, ``pipeline/snapshot.py``); ``min.insync.replicas`` when set."""
     parts = settings.topic_partitions

@@ -17,6 +17,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from walduck.config import WalduckSettings
+
 K8S = Path(__file__).resolve().parents[3] / "k8s"
 CRDS = K8S / "crds"
 KUBERNETES_VERSION = "1.31.0"  # oldest minor still supported upstream when written
@@ -207,10 +209,14 @@ def test_kafka_topics_match_the_config_and_are_durable() -> None:
         assert spec["replicas"] >= 3 and int(spec["config"]["min.insync.replicas"]) == 2, name
         assert "retention.ms" in spec["config"] or name == state, name
     assert topics[state]["config"]["cleanup.policy"] == "compact", "one snapshot per partition survives"
-    for history in (config["WALDUCK_CHANGES_TOPIC"], config["WALDUCK_DELTAS_TOPIC"]):
-        assert int(topics[history]["config"]["retention.ms"]) == -1, (
-            "changes/deltas are the replayable history"
-        )
+    defaults = WalduckSettings()
+    for history, kept_ms in (
+        (config["WALDUCK_CHANGES_TOPIC"], defaults.changes_retention_ms),
+        (config["WALDUCK_DELTAS_TOPIC"], defaults.deltas_retention_ms),
+    ):
+        # bounded (history and its heartbeats stop piling up), and long enough for the compactor's restore: its
+        # state snapshot is at most WALDUCK_COMPACTOR_SNAPSHOT_MAX_AGE_S (1 h) old
+        assert int(topics[history]["config"]["retention.ms"]) == kept_ms > 24 * 3600 * 1000, history
 
 
 def test_kafka_user_is_scram_with_acls_for_each_topic() -> None:
