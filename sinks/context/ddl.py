@@ -7,6 +7,14 @@ from walduck.deltas import PARTITION_FIELDS
 
 INDEX_SCHEMA = "wd"
 
+# the biggest table, also re-created on its own by a build that replaces every row (build.py: no row deletes)
+PARTITIONS_TABLE = f"""CREATE TABLE IF NOT EXISTS {INDEX_SCHEMA}.partitions (
+    id VARCHAR, dataset_id VARCHAR, shard INTEGER, manifest_id VARCHAR, manifest_shard VARCHAR,
+    storage_target_id VARCHAR, file_path VARCHAR, location VARCHAR, file_format VARCHAR,
+    start_time TIMESTAMP, end_time TIMESTAMP, row_count BIGINT, file_size_bytes BIGINT,
+    schema_version_id VARCHAR, table_name VARCHAR, partition_key VARCHAR
+)"""
+
 TABLES = f"""
 CREATE SCHEMA IF NOT EXISTS {INDEX_SCHEMA};
 CREATE SCHEMA IF NOT EXISTS timestore;
@@ -22,12 +30,7 @@ CREATE TABLE IF NOT EXISTS {INDEX_SCHEMA}.schema_versions (
 CREATE TABLE IF NOT EXISTS {INDEX_SCHEMA}.storage_targets (
     id VARCHAR, name VARCHAR, kind VARCHAR, config VARCHAR
 );
-CREATE TABLE IF NOT EXISTS {INDEX_SCHEMA}.partitions (
-    id VARCHAR, dataset_id VARCHAR, shard INTEGER, manifest_id VARCHAR, manifest_shard VARCHAR,
-    storage_target_id VARCHAR, file_path VARCHAR, location VARCHAR, file_format VARCHAR,
-    start_time TIMESTAMP, end_time TIMESTAMP, row_count BIGINT, file_size_bytes BIGINT,
-    schema_version_id VARCHAR, table_name VARCHAR, partition_key VARCHAR
-);
+{PARTITIONS_TABLE};
 CREATE TABLE IF NOT EXISTS {INDEX_SCHEMA}.columns (
     dataset_id VARCHAR, shard INTEGER, ordinal INTEGER, column_name VARCHAR, data_type VARCHAR,
     nullable BOOLEAN, description VARCHAR
