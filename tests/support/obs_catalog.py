@@ -45,3 +45,14 @@ def insert_obs_partition(dsn: str, f: dict[str, Any]) -> None:
     """One more ``obs`` partition, in its own transaction."""
     with psycopg.connect(dsn) as conn:
         conn.execute(_PARTITION_INSERT, _partition_params(f))
+
+
+async def obs_catalog_with_one_file(fresh_db: Any, fresh_topics: Any, factory: Any) -> tuple[str, Any, dict]:
+    """A fresh ``obs`` catalog holding one partition (p1, 3 rows) and a one-partition topic set over it."""
+    dsn = fresh_db()
+    seed_obs_catalog(dsn)
+    wd = await fresh_topics(partitions=1, pg_dsn=dsn)
+    wd = wd.model_copy(update={"storage_root": factory.root})
+    p1 = factory.write_file("obs", 0, 3)
+    insert_obs_partition(dsn, p1)
+    return dsn, wd, p1

@@ -17,21 +17,10 @@ from sinks.context.store import ContextStore
 from sinks.settings import SinkSettings
 from sinks.verify import verify
 from support.deltas_topic import produce_deltas
-from support.obs_catalog import insert_obs_partition, seed_obs_catalog
+from support.obs_catalog import insert_obs_partition, obs_catalog_with_one_file
 from walduck import metrics
 
 pytestmark = pytest.mark.integration
-
-
-async def _obs_catalog_with_one_file(fresh_db: Any, fresh_topics: Any, factory: Any) -> tuple[str, Any, dict]:
-    """A fresh ``obs`` catalog holding one partition (p1, 3 rows) and a one-partition topic set over it."""
-    dsn = fresh_db()
-    seed_obs_catalog(dsn)
-    wd = await fresh_topics(partitions=1, pg_dsn=dsn)
-    wd = wd.model_copy(update={"storage_root": factory.root})
-    p1 = factory.write_file("obs", 0, 3)
-    insert_obs_partition(dsn, p1)
-    return dsn, wd, p1
 
 
 async def _until(cond: Any, task: asyncio.Task[None], limit_s: float = 30.0) -> None:
@@ -53,7 +42,7 @@ def _rebuilt_shards() -> float:
 async def test_new_replica_boots_from_postgresql_and_loses_no_delta_around_the_snapshot(
     fresh_db, fresh_topics, factory, tmp_path, monkeypatch
 ):
-    dsn, wd, p1 = await _obs_catalog_with_one_file(fresh_db, fresh_topics, factory)
+    dsn, wd, p1 = await obs_catalog_with_one_file(fresh_db, fresh_topics, factory)
     # the history: what a replay from offset 0 would apply (3 deltas)
     history = [factory.create_dataset(0, "obs"), factory.delta(0, "ds-obs", upserts=[p1])]
     history.append(factory.delta(0, "ds-obs", upserts=[p1]))
@@ -105,7 +94,7 @@ async def test_new_replica_boots_from_postgresql_and_loses_no_delta_around_the_s
 async def test_shard_whose_history_was_deleted_is_rebuilt_from_postgresql(
     fresh_db, fresh_topics, factory, tmp_path, caplog
 ):
-    dsn, wd, p1 = await _obs_catalog_with_one_file(fresh_db, fresh_topics, factory)
+    dsn, wd, p1 = await obs_catalog_with_one_file(fresh_db, fresh_topics, factory)
     await produce_deltas(wd, [factory.create_dataset(0, "obs"), factory.delta(0, "ds-obs", upserts=[p1])])
     sink = SinkSettings(context_path=tmp_path / "ctx" / "context.duckdb", view_refresh_interval_s=0.0)
 

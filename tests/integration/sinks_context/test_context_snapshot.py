@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaProducer
 
 import sinks.context.build as build_module
 from sinks.context import context_snapshot
@@ -23,7 +22,8 @@ from sinks.context.exceptions import ContextError
 from sinks.context.store import ContextStore
 from sinks.settings import SinkSettings
 from sinks.verify import verify
-from support.obs_catalog import insert_obs_partition, seed_obs_catalog
+from support.deltas_topic import produce_deltas
+from support.obs_catalog import insert_obs_partition, obs_catalog_with_one_file
 from walduck import metrics
 from walduck.deltas import Delta
 
@@ -70,6 +70,17 @@ def _filled(ctx_settings: Any, factory: Any, tmp_path: Path, snapdir: Path) -> C
     for shard in (0, 1):
         store.mark_bootstrapped(shard)
     return store
+
+
+def _published(ctx_settings: Any, factory: Any, tmp_path: Path) -> Path:
+    """A snapshot of :func:`_filled`'s context published into ``tmp_path/snapshots`` (the replica closed)."""
+    snapdir = tmp_path / "snapshots"
+    a = _filled(ctx_settings, factory, tmp_path, snapdir)
+    try:
+        context_snapshot.publish(a._require(), snapdir, a.snapshot_fit())
+    finally:
+        a.close()
+    return snapdir
 
 
 def test_a_restore_reproduces_every_published_table(ctx_settings, factory, tmp_path) -> None:
@@ -153,12 +164,7 @@ def test_a_snapshot_published_under_concurrent_applies_plus_its_tail_equals_the_
 def test_a_corrupt_or_foreign_snapshot_is_refused_and_the_context_stays_empty(
     ctx_settings, factory, tmp_path
 ) -> None:
-    snapdir = tmp_path / "snapshots"
-    a = _filled(ctx_settings, factory, tmp_path, snapdir)
-    try:
-        context_snapshot.publish(a._require(), snapdir, a.snapshot_fit())
-    finally:
-        a.close()
+    snapdir = _published(ctx_settings, factory, tmp_path)
     sink, wd = ctx_settings
     before = _restores("incompatible")
     other = ContextStore(
@@ -189,12 +195,7 @@ def test_a_corrupt_or_foreign_snapshot_is_refused_and_the_context_stays_empty(
 
 
 def test_a_context_that_holds_shards_is_never_overwritten(ctx_settings, factory, tmp_path) -> None:
-    snapdir = tmp_path / "snapshots"
-    a = _filled(ctx_settings, factory, tmp_path, snapdir)
-    try:
-        context_snapshot.publish(a._require(), snapdir, a.snapshot_fit())
-    finally:
-        a.close()
+    snapdir = _published(ctx_settings, factory, tmp_path)
     sink, wd = ctx_settings
     b = _store(sink, wd, tmp_path, "b")  # no snapshot directory: a context of its own
     b.apply(factory.create_dataset(0, "solo"), 0, 0)
@@ -238,16 +239,6 @@ def test_old_manifests_and_their_objects_are_collected(ctx_settings, factory, tm
 
 
 # --------------------------------------------------------------------------- through real Kafka and PostgreSQL
-async def _produce(wd: Any, deltas: list[Delta]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=wd.kafka_bootstrap)
-    await producer.start()
-    try:
-        for d in deltas:
-            await producer.send_and_wait(wd.deltas_topic, d.to_bytes(), key=d.kafka_key(), partition=0)
-    finally:
-        await producer.stop()
-
-
 async def _run_until(store: ContextStore, cond: Any, limit_s: float = 30.0) -> DeltaConsumer:
     consumer = DeltaConsumer(store)
     task = asyncio.create_task(consumer.run())
@@ -267,14 +258,9 @@ async def _run_until(store: ContextStore, cond: Any, limit_s: float = 30.0) -> D
 async def test_a_replica_booted_from_a_snapshot_follows_the_tail_without_reading_postgresql(
     fresh_db, fresh_topics, factory, tmp_path, monkeypatch
 ):
-    dsn = fresh_db()
-    seed_obs_catalog(dsn)
-    wd = await fresh_topics(partitions=1, pg_dsn=dsn)
-    wd = wd.model_copy(update={"storage_root": factory.root})
+    dsn, wd, p1 = await obs_catalog_with_one_file(fresh_db, fresh_topics, factory)
     snapdir = tmp_path / "snapshots"
-    p1 = factory.write_file("obs", 0, 3)
-    insert_obs_partition(dsn, p1)
-    await _produce(wd, [factory.create_dataset(0, "obs"), factory.delta(0, "ds-obs", upserts=[p1])])
+    await produce_deltas(wd, [factory.create_dataset(0, "obs"), factory.delta(0, "ds-obs", upserts=[p1])])
 
     base = SinkSettings(
         view_refresh_interval_s=0.0, context_snapshot_dir=snapdir, context_snapshot_interval_s=60
@@ -293,7 +279,7 @@ async def test_a_replica_booted_from_a_snapshot_follows_the_tail_without_reading
     # after the snapshot: p2 commits and its delta arrives
     p2 = factory.write_file("obs", 1, 4)
     insert_obs_partition(dsn, p2)
-    await _produce(wd, [factory.delta(0, "ds-obs", upserts=[p2])])
+    await produce_deltas(wd, [factory.delta(0, "ds-obs", upserts=[p2])])
 
     def no_postgresql(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("a replica seeded from a snapshot must not read the catalog")
@@ -320,13 +306,8 @@ async def test_a_stored_offset_past_the_partitions_end_rebuilds_the_shard_from_p
 ):
     """A context (or a snapshot) made against another topic of the same name: its offsets are past this
     partition's end, so seeking there would skip this topic's deltas; the shard is built from PostgreSQL."""
-    dsn = fresh_db()
-    seed_obs_catalog(dsn)
-    wd = await fresh_topics(partitions=1, pg_dsn=dsn)
-    wd = wd.model_copy(update={"storage_root": factory.root})
-    p1 = factory.write_file("obs", 0, 3)
-    insert_obs_partition(dsn, p1)
-    await _produce(wd, [factory.create_dataset(0, "obs")])  # this topic holds one delta (end offset 1)
+    _, wd, _ = await obs_catalog_with_one_file(fresh_db, fresh_topics, factory)
+    await produce_deltas(wd, [factory.create_dataset(0, "obs")])  # this topic holds one delta (end offset 1)
     sink = SinkSettings(view_refresh_interval_s=0.0, context_path=tmp_path / "a" / "context.duckdb")
     store = ContextStore(sink, wd)
     store.open()
