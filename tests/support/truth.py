@@ -113,3 +113,26 @@ def visible_from_postgres(stack: Stack) -> dict[tuple[str, str], dict[str, dict]
     s = stack.settings
     with psycopg.connect(s.pg_dsn) as conn:
         return {key: parts for key, parts in visible_partitions(conn, s.catalog_schema).items() if parts}
+
+
+async def assert_stack_matches_postgres(stack: Stack, min_datasets: int, fields: tuple[str, ...] = ()) -> int:
+    """Once ``stack`` caught up: its ``/sql/read`` answers equal the Parquet truth (at least ``min_datasets``
+    datasets), and every delta on the deltas topic, replayed, equals PostgreSQL's visible partitions per day
+    shard (ids, and the values of ``fields``). The rows compared through SQL."""
+    import asyncio
+
+    await asyncio.to_thread(stack.wait_caught_up, None, 120)
+    truth = await asyncio.to_thread(truth_from_postgres, stack)
+    assert len(truth) >= min_datasets
+    rows = await asyncio.to_thread(assert_sql_matches_truth, stack, truth)
+    assert rows > 0
+    replayed = await deltas_replayed(stack)
+    expected = await asyncio.to_thread(visible_from_postgres, stack)
+    assert set(replayed) == set(expected), "shards differ between deltas and PostgreSQL"
+    for key, parts in expected.items():
+        got = replayed[key]
+        assert set(got) == set(parts), f"{key}: partition ids differ"
+        for pid, row in parts.items():
+            for field in fields:
+                assert got[pid][field] == row[field], f"{key} {pid} {field}"
+    return rows
