@@ -22,6 +22,7 @@ class SinkSettings(BaseSettings):
             "context_snapshot_dir": "WALDUCK_CONTEXT_SNAPSHOT_DIR",
             "context_snapshot_interval_s": "WALDUCK_CONTEXT_SNAPSHOT_INTERVAL_S",
             "context_snapshot_keep": "WALDUCK_CONTEXT_SNAPSHOT_KEEP",
+            "context_snapshot_max_tail_changes": "WALDUCK_CONTEXT_SNAPSHOT_MAX_TAIL_CHANGES",
         },
     )
 
@@ -81,6 +82,9 @@ class SinkSettings(BaseSettings):
     context_snapshot_dir: Path | None = None
     context_snapshot_interval_s: float = Field(default=300.0, ge=0)  # 0 = never publish (boot from it only)
     context_snapshot_keep: int = Field(default=3, ge=1)  # manifests kept (and the objects they name)
+    # ... and sooner, once this many index rows changed since the last publish and the burst settled (a backlog
+    # such as a connector's initial snapshot: a replica booting afterwards replays a short tail); 0 = off
+    context_snapshot_max_tail_changes: int = Field(default=100_000, ge=0)
     # the deltas consumer
     consumer_max_records: int = 500
     consumer_poll_ms: int = 100

@@ -150,6 +150,9 @@ class Applier:
             raise
         elapsed = time.perf_counter() - started
         st._mark_changed(touched)  # step 4: before any LSN of the run is published
+        st.changes_applied += sum(
+            len(c.upserts) + len(c.deletes) for d, _, _ in accepted for c in d.shards.values()
+        )
         for delta, partition, offset in accepted:
             self._after_commit(delta, partition, offset, elapsed)
         for shard, offset in last_offset.items():

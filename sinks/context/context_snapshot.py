@@ -304,9 +304,33 @@ def restore(cur: duckdb.DuckDBPyConnection, directory: Path, fit: Fit) -> dict[s
     return doc
 
 
+def publish_due(
+    *,
+    published_before: bool,
+    since_publish_s: float,
+    interval_s: float,
+    tail_changes: int,
+    recent_changes: int,
+    max_tail_changes: int,
+) -> bool:
+    """Whether a context that changed since its last publish is published now.
+
+    * nothing published yet: at once (a new replica should not wait ``interval_s`` for a first snapshot);
+    * ``interval_s`` since the last publish;
+    * or the *tail* — index rows changed by deltas since the last publish, what a replica booting from it
+      replays — reached ``max_tail_changes`` (0 = off) and the burst behind it settled (at most 1% of that
+      changed in the last check, ``recent_changes``): after a backlog (a connector's initial snapshot, a bulk
+      import) the snapshot covers it, without publishing over and over while it still flows.
+    """
+    if not published_before or since_publish_s >= interval_s:
+        return True
+    return 0 < max_tail_changes <= tail_changes and recent_changes <= max_tail_changes // 100
+
+
 class Publisher:
-    """Publishes the store's context every ``interval_s`` once every shard is bootstrapped and something was
-    applied since the last publish; a thread of the query service (never the writer)."""
+    """Publishes the store's context when :func:`publish_due` says so, once every shard is bootstrapped and the
+    context changed since the last publish; checks every ``check_s``; a thread of the query service (never the
+    writer)."""
 
     def __init__(
         self,
@@ -316,19 +340,29 @@ class Publisher:
         fit: Fit,
         interval_s: float,
         keep: int,
+        changes: Callable[[], int] = lambda: 0,
+        max_tail_changes: int = 0,
+        check_s: float = 1.0,
     ) -> None:
         self._db = db
         # what the context holds now (e.g. the shards' offsets and the store's version) once every shard is
         # bootstrapped, else None: a publish is due when it differs from the last published one
         self._ready = ready
+        # index rows changed by deltas so far (a counter that only grows)
+        self._changes = changes
         self.directory = directory
         self.fit = fit
         self.interval_s = interval_s
         self.keep = keep
+        self.max_tail_changes = max_tail_changes
+        self.check_s = check_s
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.last: Published | None = None
         self._published_state: object | None = None
+        self._published_at = 0.0
+        self._published_changes = 0
+        self._seen_changes = 0
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="context-snapshot", daemon=True)
@@ -339,10 +373,22 @@ class Publisher:
         if self._thread is not None:
             self._thread.join(timeout=30)
 
-    def publish_if_due(self) -> Published | None:
-        """Publish now when every shard is bootstrapped and the context changed since the last publish."""
+    def publish_if_due(self, now: float | None = None) -> Published | None:
+        """Publish now when every shard is bootstrapped, the context changed and :func:`publish_due` agrees."""
+        now = time.monotonic() if now is None else now
+        changes = self._changes()
+        recent, self._seen_changes = changes - self._seen_changes, changes
         state = self._ready()
         if state is None or state == self._published_state:
+            return None
+        if not publish_due(
+            published_before=self.last is not None,
+            since_publish_s=now - self._published_at,
+            interval_s=self.interval_s,
+            tail_changes=changes - self._published_changes,
+            recent_changes=recent,
+            max_tail_changes=self.max_tail_changes,
+        ):
             return None
         try:
             published = publish(self._db(), self.directory, self.fit, self.keep)
@@ -351,6 +397,8 @@ class Publisher:
             log.warning("context snapshot: publish into %s failed: %s", self.directory, exc)
             return None
         self._published_state = state
+        self._published_at = now
+        self._published_changes = changes
         self.last = published
         log.info(
             "context snapshot %s published in %.1f ms (%d bytes; %s)",
@@ -362,7 +410,5 @@ class Publisher:
         return published
 
     def _run(self) -> None:
-        wait = 1.0  # until the first publish: check each second (a new context is worth publishing at once)
-        while not self._stop.wait(wait):
-            if self.publish_if_due() is not None or self.last is not None:
-                wait = self.interval_s
+        while not self._stop.wait(self.check_s):
+            self.publish_if_due()

@@ -90,6 +90,8 @@ class ContextStore:
         self._writer: duckdb.DuckDBPyConnection | None = None
         self._write_lock = threading.RLock()
         self._version = 0
+        # index rows changed by deltas since open (upserts + deletes; context snapshots publish by it)
+        self.changes_applied = 0
         self._opened_at: datetime | None = None
         self._progress = ProgressBook()
         self._lsn = LsnWaits(self._progress.applied_lsn)
@@ -193,6 +195,8 @@ class ContextStore:
             self.snapshot_fit(),
             self.settings.context_snapshot_interval_s,
             self.settings.context_snapshot_keep,
+            changes=lambda: self.changes_applied,
+            max_tail_changes=self.settings.context_snapshot_max_tail_changes,
         )
 
     def wal_bytes(self) -> int:

@@ -101,8 +101,16 @@ def join_rounds(
 ) -> None:
     """New replicas joining the running pipeline, alternately built from PostgreSQL and seeded from the context
     snapshot the first replica published into ``snapdir`` (waited for first), ``rounds`` of each."""
-    published = wait_for_snapshot(snapdir, timeout)
-    res.notes.append(f"context snapshot published by the first replica: {published}")
+    from stack.bench.pipeline import topic_records
+
+    s = env.settings
+    # the deltas the pipeline holds now (the connector's initial snapshot has flowed through: the replay baseline
+    # before this read all of it); a seeded replica replays those its snapshot does not cover
+    published = wait_for_snapshot(snapdir, min(timeout, 60))
+    ends = topic_records(s, s.deltas_topic, s.topic_partitions)
+    res.notes.append(
+        f"context snapshot published by the first replica: {published}; deltas in the topic: {ends:,}"
+    )
     from_pg: list[float | str] = []
     from_snap: list[float | str] = []
     for i in range(rounds):
@@ -148,21 +156,29 @@ def join_rounds(
         )
 
 
-def wait_for_snapshot(snapdir: Path, timeout: float) -> str:
-    """The manifest the first replica published (waits for it): name, bytes of its objects."""
+def wait_for_snapshot(snapdir: Path, timeout: float, manifests: int = 2) -> str:
+    """The newest manifest, once the first replica published ``manifests`` of them (the one at its bootstrap and
+    the one after the connector's initial snapshot had flowed through, ``publish_due``'s settled tail), or after
+    ``timeout`` whatever is there: name, deltas covered (its shards' offsets + 1), bytes of its objects."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(ContextError, FileNotFoundError):
+    while True:
+        with contextlib.suppress(ContextError, FileNotFoundError, OSError):
             doc = context_snapshot.latest_manifest(snapdir)
-            if doc is not None:
+            count = len(list((snapdir / "manifests").glob("*.json")))
+            if doc is not None and (count >= manifests or time.monotonic() >= deadline):
+                covered = sum(v["deltas_offset"] + 1 for v in doc["shards"].values())
                 size = sum(
                     (snapdir / "objects" / f"{t['object']}.parquet").stat().st_size
                     for t in doc["tables"].values()
                 )
                 rows = doc["tables"]["partitions"]["rows"]
-                return f"{doc['name']}, {rows:,} partitions, {size / 1e6:.1f} MB of Parquet"
+                return (
+                    f"{doc['name']} ({count} published), {rows:,} partitions, {covered:,} deltas covered,"
+                    f" {size / 1e6:.1f} MB of Parquet"
+                )
+        if time.monotonic() >= deadline + 30:
+            return f"none after {timeout:.0f} s"
         time.sleep(0.2)
-    return f"none after {timeout:.0f} s"
 
 
 def replay_replica(env: ScenarioEnv, partitions: int, timeout: float) -> float | str:

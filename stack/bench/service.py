@@ -91,10 +91,15 @@ def run_service(
         inproc_s = build_steps(env, boot)
 
         # WALDUCK_CONTEXT_BOOTSTRAP=snapshot (the default); the first replica publishes its context snapshot once
-        # bootstrapped (then not again during the run: the interval is longer than the bench)
+        # bootstrapped, then once the backlog settled (not by the interval: it is longer than the bench)
         snapdir = env.work_dir / "context-snapshots"
         stack = make_stack(
-            env, WALDUCK_CONTEXT_SNAPSHOT_DIR=str(snapdir), WALDUCK_CONTEXT_SNAPSHOT_INTERVAL_S="36000"
+            env,
+            WALDUCK_CONTEXT_SNAPSHOT_DIR=str(snapdir),
+            WALDUCK_CONTEXT_SNAPSHOT_INTERVAL_S="36000",
+            # again once the connector's initial snapshot has flowed through (the default 100k, scaled down for
+            # --quick's catalog)
+            WALDUCK_CONTEXT_SNAPSHOT_MAX_TAIL_CHANGES=str(min(100_000, max(1_000, load.partitions // 10))),
         )
         try:
             started = time.monotonic()
