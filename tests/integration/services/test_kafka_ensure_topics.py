@@ -55,7 +55,7 @@ async def test_ensure_topics_creates_then_reports_existing(kafka_bootstrap: str)
     dlq = await _configs(kafka_bootstrap, names["WALDUCK_DLQ_TOPIC"])
     assert dlq["retention.ms"] == "3600000" and dlq["min.insync.replicas"] == "1"
     changes = await _configs(kafka_bootstrap, names["WALDUCK_CHANGES_TOPIC"])
-    assert changes["retention.ms"] == "-1"
+    assert changes["retention.ms"] == str(7 * 24 * 3600 * 1000)  # the 7-day default
     state = await _configs(kafka_bootstrap, names["WALDUCK_COMPACTOR_STATE_TOPIC"])
     assert state["cleanup.policy"] == "compact"
     again = _run(env)

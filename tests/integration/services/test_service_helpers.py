@@ -135,8 +135,10 @@ def test_long_socket_paths_fall_back_to_tmp(tmp_path: Path) -> None:
 
 def test_topic_specs_retention() -> None:
     specs = {s.name: s for s in topic_specs(WalduckSettings(topic_partitions=6))}
-    assert specs["walduck.changes"].configs["retention.ms"] == "-1"
-    assert specs["walduck.deltas"].configs["retention.ms"] == "-1"
+    week = str(7 * 24 * 3600 * 1000)  # changes and deltas: 7 days by default (history stops piling up)
+    assert specs["walduck.changes"].configs["retention.ms"] == week
+    assert specs["walduck.deltas"].configs["retention.ms"] == week
+    assert specs["walduck.changes"].configs["retention.bytes"] == "-1"
     assert specs["walduck.dlq"].configs["retention.ms"] == str(7 * 24 * 3600 * 1000)  # the DLQ is bounded
     assert (
         specs["walduck.compactor-state"].configs["cleanup.policy"] == "compact"

@@ -116,8 +116,8 @@ async def test_ensure_topics_partitions_retention_and_idempotence(kafka_bootstra
         for response in responses
         for resource in response.resources
     }
-    assert retention[settings.changes_topic] == "-1"
-    assert retention[settings.deltas_topic] == "-1"
+    assert retention[settings.changes_topic] == str(settings.changes_retention_ms) != "-1"
+    assert retention[settings.deltas_topic] == str(settings.deltas_retention_ms) != "-1"
     assert retention[settings.dlq_topic] != "-1"
 
 
