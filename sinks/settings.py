@@ -13,18 +13,9 @@ from walduck.config import WalduckSettings, component_config
 
 
 class SinkSettings(BaseSettings):
-    # context_path and sink_bootstrap are WALDUCK_CONTEXT_PATH / _BOOTSTRAP (not WALDUCK_CONTEXT_CONTEXT_PATH)
-    model_config = component_config(
-        "WALDUCK_CONTEXT_",
-        names={
-            "context_path": "WALDUCK_CONTEXT_PATH",
-            "sink_bootstrap": "WALDUCK_CONTEXT_BOOTSTRAP",
-            "context_snapshot_dir": "WALDUCK_CONTEXT_SNAPSHOT_DIR",
-            "context_snapshot_interval_s": "WALDUCK_CONTEXT_SNAPSHOT_INTERVAL_S",
-            "context_snapshot_keep": "WALDUCK_CONTEXT_SNAPSHOT_KEEP",
-            "context_snapshot_max_tail_changes": "WALDUCK_CONTEXT_SNAPSHOT_MAX_TAIL_CHANGES",
-        },
-    )
+    # the context_* fields are WALDUCK_CONTEXT_PATH, WALDUCK_CONTEXT_SNAPSHOT_DIR, … (component_config), and
+    # sink_bootstrap is WALDUCK_CONTEXT_BOOTSTRAP
+    model_config = component_config("WALDUCK_CONTEXT_", names={"sink_bootstrap": "WALDUCK_CONTEXT_BOOTSTRAP"})
 
     # the DuckDB file holding every context shard (default: <data_dir>/context/context.duckdb)
     context_path: Path | None = None

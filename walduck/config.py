@@ -30,8 +30,9 @@ LEGACY_PREFIX = "WALDUCK_"
 @dataclasses.dataclass(frozen=True)
 class ComponentAliases:
     """The variables that set a component's field (a pydantic ``alias_generator``): ``<prefix><FIELD>`` (or
-    ``names[field]``) first, then the name it had when every component shared ``WALDUCK_``
-    (``<legacy_prefix><FIELD>``, or ``legacy[field]``; ``None``: it never had another), then ``also[field]``
+    ``names[field]``; a field already named after the component, e.g. ``context_path`` of ``WALDUCK_CONTEXT_``,
+    is ``<legacy_prefix><FIELD>``, not ``WALDUCK_CONTEXT_CONTEXT_PATH``) first, then the name it had when every
+    component shared ``WALDUCK_`` (``<legacy_prefix><FIELD>``, or ``legacy[field]``; ``None``: it never had another), then ``also[field]``
     (e.g. Timestore's own names). The first one set wins, so a new name beats an old one. A field declaring its
     own ``validation_alias`` keeps it (pydantic's alias priority)."""
 
@@ -42,7 +43,9 @@ class ComponentAliases:
     also: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
 
     def __call__(self, name: str) -> AliasChoices:
-        primary = self.names.get(name, f"{self.prefix}{name}".upper())
+        own = self.prefix[len(self.legacy_prefix) :].lower()  # "context_" of WALDUCK_CONTEXT_
+        prefix = self.legacy_prefix if own and name.startswith(own) else self.prefix
+        primary = self.names.get(name, f"{prefix}{name}".upper())
         old = self.legacy.get(name, f"{self.legacy_prefix}{name}".upper())
         choices = [primary, *([old] if old else []), *self.also.get(name, ())]
         return AliasChoices(*dict.fromkeys(choices))  # in order, without repeats
@@ -367,8 +370,9 @@ def merge_env(
     base: Mapping[str, str], overrides: Mapping[str, str], settings_classes: Iterable[type[BaseSettings]]
 ) -> dict[str, str]:
     """``base`` updated with ``overrides``, a field's other names dropped from ``base`` when an override sets one
-    of them: ``WALDUCK_CONNECTOR_HEARTBEAT_INTERVAL`` given over an inherited ``WALDUCK_CONNECTOR_HEARTBEAT_INTERVAL`` (which
-    would win, :class:`ComponentAliases`) still takes effect, and the other way round."""
+    of them: ``WALDUCK_HEARTBEAT_INTERVAL`` (old name) given over an inherited
+    ``WALDUCK_CONNECTOR_HEARTBEAT_INTERVAL`` (which would win, :class:`ComponentAliases`) still takes effect, and
+    the other way round."""
     aliases = _aliases_by_name(settings_classes)
     env = dict(base)
     for variable in overrides:
