@@ -166,8 +166,8 @@ class DeltaConsumer:
             truncated = stored + 1 < begins[tp]
             # past the end: the offsets name another topic of this name (recreated; a context snapshot
             # published for it): its history is not this partition's
-            ahead = stored + 1 > ends[tp]
-            if ahead and booted:
+            ahead = booted and stored + 1 > ends[tp]
+            if ahead:
                 log.warning(
                     "deltas %s: stored offset %d is past the end offset %d (the topic was recreated?);"
                     " rebuilding the shard from PostgreSQL",
@@ -175,7 +175,6 @@ class DeltaConsumer:
                     stored,
                     ends[tp],
                 )
-                truncated = True
             elif truncated and booted:
                 log.warning(
                     "deltas %s: stored offset %d is below the log start offset %d (history deleted by"
@@ -184,7 +183,7 @@ class DeltaConsumer:
                     stored,
                     begins[tp],
                 )
-            if (force and tp.partition in force) or truncated or not (booted or replay):
+            if (force and tp.partition in force) or truncated or ahead or not (booted or replay):
                 todo[tp.partition] = ends[tp]
         if todo:
             try:

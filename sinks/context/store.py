@@ -180,7 +180,7 @@ class ContextStore:
         directory = self.settings.context_snapshot_dir
         if directory is None or self.full_scan or self.settings.context_snapshot_interval_s <= 0:
             return None
-        context_snapshot.require_outside(directory, [self.storage_root, *self.settings.allowed_directories])
+        # (the directory was checked by open(): require_outside)
 
         def state() -> object | None:
             progress = self._progress.view()
