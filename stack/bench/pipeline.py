@@ -133,6 +133,16 @@ def parse_prometheus(text: str) -> dict[str, float]:
     return out
 
 
+def query_log_lines(stack: Stack, *markers: str) -> dict[str, str]:
+    """The query service's newest log line containing each of ``markers`` (without its time and level), read once."""
+    found: dict[str, str] = {}
+    for line in stack.components["query"].tail(10**9).splitlines():
+        for marker in markers:
+            if marker in line:
+                found[marker] = line.split(" INFO ", 1)[-1]
+    return found
+
+
 def count_visible(stack: Stack, timeout: float = 30) -> int:
     resp = stack.read(
         "SELECT count(*) AS n FROM timestore_runtime.partitions", scopes=SCOPES, timeout=timeout

@@ -68,7 +68,7 @@ def join_replica(
     """Seconds from starting a new query-service process (own, empty context directory ``name`` and port) next
     to the running pipeline until its ``/sql/read`` counts ``partitions`` partitions; its log line saying how
     the context was made (seeded from a snapshot or built from PostgreSQL) is appended to ``notes``."""
-    from stack.bench.pipeline import count_visible, make_stack
+    from stack.bench.pipeline import count_visible, make_stack, query_log_lines
 
     own = dataclasses.replace(env, settings=env.settings.model_copy(update={"data_dir": env.work_dir / name}))
     replica = make_stack(own, **extra_env)
@@ -88,11 +88,8 @@ def join_replica(
     finally:
         if notes is not None:
             with contextlib.suppress(Exception):
-                lines = replica.components["query"].tail(10**8).splitlines()
-                how = [ln for ln in lines if "context seeded from" in ln or "bootstrapped shard(s)" in ln]
-                notes.append(
-                    f"{name}: " + (how[-1].split(" INFO ", 1)[-1] if how else "no build line logged")
-                )
+                how = query_log_lines(replica, "context seeded from", "bootstrapped shard(s)")
+                notes.append(f"{name}: " + next(iter(how.values()), "no build line logged"))
         replica.stop()
 
 

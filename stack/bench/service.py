@@ -21,7 +21,15 @@ import httpx
 
 from stack.bench.contexts import open_store, timed
 from stack.bench.env import BenchServices, scenario_env
-from stack.bench.pipeline import SCOPES, component_pid, count_visible, make_stack, rss_bytes, scrape
+from stack.bench.pipeline import (
+    SCOPES,
+    component_pid,
+    count_visible,
+    make_stack,
+    query_log_lines,
+    rss_bytes,
+    scrape,
+)
 from stack.bench.rebuild import build_steps, join_rounds, rebuild_under_ingestion, replay_replica
 from stack.bench.report import Result, percentile
 from stack.workload.generator import Workload
@@ -154,11 +162,9 @@ def run_service(
                 return {"bootstrap": boot, "memory": mem, "hit-ratio": hit}
             rebuild_under_ingestion(env, stack.base_url, boot, ingest_rate, timeout)
             # the service's own account of where the time went (its build log lines), next to the figures
-            for marker in ("bootstrapped shard(s)", "rebuilt all datasets", " published in "):
-                log_text = stack.components["query"].tail(10**9)
-                lines = [line for line in log_text.splitlines() if marker in line]
-                if lines:
-                    boot.notes.append("query service log: " + lines[-1].split(" INFO ", 1)[-1])
+            markers = ("bootstrapped shard(s)", "rebuilt all datasets", " published in ")
+            logged = query_log_lines(stack, *markers)
+            boot.notes.extend(f"query service log: {logged[m]}" for m in markers if m in logged)
 
             pid = component_pid(stack, "query")
             time.sleep(2)

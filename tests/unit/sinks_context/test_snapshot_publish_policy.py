@@ -24,8 +24,7 @@ from sinks.context.context_snapshot import Fit, Published, Publisher, publish_du
     max_tail=st.integers(0, 10**6),
 )
 def test_publish_due_is_the_interval_or_a_settled_tail(since, interval, tail, recent, max_tail) -> None:
-    due = publish_due(
-        published_before=True,
+    case = dict(
         since_publish_s=since,
         interval_s=interval,
         tail_changes=tail,
@@ -33,16 +32,8 @@ def test_publish_due_is_the_interval_or_a_settled_tail(since, interval, tail, re
         max_tail_changes=max_tail,
     )
     settled_tail = max_tail > 0 and tail >= max_tail and recent <= max_tail // 100
-    assert due == (since >= interval or settled_tail)
-    first = publish_due(
-        published_before=False,
-        since_publish_s=since,
-        interval_s=interval,
-        tail_changes=tail,
-        recent_changes=recent,
-        max_tail_changes=max_tail,
-    )
-    assert first, "nothing published yet: publish at once"
+    assert publish_due(published_before=True, **case) == (since >= interval or settled_tail)
+    assert publish_due(published_before=False, **case), "nothing published yet: publish at once"
 
 
 def test_a_backlog_is_published_once_it_settled_not_while_it_flows(monkeypatch, tmp_path: Path) -> None:
