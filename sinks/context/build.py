@@ -174,7 +174,8 @@ class ContextBuilder:
                                 cur.execute(
                                     f"DELETE FROM {WD}.{table} WHERE list_contains(?, shard)", [shards]
                                 )
-                    snap = self._without_journaled(snap, journal)
+                    with timings.step("journal filter"):
+                        snap = self._without_journaled(snap, journal)
                     touched = self._insert_snapshot(cur, snap, None, timings, wiped=True)
                     touched |= set(existing)
                     with timings.step("journal replay"):
@@ -246,7 +247,8 @@ class ContextBuilder:
                 snap = self.read([dataset_id] if dataset_id else None)
             with st._write_lock:  # step 4
                 with self._committed(journal, timings) as cur:
-                    snap = self._without_journaled(snap, journal)
+                    with timings.step("journal filter"):
+                        snap = self._without_journaled(snap, journal)
                     touched = self.replace_from_snapshot(cur, snap, None, dataset_id, timings)
                     with timings.step("journal replay"):
                         touched |= self._replay_journal(cur, journal)
