@@ -92,6 +92,8 @@ class BuildTimings:
     """Seconds per step of the last build (logged, and read by ``walduck bench bootstrap``)."""
 
     steps: dict[str, float] = field(default_factory=dict)
+    # DuckDB's WAL bytes before and after the commit (smaller after: DuckDB checkpointed in the commit)
+    wal: tuple[int, int] | None = None
 
     @contextlib.contextmanager
     def step(self, name: str) -> Iterator[None]:
@@ -102,7 +104,13 @@ class BuildTimings:
             self.steps[name] = self.steps.get(name, 0.0) + time.perf_counter() - started
 
     def text(self) -> str:
-        return ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in self.steps.items())
+        text = ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in self.steps.items())
+        if self.wal is not None:
+            before, after = self.wal
+            text += f"; WAL {before / 2**20:.1f} -> {after / 2**20:.1f} MiB at the commit"
+            if after < before:
+                text += " (DuckDB checkpointed in it)"
+        return text
 
 
 class ContextBuilder:
@@ -295,8 +303,10 @@ class ContextBuilder:
         cur.begin()
         try:
             yield cur
+            wal = self.store.wal_bytes()
             with timings.step("commit"):
                 cur.commit()
+            timings.wal = (wal, self.store.wal_bytes())
         except Exception:
             with contextlib.suppress(Exception):
                 cur.rollback()
