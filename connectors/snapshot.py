@@ -3,8 +3,8 @@
 1. ``CREATE_REPLICATION_SLOT … LOGICAL pgoutput (SNAPSHOT 'export')`` on the replication connection,
    which stays open (and idle) so the exported snapshot stays importable.
 2. A normal connection imports it (``REPEATABLE READ`` + ``SET TRANSACTION SNAPSHOT``) and reads every
-   catalog table, in foreign-key order, as text (the same text output pgoutput sends, through the same
-   converters, so snapshot rows and streamed rows are typed identically).
+   catalog table, in foreign-key order, each ordered by dataset then id, as text (the same text output
+   pgoutput sends, through the same converters, so snapshot rows and streamed rows are typed identically).
 3. Rows become ``source=snapshot op=read`` records with ``commit_lsn = lsn = consistent point``, grouped
    per dataset as one transaction (``tx_size`` = that dataset's snapshot records), then
    ``Kind.SNAPSHOT_DONE`` goes to every partition; all acknowledged by Kafka.
@@ -108,10 +108,16 @@ async def snapshot(
         seen: Counter[str] = Counter()
         for table in PUBLISHED_TABLES:
             cols = await _columns(conn, catalog_schema, table)
-            select = sql.SQL("SELECT {} FROM {}.{} ORDER BY id").format(
+            # a dataset's rows together (issue 15): its transaction share in the compactor then completes as soon
+            # as its last row is read, instead of every dataset's staying open (and buffered) until the end of
+            # the table, as an id order interleaving all datasets did
+            col = routing_column(table)
+            order = [sql.Identifier(col)] if col not in (None, "id") else []
+            select = sql.SQL("SELECT {} FROM {}.{} ORDER BY {}").format(
                 sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(c)) for c, _ in cols),
                 schema,
                 sql.Identifier(table),
+                sql.SQL(", ").join([*order, sql.Identifier("id")]),
             )
             async with conn.cursor(name=f"walduck_snapshot_{table}") as cur:
                 cur.itersize = fetch_rows

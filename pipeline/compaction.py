@@ -137,13 +137,31 @@ class Rejected:
         return self.reason.split(":", 1)[0]
 
 
+SHARE_DECODED_SLOTS = 64
+"""How many records a half-received transaction share holds decoded; past that it holds the records' Kafka
+bytes (when the caller passes them to :meth:`Compactor.feed`) and decodes each again only when the share is
+applied, one at a time. Issue 15: the connector's initial snapshot is one share per dataset and reads the
+partitions table in id order, so every dataset's share stays open until the end of the snapshot; holding
+every decoded record (a dict per row, a string per value: 4-5 KiB each) until then took ~3.5 GB for a 1M-row
+snapshot, and the state's strings, decoded among them, pinned that memory afterwards (fragmentation)."""
+
+
+def _slot_record(slot: ChangeRecord | bytes | None) -> ChangeRecord | None:
+    """A buffered slot's record: as it was fed, or decoded again from the bytes it was fed with."""
+    if type(slot) is bytes:
+        return ChangeRecord.from_bytes(slot, len(slot))
+    return slot
+
+
 @dataclass(slots=True)
 class _Share:
-    """The records of one transaction that share a Kafka key, until all ``tx_size`` arrived."""
+    """The records of one transaction that share a Kafka key, until all ``tx_size`` arrived. A slot holds the
+    decoded record, or (past :data:`SHARE_DECODED_SLOTS`) the bytes it was decoded from, or ``None`` for a
+    rejected record that only takes its place."""
 
     ident: tuple[Any, ...]
     size: int
-    slots: dict[int, tuple[int, ChangeRecord | None]] = field(default_factory=dict)
+    slots: dict[int, tuple[int, ChangeRecord | bytes | None]] = field(default_factory=dict)
     # records of later transactions fed after this share's last record (see "Incomplete transactions")
     later: int = 0
     overtaken_at: float | None = None  # ``now`` of the first expire() that saw ``later > 0``
@@ -224,11 +242,40 @@ def partition_entry(row: dict[str, Any], manifest: ManifestInfo | None) -> dict[
     return entry_dict(_partition_values(row, manifest))
 
 
+_KEY_IX = _FIELD_INDEX["partition_key"]
+_SCALARS = (str, int, float, bool, type(None))
+_SHARED_KEYS: dict[tuple[Any, ...], dict[str, Any]] = {}
+_SHARED_KEYS_MAX = 1 << 16
+
+
+def _shared_partition_key(value: Any) -> Any:
+    """One dict for every partition with an equal flat ``partition_key`` (Timestore's is ``{dataset, window}``,
+    the same for all partitions of a shard; issue 15: ~420 B per partition as a dict and four strings of its
+    own). Equal means same keys, order, value types and values (``True`` is not ``1``). Never mutated: deltas
+    and snapshots serialise it, :func:`entry_dict` hands it out in a new entry dict. The cache is bounded
+    (cleared when full: sharing is only a saving)."""
+    if type(value) is not dict:
+        return value
+    try:
+        ident = tuple((k, type(v), v) for k, v in value.items() if type(v) in _SCALARS)
+    except TypeError:
+        return value
+    if len(ident) != len(value):
+        return value  # nested values: kept as they came
+    shared = _SHARED_KEYS.get(ident)
+    if shared is None:
+        if len(_SHARED_KEYS) >= _SHARED_KEYS_MAX:
+            _SHARED_KEYS.clear()
+        shared = _SHARED_KEYS[ident] = {sys.intern(k): v for k, v in value.items()}
+    return shared
+
+
 def _interned(values: list[Any]) -> tuple[Any, ...]:
     for i in _INTERNED_IX:
         value = values[i]
         if type(value) is str:
             values[i] = sys.intern(value)
+    values[_KEY_IX] = _shared_partition_key(values[_KEY_IX])
     return tuple(values)
 
 
@@ -274,6 +321,9 @@ class Compactor:
         self.share_max_records = share_max_records
         self.share_max_age_s = share_max_age_s
         self.expired_shares = 0
+        # bytes of buffered share records (SHARE_DECODED_SLOTS) let go since the caller last took the count
+        # (``take_released``): the runner gives freed memory back to the OS after big shares
+        self.released_bytes = 0
         self.shards: dict[ShardKey, ShardState] = {}
         self.manifests: dict[str, ManifestInfo] = {}
         self.hidden: dict[str, dict[str, dict[str, Any]]] = {}
@@ -379,8 +429,9 @@ class Compactor:
         if share is not None and share.ident != ident:
             # a different transaction for this key while one is half-received: the old one is broken
             self.rejected.extend(
-                Rejected(off, r, "incomplete_transaction") for off, r in share.slots.values()
+                Rejected(off, _slot_record(r), "incomplete_transaction") for off, r in share.slots.values()
             )
+            self.released_bytes += sum(len(r) for _off, r in share.slots.values() if type(r) is bytes)
             del self._shares[key]
             share = None
         if share is None:
@@ -390,16 +441,17 @@ class Compactor:
             self._shares[key] = share
         return share
 
-    def feed(self, rec: ChangeRecord, offset: int) -> None:
+    def feed(self, rec: ChangeRecord, offset: int, raw: bytes | None = None) -> None:
         """Take one record. Raises :class:`InvalidChange` for a record to send to the DLQ (its slot is
-        accounted, the stream continues)."""
+        accounted, the stream continues). ``raw``: the bytes ``rec`` was decoded from (``ChangeRecord.from_bytes``);
+        a big half-received share then holds those instead of ``rec`` (:data:`SHARE_DECODED_SLOTS`)."""
         self._advance(offset)
         is_global = _is_global(rec) and rec.kind is not Kind.HEARTBEAT
         try:
             if is_global and self.clean and self.force_boundary is None:
                 self._seal()  # global records get a window of their own
             self._window.extend(offset)
-            self._accept(rec, offset)
+            self._accept(rec, offset, raw)
         finally:
             if is_global and self.clean and self.force_boundary is None:
                 self._seal()
@@ -425,7 +477,7 @@ class Compactor:
             if other_key != key and share.ident[1] < rec.commit_lsn:
                 share.later += 1
 
-    def _accept(self, rec: ChangeRecord, offset: int) -> None:
+    def _accept(self, rec: ChangeRecord, offset: int, raw: bytes | None = None) -> None:
         key = _key_of(rec)
         if self._shares and rec.kind in (Kind.HEARTBEAT, Kind.CHANGE):
             self._overtake(rec, None if rec.kind is Kind.HEARTBEAT else key)
@@ -448,7 +500,10 @@ class Compactor:
         if rec.tx_index in share.slots:
             return  # duplicate of a record already buffered
         problem = self._validate(rec)
-        share.slots[rec.tx_index] = (offset, None if problem else rec)
+        slot: ChangeRecord | bytes | None = None if problem else rec
+        if slot is not None and raw is not None and SHARE_DECODED_SLOTS <= len(share.slots) < share.size - 1:
+            slot = raw  # a big share still waiting for more: hold the bytes, decode again when it completes
+        share.slots[rec.tx_index] = (offset, slot)
         share.later, share.overtaken_at = 0, None  # progress: not stuck
         if share.complete:
             del self._shares[key]
@@ -486,8 +541,10 @@ class Compactor:
             f" (xid {xid}, commit LSN {lsn}) after {why}"
         )
         self.rejected.extend(
-            Rejected(off, r, reason) for off, r in sorted(share.slots.values(), key=lambda x: x[0])
+            Rejected(off, _slot_record(r), reason)
+            for off, r in sorted(share.slots.values(), key=lambda x: x[0])
         )
+        self.released_bytes += sum(len(r) for _off, r in share.slots.values() if type(r) is bytes)
         self._window.records += len(share.slots)
         self.expired_shares += 1
         seen, current = self._heartbeat_seen, self._window.heartbeat
@@ -517,11 +574,18 @@ class Compactor:
         return None
 
     def _apply_share(self, key: str, share: _Share) -> None:
-        records = [r for _, (_, r) in sorted(share.slots.items()) if r is not None]
-        if records and records[0].source is Source.STREAM:
-            self.last_applied[key] = max(self.last_applied.get(key, -1), records[0].commit_lsn)
         self._window.records += len(share.slots)
-        for rec in records:
+        slots = [r for _, (_, r) in sorted(share.slots.items()) if r is not None]
+        share.slots.clear()
+        self.released_bytes += sum(len(r) for r in slots if type(r) is bytes)
+        first = True
+        for i, slot in enumerate(slots):
+            slots[i] = None  # each record (decoded again from its bytes) lives only while it is applied
+            rec = _slot_record(slot)
+            assert rec is not None
+            if first and rec.source is Source.STREAM:
+                self.last_applied[key] = max(self.last_applied.get(key, -1), rec.commit_lsn)
+            first = False
             self._apply(rec)
 
     # --------------------------------------------------------------------------------- applying
@@ -781,6 +845,11 @@ class Compactor:
         if self.clean and self.force_boundary is None:
             self._seal()
         out, self._sealed = self._sealed, []
+        return out
+
+    def take_released(self) -> int:
+        """Bytes of buffered share records let go since the last call (see ``released_bytes``)."""
+        out, self.released_bytes = self.released_bytes, 0
         return out
 
     def drain_rejected(self) -> list[Rejected]:
