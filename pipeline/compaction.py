@@ -170,6 +170,10 @@ class _Share:
     def complete(self) -> bool:
         return len(self.slots) >= self.size
 
+    def held_bytes(self) -> int:
+        """Bytes of the records this share holds undecoded (counted as released when it is let go)."""
+        return sum(len(r) for _off, r in self.slots.values() if type(r) is bytes)
+
 
 @dataclass(slots=True)
 class _DatasetWindow:
@@ -431,7 +435,7 @@ class Compactor:
             self.rejected.extend(
                 Rejected(off, _slot_record(r), "incomplete_transaction") for off, r in share.slots.values()
             )
-            self.released_bytes += sum(len(r) for _off, r in share.slots.values() if type(r) is bytes)
+            self.released_bytes += share.held_bytes()
             del self._shares[key]
             share = None
         if share is None:
@@ -544,7 +548,7 @@ class Compactor:
             Rejected(off, _slot_record(r), reason)
             for off, r in sorted(share.slots.values(), key=lambda x: x[0])
         )
-        self.released_bytes += sum(len(r) for _off, r in share.slots.values() if type(r) is bytes)
+        self.released_bytes += share.held_bytes()
         self._window.records += len(share.slots)
         self.expired_shares += 1
         seen, current = self._heartbeat_seen, self._window.heartbeat
@@ -575,17 +579,15 @@ class Compactor:
 
     def _apply_share(self, key: str, share: _Share) -> None:
         self._window.records += len(share.slots)
+        self.released_bytes += share.held_bytes()
         slots = [r for _, (_, r) in sorted(share.slots.items()) if r is not None]
         share.slots.clear()
-        self.released_bytes += sum(len(r) for r in slots if type(r) is bytes)
-        first = True
         for i, slot in enumerate(slots):
             slots[i] = None  # each record (decoded again from its bytes) lives only while it is applied
             rec = _slot_record(slot)
             assert rec is not None
-            if first and rec.source is Source.STREAM:
+            if i == 0 and rec.source is Source.STREAM:
                 self.last_applied[key] = max(self.last_applied.get(key, -1), rec.commit_lsn)
-            first = False
             self._apply(rec)
 
     # --------------------------------------------------------------------------------- applying

@@ -57,24 +57,24 @@ def without_replayed(snap: CatalogSnapshot, deltas: list[Delta]) -> CatalogSnaps
     matched as the replay's DELETEs match them (:func:`doomed_partitions`: by dataset and id, or by id
     alone), so a row the replay would keep stays."""
     anywhere: set[str] = set()  # ids the replay deletes in any dataset
-    owned: set[str] = set()  # "<dataset>\x00<id>" the replay deletes in that dataset only
+    owned: set[tuple[str, str]] = set()  # (dataset, id) the replay deletes in that dataset only
     for delta in deltas:
         doomed = {d: ids for d, ids in doomed_partitions(delta).items() if ids}
         restricted = restricted_by_dataset(doomed)
         for did, ids in doomed.items():
             if restricted:
-                owned.update(f"{did}\x00{pid}" for pid in ids)
+                owned.update((str(did), pid) for pid in ids)
             else:
                 anywhere.update(ids)
     if not (anywhere or owned):
         return snap
 
     def named(pid: str, did: str) -> bool:
-        return pid in anywhere or f"{did}\x00{pid}" in owned
+        return pid in anywhere or (did, pid) in owned
 
     table = snap.partitions_table
     if table is not None and table.num_rows:
-        table = _without_rows(table, named, anywhere | {key.split("\x00", 1)[1] for key in owned})
+        table = _without_rows(table, named, anywhere | {pid for _did, pid in owned})
     return CatalogSnapshot(
         snap.lsn,
         snap.datasets,
