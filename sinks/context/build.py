@@ -12,9 +12,12 @@ Every build is the same sequence (``read_catalog`` documents the snapshot; ``bul
 3. ``L = pg_current_wal_lsn()`` is read in its own statement, THEN the REPEATABLE READ snapshot is taken and
    the catalog read in bulk (``COPY … TO STDOUT`` → Arrow CSV reader → one DuckDB ``INSERT … SELECT``; no
    Python per row). No lock is held meanwhile.
-4. Under the writer lock, in ONE DuckDB transaction: the scope's rows are replaced by the snapshot, every
-   journaled delta's content is re-applied in apply order, and (bootstrap) each shard's progress is written:
-   deltas offset ``E-1``, applied LSN ``L``, bootstrapped. Commit, journal closed.
+4. Under the writer lock, in ONE DuckDB transaction: the scope's rows are replaced by the snapshot less the
+   partitions the journal names (``content.without_replayed``), every journaled delta's content is re-applied
+   in apply order with the partition rows it leaves appended at the end (``ContentWriter.replay``: no
+   statement touches a row this transaction appended, else DuckDB logs all of them into its WAL at the
+   commit), and (bootstrap) each shard's progress is written: deltas offset ``E-1``, applied LSN ``L``,
+   bootstrapped. Commit, journal closed.
 5. (bootstrap) The consumer follows the deltas from ``E``.
 
 **Why nothing after the snapshot is missed (bootstrap).** A delta at an offset ``< E`` was in the topic when
@@ -187,7 +190,7 @@ class ContextBuilder:
                     touched = self._insert_snapshot(cur, snap, None, timings, wiped=True)
                     touched |= set(existing)
                     with timings.step("journal replay"):
-                        touched |= self._replay_journal(cur, journal)
+                        touched |= self._replay_journal(cur, journal, wiped=every)
                     st._progress.write(
                         cur,
                         [
@@ -259,7 +262,7 @@ class ContextBuilder:
                         snap = self._without_journaled(snap, journal)
                     touched = self.replace_from_snapshot(cur, snap, None, dataset_id, timings)
                     with timings.step("journal replay"):
-                        touched |= self._replay_journal(cur, journal)
+                        touched |= self._replay_journal(cur, journal, wiped=dataset_id is None)
                 replayed = len(journal)
                 self._after_build(touched, timings)
         elapsed = time.perf_counter() - started
@@ -437,8 +440,12 @@ class ContextBuilder:
             return snap
         return without_replayed(snap, [delta for delta, _ in journal])
 
-    def _replay_journal(self, cur: duckdb.DuckDBPyConnection, journal: list[tuple[Delta, int]]) -> set[str]:
-        """Step 4: re-apply the content of the deltas applied while the build read PostgreSQL."""
+    def _replay_journal(
+        self, cur: duckdb.DuckDBPyConnection, journal: list[tuple[Delta, int]], wiped: bool
+    ) -> set[str]:
+        """Step 4: re-apply the content of the deltas applied while the build read PostgreSQL, their partition
+        rows appended at the end (``ContentWriter.replay``; ``wiped``: every shard table was emptied in this
+        transaction, so no older row is left for the deltas' DELETEs)."""
         st = self.store
         touched: set[str] = set()
         if not journal:
@@ -461,9 +468,7 @@ class ContextBuilder:
                 if delta.dataset_id is None:
                     touched |= st.content.apply_delta(cur, delta, partition)
             return touched
-        for delta, partition in journal:
-            touched |= st.content.apply_delta(cur, delta, partition)
-        return touched
+        return touched | st.content.replay(cur, journal, wiped)
 
 
 def _empty_shard_tables(cur: duckdb.DuckDBPyConnection) -> None:

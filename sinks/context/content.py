@@ -47,15 +47,25 @@ def restricted_by_dataset(by_dataset: dict[str | None, list[str]]) -> bool:
     return None not in by_dataset and len(by_dataset) <= _MAX_DATASET_DELETES
 
 
+def deleted_datasets(deltas: Sequence[Delta]) -> set[str]:
+    """The datasets a replay of ``deltas`` deletes (:meth:`ContentWriter.apply_delta`: every row of them)."""
+    return {
+        str(delta.dataset.get("id") or delta.dataset_id)
+        for delta in deltas
+        if delta.dataset is not None and delta.dataset.get("deleted")
+    }
+
+
 def without_replayed(snap: CatalogSnapshot, deltas: list[Delta]) -> CatalogSnapshot:
     """``snap`` without the partitions the replay of ``deltas`` (a build's journal) deletes.
 
     Replaying the journal deletes every named id and re-inserts the upserts, so such a row ends at the state of
-    the last journaled delta naming it whatever the snapshot held; leaving it out makes the build a pure append: the replay's DELETEs then hit none of the rows the
-    transaction just inserted (in-process at 1M rows, 128 such deletes made the commit 0.64 s instead of 0.03 s;
-    the all-datasets rebuild under ingestion spent 9.1 s in its commit, docs/performance.md). The rows are
-    matched as the replay's DELETEs match them (:func:`doomed_partitions`: by dataset and id, or by id
-    alone), so a row the replay would keep stays."""
+    the last journaled delta naming it whatever the snapshot held; a dataset the journal deletes loses every
+    row. Leaving those rows out makes the build a pure append: the replay's DELETEs then hit none of the rows
+    the transaction just inserted (a DELETE of a transaction's own appended rows makes DuckDB log them all into
+    its WAL at the commit, and checkpoint there at 1M rows: docs/performance.md). The rows are matched as the
+    replay's DELETEs match them (:func:`doomed_partitions`: by dataset and id, or by id alone), so a row the
+    replay would keep stays."""
     anywhere: set[str] = set()  # ids the replay deletes in any dataset
     owned: set[tuple[str, str]] = set()  # (dataset, id) the replay deletes in that dataset only
     for delta in deltas:
@@ -66,15 +76,16 @@ def without_replayed(snap: CatalogSnapshot, deltas: list[Delta]) -> CatalogSnaps
                 owned.update((str(did), pid) for pid in ids)
             else:
                 anywhere.update(ids)
-    if not (anywhere or owned):
+    gone = deleted_datasets(deltas)
+    if not (anywhere or owned or gone):
         return snap
 
     def named(pid: str, did: str) -> bool:
-        return pid in anywhere or (did, pid) in owned
+        return pid in anywhere or did in gone or (did, pid) in owned
 
     table = snap.partitions_table
     if table is not None and table.num_rows:
-        table = _without_rows(table, named, anywhere | {pid for _did, pid in owned})
+        table = _without_rows(table, named, anywhere | {pid for _did, pid in owned}, gone)
     return CatalogSnapshot(
         snap.lsn,
         snap.datasets,
@@ -85,13 +96,50 @@ def without_replayed(snap: CatalogSnapshot, deltas: list[Delta]) -> CatalogSnaps
     )
 
 
-def _without_rows(table: pa.Table, named: Callable[[str, str], bool], ids: set[str]) -> pa.Table:
-    """``table`` without the rows ``named`` picks among those whose id is in ``ids``. One hash lookup per row
-    finds the few candidates; the rest of the table is kept as zero-copy slices around the dropped rows (a
+def replayed_partitions(deltas: Sequence[tuple[Delta, int]]) -> list[tuple[dict[str, Any], int]]:
+    """The partition rows that replaying ``(delta, shard)`` in order with :meth:`ContentWriter.apply_delta`
+    inserts and leaves in place, each with its shard and ``dataset_id`` filled in: a later delta's DELETE
+    (restricted to its datasets or by id alone, as :meth:`ContentWriter._delete_partitions` matches) or dataset
+    delete removes an earlier delta's row. What the replay's statements do to rows older than the replay is
+    not modelled here (:meth:`ContentWriter.replay` still runs them)."""
+    rows: dict[tuple[str, str], list[tuple[dict[str, Any], int]]] = {}
+    for delta, shard in deltas:
+        if delta.kind != DeltaKind.DELTA:
+            continue
+        ds_id = delta.dataset_id
+        gone = deleted_datasets([delta])
+        if gone:
+            rows = {key: v for key, v in rows.items() if key[0] not in gone}
+        upserts = [u for change in delta.shards.values() for u in change.upserts]
+        if not (upserts or any(change.deletes for change in delta.shards.values())):
+            continue
+        doomed = {d: ids for d, ids in doomed_partitions(delta).items() if ids}
+        if restricted_by_dataset(doomed):
+            for did, ids in doomed.items():
+                for pid in ids:
+                    rows.pop((str(did), pid), None)
+        else:
+            every = {pid for ids in doomed.values() for pid in ids}
+            rows = {key: v for key, v in rows.items() if key[1] not in every}
+        mine: dict[tuple[str, str], list[tuple[dict[str, Any], int]]] = {}
+        for u in upserts:
+            did = str(u.get("dataset_id") or ds_id)
+            mine.setdefault((did, str(u["id"])), []).append(({**u, "dataset_id": did}, shard))
+        rows.update(mine)
+    return [row for kept in rows.values() for row in kept]
+
+
+def _without_rows(
+    table: pa.Table, named: Callable[[str, str], bool], ids: set[str], datasets: set[str]
+) -> pa.Table:
+    """``table`` without the rows ``named`` picks among those whose id is in ``ids`` or dataset in ``datasets``.
+    A hash lookup per row finds the few candidates; the rest of the table is kept as zero-copy slices around the dropped rows (a
     filter mask over all columns copied the 1M-row table: 0.8–2.3 s under the writer lock, docs/performance.md)."""
-    candidates = pc.indices_nonzero(
-        pc.fill_null(pc.is_in(table["id"], value_set=pa.array(sorted(ids), pa.string())), False)
-    )
+    mask = pc.fill_null(pc.is_in(table["id"], value_set=pa.array(sorted(ids), pa.string())), False)
+    if datasets:
+        in_gone = pc.is_in(table["dataset_id"], value_set=pa.array(sorted(datasets), pa.string()))
+        mask = pc.or_(mask, pc.fill_null(in_gone, False))
+    candidates = pc.indices_nonzero(mask)
     if not len(candidates):
         return table
     rows = candidates.to_pylist()
@@ -128,8 +176,16 @@ class ContentWriter:
             self.targets[tid] = {"id": tid, "name": name, "kind": kind, "config": as_dict(config)}
 
     # ------------------------------------------------------------------ deltas
-    def apply_delta(self, cur: duckdb.DuckDBPyConnection, delta: Delta, shard: int) -> set[str]:
-        """Every row of one delta (whatever it carries)."""
+    def apply_delta(
+        self,
+        cur: duckdb.DuckDBPyConnection,
+        delta: Delta,
+        shard: int,
+        with_insert: bool = True,
+        with_delete: bool = True,
+    ) -> set[str]:
+        """Every row of one delta (whatever it carries); :meth:`replay` leaves out the partition INSERT (and,
+        over emptied tables, the DELETE)."""
         touched: set[str] = set()
         ds_id = delta.dataset_id
         for target in delta.storage_targets:
@@ -150,8 +206,10 @@ class ContentWriter:
             upserts.extend(change.upserts)
             deletes.extend(change.deletes)
         if upserts or deletes:
-            self._delete_partitions(cur, doomed_partitions(delta))
-            self.insert_partitions(cur, upserts, shard, ds_id)
+            if with_delete:
+                self._delete_partitions(cur, doomed_partitions(delta))
+            if with_insert:
+                self.insert_partitions(cur, upserts, shard, ds_id)
             touched |= {str(u.get("dataset_id") or ds_id) for u in upserts}
             if ds_id:
                 touched.add(ds_id)
@@ -159,6 +217,26 @@ class ContentWriter:
             for did in touched:
                 self._recompute_columns(cur, did)
         touched.discard("None")
+        return touched
+
+    def replay(
+        self, cur: duckdb.DuckDBPyConnection, deltas: Sequence[tuple[Delta, int]], wiped: bool
+    ) -> set[str]:
+        """``(delta, shard)`` applied in order as :meth:`apply_delta` does, with every partition row they leave
+        in place (:func:`replayed_partitions`) written at the end by one INSERT per shard: no statement deletes
+        or updates a row inserted by the replay itself, which would make DuckDB log the transaction's appended
+        rows into its WAL (a build inserted 1M of them just before; docs/performance.md). Each delta's DELETEs
+        still run in place for older rows; ``wiped`` (the tables were emptied in this transaction and hold
+        only rows the caller left out of what the replay deletes, ``without_replayed``) skips them too."""
+        touched: set[str] = set()
+        for delta, shard in deltas:
+            if delta.kind == DeltaKind.DELTA:
+                touched |= self.apply_delta(cur, delta, shard, with_insert=False, with_delete=not wiped)
+        by_shard: dict[int, list[dict[str, Any]]] = {}
+        for row, shard in replayed_partitions(deltas):
+            by_shard.setdefault(shard, []).append(row)
+        for shard, rows in by_shard.items():
+            self.insert_partitions(cur, rows, shard, None)
         return touched
 
     def apply_partition_changes(

@@ -253,3 +253,70 @@ def ddl_columns() -> list[str]:
     from sinks.context import ddl
 
     return list(ddl.PARTITION_COLUMNS)
+
+
+def test_rebuild_of_all_commits_without_logging_its_snapshot_rows(
+    fresh_db, factory, ctx_settings, monkeypatch
+):
+    """Deltas applied during the read re-add, replace and delete partitions; replayed one by one after the
+    snapshot's insert, their DELETEs hit rows the rebuild's transaction had just appended, and DuckDB then
+    logged every appended row into its WAL at the commit (at 1M rows: 52 MB, a checkpoint inside the commit,
+    5.4 s). The journal's rows are now left out of the snapshot and appended at the end: the commit's WAL
+    stays small and the context ends as the catalog does."""
+    dsn = fresh_db()
+    seed_obs_catalog(dsn)
+    many = 250_000  # over two of DuckDB's row groups: smaller appends are logged into the WAL anyway
+    with psycopg.connect(dsn) as conn:
+        conn.execute(
+            "INSERT INTO timestore.dataset_partitions (id, dataset_id, manifest_id, manifest_shard, partition_key,"
+            " storage_target_id, file_format, file_path, file_size_bytes, row_count, start_time, end_time,"
+            " metadata) SELECT 'bulk-' || i, 'ds-obs', 'dm-obs', '2024-01-01', '{}', 'st-local', 'parquet',"
+            " 'obs/bulk-' || i || '.parquet', 100, 1, '2024-01-01T00:00:00Z', '2024-01-01T01:00:00Z', '{}'"
+            " FROM generate_series(1, %s) AS i",
+            [many],
+        )
+    sink, wd = ctx_settings
+    store = ContextStore(sink, wd.model_copy(update={"pg_dsn": dsn}))
+    store.open()
+    offset = _Offsets()
+    try:
+        assert store.apply(factory.create_dataset(0, "obs"), 0, offset())
+        q1, q2 = factory.write_file("obs", 0, 3), factory.write_file("obs", 1, 4)
+        bulk7 = {**q2, "id": "bulk-7", "file_path": "obs/bulk-7-v2.parquet"}
+        real_read = store_module.read_catalog
+
+        def read_then_apply(*args: Any, **kwargs: Any) -> Any:
+            snap = real_read(*args, **kwargs)
+            # during the read: q1 added then removed again, bulk-7 replaced, bulk-9 removed, q2 added
+            insert_obs_partition(dsn, q2)
+            with psycopg.connect(dsn) as conn:
+                conn.execute("UPDATE timestore.dataset_partitions SET file_path = %s WHERE id = 'bulk-7'",
+                             [bulk7["file_path"]])  # fmt: skip
+                conn.execute("DELETE FROM timestore.dataset_partitions WHERE id = 'bulk-9'")
+            for delta in (
+                factory.delta(0, "ds-obs", upserts=[q1]),
+                factory.delta(0, "ds-obs", upserts=[bulk7]),
+                factory.delta(0, "ds-obs", deletes=[q1["id"], "bulk-9"]),
+                factory.delta(0, "ds-obs", upserts=[q2]),
+            ):
+                applier = threading.Thread(target=store.apply, args=(delta, 0, offset()))
+                applier.start()
+                applier.join(30)
+            return snap
+
+        monkeypatch.setattr(store_module, "read_catalog", read_then_apply)
+        store.rebuild(None, reason="test")
+        monkeypatch.setattr(store_module, "read_catalog", real_read)
+        assert len(store.builder.last.steps) and store.builder.last.wal is not None
+        before, after = store.builder.last.wal
+        assert after >= before, f"DuckDB checkpointed inside the commit: WAL {before} -> {after} bytes"
+        assert after - before < 1 << 20, f"the commit logged {(after - before) / 2**20:.1f} MiB into the WAL"
+        ids = set(_ids(store))
+        assert len(ids) == many and q2["id"] in ids
+        assert q1["id"] not in ids and "bulk-9" not in ids and "bulk-7" in ids
+        with store.reader() as cur:
+            assert cur.execute("SELECT file_path FROM wd.partitions WHERE id = 'bulk-7'").fetchall() == [
+                (bulk7["file_path"],)
+            ]
+    finally:
+        store.close()

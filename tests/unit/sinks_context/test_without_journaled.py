@@ -106,3 +106,14 @@ def test_the_bulk_table_keeps_exactly_the_rows_the_row_list_keeps(
     kept_bulk = _kept(_builder()._without_journaled(bulk, deltas))
     kept_list = _kept(_builder()._without_journaled(listed, deltas))
     assert kept_bulk == kept_list, (kept_bulk, kept_list)
+
+
+def test_every_row_of_a_dataset_the_journal_deletes_leaves_the_snapshot() -> None:
+    """A journaled dataset delete removes all its rows on replay; left in, they were the transaction's own rows
+    deleted again (DuckDB then logs every appended row into its WAL at the commit)."""
+    rows = [("p1", "A"), ("p2", "C"), ("p3", "C"), ("p4", "B")]
+    drop = _delta("C")
+    drop.dataset = {"id": "C", "deleted": True}
+    for bulk in (True, False):
+        kept = _kept(_builder()._without_journaled(_snapshot(rows, bulk), [(drop, 0)]))
+        assert kept == [("p1", "A"), ("p4", "B")], bulk
